@@ -1,0 +1,79 @@
+"""tasker: start, compose, schedule and stop the long-lived work of a service.
+
+Everything is a job, ``async def job(ctx) -> None``; combinators build programs out of jobs;
+:func:`main` runs them with graceful shutdown on asyncio or trio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from . import abc, queue, schedule
+from ._asgi import ASGIApp, serve_asgi
+from ._backoff import Backoff
+from ._clock import Clock, SystemClock
+from ._combinators import concurrence, sequence
+from ._context import DEFAULT_GRACE, Context, StopReason
+from ._embedded import FileLockerFactory, SQLiteStateRepository
+from ._error_handling import ErrorHandler, ignore_error, on_error
+from ._errors import JobTimeoutError, RestartLimitError, SignalInstallError, TaskerError
+from ._job import Job
+from ._main import main
+from ._memory_backend import MemoryLockerFactory, MemoryStateRepository
+from ._repeat import with_repeat
+from ._retry import with_restart, with_retry
+from ._run import run
+from ._schedule_state import ScheduleState
+from ._scheduler import CatchUp, Scheduler, SchedulerStatistics, scheduled_slot
+from ._shutdown import with_shutdown
+from ._signals import with_signal_notify
+from ._timeout import with_timeout
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "ASGIApp",
+    "Backoff",
+    "CatchUp",
+    "Clock",
+    "Context",
+    "ErrorHandler",
+    "FileLockerFactory",
+    "Job",
+    "JobTimeoutError",
+    "MemoryLockerFactory",
+    "MemoryStateRepository",
+    "RestartLimitError",
+    "SQLiteStateRepository",
+    "ScheduleState",
+    "Scheduler",
+    "SchedulerStatistics",
+    "SignalInstallError",
+    "StopReason",
+    "SystemClock",
+    "TaskerError",
+    "abc",
+    "concurrence",
+    "ignore_error",
+    "main",
+    "on_error",
+    "queue",
+    "run",
+    "schedule",
+    "scheduled_slot",
+    "sequence",
+    "serve_asgi",
+    "with_repeat",
+    "with_restart",
+    "with_retry",
+    "with_shutdown",
+    "with_signal_notify",
+    "with_timeout",
+]
+
+# Show the public path in reprs and tracebacks (tasker.Context, not tasker._context.Context).
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or (callable(_obj) and hasattr(_obj, "__module__")):
+        with contextlib.suppress(AttributeError, TypeError):  # type aliases
+            _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,55 @@
+"""The exceptions tasker raises.
+
+Every exception derives from :class:`TaskerError` and from the builtin it refines, so
+``except ValueError`` keeps working for code that does not know tasker. Each keeps its
+arguments as attributes and builds its own message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "JobTimeoutError",
+    "RestartLimitError",
+    "SignalInstallError",
+    "TaskerError",
+]
+
+
+class TaskerError(Exception):
+    """Base class of every exception tasker raises on purpose."""
+
+
+class JobTimeoutError(TaskerError, TimeoutError):
+    """A job wrapped with :func:`tasker.with_timeout` did not finish within its time.
+
+    Attributes:
+        seconds: the time limit that was exceeded.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"job did not finish within {seconds:g} seconds")
+
+
+class RestartLimitError(TaskerError, RuntimeError):
+    """A supervised job failed more often than :func:`tasker.with_restart` allows.
+
+    The last failure is chained as ``__cause__``.
+
+    Attributes:
+        restarts: how many restarts happened inside the window.
+        window: the window in seconds.
+    """
+
+    def __init__(self, restarts: int, window: float) -> None:
+        self.restarts = restarts
+        self.window = window
+        super().__init__(f"job failed {restarts + 1} times within {window:g} seconds; giving up")
+
+
+class SignalInstallError(TaskerError, RuntimeError):
+    """Signal handlers cannot be installed here (not the main thread of the main interpreter)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"cannot install signal handlers: {reason}")
