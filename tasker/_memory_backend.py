@@ -1,0 +1,77 @@
+"""The in-memory Scheduler backend: for tests and single-process programs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import anyio
+
+from ._schedule_state import ScheduleState, check_name
+
+__all__ = ["MemoryLockerFactory", "MemoryStateRepository"]
+
+
+class _MemoryLocker:
+    __slots__ = ("_factory", "_held", "_name")
+
+    def __init__(self, factory: MemoryLockerFactory, name: str) -> None:
+        self._factory = factory
+        self._name = name
+        self._held = False
+
+    async def try_lock(self) -> bool:
+        await anyio.lowlevel.checkpoint()
+        if self._held or self._name in self._factory._held:
+            return False
+        self._factory._held.add(self._name)
+        self._held = True
+        return True
+
+    async def wait_lost(self) -> None:
+        await anyio.sleep_forever()  # a lock in memory cannot be lost
+
+    async def unlock(self) -> None:
+        if self._held:
+            self._factory._held.discard(self._name)
+            self._held = False
+
+    def __repr__(self) -> str:
+        return f"<MemoryLocker {self._name!r} held={self._held}>"
+
+
+class MemoryLockerFactory:
+    """Locks that exclude the tasks of one process (one event loop), nothing more."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+
+    def locker(self, name: str) -> _MemoryLocker:
+        """Return a locker for ``name``."""
+        return _MemoryLocker(self, check_name(name, "MemoryLockerFactory.locker"))
+
+    def __repr__(self) -> str:
+        return f"MemoryLockerFactory(held={sorted(self._held)})"
+
+
+class MemoryStateRepository:
+    """Schedule states in a dict: forgotten when the process exits."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, ScheduleState] = {}
+
+    async def now(self) -> datetime | None:
+        """None: the local clock decides."""
+        return None
+
+    async def get(self, name: str) -> ScheduleState | None:
+        """Return the state of ``name``, if any."""
+        await anyio.lowlevel.checkpoint()
+        return self._states.get(name)
+
+    async def save(self, state: ScheduleState) -> None:
+        """Replace the state of ``state.name``."""
+        await anyio.lowlevel.checkpoint()
+        self._states[state.name] = state
+
+    def __repr__(self) -> str:
+        return f"MemoryStateRepository(names={sorted(self._states)})"

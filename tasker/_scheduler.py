@@ -1,0 +1,451 @@
+"""``Scheduler``: run a job once per due slot across every replica of a service.
+
+Design notes:
+
+- Each schedule is one long-lived job that sleeps until its next slot (no polling: the only
+  wake-ups between slots are the clock's own, at most one a minute), then takes the named lock
+  *without waiting*, reads the state under the lock, runs the job if the slot is not done yet,
+  records it and releases. The lock gives "at most one replica runs a name at a time"; the
+  state gives "each slot once while runs succeed".
+- The state is written only after a run succeeded, so a run that failed, crashed, was
+  cancelled or lost its lock leaves its slot due: at-least-once, never silently dropped.
+- "Now" comes from the state repository when it has a clock of its own (a database), so
+  replicas with skewed clocks agree on which slot is due; the local clock is used otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import anyio
+
+from ._backoff import Backoff
+from ._context import Context, StopReason, to_seconds
+from ._embedded import FileLockerFactory, SQLiteStateRepository, default_state_dir
+from ._job import Job, check_job, job_name
+from ._schedule_state import ScheduleState, check_name
+from ._stopping import Stopper, run_stoppable
+from .abc import Locker, LockerFactory, StateRepository
+from .schedule import Schedule
+
+__all__ = ["CatchUp", "Scheduler", "SchedulerStatistics", "scheduled_slot"]
+
+logger = logging.getLogger("tasker.scheduler")
+
+CatchUp = Literal["once", "skip"]
+
+_current_slot: ContextVar[datetime | None] = ContextVar("tasker_scheduled_slot", default=None)
+
+#: How long an unlock may take before it is abandoned (it runs shielded from cancellation).
+_UNLOCK_TIMEOUT = 10.0
+
+
+def scheduled_slot() -> datetime | None:
+    """The slot the current scheduled run is for, or None outside a scheduled run.
+
+    A job run by :meth:`Scheduler.with_schedule` can use it to name the period it covers
+    (a nightly report for the slot's date, say).
+    """
+    return _current_slot.get()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerStatistics:
+    """Counters of a :class:`Scheduler` since it was created (all replicas count their own).
+
+    Attributes:
+        schedules: how many names are registered.
+        runs_started: runs this replica started.
+        runs_succeeded: runs that returned and were recorded as done.
+        runs_failed: runs that raised (their slot stays due and is retried).
+        runs_interrupted: runs stopped by a shutdown or a lost lock (their slot stays due).
+        lock_busy: times a due slot found another replica holding the lock.
+        slots_skipped: catch-ups dropped by ``catch_up="skip"``.
+        backend_errors: failed calls to the lock or state backend.
+    """
+
+    schedules: int
+    runs_started: int
+    runs_succeeded: int
+    runs_failed: int
+    runs_interrupted: int
+    lock_busy: int
+    slots_skipped: int
+    backend_errors: int
+
+
+def latest_due(schedule: Schedule, first: datetime, now: datetime) -> tuple[datetime, bool]:
+    """The latest slot at or before ``now``, given the first due one; and whether any was missed.
+
+    Walking slot by slot after a long outage of a per-second schedule would take millions of
+    steps, so look back from ``now`` with a doubling window first.
+    """
+    if schedule.next_after(first) > now:
+        return first, False
+    back = timedelta(seconds=1)
+    while True:
+        start = now - back
+        if start <= first:
+            candidate = first
+            break
+        candidate = schedule.next_after(start)
+        if candidate <= now:
+            break
+        back *= 2
+    while (following := schedule.next_after(candidate)) <= now:
+        candidate = following
+    return candidate, True
+
+
+@dataclass(slots=True)
+class _Counters:
+    runs_started: int = 0
+    runs_succeeded: int = 0
+    runs_failed: int = 0
+    runs_interrupted: int = 0
+    lock_busy: int = 0
+    slots_skipped: int = 0
+    backend_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    name: str
+    schedule: Schedule
+    job: Job
+    catch_up: CatchUp
+    retry_delay: float
+
+
+class Scheduler:
+    """Runs jobs at their schedules' slots, once per slot across every replica.
+
+    Guarantees:
+
+    - At most one replica runs a name at a time (the backend's lock, taken without waiting).
+    - Each due slot runs once across replicas while runs succeed; a run that outlives its
+      slot never has a second copy started beside it.
+    - A failed, crashed, cancelled or interrupted run leaves its slot due; it is retried
+      after ``retry_delay`` (at-least-once). A run that *returns* counts as done, also during
+      a shutdown: a job that stops early because ``ctx`` is done should raise instead, so
+      its slot stays due. A run whose lock was lost is never recorded.
+    - Slots missed while every replica was down are caught up by *one* run (the default,
+      ``catch_up="once"``) or dropped (``catch_up="skip"``); never a burst.
+    - A name seen for the first time waits for its first slot after that moment.
+    - A backend outage does not end the program: the scheduler logs it once, retries with
+      backoff and resumes; no slot is lost or doubled.
+
+    Args:
+        locker_factory: the locks (:class:`tasker.abc.LockerFactory`).
+        repository: the state (:class:`tasker.abc.StateRepository`). Give both or neither;
+            with neither, the embedded default is used: lock files and a SQLite file in
+            ``state_dir``.
+        state_dir: the embedded default's directory: ``$TASKER_STATE_DIR`` or ``./.tasker``.
+        lock_retry: seconds before a replica that found the lock busy looks again.
+        backend_backoff: the wait between retries while the backend is unreachable.
+
+    Raises:
+        ValueError: for only one of ``locker_factory``/``repository``, or a bad duration.
+        TypeError: for a backend that does not implement its protocol.
+    """
+
+    def __init__(
+        self,
+        *,
+        locker_factory: LockerFactory | None = None,
+        repository: StateRepository | None = None,
+        state_dir: str | Path | None = None,
+        lock_retry: float | timedelta = 1.0,
+        backend_backoff: Backoff = Backoff(initial=0.5, maximum=30.0),  # noqa: B008
+    ) -> None:
+        if (locker_factory is None) != (repository is None):
+            raise ValueError("Scheduler: give both locker_factory and repository, or neither")
+        if locker_factory is None or repository is None:
+            directory = Path(state_dir) if state_dir is not None else default_state_dir()
+            locker_factory = FileLockerFactory(directory)
+            repository = SQLiteStateRepository(directory / "state.sqlite3")
+        elif state_dir is not None:
+            raise ValueError("Scheduler: state_dir is only for the embedded default backend")
+        if not isinstance(locker_factory, LockerFactory):
+            raise TypeError(f"Scheduler: {locker_factory!r} is not a tasker.abc.LockerFactory")
+        if not isinstance(repository, StateRepository):
+            raise TypeError(f"Scheduler: {repository!r} is not a tasker.abc.StateRepository")
+        if not isinstance(backend_backoff, Backoff):
+            raise TypeError(
+                f"Scheduler: backend_backoff must be a Backoff, got {backend_backoff!r}"
+            )
+        self._lockers = locker_factory
+        self._repository = repository
+        self._lock_retry = to_seconds(lock_retry, "lock_retry", allow_zero=False)
+        self._backend_backoff = backend_backoff
+        self._entries: dict[str, _Entry] = {}
+        self._first_seen: dict[str, datetime] = {}
+        self._counters = _Counters()
+        self._running: set[str] = set()
+
+    @property
+    def locker_factory(self) -> LockerFactory:
+        """The lock backend."""
+        return self._lockers
+
+    @property
+    def repository(self) -> StateRepository:
+        """The state backend."""
+        return self._repository
+
+    def with_schedule(
+        self,
+        name: str,
+        schedule: Schedule,
+        job: Job,
+        *,
+        catch_up: CatchUp = "once",
+        retry_delay: float | timedelta = 10.0,
+    ) -> Job:
+        """Return a long-lived job that runs ``job`` once per due slot of ``schedule``.
+
+        Compose the returned job with :func:`tasker.main` or :func:`tasker.concurrence`.
+        :func:`scheduled_slot` tells ``job`` which slot it runs for.
+
+        Args:
+            name: the schedule's name, unique in this Scheduler and shared by the replicas
+                that must coordinate (at most 200 printable characters).
+            schedule: when to run (anything with ``next_after``).
+            job: what to run; it receives a child of the scheduler job's context.
+            catch_up: ``"once"`` to cover slots missed while every replica was down with one
+                run, ``"skip"`` to drop them and wait for the next slot.
+            retry_delay: seconds before a failed run's slot is tried again.
+
+        - **On error**: a failing run is logged with its traceback on ``tasker.scheduler``,
+          recorded as ``last_error``, and retried after ``retry_delay``; the scheduler job
+          itself does not fail. Backend errors are retried with backoff.
+        - **On cancellation**: the running job is cancelled, its slot stays due, and the lock
+          is released in a shielded scope.
+        - **On shutdown**: no new run starts; a running one sees ``ctx.done``; if it returns
+          its slot is done, if it raises or is cancelled after the grace its slot stays due.
+
+        Raises:
+            ValueError: for a duplicate or invalid name, an unknown ``catch_up`` or a bad
+                ``retry_delay``.
+            TypeError: if ``job`` is not an async callable or ``schedule`` has no
+                ``next_after``.
+        """
+        check_name(name, "Scheduler.with_schedule()")
+        if name in self._entries:
+            raise ValueError(f"Scheduler.with_schedule(): the name {name!r} is already used")
+        if not callable(getattr(schedule, "next_after", None)):
+            raise TypeError(
+                f"Scheduler.with_schedule(): schedule must have next_after(), got {schedule!r}"
+            )
+        job = check_job(job, "Scheduler.with_schedule()")
+        if catch_up not in ("once", "skip"):
+            raise ValueError(
+                f"Scheduler.with_schedule(): catch_up must be 'once' or 'skip', got {catch_up!r}"
+            )
+        entry = _Entry(name, schedule, job, catch_up, to_seconds(retry_delay, "retry_delay"))
+        self._entries[name] = entry
+
+        async def scheduled_job(ctx: Context) -> None:
+            await self._loop(ctx, entry)
+
+        scheduled_job.__name__ = scheduled_job.__qualname__ = f"scheduled({name!r})"
+        return scheduled_job
+
+    def statistics(self) -> SchedulerStatistics:
+        """A snapshot of the counters."""
+        c = self._counters
+        return SchedulerStatistics(
+            schedules=len(self._entries),
+            runs_started=c.runs_started,
+            runs_succeeded=c.runs_succeeded,
+            runs_failed=c.runs_failed,
+            runs_interrupted=c.runs_interrupted,
+            lock_busy=c.lock_busy,
+            slots_skipped=c.slots_skipped,
+            backend_errors=c.backend_errors,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<tasker.Scheduler schedules={sorted(self._entries)} running={sorted(self._running)}"
+            f" locks={self._lockers!r} state={self._repository!r}>"
+        )
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _now(self, ctx: Context) -> datetime:
+        return await self._repository.now() or ctx.clock.now()
+
+    def _base(self, entry: _Entry, state: ScheduleState | None, now: datetime) -> datetime:
+        if state is not None:
+            return state.last_slot
+        return self._first_seen.setdefault(entry.name, now)
+
+    async def _loop(self, ctx: Context, entry: _Entry) -> None:
+        planned: datetime | None = None
+        outage_attempts = 0
+        while not ctx.done:
+            delay = 0.0
+            try:
+                now = await self._now(ctx)
+                if planned is None:
+                    state = await self._repository.get(entry.name)
+                    planned = entry.schedule.next_after(self._base(entry, state, now))
+                if planned > now:
+                    delay = (planned - now).total_seconds()
+                else:
+                    planned, delay = await self._attempt(ctx, entry)
+                if outage_attempts:
+                    logger.warning("schedule %r: backend reachable again", entry.name)
+                    outage_attempts = 0
+            except Exception as exc:
+                self._counters.backend_errors += 1
+                outage_attempts += 1
+                if outage_attempts == 1:  # once per outage, not once per retry
+                    logger.warning(
+                        "schedule %r: backend unavailable (%s: %s); retrying with backoff",
+                        entry.name,
+                        type(exc).__name__,
+                        exc,
+                    )
+                planned = None
+                delay = self._backend_backoff.delay(outage_attempts)
+            if delay > 0 and not await ctx.sleep(delay):
+                return
+
+    async def _attempt(self, ctx: Context, entry: _Entry) -> tuple[datetime | None, float]:
+        """Try to run the due slot; return the next planned slot (or None) and a delay."""
+        locker = self._lockers.locker(entry.name)
+        if not await locker.try_lock():
+            self._counters.lock_busy += 1
+            logger.debug("schedule %r: another replica holds the lock", entry.name)
+            return None, self._lock_retry
+        try:
+            now = await self._now(ctx)
+            state = await self._repository.get(entry.name)
+            first = entry.schedule.next_after(self._base(entry, state, now))
+            if first > now:
+                return first, 0.0  # another replica did it already
+            slot, missed = latest_due(entry.schedule, first, now)
+            if missed and entry.catch_up == "skip":
+                self._counters.slots_skipped += 1
+                logger.info(
+                    "schedule %r: skipping missed slots from %s to %s", entry.name, first, slot
+                )
+                await self._repository.save(self._next_state(entry, state, now, slot=slot))
+                return entry.schedule.next_after(slot), 0.0
+            if missed:
+                logger.info(
+                    "schedule %r: one run catches up the slots from %s to %s",
+                    entry.name,
+                    first,
+                    slot,
+                )
+            return await self._run(ctx, entry, locker, state, slot, now)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_UNLOCK_TIMEOUT):
+                await locker.unlock()
+
+    async def _run(
+        self,
+        ctx: Context,
+        entry: _Entry,
+        locker: Locker,
+        state: ScheduleState | None,
+        slot: datetime,
+        started: datetime,
+    ) -> tuple[datetime | None, float]:
+        lost = False
+
+        async def watch_lock(stopper: Stopper) -> None:
+            nonlocal lost
+            await locker.wait_lost()
+            lost = True
+            logger.error(
+                "schedule %r: lost the lock during the run for %s; stopping it", entry.name, slot
+            )
+            stopper.soft_stop(StopReason.LOCK_LOST)
+
+        self._counters.runs_started += 1
+        self._running.add(entry.name)
+        token = _current_slot.set(slot)
+        child = ctx.child()
+        error: Exception | None = None
+        try:
+            await run_stoppable(entry.job, child, watch_lock)
+        except Exception as exc:
+            error = exc
+        finally:
+            _current_slot.reset(token)
+            self._running.discard(entry.name)
+
+        if lost:
+            self._counters.runs_interrupted += 1
+            logger.warning(
+                "schedule %r: the run for %s was interrupted (%s); its slot stays due",
+                entry.name,
+                slot,
+                child.reason.value if child.reason else "stopped",
+            )
+            return None, self._lock_retry
+        finished = await self._now(ctx)
+        if error is not None:
+            self._counters.runs_failed += 1
+            logger.error(
+                "schedule %r: %s failed for slot %s; retrying in %gs",
+                entry.name,
+                job_name(entry.job),
+                slot,
+                entry.retry_delay,
+                exc_info=error,
+            )
+            await self._repository.save(
+                self._next_state(entry, state, started, finished=finished, error=error, slot=None)
+            )
+            return None, entry.retry_delay
+        await self._repository.save(
+            self._next_state(entry, state, started, finished=finished, slot=slot)
+        )
+        self._counters.runs_succeeded += 1
+        return entry.schedule.next_after(slot), 0.0
+
+    def _next_state(
+        self,
+        entry: _Entry,
+        state: ScheduleState | None,
+        started: datetime,
+        *,
+        slot: datetime | None,
+        finished: datetime | None = None,
+        error: Exception | None = None,
+    ) -> ScheduleState:
+        name = entry.name
+        base = state or ScheduleState(name=name, last_slot=self._first_seen[name])
+        last_slot = slot or base.last_slot
+        next_due = entry.schedule.next_after(last_slot)
+        if finished is None:  # a skip: no run happened
+            return ScheduleState(
+                name=name,
+                last_slot=last_slot,
+                next_due=next_due,
+                last_started=base.last_started,
+                last_finished=base.last_finished,
+                last_error=base.last_error,
+                run_count=base.run_count,
+                failure_count=base.failure_count,
+            )
+        return ScheduleState(
+            name=name,
+            last_slot=last_slot,
+            next_due=next_due,
+            last_started=started,
+            last_finished=finished,
+            last_error=None if error is None else f"{type(error).__name__}: {error}"[:2000],
+            run_count=base.run_count + (error is None),
+            failure_count=base.failure_count + (error is not None),
+        )

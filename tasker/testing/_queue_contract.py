@@ -1,0 +1,282 @@
+"""The queue backend contract: a hypothesis state machine against a small reference model.
+
+Usage in a test module::
+
+    from tasker.testing import queue_backend_machine
+
+    TestMyBackend = queue_backend_machine(lambda: MyBackend(...)).TestCase
+
+Each example gets a fresh backend from the factory and drives it through enqueue, claim,
+heartbeat, finish (success, retry, dead, release), requeue, dispatch and the passing of
+time (leases expire), checking every answer against the model. The backend's coroutines run
+on an event loop in a helper thread (anyio's blocking portal), on ``anyio_backend``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from ..queue._backend import QueueBackend
+from ..queue._records import NewTask, Outcome, OutcomeKind, TaskState
+
+__all__ = ["queue_backend_machine"]
+
+WORKERS = ("w1", "w2")
+QUEUES = ("q1", "q2")
+LEASE = 10.0
+
+
+@dataclass
+class _Task:
+    id: str
+    queue: str
+    priority: int
+    run_at: float
+    max_attempts: int
+    unique_key: str | None
+    state: TaskState = TaskState.QUEUED
+    attempts: int = 0
+    owner: str | None = None
+    lease_until: float | None = None
+    history: list[str] = field(default_factory=list)
+
+
+def queue_backend_machine(
+    make_backend: Callable[[], Any], *, anyio_backend: str = "asyncio"
+) -> type[RuleBasedStateMachine]:
+    """Build the state machine for backends made by ``make_backend`` (sync or async).
+
+    Returns:
+        A ``RuleBasedStateMachine`` subclass; its ``TestCase`` attribute is a unittest case
+        that pytest collects.
+    """
+
+    class QueueBackendMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self._portal_cm = start_blocking_portal(anyio_backend)
+            self.portal: BlockingPortal = self._portal_cm.__enter__()
+            self.backend = self.portal.call(_make, make_backend)
+            self.now = 1_000_000.0
+            self.tasks: dict[str, _Task] = {}
+            self.ids = itertools.count()
+
+        def teardown(self) -> None:
+            aclose = getattr(self.backend, "aclose", None)
+            if callable(aclose):
+                self.portal.call(aclose)
+            close = getattr(self.backend, "close", None)
+            if callable(close):
+                close()
+            self._portal_cm.__exit__(None, None, None)
+
+        def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+            func = getattr(self.backend, method)
+            return self.portal.call(lambda: func(*args, **kwargs))
+
+        # -- rules -----------------------------------------------------------------------
+
+        @rule(
+            queue=st.sampled_from(QUEUES),
+            priority=st.integers(0, 3),
+            delay=st.sampled_from([0.0, 0.0, 5.0, 30.0]),
+            max_attempts=st.integers(1, 3),
+            unique=st.sampled_from([None, None, "k1", "k2"]),
+        )
+        def enqueue(
+            self, queue: str, priority: int, delay: float, max_attempts: int, unique: str | None
+        ) -> None:
+            task_id = f"t{next(self.ids)}"
+            new = NewTask(
+                id=task_id,
+                name="job",
+                queue=queue,
+                payload=b"{}",
+                priority=priority,
+                run_at=self.now + delay,
+                max_attempts=max_attempts,
+                unique_key=unique,
+                created_at=self.now,
+            )
+            (result,) = self.call("enqueue", [new], now=self.now)
+            live = [
+                t
+                for t in self.tasks.values()
+                if unique is not None
+                and t.unique_key == unique
+                and t.state in (TaskState.QUEUED, TaskState.RUNNING, TaskState.HELD)
+            ]
+            if live:
+                assert result.deduplicated, "a live unique key must deduplicate"
+                assert result.id == live[0].id
+                return
+            assert not result.deduplicated
+            assert result.id == task_id
+            self.tasks[task_id] = _Task(
+                task_id, queue, priority, self.now + delay, max_attempts, unique
+            )
+
+        @rule(
+            worker=st.sampled_from(WORKERS),
+            limit=st.integers(1, 3),
+            queues=st.sampled_from([("q1",), ("q2",), QUEUES]),
+        )
+        def claim(self, worker: str, limit: int, queues: tuple[str, ...]) -> None:
+            # Expired leases on their last attempt die instead of being claimed.
+            expired = [
+                t
+                for t in self.tasks.values()
+                if t.state is TaskState.RUNNING
+                and t.queue in queues
+                and t.lease_until is not None
+                and t.lease_until <= self.now
+            ]
+            due = [
+                t
+                for t in self.tasks.values()
+                if t.state is TaskState.QUEUED and t.queue in queues and t.run_at <= self.now
+            ]
+            records = self.call(
+                "claim", list(queues), limit, worker=worker, lease=LEASE, now=self.now
+            )
+            got = {r.id for r in records}
+            assert len(got) == len(records), "a task is claimed once per call"
+            reclaimable = {t.id for t in expired if t.attempts < t.max_attempts}
+            candidates = reclaimable | {t.id for t in due}
+            assert got <= candidates, f"claimed tasks that are not due: {got - candidates}"
+            # Every claimable task is taken until the limit is reached.
+            assert len(got) == min(limit, len(candidates)) or len(got) == limit
+            # Priority: no due queued task left behind outranks a claimed queued one.
+            claimed_queued = [self.tasks[i] for i in got if self.tasks[i].state is TaskState.QUEUED]
+            left = [t for t in due if t.id not in got]
+            if claimed_queued and left and not reclaimable - got:
+                assert min(t.priority for t in claimed_queued) >= max(t.priority for t in left)
+            for t in expired:
+                if t.attempts >= t.max_attempts and t.id not in got:
+                    # Either it died now, or the limit stopped the scan before it.
+                    stored = self.call("get", t.id)
+                    if stored.state is TaskState.DEAD:
+                        t.state, t.owner, t.lease_until = TaskState.DEAD, None, None
+            for record in records:
+                t = self.tasks[record.id]
+                t.state = TaskState.RUNNING
+                t.attempts += 1
+                t.owner = worker
+                t.lease_until = self.now + LEASE
+                assert record.attempts == t.attempts
+                assert record.lease_owner == worker
+
+        @rule(worker=st.sampled_from(WORKERS))
+        def heartbeat(self, worker: str) -> None:
+            mine = [t.id for t in self.tasks.values() if t.owner == worker]
+            held = self.call("heartbeat", worker, mine, lease=LEASE, now=self.now)
+            expected = {
+                t.id
+                for t in self.tasks.values()
+                if t.owner == worker and t.state is TaskState.RUNNING
+            }
+            assert held == expected
+            for task_id in held:
+                self.tasks[task_id].lease_until = self.now + LEASE
+
+        @precondition(lambda self: any(t.state is TaskState.RUNNING for t in self.tasks.values()))
+        @rule(
+            pick=st.integers(0, 1000),
+            kind=st.sampled_from(list(OutcomeKind)),
+            worker=st.sampled_from(WORKERS),
+        )
+        def finish(self, pick: int, kind: OutcomeKind, worker: str) -> None:
+            running = sorted(t.id for t in self.tasks.values() if t.state is TaskState.RUNNING)
+            t = self.tasks[running[pick % len(running)]]
+            outcome = Outcome(
+                id=t.id,
+                worker=worker,
+                kind=kind,
+                started_at=self.now,
+                finished_at=self.now,
+                result=b"1" if kind is OutcomeKind.SUCCEEDED else None,
+                error=None if kind is OutcomeKind.SUCCEEDED else "Boom: x",
+                retry_at=self.now + 5 if kind is OutcomeKind.RETRY else None,
+            )
+            self.call("finish", [outcome], now=self.now)
+            if t.owner != worker:
+                return  # a worker that does not hold the task is ignored
+            t.owner, t.lease_until = None, None
+            if kind is OutcomeKind.SUCCEEDED:
+                t.state = TaskState.SUCCEEDED
+            elif kind is OutcomeKind.DEAD:
+                t.state = TaskState.DEAD
+            elif kind is OutcomeKind.RETRY:
+                t.state, t.run_at = TaskState.QUEUED, self.now + 5
+            else:
+                t.state, t.attempts = TaskState.QUEUED, t.attempts - 1
+            if kind is not OutcomeKind.RELEASED:
+                t.history.append(kind.value)
+
+        @precondition(lambda self: any(t.state is TaskState.DEAD for t in self.tasks.values()))
+        @rule(pick=st.integers(0, 1000))
+        def requeue(self, pick: int) -> None:
+            dead = sorted(t.id for t in self.tasks.values() if t.state is TaskState.DEAD)
+            t = self.tasks[dead[pick % len(dead)]]
+            taken = t.unique_key is not None and any(
+                o.unique_key == t.unique_key
+                and o.state in (TaskState.QUEUED, TaskState.RUNNING, TaskState.HELD)
+                for o in self.tasks.values()
+            )
+            assert self.call("requeue", t.id, now=self.now) is not taken
+            if not taken:
+                t.state, t.attempts, t.run_at = TaskState.QUEUED, 0, self.now
+
+        @rule(seconds=st.sampled_from([1.0, 4.0, 6.0, 11.0, 31.0]))
+        def time_passes(self, seconds: float) -> None:
+            self.now += seconds
+
+        # -- invariants ------------------------------------------------------------------
+
+        @invariant()
+        def states_match(self) -> None:
+            counts = self.call("counts")
+            expected: dict[str, dict[TaskState, int]] = {}
+            for t in self.tasks.values():
+                per_queue = expected.setdefault(t.queue, {})
+                per_queue[t.state] = per_queue.get(t.state, 0) + 1
+            assert counts == expected
+
+        @invariant()
+        def records_match(self) -> None:
+            for t in self.tasks.values():
+                record = self.call("get", t.id)
+                assert record is not None
+                assert (record.state, record.attempts) == (t.state, t.attempts), t
+                if t.state is TaskState.RUNNING:
+                    assert record.lease_owner == t.owner
+
+        @invariant()
+        def history_matches(self) -> None:
+            entries = self.call("history", limit=10_000)
+            recorded: dict[str, list[str]] = {}
+            for entry in reversed(entries):
+                recorded.setdefault(entry.task_id, []).append(entry.outcome)
+            assert recorded == {t.id: t.history for t in self.tasks.values() if t.history}
+
+    QueueBackendMachine.TestCase.settings = settings(
+        max_examples=30, stateful_step_count=25, deadline=None
+    )
+    return QueueBackendMachine
+
+
+async def _make(factory: Callable[[], Any]) -> QueueBackend:
+    backend = factory()
+    if inspect.isawaitable(backend):  # an async factory (it may migrate a database first)
+        backend = await backend
+    result: QueueBackend = backend
+    return result

@@ -1,0 +1,138 @@
+"""The contract every Scheduler backend passes: subclass it in your tests.
+
+Example::
+
+    class TestMyBackend(SchedulerBackendContract):
+        @pytest.fixture
+        def backend(self) -> tuple[LockerFactory, StateRepository]:
+            return MyLockerFactory(...), MyStateRepository(...)
+
+The tests are anyio tests: they run on every backend your ``anyio_backend`` fixture names
+(override it to ``"asyncio"`` for an asyncio-only driver).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import anyio
+import pytest
+
+from .._schedule_state import ScheduleState
+from ..abc import LockerFactory, StateRepository
+
+__all__ = ["SchedulerBackendContract"]
+
+Backend = tuple[LockerFactory, StateRepository]
+
+#: Names that must be stored as data, never interpreted.
+HOSTILE_NAMES = [
+    "nightly report",
+    "O'Reilly; drop table schedule_state; --",
+    'quote " and backslash \\',
+    "émoji ✓ 日本",
+    "x" * 200,
+]
+
+
+@pytest.mark.anyio
+class SchedulerBackendContract:
+    """Behaviour a (LockerFactory, StateRepository) pair must have."""
+
+    @pytest.fixture
+    def backend(self) -> Backend:
+        """Return the locker factory and state repository under test."""
+        raise NotImplementedError("override the backend fixture")
+
+    async def test_lock_excludes_a_second_locker(self, backend: Backend) -> None:
+        """Two lockers for one name: the second cannot lock until the first unlocks."""
+        lockers, _ = backend
+        first, second = lockers.locker("contract-a"), lockers.locker("contract-a")
+        assert await first.try_lock()
+        try:
+            assert not await second.try_lock()
+        finally:
+            await first.unlock()
+        assert await second.try_lock()
+        await second.unlock()
+
+    async def test_locks_are_per_name(self, backend: Backend) -> None:
+        """Holding one name does not block another."""
+        lockers, _ = backend
+        a, b = lockers.locker("contract-b1"), lockers.locker("contract-b2")
+        assert await a.try_lock()
+        try:
+            assert await b.try_lock()
+            await b.unlock()
+        finally:
+            await a.unlock()
+
+    async def test_unlock_without_lock_is_harmless(self, backend: Backend) -> None:
+        """Unlocking a locker that holds nothing does not free somebody else's lock."""
+        lockers, _ = backend
+        holder, other = lockers.locker("contract-c"), lockers.locker("contract-c")
+        assert await holder.try_lock()
+        try:
+            await other.unlock()
+            assert not await lockers.locker("contract-c").try_lock()
+        finally:
+            await holder.unlock()
+
+    async def test_held_lock_is_not_reported_lost(self, backend: Backend) -> None:
+        """wait_lost does not return while the lock is held and healthy."""
+        lockers, _ = backend
+        locker = lockers.locker("contract-d")
+        assert await locker.try_lock()
+        try:
+            with anyio.move_on_after(0.2) as scope:
+                await locker.wait_lost()
+            assert scope.cancelled_caught
+        finally:
+            await locker.unlock()
+
+    @pytest.mark.parametrize("name", HOSTILE_NAMES)
+    async def test_hostile_names_are_data(self, backend: Backend, name: str) -> None:
+        """Names with quotes, SQL and any characters lock and store as plain data."""
+        lockers, repository = backend
+        locker = lockers.locker(name)
+        assert await locker.try_lock()
+        await locker.unlock()
+        state = ScheduleState(name=name, last_slot=datetime(2026, 1, 1, tzinfo=UTC))
+        await repository.save(state)
+        assert await repository.get(name) == state
+
+    async def test_missing_state_is_none(self, backend: Backend) -> None:
+        """A name never saved reads as None."""
+        _, repository = backend
+        assert await repository.get("contract-never-saved") is None
+
+    async def test_state_round_trip_and_replace(self, backend: Backend) -> None:
+        """Every field survives a save and get; a second save replaces the first."""
+        _, repository = backend
+        berlin = timezone(timedelta(hours=1))
+        first = ScheduleState(
+            name="contract-e",
+            last_slot=datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=berlin),
+            last_started=datetime(2026, 3, 1, 11, 0, 0, 5, tzinfo=UTC),
+            last_finished=datetime(2026, 3, 1, 11, 0, 1, tzinfo=UTC),
+            last_error="ValueError: it's broken; 'quoted'",
+            run_count=7,
+            failure_count=2,
+            next_due=datetime(2026, 3, 2, 12, tzinfo=berlin),
+        )
+        await repository.save(first)
+        stored = await repository.get("contract-e")
+        assert stored == first  # aware datetimes compare as instants
+        second = ScheduleState(
+            name="contract-e", last_slot=datetime(2026, 3, 2, tzinfo=UTC), run_count=8
+        )
+        await repository.save(second)
+        assert await repository.get("contract-e") == second
+
+    async def test_now_is_aware_or_none(self, backend: Backend) -> None:
+        """now() is None (local clock) or an aware datetime close to the real time."""
+        _, repository = backend
+        now = await repository.now()
+        if now is not None:
+            assert now.utcoffset() is not None
+            assert abs(now - datetime.now(UTC)) < timedelta(minutes=10)
