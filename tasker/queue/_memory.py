@@ -1,0 +1,427 @@
+"""The in-memory queue backend: tests and single-process programs.
+
+Its hot methods (enqueue, claim, heartbeat, finish) do not yield to the event loop: they
+are plain dictionary and heap work, and a checkpoint per call would cost more than the call.
+
+New and retried tasks wait in a heap by ``run_at``; a claim moves the due ones into one heap
+per queue ordered by (priority desc, run_at, arrival), so a delayed high-priority task never
+hides a due one. Running tasks sit in a heap by lease expiry. A claim costs O(log n) per
+task; stale heap entries (a task that moved on) are skipped lazily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+from collections.abc import Sequence
+
+import anyio
+
+from ._records import (
+    TERMINAL,
+    EnqueueResult,
+    GroupSpec,
+    HistoryEntry,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    TaskRecord,
+    TaskState,
+)
+
+__all__ = ["MemoryQueueBackend", "group_payload"]
+
+
+def replace(record: TaskRecord, **changes: object) -> TaskRecord:
+    """``dataclasses.replace`` without its per-call field introspection (hot path)."""
+    fields = {name: getattr(record, name) for name in _FIELDS}
+    fields.update(changes)
+    return TaskRecord(**fields)
+
+
+_FIELDS = tuple(TaskRecord.__dataclass_fields__)
+
+_LIVE = frozenset({TaskState.HELD, TaskState.QUEUED, TaskState.RUNNING})
+
+
+def group_payload(results: Sequence[bytes | None]) -> bytes:
+    """The callback payload of a group: a JSON array of the members' JSON results."""
+    return b"[" + b",".join(r if r is not None else b"null" for r in results) + b"]"
+
+
+def record_from_new(task: NewTask) -> TaskRecord:
+    """A stored record for a task just enqueued."""
+    return TaskRecord(
+        id=task.id,
+        name=task.name,
+        queue=task.queue,
+        payload=task.payload,
+        priority=task.priority,
+        run_at=task.run_at,
+        state=TaskState.HELD if task.held else TaskState.QUEUED,
+        attempts=0,
+        max_attempts=task.max_attempts,
+        timeout=task.timeout,
+        unique_key=task.unique_key,
+        created_at=task.created_at,
+        chain=task.chain,
+        group_id=task.group_id,
+        group_index=task.group_index,
+    )
+
+
+class MemoryQueueBackend:
+    """Tasks in dictionaries and heaps: fast, and gone when the process exits."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskRecord] = {}
+        self._unique: dict[str, tuple[str, float | None]] = {}  # key -> (task id, until)
+        self._delayed: list[tuple[float, int, str]] = []
+        self._queued: dict[str, list[tuple[int, float, int, str]]] = {}
+        self._leases: list[tuple[float, int, str]] = []
+        self._groups: dict[str, GroupSpec] = {}
+        self._group_members: dict[str, list[str]] = {}
+        self._history: list[HistoryEntry] = []
+        self._seq = itertools.count()
+        self._work = anyio.Event()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _push(self, record: TaskRecord) -> None:
+        heapq.heappush(self._delayed, (record.run_at, next(self._seq), record.id))
+
+    def _promote(self, now: float) -> None:
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            run_at, seq, task_id = heapq.heappop(delayed)
+            record = self._tasks.get(task_id)
+            if record is None or record.state is not TaskState.QUEUED or record.run_at != run_at:
+                continue
+            heap = self._queued.setdefault(record.queue, [])
+            heapq.heappush(heap, (-record.priority, run_at, seq, task_id))
+
+    def _notify(self) -> None:
+        self._work.set()
+        self._work = anyio.Event()
+
+    def _duplicate_of(self, task: NewTask, now: float) -> str | None:
+        if task.unique_key is None:
+            return None
+        existing = self._unique.get(task.unique_key)
+        if existing is None:
+            return None
+        task_id, until = existing
+        record = self._tasks.get(task_id)
+        if record is None:
+            return None
+        if record.state in _LIVE or (until is not None and now < until):
+            return task_id
+        return None
+
+    def _store(self, task: NewTask) -> None:
+        record = record_from_new(task)
+        self._tasks[task.id] = record
+        if task.unique_key is not None:
+            self._unique[task.unique_key] = (task.id, task.unique_until)
+        if record.state is TaskState.QUEUED:
+            self._push(record)
+
+    # -- protocol ------------------------------------------------------------------------
+
+    async def enqueue(
+        self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
+    ) -> list[EnqueueResult]:
+        """Store tasks; deduplicate unique keys."""
+        results = []
+        for task in tasks:
+            duplicate = self._duplicate_of(task, now)
+            if duplicate is not None:
+                results.append(EnqueueResult(id=duplicate, deduplicated=True))
+                continue
+            self._store(task)
+            results.append(EnqueueResult(id=task.id))
+        if group is not None:
+            self._groups[group.id] = group
+            self._group_members[group.id] = [t.id for t in tasks]
+        self._notify()
+        return results
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, *, worker: str, lease: float, now: float
+    ) -> list[TaskRecord]:
+        """Lease due tasks, expired leases first."""
+        claimed: list[TaskRecord] = []
+        wanted = set(queues)
+        # Expired leases: their worker is gone.
+        kept: list[tuple[float, int, str]] = []
+        while self._leases and self._leases[0][0] <= now and len(claimed) < limit:
+            until, seq, task_id = heapq.heappop(self._leases)
+            record = self._tasks.get(task_id)
+            if (
+                record is None
+                or record.state is not TaskState.RUNNING
+                or record.lease_until != until
+            ):
+                continue
+            if record.queue not in wanted:
+                kept.append((until, seq, task_id))
+                continue
+            if record.attempts >= record.max_attempts:
+                self._die(record, "lease expired (the worker stopped responding)", None, now)
+                continue
+            claimed.append(self._lease(record, worker, lease, now))
+        for entry in kept:
+            heapq.heappush(self._leases, entry)
+        self._promote(now)
+        while len(claimed) < limit:
+            best: tuple[tuple[int, float, int, str], str] | None = None
+            for queue in queues:
+                heap = self._queued.get(queue)
+                while heap:
+                    _, run_at, _, task_id = heap[0]
+                    record = self._tasks.get(task_id)
+                    if (
+                        record is None
+                        or record.state is not TaskState.QUEUED
+                        or record.run_at != run_at
+                    ):
+                        heapq.heappop(heap)  # stale
+                        continue
+                    break
+                if heap and (best is None or heap[0] < best[0]):
+                    best = (heap[0], queue)
+            if best is None:
+                break
+            heapq.heappop(self._queued[best[1]])
+            claimed.append(self._lease(self._tasks[best[0][3]], worker, lease, now))
+        return claimed
+
+    def _lease(self, record: TaskRecord, worker: str, lease: float, now: float) -> TaskRecord:
+        leased = replace(
+            record,
+            state=TaskState.RUNNING,
+            attempts=record.attempts + 1,
+            lease_owner=worker,
+            lease_until=now + lease,
+        )
+        self._tasks[record.id] = leased
+        heapq.heappush(self._leases, (now + lease, next(self._seq), record.id))
+        return leased
+
+    def _die(self, record: TaskRecord, error: str, traceback: str | None, now: float) -> None:
+        self._tasks[record.id] = replace(
+            record,
+            state=TaskState.DEAD,
+            lease_owner=None,
+            lease_until=None,
+            last_error=error,
+            traceback=traceback,
+            finished_at=now,
+        )
+        self._group_member_done(record.id, now)
+
+    async def heartbeat(
+        self, worker: str, ids: Sequence[str], *, lease: float, now: float
+    ) -> set[str]:
+        """Extend leases still held by ``worker``."""
+        held = set()
+        for task_id in ids:
+            record = self._tasks.get(task_id)
+            if record is None or record.state is not TaskState.RUNNING:
+                continue
+            if record.lease_owner != worker:
+                continue
+            self._tasks[task_id] = replace(record, lease_until=now + lease)
+            heapq.heappush(self._leases, (now + lease, next(self._seq), task_id))
+            held.add(task_id)
+        return held
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        """Record outcomes of tasks the workers still hold."""
+        notify = False
+        for outcome in outcomes:
+            record = self._tasks.get(outcome.id)
+            if (
+                record is None
+                or record.state is not TaskState.RUNNING
+                or record.lease_owner != outcome.worker
+            ):
+                continue  # the lease was lost: a newer attempt owns the task
+            kind = outcome.kind
+            if kind is not OutcomeKind.RELEASED:
+                self._history.append(
+                    HistoryEntry(
+                        task_id=record.id,
+                        name=record.name,
+                        queue=record.queue,
+                        worker=outcome.worker,
+                        attempt=record.attempts,
+                        started_at=outcome.started_at,
+                        finished_at=outcome.finished_at,
+                        outcome=kind.value,
+                        error=outcome.error,
+                    )
+                )
+            if kind is OutcomeKind.SUCCEEDED:
+                self._tasks[record.id] = replace(
+                    record,
+                    state=TaskState.SUCCEEDED,
+                    lease_owner=None,
+                    lease_until=None,
+                    result=outcome.result,
+                    result_expires=outcome.result_expires,
+                    last_error=None,
+                    traceback=None,
+                    finished_at=outcome.finished_at,
+                )
+                for follow_up in outcome.follow_ups:
+                    self._store(follow_up)
+                    notify = True
+                self._group_member_done(record.id, now)
+            elif kind is OutcomeKind.DEAD:
+                self._die(record, outcome.error or "failed", outcome.traceback, outcome.finished_at)
+            else:
+                retry = kind is OutcomeKind.RETRY
+                queued = replace(
+                    record,
+                    state=TaskState.QUEUED,
+                    lease_owner=None,
+                    lease_until=None,
+                    attempts=record.attempts if retry else record.attempts - 1,
+                    run_at=outcome.retry_at
+                    if retry and outcome.retry_at is not None
+                    else record.run_at,
+                    last_error=outcome.error if retry else record.last_error,
+                    traceback=outcome.traceback if retry else record.traceback,
+                )
+                self._tasks[record.id] = queued
+                self._push(queued)
+                notify = True
+        if notify:
+            self._notify()
+
+    def _group_member_done(self, task_id: str, now: float) -> None:
+        record = self._tasks[task_id]
+        if record.group_id is None or record.group_id not in self._groups:
+            return
+        members = [self._tasks[m] for m in self._group_members[record.group_id]]
+        if any(m.state not in TERMINAL for m in members):
+            return
+        group = self._groups.pop(record.group_id)
+        if group.callback is not None:
+            ordered = sorted(members, key=lambda m: m.group_index or 0)
+            payload = group_payload(
+                [m.result if m.state is TaskState.SUCCEEDED else None for m in ordered]
+            )
+            self._store(dataclasses.replace(group.callback, payload=payload))
+            self._notify()
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """Return a task by id."""
+        await anyio.lowlevel.checkpoint()
+        return self._tasks.get(task_id)
+
+    async def tasks(
+        self, *, state: TaskState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """List tasks, newest first."""
+        await anyio.lowlevel.checkpoint()
+        found = [
+            t
+            for t in self._tasks.values()
+            if (state is None or t.state is state) and (queue is None or t.queue == queue)
+        ]
+        found.sort(key=lambda t: t.created_at, reverse=True)
+        return found[:limit]
+
+    async def requeue(self, task_id: str, *, now: float) -> bool:
+        """Give a dead task a fresh set of attempts."""
+        await anyio.lowlevel.checkpoint()
+        record = self._tasks.get(task_id)
+        if record is None or record.state is not TaskState.DEAD:
+            return False
+        if record.unique_key is not None:
+            holder = self._unique.get(record.unique_key)
+            other = self._tasks.get(holder[0]) if holder and holder[0] != task_id else None
+            if other is not None and other.state in _LIVE:
+                return False  # a newer task holds the unique key
+            self._unique[record.unique_key] = (task_id, None)
+        queued = replace(record, state=TaskState.QUEUED, attempts=0, run_at=now, finished_at=None)
+        self._tasks[task_id] = queued
+        self._push(queued)
+        self._notify()
+        return True
+
+    async def dispatch(
+        self, queue: str, *, name: str | None = None, limit: int | None = None, now: float
+    ) -> int:
+        """Release held tasks."""
+        await anyio.lowlevel.checkpoint()
+        held = sorted(
+            (
+                t
+                for t in self._tasks.values()
+                if t.state is TaskState.HELD
+                and t.queue == queue
+                and (name is None or t.name == name)
+            ),
+            key=lambda t: (-t.priority, t.created_at),
+        )[:limit]
+        for record in held:
+            queued = replace(record, state=TaskState.QUEUED, run_at=min(record.run_at, now))
+            self._tasks[record.id] = queued
+            self._push(queued)
+        if held:
+            self._notify()
+        return len(held)
+
+    async def counts(self) -> dict[str, dict[TaskState, int]]:
+        """Counts per queue and state."""
+        await anyio.lowlevel.checkpoint()
+        result: dict[str, dict[TaskState, int]] = {}
+        for task in self._tasks.values():
+            per_queue = result.setdefault(task.queue, {})
+            per_queue[task.state] = per_queue.get(task.state, 0) + 1
+        return result
+
+    async def history(self, *, task_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:
+        """Attempts, newest first."""
+        await anyio.lowlevel.checkpoint()
+        entries = [h for h in self._history if task_id is None or h.task_id == task_id]
+        return entries[::-1][:limit]
+
+    async def next_run_at(self, queues: Sequence[str]) -> float | None:
+        """Earliest run_at of a queued task."""
+        await anyio.lowlevel.checkpoint()
+        times = [
+            t.run_at
+            for t in self._tasks.values()
+            if t.state is TaskState.QUEUED and t.queue in queues
+        ]
+        leases = [until for until, _, _ in self._leases[:1]]
+        return min(times + leases, default=None)
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Wait for an enqueue (any queue) or the timeout."""
+        with anyio.move_on_after(timeout):
+            await self._work.wait()
+
+    async def purge(self, *, now: float, history_before: float | None = None) -> int:
+        """Drop finished tasks whose results expired."""
+        await anyio.lowlevel.checkpoint()
+        expired = [
+            t.id
+            for t in self._tasks.values()
+            if t.state is TaskState.SUCCEEDED
+            and t.result_expires is not None
+            and t.result_expires <= now
+        ]
+        for task_id in expired:
+            del self._tasks[task_id]
+        if history_before is not None:
+            self._history = [h for h in self._history if h.finished_at >= history_before]
+        return len(expired)
+
+    def __repr__(self) -> str:
+        return f"MemoryQueueBackend(tasks={len(self._tasks)})"

@@ -1,0 +1,681 @@
+"""``Queue``: register handlers, enqueue tasks, run workers that are tasker jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .._backoff import Backoff
+from .._clock import SYSTEM_CLOCK, Clock
+from .._context import Context, to_seconds
+from .._errors import TaskerError
+from .._job import Job, check_job, takes_argument
+from ._backend import QueueBackend
+from ._records import (
+    GroupSpec,
+    HistoryEntry,
+    NewTask,
+    TaskRecord,
+    TaskState,
+)
+from ._serializer import JSONSerializer, Serializer
+
+__all__ = [
+    "Enqueued",
+    "Handler",
+    "PayloadError",
+    "Queue",
+    "Step",
+    "TaskInfo",
+    "UnknownTaskError",
+]
+
+logger = logging.getLogger("tasker.queue")
+
+#: A task handler: ``async def handler(ctx, payload) -> result`` (result serialisable or None).
+Handler = Callable[[Context, Any], Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+
+_NAME_LIMIT = 200
+
+
+class UnknownTaskError(TaskerError, KeyError):
+    """No handler is registered under this task name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no task handler is registered as {name!r}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class PayloadError(TaskerError, TypeError):
+    """A payload (or result) the serialiser cannot represent."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"payload of task {name!r} cannot be serialised: {reason}")
+
+
+def _check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > _NAME_LIMIT or not value.isprintable():
+        raise ValueError(f"{what} must be at most {_NAME_LIMIT} printable characters: {value!r}")
+    return value
+
+
+def _check_int(value: object, what: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Registration:
+    name: str
+    handler: Handler
+    queue: str
+    max_attempts: int
+    backoff: Backoff
+    timeout: float | None
+    priority: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enqueued:
+    """The answer to an enqueue: the task's id, and whether an existing task was reused.
+
+    Attributes:
+        id: the id to ask :meth:`Queue.get` about.
+        deduplicated: True when a task with the same unique key was pending (or finished
+            within its window): no new task was created and ``id`` names the existing one.
+    """
+
+    id: str
+    deduplicated: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskInfo:
+    """What :meth:`Queue.get` reports about a task.
+
+    Attributes:
+        id, name, queue, state, attempts, max_attempts: as stored.
+        result: the handler's return value once it succeeded (until the result expires).
+        error: ``"Type: message"`` of the last failure, if any.
+        traceback: the last failure's traceback, if any.
+        created_at, finished_at: POSIX timestamps.
+    """
+
+    id: str
+    name: str
+    queue: str
+    state: TaskState
+    attempts: int
+    max_attempts: int
+    result: Any
+    error: str | None
+    traceback: str | None
+    created_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    """One task of a chain or a group, made by :meth:`Queue.step`."""
+
+    name: str
+    payload: Any = None
+    queue: str | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    timeout: float | None = None
+
+
+class Queue:
+    """Durable background tasks: handlers by name, enqueue now or later, workers as jobs.
+
+    Args:
+        backend: where tasks live (:class:`QueueBackend`); by default the embedded SQLite
+            backend in ``path``.
+        path: the embedded backend's database file (default ``$TASKER_STATE_DIR`` or
+            ``./.tasker``, file ``queue.sqlite3``).
+        serializer: payload and result serialiser (default strict JSON; never pickle).
+        result_ttl: how long a result is kept after success.
+        on_failure: called as ``on_failure(task_info)`` (sync or async) when a task dies.
+        long_queue_threshold: when a queue holds at least this many queued tasks after an
+            enqueue, ``on_long_queue(queue, depth)`` is called (once per crossing).
+        on_long_queue: the long-queue hook.
+        clock: the wall clock (default: the system clock); times are stored as timestamps.
+
+    Raises:
+        TypeError: for a backend or serializer that does not implement its protocol.
+        ValueError: for a bad ``result_ttl`` or threshold.
+    """
+
+    def __init__(
+        self,
+        backend: QueueBackend | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        serializer: Serializer | None = None,
+        result_ttl: float | timedelta = 86400.0,
+        on_failure: Callable[[TaskInfo], object] | None = None,
+        long_queue_threshold: int | None = None,
+        on_long_queue: Callable[[str, int], object] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if backend is None:
+            from ._sqlite import SQLiteQueueBackend, default_queue_path
+
+            backend = SQLiteQueueBackend(Path(path) if path is not None else default_queue_path())
+        elif path is not None:
+            raise ValueError("Queue: path is only for the embedded default backend")
+        if not isinstance(backend, QueueBackend):
+            raise TypeError(f"Queue: {backend!r} is not a tasker.queue.QueueBackend")
+        self._serializer = serializer or JSONSerializer()
+        if not isinstance(self._serializer, Serializer):
+            raise TypeError(f"Queue: {serializer!r} is not a Serializer (dumps/loads)")
+        if long_queue_threshold is not None:
+            _check_int(long_queue_threshold, "long_queue_threshold", 1)
+        if (long_queue_threshold is None) != (on_long_queue is None):
+            raise ValueError("Queue: give both long_queue_threshold and on_long_queue, or neither")
+        self.backend = backend
+        self._result_ttl = to_seconds(result_ttl, "result_ttl")
+        self._on_failure = on_failure
+        self._long_threshold = long_queue_threshold
+        self._on_long_queue = on_long_queue
+        self._long_queues: set[str] = set()
+        self._clock = clock or SYSTEM_CLOCK
+        self._handlers: dict[str, _Registration] = {}
+
+    # -- registration --------------------------------------------------------------------
+
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        queue: str = "default",
+        max_attempts: int = 3,
+        backoff: Backoff | float | timedelta = Backoff(initial=1.0, maximum=300.0),  # noqa: B008
+        timeout: float | timedelta | None = None,
+        priority: int = 0,
+    ) -> Callable[[H], H]:
+        """A decorator that registers an ``async def handler(ctx, payload)``.
+
+        The name defaults to the function's qualified name. The options are the defaults of
+        every enqueue of this task; ``backoff`` spaces its retries.
+        """
+
+        def register(handler: H) -> H:
+            self.register(
+                name or handler.__qualname__,
+                handler,
+                queue=queue,
+                max_attempts=max_attempts,
+                backoff=backoff,
+                timeout=timeout,
+                priority=priority,
+            )
+            return handler
+
+        return register
+
+    def register(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        queue: str = "default",
+        max_attempts: int = 3,
+        backoff: Backoff | float | timedelta = Backoff(initial=1.0, maximum=300.0),  # noqa: B008
+        timeout: float | timedelta | None = None,
+        priority: int = 0,
+    ) -> None:
+        """Register ``handler`` under ``name`` (see :meth:`task`).
+
+        Raises:
+            ValueError: for a duplicate or invalid name, attempts below 1, a bad timeout.
+            TypeError: if ``handler`` is not an async function taking (ctx, payload).
+        """
+        _check_name(name, "task name")
+        if name in self._handlers:
+            raise ValueError(f"Queue.register(): the task name {name!r} is already registered")
+        check_job(handler, f"Queue.register({name!r})")
+        if takes_argument(handler) and not _takes_two(handler):
+            raise TypeError(f"Queue.register(): handler for {name!r} must take (ctx, payload)")
+        if not isinstance(backoff, Backoff):
+            backoff = Backoff.fixed(to_seconds(backoff, "backoff"))
+        self._handlers[name] = _Registration(
+            name=name,
+            handler=handler,
+            queue=_check_name(queue, "queue"),
+            max_attempts=_check_int(max_attempts, "max_attempts", 1),
+            backoff=backoff,
+            timeout=None if timeout is None else to_seconds(timeout, "timeout", allow_zero=False),
+            priority=_check_int(priority, "priority", -(2**31)),
+        )
+
+    @property
+    def task_names(self) -> list[str]:
+        """The registered task names."""
+        return sorted(self._handlers)
+
+    # -- enqueueing ----------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._clock.now().timestamp()
+
+    def _serialize(self, name: str, value: Any) -> bytes:
+        try:
+            return self._serializer.dumps(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PayloadError(name, str(exc)) from exc
+
+    def _new_task(
+        self,
+        name: str,
+        payload: Any,
+        *,
+        now: float,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        unique_key: str | None = None,
+        unique_for: float | timedelta | None = None,
+        held: bool = False,
+        chain: bytes | None = None,
+        group: tuple[str, int] | None = None,
+        raw_payload: bytes | None = None,
+    ) -> NewTask:
+        registration = self._handlers.get(name)
+        if registration is None:
+            raise UnknownTaskError(name)
+        if delay is not None and at is not None:
+            raise ValueError("enqueue(): give delay or at, not both")
+        run_at = now
+        if delay is not None:
+            run_at = now + to_seconds(delay, "delay")
+        if at is not None:
+            if at.tzinfo is None or at.utcoffset() is None:
+                raise ValueError(f"enqueue(): at must be an aware datetime, got {at!r}")
+            run_at = at.timestamp()
+        if unique_for is not None and unique_key is None:
+            raise ValueError("enqueue(): unique_for needs a unique_key")
+        if unique_key is not None:
+            _check_name(unique_key, "unique_key")
+        return NewTask(
+            id=uuid.uuid4().hex,
+            name=name,
+            queue=_check_name(queue, "queue") if queue is not None else registration.queue,
+            payload=raw_payload if raw_payload is not None else self._serialize(name, payload),
+            priority=registration.priority
+            if priority is None
+            else _check_int(priority, "priority", -(2**31)),
+            run_at=run_at,
+            max_attempts=registration.max_attempts
+            if max_attempts is None
+            else _check_int(max_attempts, "max_attempts", 1),
+            timeout=registration.timeout
+            if timeout is None
+            else to_seconds(timeout, "timeout", allow_zero=False),
+            unique_key=unique_key,
+            unique_until=None if unique_for is None else now + to_seconds(unique_for, "unique_for"),
+            held=held,
+            chain=chain,
+            group_id=group[0] if group else None,
+            group_index=group[1] if group else None,
+            created_at=now,
+        )
+
+    async def enqueue(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        unique_key: str | None = None,
+        unique_for: float | timedelta | None = None,
+        held: bool = False,
+        connection: Any = None,
+    ) -> Enqueued:
+        """Enqueue task ``name`` with ``payload``, to run now, after ``delay`` or ``at`` a time.
+
+        Args:
+            name: a registered task name.
+            payload: the handler's argument; serialised now, so a bad payload fails here.
+            delay: seconds (or timedelta) from now; ``at``: an aware datetime.
+            priority: higher runs first (default: the registration's).
+            queue: the queue (default: the registration's).
+            max_attempts, timeout: override the registration's.
+            unique_key: while a task with this key is pending or running (or finished less
+                than ``unique_for`` ago), another enqueue with the key is deduplicated.
+            held: keep the task until :meth:`dispatch` releases it (manual dispatch).
+            connection: a database connection inside the caller's transaction, for backends
+                that support it (Postgres): the task exists only if that transaction commits.
+
+        Raises:
+            UnknownTaskError: no handler is registered as ``name`` (a ``KeyError``).
+            PayloadError: the serialiser cannot represent ``payload`` (a ``TypeError``).
+            ValueError: a negative delay, a naive ``at``, a bad option.
+        """
+        now = self._now()
+        task = self._new_task(
+            name,
+            payload,
+            now=now,
+            delay=delay,
+            at=at,
+            priority=priority,
+            queue=queue,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            unique_key=unique_key,
+            unique_for=unique_for,
+            held=held,
+        )
+        if connection is None:
+            (result,) = await self.backend.enqueue([task], now=now)
+        else:
+            try:
+                (result,) = await self.backend.enqueue(  # type: ignore[call-arg]
+                    [task], now=now, connection=connection
+                )
+            except TypeError as exc:
+                if "connection" not in str(exc):
+                    raise
+                raise TypeError(
+                    f"enqueue(connection=...): {self.backend!r} cannot enqueue inside a"
+                    " caller's transaction"
+                ) from exc
+        await self._check_long_queue(task.queue)
+        return Enqueued(id=result.id, deduplicated=result.deduplicated)
+
+    def step(self, name: str, payload: Any = None, **options: Any) -> Step:
+        """A task for :meth:`enqueue_chain` or :meth:`enqueue_group`; options as for enqueue."""
+        if name not in self._handlers:
+            raise UnknownTaskError(name)
+        return Step(name=name, payload=payload, **options)
+
+    async def enqueue_chain(self, *steps: Step) -> Enqueued:
+        """Enqueue ``steps`` to run one after another, each receiving the previous result.
+
+        The first step gets its own payload; every later step gets the result of the step
+        before it as its payload (so later steps take no payload of their own). The next
+        step is enqueued in the same transaction that records its predecessor's success; a
+        step that dies ends the chain.
+
+        Returns:
+            The first step's :class:`Enqueued`.
+
+        Raises:
+            ValueError: for an empty chain or a payload on a later step.
+        """
+        if not steps:
+            raise ValueError("enqueue_chain(): needs at least one step")
+        for later in steps[1:]:
+            if later.payload is not None:
+                raise ValueError(
+                    f"enqueue_chain(): step {later.name!r} gets the previous result as its"
+                    " payload; it cannot have one of its own"
+                )
+        for step in steps:
+            if step.name not in self._handlers:
+                raise UnknownTaskError(step.name)
+        rest = _encode_chain(steps[1:])
+        now = self._now()
+        first = steps[0]
+        task = self._new_task(
+            first.name,
+            first.payload,
+            now=now,
+            priority=first.priority,
+            queue=first.queue,
+            max_attempts=first.max_attempts,
+            timeout=first.timeout,
+            chain=rest,
+        )
+        (result,) = await self.backend.enqueue([task], now=now)
+        return Enqueued(id=result.id)
+
+    async def enqueue_group(
+        self, steps: Sequence[Step], *, then: Step | None = None
+    ) -> list[Enqueued]:
+        """Enqueue ``steps`` to run in parallel; ``then`` runs once all of them finished.
+
+        ``then`` receives the list of the members' results, in order (None for a member
+        that died). It needs the JSON serialiser (the results are joined as a JSON array).
+
+        Raises:
+            ValueError: for an empty group, or a payload on ``then``.
+            TypeError: for a group callback with a non-JSON serialiser.
+        """
+        if not steps:
+            raise ValueError("enqueue_group(): needs at least one step")
+        if then is not None:
+            if then.payload is not None:
+                raise ValueError("enqueue_group(): then receives the results; no payload")
+            if not isinstance(self._serializer, JSONSerializer):
+                raise TypeError("enqueue_group(): a group callback needs the JSON serializer")
+        now = self._now()
+        group_id = uuid.uuid4().hex
+        tasks = [
+            self._new_task(
+                step.name,
+                step.payload,
+                now=now,
+                priority=step.priority,
+                queue=step.queue,
+                max_attempts=step.max_attempts,
+                timeout=step.timeout,
+                group=(group_id, index),
+            )
+            for index, step in enumerate(steps)
+        ]
+        callback = None
+        if then is not None:
+            callback = self._new_task(
+                then.name,
+                None,
+                now=now,
+                priority=then.priority,
+                queue=then.queue,
+                max_attempts=then.max_attempts,
+                timeout=then.timeout,
+                raw_payload=b"null",
+            )
+        group = GroupSpec(id=group_id, size=len(tasks), callback=callback)
+        results = await self.backend.enqueue(tasks, group=group, now=now)
+        return [Enqueued(id=r.id, deduplicated=r.deduplicated) for r in results]
+
+    async def dispatch(
+        self, queue: str = "default", *, name: str | None = None, limit: int | None = None
+    ) -> int:
+        """Release tasks enqueued with ``held=True`` (manual dispatch); return how many.
+
+        Args:
+            queue: the queue to dispatch from.
+            name: only tasks of this name (e.g. one type of task).
+            limit: at most this many (``limit=1`` dispatches a single task).
+        """
+        if limit is not None:
+            _check_int(limit, "limit", 1)
+        return await self.backend.dispatch(queue, name=name, limit=limit, now=self._now())
+
+    async def _check_long_queue(self, queue: str) -> None:
+        if self._long_threshold is None or self._on_long_queue is None:
+            return
+        depth = (await self.backend.counts()).get(queue, {}).get(TaskState.QUEUED, 0)
+        if depth >= self._long_threshold:
+            if queue not in self._long_queues:
+                self._long_queues.add(queue)
+                await _call_hook(self._on_long_queue, queue, depth)
+        else:
+            self._long_queues.discard(queue)
+
+    # -- inspection ----------------------------------------------------------------------
+
+    def _info(self, record: TaskRecord, now: float) -> TaskInfo:
+        result = None
+        if record.result is not None and (
+            record.result_expires is None or record.result_expires > now
+        ):
+            result = self._serializer.loads(record.result)
+        return TaskInfo(
+            id=record.id,
+            name=record.name,
+            queue=record.queue,
+            state=record.state,
+            attempts=record.attempts,
+            max_attempts=record.max_attempts,
+            result=result,
+            error=record.last_error,
+            traceback=record.traceback,
+            created_at=record.created_at,
+            finished_at=record.finished_at,
+        )
+
+    async def get(self, task_id: str) -> TaskInfo | None:
+        """The task's state and, once it succeeded, its result (None if unknown or purged)."""
+        record = await self.backend.get(task_id)
+        return None if record is None else self._info(record, self._now())
+
+    async def dead(self, *, queue: str | None = None, limit: int = 100) -> list[TaskInfo]:
+        """Dead tasks (failed their last attempt), newest first."""
+        now = self._now()
+        records = await self.backend.tasks(state=TaskState.DEAD, queue=queue, limit=limit)
+        return [self._info(r, now) for r in records]
+
+    async def requeue(self, task_id: str) -> bool:
+        """Put a dead task back with fresh attempts.
+
+        Returns:
+            False if it is not dead, or a newer live task holds its unique key.
+        """
+        return await self.backend.requeue(task_id, now=self._now())
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Task counts per queue and state name."""
+        raw = await self.backend.counts()
+        return {q: {s.value: n for s, n in states.items()} for q, states in raw.items()}
+
+    async def history(self, *, task_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:
+        """Finished attempts (who ran what, when, how long, how it ended), newest first."""
+        return await self.backend.history(task_id=task_id, limit=limit)
+
+    # -- workers -------------------------------------------------------------------------
+
+    def worker(
+        self,
+        queues: str | Iterable[str] = "default",
+        *,
+        concurrency: int = 10,
+        lease: float | timedelta = 30.0,
+        poll: float | timedelta = 5.0,
+        worker_id: str | None = None,
+    ) -> Job:
+        """Return a job that runs tasks from ``queues``, at most ``concurrency`` at a time.
+
+        Workers wake up when work is enqueued (the backend's notification) and otherwise at
+        the next delayed task or every ``poll`` seconds at most. Each claimed task is leased
+        for ``lease`` seconds and the lease is renewed every ``lease / 3`` while it runs, so
+        a task whose worker dies runs again elsewhere once its lease expires.
+
+        - **On error**: a failing task is retried per its backoff until its attempts run out,
+          then it is dead (``on_failure`` runs). Backend errors are logged once and retried.
+        - **On cancellation**: running tasks are cancelled and handed back to the queue
+          (their attempt is not counted).
+        - **On shutdown**: the worker stops claiming at once; running tasks see ``ctx.done``
+          and have the grace period to finish; tasks cut off are handed back, uncounted.
+
+        Raises:
+            ValueError: for ``concurrency < 1``, no queues, or a bad duration.
+        """
+        names = [queues] if isinstance(queues, str) else list(queues)
+        if not names:
+            raise ValueError("Queue.worker(): needs at least one queue")
+        for name in names:
+            _check_name(name, "queue")
+        _check_int(concurrency, "concurrency", 1)
+        from ._worker import Worker
+
+        return Worker(
+            self,
+            names,
+            concurrency=concurrency,
+            lease=to_seconds(lease, "lease", allow_zero=False),
+            poll=to_seconds(poll, "poll", allow_zero=False),
+            worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
+        ).job()
+
+    def __repr__(self) -> str:
+        return f"<tasker.queue.Queue tasks={self.task_names} backend={self.backend!r}>"
+
+
+def _takes_two(func: Callable[..., object]) -> bool:
+    import inspect
+
+    try:
+        inspect.signature(func).bind(None, None)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+async def _call_hook(hook: Callable[..., object], *args: Any) -> None:
+    import inspect
+
+    try:
+        result = hook(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("queue hook %r failed", hook)
+
+
+def _encode_chain(steps: Sequence[Step]) -> bytes | None:
+    if not steps:
+        return None
+    return json.dumps(
+        [
+            {
+                "name": s.name,
+                "queue": s.queue,
+                "priority": s.priority,
+                "max_attempts": s.max_attempts,
+                "timeout": s.timeout,
+            }
+            for s in steps
+        ]
+    ).encode()
+
+
+def decode_chain(data: bytes) -> list[Step]:
+    """The rest of a chain, as stored with a task."""
+    return [Step(**item) for item in json.loads(data)]
+
+
+def format_error(exc: BaseException) -> tuple[str, str]:
+    """``"Type: message"`` and the formatted traceback of ``exc``."""
+    text = f"{type(exc).__name__}: {exc}"[:2000]
+    return text, "".join(traceback.format_exception(exc))[-20000:]

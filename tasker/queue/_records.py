@@ -1,0 +1,158 @@
+"""The records a queue backend stores and returns.
+
+Times are POSIX timestamps (float seconds) on the caller's clock: the worker passes ``now``
+to every backend call, so a backend never reads a clock itself and tests can move time.
+Payloads and results are bytes, already serialised by the queue's serialiser.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "EnqueueResult",
+    "GroupSpec",
+    "HistoryEntry",
+    "NewTask",
+    "Outcome",
+    "OutcomeKind",
+    "TaskRecord",
+    "TaskState",
+]
+
+
+class TaskState(enum.Enum):
+    """Where a task is in its life."""
+
+    #: Enqueued and waiting for ``dispatch()`` (manual dispatch); never claimed before.
+    HELD = "held"
+    #: Waiting for a worker (possibly not before its ``run_at``).
+    QUEUED = "queued"
+    #: Claimed by a worker that holds a lease on it.
+    RUNNING = "running"
+    #: Finished successfully; its result is kept until ``result_expires``.
+    SUCCEEDED = "succeeded"
+    #: Failed its last attempt (or its lease expired on the last one): a dead letter.
+    DEAD = "dead"
+
+
+TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.DEAD})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewTask:
+    """A task to enqueue, as the backend receives it."""
+
+    id: str
+    name: str
+    queue: str
+    payload: bytes
+    priority: int = 0
+    run_at: float
+    max_attempts: int = 1
+    timeout: float | None = None
+    unique_key: str | None = None
+    unique_until: float | None = None
+    held: bool = False
+    #: The serialised rest of a chain: enqueued with this task's result when it succeeds.
+    chain: bytes | None = None
+    group_id: str | None = None
+    group_index: int | None = None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSpec:
+    """A group of tasks whose callback runs when every member has finished."""
+
+    id: str
+    size: int
+    #: The callback task, enqueued with the members' results (a JSON list) as its payload.
+    callback: NewTask | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnqueueResult:
+    """What an enqueue did: the task's id, and whether an existing task took its place."""
+
+    id: str
+    deduplicated: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRecord:
+    """A task as stored."""
+
+    id: str
+    name: str
+    queue: str
+    payload: bytes
+    priority: int
+    run_at: float
+    state: TaskState
+    attempts: int
+    max_attempts: int
+    timeout: float | None
+    unique_key: str | None
+    created_at: float
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    result: bytes | None = None
+    result_expires: float | None = None
+    last_error: str | None = None
+    traceback: str | None = None
+    finished_at: float | None = None
+    chain: bytes | None = None
+    group_id: str | None = None
+    group_index: int | None = None
+
+
+class OutcomeKind(enum.Enum):
+    """How a claimed task ended."""
+
+    SUCCEEDED = "succeeded"
+    #: Failed, with attempts left: back to the queue at ``retry_at``.
+    RETRY = "retry"
+    #: Failed its last attempt.
+    DEAD = "dead"
+    #: Cut off by a shutdown: back to the queue, the attempt not counted.
+    RELEASED = "released"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """A worker's report on one claimed task."""
+
+    id: str
+    worker: str
+    kind: OutcomeKind
+    started_at: float
+    finished_at: float
+    result: bytes | None = None
+    result_expires: float | None = None
+    error: str | None = None
+    traceback: str | None = None
+    retry_at: float | None = None
+    #: Tasks to enqueue in the same transaction (the next step of a chain).
+    follow_ups: tuple[NewTask, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryEntry:
+    """One attempt of one task: who ran it, when, for how long, and how it ended."""
+
+    task_id: str
+    name: str
+    queue: str
+    worker: str
+    attempt: int
+    started_at: float
+    finished_at: float
+    outcome: str
+    error: str | None = None
+
+    @property
+    def duration(self) -> float:
+        """Seconds the attempt took."""
+        return self.finished_at - self.started_at
