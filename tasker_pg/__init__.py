@@ -1,0 +1,38 @@
+"""tasker_pg: Postgres backends for tasker, on asyncpg (asyncio only).
+
+``tasker_pg.scheduler(dsn)`` is a :class:`tasker.Scheduler` whose locks are Postgres
+advisory locks and whose state is a table, so replicas on different machines run each slot
+once. Under trio every entry point raises :class:`AsyncioRequiredError`.
+"""
+
+from __future__ import annotations
+
+from ._connection import AsyncioRequiredError, redact_dsn
+from ._locks import LockKeyCollisionError, PostgresLockerFactory, advisory_key
+from ._queue_backend import PostgresQueueBackend
+from ._setup import PostgresScheduler, scheduler
+from ._state import PostgresStateRepository, migrate
+from ._status import LockHolder, ScheduleStatus, format_status, status
+
+__all__ = [
+    "AsyncioRequiredError",
+    "LockHolder",
+    "LockKeyCollisionError",
+    "PostgresLockerFactory",
+    "PostgresQueueBackend",
+    "PostgresScheduler",
+    "PostgresStateRepository",
+    "ScheduleStatus",
+    "advisory_key",
+    "format_status",
+    "migrate",
+    "redact_dsn",
+    "scheduler",
+    "status",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__"):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,67 @@
+"""``python -m tasker_pg migrate|status --dsn ...``: create the tables, show the schedules.
+
+The DSN comes from ``--dsn`` or the ``TASKER_PG_DSN`` environment variable (prefer the
+variable: command lines are visible to other users of the machine). It is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from urllib.parse import urlsplit
+
+import anyio
+
+from ._connection import PoolSource, redact_dsn
+from ._queue_backend import PostgresQueueBackend
+from ._state import PostgresStateRepository
+from ._status import format_status, status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m tasker_pg", description=__doc__)
+    parser.add_argument("command", choices=["migrate", "status"])
+    parser.add_argument("--dsn", default=os.environ.get("TASKER_PG_DSN"))
+    parser.add_argument("--schema", default="tasker")
+    parser.add_argument("--table", default="schedule_state")
+    parser.add_argument("--namespace", default="tasker")
+    args = parser.parse_args(argv)
+    if not args.dsn:
+        parser.error("no DSN: give --dsn or set TASKER_PG_DSN")
+
+    async def run() -> str:
+        source = PoolSource(args.dsn)
+        repository = PostgresStateRepository(source, schema=args.schema, table=args.table)
+        try:
+            queue = PostgresQueueBackend(source, schema=args.schema)
+            if args.command == "migrate":
+                await repository.migrate()
+                await queue.migrate()
+                return (
+                    f"migrated {args.schema}.{args.table} and the queue tables on"
+                    f" {redact_dsn(args.dsn)}"
+                )
+            schedules = format_status(await status(repository, namespace=args.namespace))
+            return f"{schedules}\n\n{(await queue.status()).format()}"
+        finally:
+            await source.close()
+
+    try:
+        print(anyio.run(run))  # noqa: T201 - a command-line tool prints its answer
+    except Exception as exc:
+        message = f"error: {type(exc).__name__}: {exc}"
+        print(_scrub(message, args.dsn), file=sys.stderr)  # noqa: T201
+        return 1
+    return 0
+
+
+def _scrub(text: str, dsn: str) -> str:
+    """Hide the DSN's password in a driver message, should one ever quote it."""
+    password = urlsplit(dsn).password if "://" in dsn else None
+    return text.replace(password, "***") if password else text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

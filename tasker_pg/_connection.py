@@ -1,0 +1,175 @@
+"""Connections: a DSN or an asyncpg pool, asyncio only, never a password in sight."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+
+from tasker import TaskerError
+
+__all__ = [
+    "AsyncioRequiredError",
+    "PoolSource",
+    "check_asyncio",
+    "quote_identifier",
+    "redact_dsn",
+]
+
+#: Seconds a new connection may take (asyncpg's default is 60).
+CONNECT_TIMEOUT = 10.0
+#: Seconds any statement tasker_pg sends may take (they are all short).
+COMMAND_TIMEOUT = 30.0
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class AsyncioRequiredError(TaskerError, RuntimeError):
+    """tasker_pg runs on asyncio only: asyncpg, its driver, does not support trio."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        super().__init__(
+            f"tasker_pg needs asyncio, but this code runs on {backend}: asyncpg (the Postgres"
+            " driver) is asyncio-only. Run the program with tasker.main(..., backend='asyncio')"
+            " or use the embedded backends on trio"
+        )
+
+
+def check_asyncio() -> None:
+    """Raise AsyncioRequiredError when called under an event loop that is not asyncio."""
+    try:
+        import sniffio
+    except ImportError:  # pragma: no cover - no trio installed: only asyncio can run
+        return
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return  # not in an event loop (construction at import time): fine
+    if library != "asyncio":
+        raise AsyncioRequiredError(library)
+
+
+def quote_identifier(name: str, what: str) -> str:
+    """Validate a schema or table name (lower case, digits, underscores) and quote it."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ValueError(
+            f"{what} must be a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63"
+            f" characters), got {name!r}"
+        )
+    return f'"{name}"'
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced by ``***`` (for reprs and messages)."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparseable dsn>"
+    if parts.password is None:
+        redacted = dsn
+    else:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        redacted = urlunsplit(parts._replace(netloc=netloc))
+    return re.sub(r"(password=)[^&\s]*", r"\1***", redacted)
+
+
+async def _light_reset(connection: asyncpg.Connection[Any]) -> None:
+    """Replace asyncpg's reset on release, which costs one more round trip per query.
+
+    The pools tasker_pg creates hold no session state: statements are autocommit or in a
+    transaction block, ``LISTEN`` and session advisory locks live on dedicated connections.
+    Only a transaction left open (a block cut off by cancellation) needs undoing. A pool
+    given by the user keeps its own reset.
+    """
+    if connection.is_in_transaction():
+        await connection.execute("rollback")
+
+
+class PoolSource:
+    """A pool given by the user, or one created lazily (in the running loop) from a DSN."""
+
+    def __init__(
+        self, dsn_or_pool: str | asyncpg.Pool, *, min_size: int = 1, max_size: int = 4
+    ) -> None:
+        if isinstance(dsn_or_pool, str):
+            if not dsn_or_pool.startswith(("postgres://", "postgresql://")):
+                raise ValueError(
+                    "tasker_pg: expected a postgresql:// DSN or an asyncpg pool, got"
+                    f" {redact_dsn(dsn_or_pool)!r}"
+                )
+            self._dsn: str | None = dsn_or_pool
+            self._pool: asyncpg.Pool | None = None
+        elif isinstance(dsn_or_pool, asyncpg.Pool):
+            self._dsn, self._pool = None, dsn_or_pool
+        else:
+            raise TypeError(
+                f"tasker_pg: expected a DSN string or an asyncpg pool, got {dsn_or_pool!r}"
+            )
+        self._sizes = (min_size, max_size)
+        self._lock: anyio.Lock | None = None
+        check_asyncio()
+
+    @property
+    def dsn(self) -> str | None:
+        """The DSN, if one was given (it may contain a password: never log it)."""
+        return self._dsn
+
+    async def pool(self) -> asyncpg.Pool:
+        """The pool, created on first use."""
+        check_asyncio()
+        if self._pool is None:
+            if self._lock is None:
+                self._lock = anyio.Lock()
+            async with self._lock:  # concurrent first calls create one pool, not several
+                if self._pool is None:
+                    assert self._dsn is not None
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=self._sizes[0],
+                        max_size=self._sizes[1],
+                        reset=_light_reset,
+                        timeout=CONNECT_TIMEOUT,
+                        command_timeout=COMMAND_TIMEOUT,
+                    )
+        return self._pool
+
+    async def connect(self, application_name: str | None = None) -> asyncpg.Connection[Any]:
+        """A new dedicated connection (not from the pool).
+
+        ``application_name`` labels it in ``pg_stat_activity`` (so ``status`` can say which
+        replica holds a lock) unless the DSN or pool already sets one.
+        """
+        check_asyncio()
+        if self._dsn is not None:
+            args: tuple[Any, ...] = (self._dsn,)
+            kwargs: dict[str, Any] = {}
+        else:
+            pool = await self.pool()
+            # Same server and credentials as the pool's connections.
+            args = tuple(pool._connect_args)  # type: ignore[attr-defined]
+            kwargs = dict(pool._connect_kwargs)  # type: ignore[attr-defined]
+        # Without these a silent network drop would hang a connect for a minute and a
+        # query until the kernel gives up on the socket (many minutes).
+        kwargs.setdefault("timeout", CONNECT_TIMEOUT)
+        kwargs.setdefault("command_timeout", COMMAND_TIMEOUT)
+        if application_name and "application_name" not in (self._dsn or ""):
+            settings = dict(kwargs.get("server_settings") or {})
+            settings.setdefault("application_name", application_name[:63])
+            kwargs["server_settings"] = settings
+        connection: asyncpg.Connection[Any] = await asyncpg.connect(*args, **kwargs)
+        return connection
+
+    async def close(self) -> None:
+        """Close the pool if this object created it."""
+        if self._dsn is not None and self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def __repr__(self) -> str:
+        if self._dsn is not None:
+            return f"PoolSource({redact_dsn(self._dsn)!r})"
+        return "PoolSource(<asyncpg pool>)"

@@ -1,0 +1,740 @@
+"""The Postgres queue backend: ``FOR UPDATE SKIP LOCKED`` claims, ``LISTEN/NOTIFY`` wake-ups.
+
+Design notes:
+
+- Claims lease up to ``limit`` tasks in one statement (``SKIP LOCKED``, so workers never wait
+  on each other); completions are applied in a few set-based statements per batch (``unnest``
+  of arrays), not one round trip per task.
+- An enqueue sends ``pg_notify`` in its own transaction: a worker is woken only when the task
+  is committed, and an enqueue on the caller's connection inside a transaction that rolls
+  back never happened at all.
+- The listener connection reconnects by itself: a wait after a lost connection returns at
+  once, so the worker claims whatever it missed, and the next wait listens again.
+- Unique keys are enforced by a partial unique index on live tasks, so two replicas cannot
+  both insert; the window after completion is checked in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import asyncpg
+
+from tasker.queue import (
+    EnqueueResult,
+    GroupSpec,
+    HistoryEntry,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    TaskRecord,
+    TaskState,
+)
+
+from ._connection import PoolSource, quote_identifier
+
+__all__ = ["PostgresQueueBackend", "QueueStatus", "WorkerLease"]
+
+logger = logging.getLogger("tasker_pg")
+
+_COLUMNS = (
+    "id, name, queue, payload, priority, run_at, state, attempts, max_attempts, timeout,"
+    " unique_key, created_at, lease_owner, lease_until, result, result_expires, last_error,"
+    " traceback, finished_at, chain, group_id, group_index"
+)
+_LIVE = ("held", "queued", "running")
+
+# A dedicated connection or one borrowed from a pool.
+_Conn = Any
+
+
+def _record(row: Any) -> TaskRecord:
+    return TaskRecord(
+        id=row[0],
+        name=row[1],
+        queue=row[2],
+        payload=bytes(row[3]),
+        priority=row[4],
+        run_at=row[5],
+        state=TaskState(row[6]),
+        attempts=row[7],
+        max_attempts=row[8],
+        timeout=row[9],
+        unique_key=row[10],
+        created_at=row[11],
+        lease_owner=row[12],
+        lease_until=row[13],
+        result=None if row[14] is None else bytes(row[14]),
+        result_expires=row[15],
+        last_error=row[16],
+        traceback=row[17],
+        finished_at=row[18],
+        chain=None if row[19] is None else bytes(row[19]),
+        group_id=row[20],
+        group_index=row[21],
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLease:
+    """A worker holding leases: how many tasks, and when its latest lease runs out."""
+
+    worker: str
+    tasks: int
+    lease_expires_in: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStatus:
+    """What :meth:`PostgresQueueBackend.status` reports."""
+
+    depth: dict[str, dict[str, int]]
+    oldest_waiting: dict[str, float]
+    workers: list[WorkerLease]
+
+    def format(self) -> str:
+        """A plain-text report."""
+        lines = ["queue                state       tasks"]
+        for queue in sorted(self.depth):
+            for state, count in sorted(self.depth[queue].items()):
+                lines.append(f"{queue[:20]:20} {state:10} {count:6}")
+        for queue, age in sorted(self.oldest_waiting.items()):
+            lines.append(f"oldest waiting in {queue}: {age:.1f}s")
+        lines.extend(
+            f"worker {lease.worker}: {lease.tasks} task(s), lease ends in"
+            f" {lease.lease_expires_in:.1f}s"
+            for lease in self.workers
+        )
+        return "\n".join(lines)
+
+
+class PostgresQueueBackend:
+    """:class:`tasker.queue.QueueBackend` on Postgres (asyncpg, asyncio only).
+
+    Args:
+        dsn_or_pool: a ``postgresql://`` DSN or an asyncpg pool.
+        schema: the schema of the queue tables (a validated lower-case identifier).
+
+    Call :meth:`migrate` once (or ``python -m tasker_pg migrate``). ``enqueue`` accepts
+    ``connection=`` an asyncpg connection inside the caller's transaction: the task exists
+    only if that transaction commits.
+
+    Raises:
+        ValueError: for a bad DSN or schema.
+        tasker_pg.AsyncioRequiredError: under trio.
+    """
+
+    def __init__(
+        self, dsn_or_pool: str | asyncpg.Pool | PoolSource, *, schema: str = "tasker"
+    ) -> None:
+        self._source = (
+            dsn_or_pool
+            if isinstance(dsn_or_pool, PoolSource)
+            else PoolSource(dsn_or_pool, max_size=10)
+        )
+        self.schema = schema
+        q = quote_identifier(schema, "schema")
+        self._schema = q
+        self._tasks = f"{q}.queue_tasks"
+        self._groups = f"{q}.queue_groups"
+        self._history = f"{q}.queue_history"
+        self._channel = f"tasker_queue_{schema}"
+        self._listener: _Conn | None = None
+        self._work = anyio.Event()
+        self._listener_lock: anyio.Lock | None = None
+
+    # -- schema ----------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        """Create the queue tables and indexes (idempotent, safe to run concurrently)."""
+        pool = await self._source.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("select pg_advisory_xact_lock(hashtext('tasker_pg.migrate'))")
+            await conn.execute(f"create schema if not exists {self._schema}")
+            await conn.execute(
+                f"""create table if not exists {self._tasks} (
+                    id text primary key,
+                    name text not null,
+                    queue text not null,
+                    payload bytea not null,
+                    priority integer not null,
+                    run_at double precision not null,
+                    state text not null,
+                    attempts integer not null default 0,
+                    max_attempts integer not null,
+                    timeout double precision,
+                    unique_key text,
+                    unique_until double precision,
+                    created_at double precision not null,
+                    lease_owner text,
+                    lease_until double precision,
+                    result bytea,
+                    result_expires double precision,
+                    last_error text,
+                    traceback text,
+                    finished_at double precision,
+                    chain bytea,
+                    group_id text,
+                    group_index integer
+                )"""
+            )
+            await conn.execute(
+                f"create index if not exists queue_tasks_due on {self._tasks}"
+                " (queue, priority desc, run_at) where state = 'queued'"
+            )
+            await conn.execute(
+                f"create index if not exists queue_tasks_lease on {self._tasks} (lease_until)"
+                " where state = 'running'"
+            )
+            await conn.execute(
+                f"create unique index if not exists queue_tasks_unique_live on {self._tasks}"
+                " (unique_key) where unique_key is not null"
+                " and state in ('held', 'queued', 'running')"
+            )
+            await conn.execute(
+                f"create index if not exists queue_tasks_unique on {self._tasks} (unique_key)"
+                " where unique_key is not null"
+            )
+            await conn.execute(
+                f"create index if not exists queue_tasks_group on {self._tasks} (group_id)"
+                " where group_id is not null"
+            )
+            await conn.execute(
+                f"create table if not exists {self._groups} ("
+                " id text primary key, size integer not null, callback jsonb)"
+            )
+            await conn.execute(
+                f"""create table if not exists {self._history} (
+                    task_id text not null, name text not null, queue text not null,
+                    worker text not null, attempt integer not null,
+                    started_at double precision not null, finished_at double precision not null,
+                    outcome text not null, error text)"""
+            )
+            await conn.execute(
+                f"create index if not exists queue_history_task on {self._history} (task_id)"
+            )
+
+    # -- enqueue ---------------------------------------------------------------------------
+
+    async def _insert(self, conn: _Conn, task: NewTask) -> bool:
+        row = await conn.fetchrow(
+            f"insert into {self._tasks} (id, name, queue, payload, priority, run_at, state,"  # noqa: S608 - validated identifiers
+            " max_attempts, timeout, unique_key, unique_until, created_at, chain, group_id,"
+            " group_index)"
+            " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            " on conflict (unique_key) where unique_key is not null"
+            " and state in ('held', 'queued', 'running') do nothing returning id",
+            task.id,
+            task.name,
+            task.queue,
+            task.payload,
+            task.priority,
+            task.run_at,
+            "held" if task.held else "queued",
+            task.max_attempts,
+            task.timeout,
+            task.unique_key,
+            task.unique_until,
+            task.created_at,
+            task.chain,
+            task.group_id,
+            task.group_index,
+        )
+        return row is not None
+
+    async def _enqueue_on(
+        self,
+        conn: _Conn,
+        tasks: Sequence[NewTask],
+        group: GroupSpec | None,
+        now: float,
+    ) -> list[EnqueueResult]:
+        results = []
+        queues = set()
+        for task in tasks:
+            if task.unique_key is not None:
+                row = await conn.fetchrow(
+                    f"select id, state, unique_until from {self._tasks} where unique_key = $1"  # noqa: S608
+                    " order by (state in ('held', 'queued', 'running')) desc, created_at desc"
+                    " limit 1",
+                    task.unique_key,
+                )
+                if row is not None and (row[1] in _LIVE or (row[2] is not None and now < row[2])):
+                    results.append(EnqueueResult(id=row[0], deduplicated=True))
+                    continue
+            if await self._insert(conn, task):
+                results.append(EnqueueResult(id=task.id))
+                queues.add(task.queue)
+            else:  # another replica inserted a live task with this key meanwhile
+                existing = await conn.fetchval(
+                    f"select id from {self._tasks} where unique_key = $1"  # noqa: S608
+                    " and state in ('held', 'queued', 'running')",
+                    task.unique_key,
+                )
+                results.append(EnqueueResult(id=existing, deduplicated=True))
+        if group is not None:
+            await conn.execute(
+                f"insert into {self._groups} (id, size, callback) values ($1, $2, $3)",  # noqa: S608
+                group.id,
+                group.size,
+                None if group.callback is None else _task_json(group.callback),
+            )
+        for queue in queues:
+            await conn.execute("select pg_notify($1, $2)", self._channel, queue)
+        return results
+
+    async def enqueue(
+        self,
+        tasks: Sequence[NewTask],
+        *,
+        group: GroupSpec | None = None,
+        now: float,
+        connection: _Conn | None = None,
+    ) -> list[EnqueueResult]:
+        """Store tasks; with ``connection``, inside the caller's transaction."""
+        if connection is not None:
+            if not connection.is_in_transaction():
+                raise ValueError(
+                    "enqueue(connection=...): the connection must be inside a transaction"
+                    " (async with connection.transaction(): ...)"
+                )
+            return await self._enqueue_on(connection, tasks, group, now)
+        pool = await self._source.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            return await self._enqueue_on(conn, tasks, group, now)
+
+    # -- claim, heartbeat, finish ----------------------------------------------------------
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, *, worker: str, lease: float, now: float
+    ) -> list[TaskRecord]:
+        """Lease due tasks with SKIP LOCKED; expired leases go back (or die) first."""
+        pool = await self._source.pool()
+        names = list(queues)
+        async with pool.acquire() as conn, conn.transaction():
+            # Expired leases first (their worker died): claimed again, or dead when that was
+            # their last attempt. Then due queued tasks by priority. SKIP LOCKED throughout:
+            # concurrent workers never wait on each other.
+            expired = await conn.fetch(
+                f"select id, attempts >= max_attempts from {self._tasks} where state = 'running'"  # noqa: S608
+                " and queue = any($1) and lease_until <= $2 order by lease_until limit $3"
+                " for update skip locked",
+                names,
+                now,
+                limit,
+            )
+            ids = [row[0] for row in expired if not row[1]]
+            dead = [row[0] for row in expired if row[1]]
+            if dead:
+                await conn.execute(
+                    f"update {self._tasks} set state = 'dead', lease_owner = null,"  # noqa: S608
+                    " lease_until = null, finished_at = $2,"
+                    " last_error = 'lease expired (the worker stopped responding)'"
+                    " where id = any($1)",
+                    dead,
+                    now,
+                )
+                for task_id in dead:
+                    await self._group_member_done(conn, task_id, now)
+            if len(ids) < limit:
+                due = await conn.fetch(
+                    f"select id from {self._tasks} where state = 'queued' and queue = any($1)"  # noqa: S608
+                    " and run_at <= $2 order by priority desc, run_at, created_at limit $3"
+                    " for update skip locked",
+                    names,
+                    now,
+                    limit - len(ids),
+                )
+                ids.extend(row[0] for row in due)
+            if not ids:
+                return []
+            rows = await conn.fetch(
+                f"update {self._tasks} set state = 'running', attempts = attempts + 1,"  # noqa: S608
+                f" lease_owner = $2, lease_until = $3 where id = any($1) returning {_COLUMNS}",
+                ids,
+                worker,
+                now + lease,
+            )
+        order = {task_id: index for index, task_id in enumerate(ids)}
+        records = [_record(row) for row in rows]
+        records.sort(key=lambda r: order[r.id])
+        return records
+
+    async def heartbeat(
+        self, worker: str, ids: Sequence[str], *, lease: float, now: float
+    ) -> set[str]:
+        """Extend ``worker``'s leases; return the ids it still holds."""
+        if not ids:
+            return set()
+        pool = await self._source.pool()
+        rows = await pool.fetch(
+            f"update {self._tasks} set lease_until = $3 where state = 'running'"  # noqa: S608
+            " and lease_owner = $1 and id = any($2) returning id",
+            worker,
+            list(ids),
+            now + lease,
+        )
+        return {row[0] for row in rows}
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        """Record outcomes in one transaction, set-based per kind of outcome."""
+        if not outcomes:
+            return
+        pool = await self._source.pool()
+        queues: set[str] = set()
+        async with pool.acquire() as conn, conn.transaction():
+            by_id = {o.id: o for o in outcomes}
+            held = await conn.fetch(
+                f"select id, name, queue, attempts, group_id, lease_owner from {self._tasks}"  # noqa: S608
+                " where id = any($1) and state = 'running' for update",
+                list(by_id),
+            )
+            # Only the worker that holds the lease may report: a slow worker whose lease
+            # expired (and whose task runs elsewhere now) is ignored.
+            mine = [r for r in held if r[5] == by_id[r[0]].worker]
+            if not mine:
+                return
+            history = [
+                (
+                    r[0],
+                    r[1],
+                    r[2],
+                    by_id[r[0]].worker,
+                    r[3],
+                    by_id[r[0]].started_at,
+                    by_id[r[0]].finished_at,
+                    by_id[r[0]].kind.value,
+                    by_id[r[0]].error,
+                )
+                for r in mine
+                if by_id[r[0]].kind is not OutcomeKind.RELEASED
+            ]
+            if history:
+                await conn.executemany(
+                    f"insert into {self._history} (task_id, name, queue, worker, attempt,"  # noqa: S608
+                    " started_at, finished_at, outcome, error)"
+                    " values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    history,
+                )
+            kinds: dict[OutcomeKind, list[Outcome]] = {}
+            for r in mine:
+                kinds.setdefault(by_id[r[0]].kind, []).append(by_id[r[0]])
+            if succeeded := kinds.get(OutcomeKind.SUCCEEDED):
+                await conn.execute(
+                    f"update {self._tasks} t set state = 'succeeded', lease_owner = null,"  # noqa: S608
+                    " lease_until = null, result = u.result, result_expires = u.expires,"
+                    " last_error = null, traceback = null, finished_at = u.finished"
+                    " from unnest($1::text[], $2::bytea[], $3::float8[], $4::float8[])"
+                    " as u(id, result, expires, finished) where t.id = u.id",
+                    [o.id for o in succeeded],
+                    [o.result for o in succeeded],
+                    [o.result_expires for o in succeeded],
+                    [o.finished_at for o in succeeded],
+                )
+                for outcome in succeeded:
+                    for follow_up in outcome.follow_ups:
+                        await self._insert(conn, follow_up)
+                        queues.add(follow_up.queue)
+            if dead := kinds.get(OutcomeKind.DEAD):
+                await conn.execute(
+                    f"update {self._tasks} t set state = 'dead', lease_owner = null,"  # noqa: S608
+                    " lease_until = null, last_error = u.error, traceback = u.trace,"
+                    " finished_at = u.finished"
+                    " from unnest($1::text[], $2::text[], $3::text[], $4::float8[])"
+                    " as u(id, error, trace, finished) where t.id = u.id",
+                    [o.id for o in dead],
+                    [o.error for o in dead],
+                    [o.traceback for o in dead],
+                    [o.finished_at for o in dead],
+                )
+            if retry := kinds.get(OutcomeKind.RETRY):
+                await conn.execute(
+                    f"update {self._tasks} t set state = 'queued', lease_owner = null,"  # noqa: S608
+                    " lease_until = null, run_at = u.run_at, last_error = u.error,"
+                    " traceback = u.trace"
+                    " from unnest($1::text[], $2::float8[], $3::text[], $4::text[])"
+                    " as u(id, run_at, error, trace) where t.id = u.id",
+                    [o.id for o in retry],
+                    [o.retry_at if o.retry_at is not None else now for o in retry],
+                    [o.error for o in retry],
+                    [o.traceback for o in retry],
+                )
+            if released := kinds.get(OutcomeKind.RELEASED):
+                await conn.execute(
+                    f"update {self._tasks} set state = 'queued', lease_owner = null,"  # noqa: S608
+                    " lease_until = null, attempts = attempts - 1 where id = any($1)",
+                    [o.id for o in released],
+                )
+            if retry or released:
+                queues.update(r[2] for r in mine)
+            terminal = (OutcomeKind.SUCCEEDED, OutcomeKind.DEAD)
+            for r in mine:
+                if (
+                    r[4] is not None
+                    and by_id[r[0]].kind in terminal
+                    and await self._group_member_done(conn, r[0], now)
+                ):
+                    queues.add("*")
+            for queue in queues:
+                await conn.execute("select pg_notify($1, $2)", self._channel, queue)
+
+    async def _group_member_done(self, conn: _Conn, task_id: str, now: float) -> bool:
+        group_id = await conn.fetchval(
+            f"select group_id from {self._tasks} where id = $1",  # noqa: S608
+            task_id,
+        )
+        if group_id is None:
+            return False
+        # Lock the group first: two members finishing in concurrent transactions would each
+        # see the other unfinished and neither would fire the callback. After the lock, the
+        # count below (a new statement) sees the other transaction's committed state.
+        exists = await conn.fetchval(
+            f"select 1 from {self._groups} where id = $1 for update",  # noqa: S608
+            group_id,
+        )
+        if exists is None:
+            return False  # fired already, or a group without a callback row
+        left = await conn.fetchval(
+            f"select count(*) from {self._tasks} where group_id = $1"  # noqa: S608
+            " and state not in ('succeeded', 'dead')",
+            group_id,
+        )
+        if left:
+            return False
+        callback = await conn.fetchval(
+            f"delete from {self._groups} where id = $1 returning callback",  # noqa: S608
+            group_id,
+        )
+        if callback is None:
+            return False
+        results = await conn.fetch(
+            f"select case when state = 'succeeded' then result end from {self._tasks}"  # noqa: S608
+            " where group_id = $1 order by group_index",
+            group_id,
+        )
+        from tasker.queue._memory import group_payload
+
+        payload = group_payload([None if r[0] is None else bytes(r[0]) for r in results])
+        await self._insert(conn, _task_from_json(callback, payload, now))
+        return True
+
+    # -- reading and maintenance -----------------------------------------------------------
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """Return a task by id."""
+        pool = await self._source.pool()
+        row = await pool.fetchrow(f"select {_COLUMNS} from {self._tasks} where id = $1", task_id)  # noqa: S608
+        return None if row is None else _record(row)
+
+    async def tasks(
+        self, *, state: TaskState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """List tasks, newest first."""
+        pool = await self._source.pool()
+        rows = await pool.fetch(
+            f"select {_COLUMNS} from {self._tasks} where ($1::text is null or state = $1)"  # noqa: S608
+            " and ($2::text is null or queue = $2) order by created_at desc limit $3",
+            None if state is None else state.value,
+            queue,
+            limit,
+        )
+        return [_record(row) for row in rows]
+
+    async def requeue(self, task_id: str, *, now: float) -> bool:
+        """Give a dead task fresh attempts (not if a newer live task holds its unique key)."""
+        pool = await self._source.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                f"update {self._tasks} t set state = 'queued', attempts = 0, run_at = $2,"  # noqa: S608
+                " finished_at = null where id = $1 and state = 'dead' and (unique_key is null"
+                f" or not exists (select 1 from {self._tasks} o where o.unique_key = t.unique_key"
+                " and o.state in ('held', 'queued', 'running')))",
+                task_id,
+                now,
+            )
+            done = status.endswith(" 1")
+            if done:
+                await conn.execute("select pg_notify($1, $2)", self._channel, "*")
+        return done
+
+    async def dispatch(
+        self, queue: str, *, name: str | None = None, limit: int | None = None, now: float
+    ) -> int:
+        """Release held tasks."""
+        pool = await self._source.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                f"update {self._tasks} set state = 'queued', run_at = least(run_at, $4)"  # noqa: S608
+                f" where id in (select id from {self._tasks} where state = 'held' and queue = $1"
+                " and ($2::text is null or name = $2) order by priority desc, created_at"
+                " limit $3 for update skip locked)",
+                queue,
+                name,
+                limit,
+                now,
+            )
+            count = int(status.split()[-1])
+            if count:
+                await conn.execute("select pg_notify($1, $2)", self._channel, queue)
+        return count
+
+    async def counts(self) -> dict[str, dict[TaskState, int]]:
+        """Counts per queue and state."""
+        pool = await self._source.pool()
+        rows = await pool.fetch(
+            f"select queue, state, count(*) from {self._tasks} group by queue, state"  # noqa: S608
+        )
+        result: dict[str, dict[TaskState, int]] = {}
+        for queue, state, count in rows:
+            result.setdefault(queue, {})[TaskState(state)] = count
+        return result
+
+    async def history(self, *, task_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:
+        """Attempts, newest first."""
+        pool = await self._source.pool()
+        rows = await pool.fetch(
+            "select task_id, name, queue, worker, attempt, started_at, finished_at, outcome,"  # noqa: S608
+            f" error from {self._history} where ($1::text is null or task_id = $1)"
+            " order by finished_at desc, ctid desc limit $2",
+            task_id,
+            limit,
+        )
+        return [
+            HistoryEntry(
+                task_id=r[0],
+                name=r[1],
+                queue=r[2],
+                worker=r[3],
+                attempt=r[4],
+                started_at=r[5],
+                finished_at=r[6],
+                outcome=r[7],
+                error=r[8],
+            )
+            for r in rows
+        ]
+
+    async def next_run_at(self, queues: Sequence[str]) -> float | None:
+        """Earliest run_at of a queued task, or lease expiry of a running one."""
+        pool = await self._source.pool()
+        value: float | None = await pool.fetchval(
+            f"select least((select min(run_at) from {self._tasks} where state = 'queued'"  # noqa: S608
+            f" and queue = any($1)), (select min(lease_until) from {self._tasks}"
+            " where state = 'running' and queue = any($1)))",
+            list(queues),
+        )
+        return value
+
+    def _on_notify(self, *args: object) -> None:
+        # A plain callback from asyncpg: set the event, act on it from a task.
+        self._work.set()
+
+    def _on_listener_lost(self, connection: object) -> None:
+        self._work.set()
+
+    async def _ensure_listener(self) -> bool:
+        """Listen if not listening; True if a new listener was just set up."""
+        if self._listener is not None and not self._listener.is_closed():
+            return False
+        if self._listener_lock is None:
+            self._listener_lock = anyio.Lock()
+        async with self._listener_lock:
+            if self._listener is not None and not self._listener.is_closed():
+                return False
+            self._listener = await self._source.connect()
+            self._listener.add_termination_listener(self._on_listener_lost)
+            await self._listener.add_listener(self._channel, self._on_notify)
+            return True
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Wait for a NOTIFY, the listener's loss, or the timeout.
+
+        After (re)connecting the listener it returns at once: notifications sent while it
+        was not listening are lost, so the worker must look for work itself.
+        """
+        event = self._work
+        try:
+            if await self._ensure_listener():
+                return
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            logger.warning("queue listener cannot connect (%s); polling instead", exc)
+            await anyio.sleep(min(timeout, 1.0))
+            return
+        with anyio.move_on_after(timeout):
+            await event.wait()
+        if event.is_set():
+            self._work = anyio.Event()
+
+    async def purge(self, *, now: float, history_before: float | None = None) -> int:
+        """Delete succeeded tasks whose results expired, and old history."""
+        pool = await self._source.pool()
+        status = await pool.execute(
+            f"delete from {self._tasks} where state = 'succeeded' and result_expires <= $1",  # noqa: S608
+            now,
+        )
+        if history_before is not None:
+            query = f"delete from {self._history} where finished_at < $1"  # noqa: S608
+            await pool.execute(query, history_before)
+        return int(status.split()[-1])
+
+    async def status(self, *, now: float | None = None) -> QueueStatus:
+        """Depth per queue and state, the oldest waiting task's age, and the live workers."""
+        import time
+
+        moment = time.time() if now is None else now
+        pool = await self._source.pool()
+        counts = await self.counts()
+        oldest = await pool.fetch(
+            f"select queue, min(run_at) from {self._tasks} where state = 'queued'"  # noqa: S608
+            " and run_at <= $1 group by queue",
+            moment,
+        )
+        workers = await pool.fetch(
+            f"select lease_owner, count(*), max(lease_until) from {self._tasks}"  # noqa: S608
+            " where state = 'running' group by lease_owner order by lease_owner"
+        )
+        return QueueStatus(
+            depth={q: {s.value: n for s, n in states.items()} for q, states in counts.items()},
+            oldest_waiting={row[0]: moment - row[1] for row in oldest},
+            workers=[
+                WorkerLease(worker=row[0], tasks=row[1], lease_expires_in=row[2] - moment)
+                for row in workers
+            ],
+        )
+
+    async def aclose(self) -> None:
+        """Close the listener and a pool made from a DSN."""
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            await listener.close()
+        await self._source.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresQueueBackend({self._source!r}, schema={self.schema!r})"
+
+
+def _task_json(task: NewTask) -> str:
+    import json
+
+    return json.dumps(
+        {
+            "id": task.id,
+            "name": task.name,
+            "queue": task.queue,
+            "priority": task.priority,
+            "max_attempts": task.max_attempts,
+            "timeout": task.timeout,
+            "created_at": task.created_at,
+        }
+    )
+
+
+def _task_from_json(text: str, payload: bytes, now: float) -> NewTask:
+    import json
+
+    fields = json.loads(text)
+    return NewTask(payload=payload, run_at=now, **fields)
