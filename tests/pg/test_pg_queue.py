@@ -1,0 +1,217 @@
+"""The Postgres queue backend on a real server: contract, transactions, wake-ups, processes."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+import tasker
+from tasker.queue import Queue, TaskState
+from tasker.testing import queue_backend_machine
+from tasker_pg import PostgresQueueBackend
+
+pytestmark = pytest.mark.anyio
+
+LOCAL_DSN = os.environ.get("TASKER_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _fresh_backend() -> PostgresQueueBackend:
+    backend = PostgresQueueBackend(LOCAL_DSN, schema=f"q_{uuid.uuid4().hex[:10]}")
+    await backend.migrate()
+    return backend
+
+
+@pytest.fixture
+async def backend(pg_dsn: str, schema: str) -> AsyncIterator[PostgresQueueBackend]:
+    queue_backend = PostgresQueueBackend(pg_dsn, schema=schema)
+    await queue_backend.migrate()
+    yield queue_backend
+    await queue_backend.aclose()
+
+
+def test_contract_state_machine(pg_dsn: str) -> None:
+    """The same hypothesis state machine as every backend, against Postgres."""
+    global LOCAL_DSN
+    LOCAL_DSN = pg_dsn
+    machine = queue_backend_machine(_fresh_backend)
+    machine.TestCase.settings = machine.TestCase.settings  # keep the shared settings
+    machine.TestCase("runTest").runTest()
+
+
+async def test_enqueue_in_transaction_commit_and_rollback(
+    backend: PostgresQueueBackend, pg_dsn: str
+) -> None:
+    """A task enqueued on the caller's connection exists only if the transaction commits."""
+    queue = Queue(backend)
+
+    @queue.task("t")
+    async def t(ctx: tasker.Context, payload: Any) -> None:
+        pass
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        async with conn.transaction():
+            kept = await queue.enqueue("t", "commit", connection=conn)
+        lost_ids: list[str] = []
+
+        async def enqueue_then_fail() -> None:
+            async with conn.transaction():
+                lost_ids.append((await queue.enqueue("t", "rollback", connection=conn)).id)
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            await enqueue_then_fail()
+        with pytest.raises(ValueError, match="inside a transaction"):
+            await queue.enqueue("t", "no transaction", connection=conn)
+    finally:
+        await conn.close()
+    assert (await queue.get(kept.id)) is not None
+    assert await queue.get(lost_ids[0]) is None
+    assert await queue.counts() == {"default": {"queued": 1}}
+
+
+async def test_hostile_names_and_payloads_are_data(backend: PostgresQueueBackend) -> None:
+    """Quotes and SQL in queue names, task names and payloads are stored verbatim."""
+    queue = Queue(backend)
+    evil = "x'); drop table queue_tasks; --"
+    seen: list[Any] = []
+
+    async def handler(ctx: tasker.Context, payload: Any) -> Any:
+        seen.append(payload)
+        return payload
+
+    queue.register(evil, handler, queue=evil)
+    task = await queue.enqueue(evil, {"sql": evil})
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: tasker.run(queue.worker(evil, poll=0.1), shutdown_trigger=stop.wait))
+        with anyio.fail_after(10):
+            while not seen:  # noqa: ASYNC110 - waiting on the handler's side effect
+                await anyio.sleep(0.01)
+        stop.set()
+    info = await queue.get(task.id)
+    assert info is not None
+    assert info.result == {"sql": evil}
+    assert await queue.counts() == {evil: {"succeeded": 1}}
+
+
+async def test_notify_wakes_idle_workers_fast(backend: PostgresQueueBackend) -> None:
+    """With idle workers listening, enqueue-to-start is milliseconds, not the poll interval."""
+    queue = Queue(backend)
+    started: dict[int, float] = {}
+    arrived = anyio.Event()
+
+    @queue.task("t")
+    async def t(ctx: tasker.Context, payload: int) -> None:
+        started[payload] = anyio.current_time()
+        arrived.set()
+
+    delays = []
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: tasker.run(queue.worker(poll=30), shutdown_trigger=stop.wait))
+        await anyio.sleep(0.3)
+        for i in range(20):
+            arrived = anyio.Event()
+            sent = anyio.current_time()
+            await queue.enqueue("t", i)
+            with anyio.fail_after(5):
+                await arrived.wait()
+            delays.append(started[i] - sent)
+        stop.set()
+    delays.sort()
+    assert delays[len(delays) // 2] < 0.05  # the poll interval is 30 s
+
+
+async def test_listener_reconnects_after_termination(
+    backend: PostgresQueueBackend, pg_dsn: str
+) -> None:
+    """Killing the LISTEN connection does not deafen the worker: it reconnects and catches up."""
+    queue = Queue(backend)
+    ran: list[int] = []
+
+    @queue.task("t")
+    async def t(ctx: tasker.Context, payload: int) -> None:
+        ran.append(payload)
+
+    stop = anyio.Event()
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: tasker.run(queue.worker(poll=30), shutdown_trigger=stop.wait))
+            await queue.enqueue("t", 1)
+            with anyio.fail_after(10):
+                while ran != [1]:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            with anyio.fail_after(10):
+                while backend._listener is None:  # noqa: ASYNC110 - the worker sets it up
+                    await anyio.sleep(0.01)
+            listener = backend._listener
+            await admin.execute("select pg_terminate_backend($1)", listener.get_server_pid())
+            await anyio.sleep(0.3)
+            await queue.enqueue("t", 2)
+            with anyio.fail_after(10):
+                while ran != [1, 2]:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            stop.set()
+    finally:
+        await admin.close()
+    assert ran == [1, 2]
+
+
+async def test_group_and_chain_on_postgres(backend: PostgresQueueBackend) -> None:
+    """Chains and groups work the same way on Postgres."""
+    queue = Queue(backend)
+    results: list[Any] = []
+
+    @queue.task("double")
+    async def double(ctx: tasker.Context, payload: int) -> int:
+        return payload * 2
+
+    @queue.task("collect")
+    async def collect(ctx: tasker.Context, payload: Any) -> None:
+        results.append(payload)
+
+    await queue.enqueue_chain(queue.step("double", 5), queue.step("double"), queue.step("collect"))
+    await queue.enqueue_group(
+        [queue.step("double", n) for n in (1, 2, 3)], then=queue.step("collect")
+    )
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            lambda: tasker.run(queue.worker(concurrency=4, poll=0.1), shutdown_trigger=stop.wait)
+        )
+        with anyio.fail_after(10):
+            while len(results) < 2:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        stop.set()
+    assert sorted(results, key=str) == sorted([20, [2, 4, 6]], key=str)
+    counts = await queue.counts()
+    assert counts["default"][TaskState.SUCCEEDED.value] == 7
+
+
+async def test_status_reports_depth_age_and_workers(backend: PostgresQueueBackend) -> None:
+    """status(): depth per queue and state, the oldest waiting age, workers and leases."""
+    queue = Queue(backend)
+
+    @queue.task("t")
+    async def t(ctx: tasker.Context, payload: Any) -> None:
+        pass
+
+    for _ in range(3):
+        await queue.enqueue("t")
+    claimed = await backend.claim(["default"], 1, worker="w-1", lease=30, now=time.time())
+    assert len(claimed) == 1
+    report = await backend.status()
+    assert report.depth == {"default": {"queued": 2, "running": 1}}
+    assert report.oldest_waiting["default"] >= 0
+    assert [(w.worker, w.tasks) for w in report.workers] == [("w-1", 1)]
+    assert 0 < report.workers[0].lease_expires_in <= 30
+    assert "worker w-1: 1 task(s)" in report.format()

@@ -1,0 +1,73 @@
+"""Four real replica processes on the embedded default: each slot once, a SIGKILL survived."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import sqlite3
+import subprocess
+import time
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from .helpers import python_process
+
+INTERVAL = 0.2
+
+
+def _start(tmp_path: Path, out: Path, victim: int = 0) -> subprocess.Popen[str]:
+    args = ["tests/replica_scheduler.py", "--state-dir", str(tmp_path / "state"), "--out", str(out)]
+    args += ["--interval", str(INTERVAL), "--victim", str(victim)]
+    proc = python_process(args)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.mark.slow
+def test_four_replicas_run_each_slot_once_and_survive_sigkill(tmp_path: Path) -> None:
+    """>= 50 slots over 4 processes: every slot exactly once; the killed run's slot re-runs."""
+    out = tmp_path / "runs.txt"
+    victim = _start(tmp_path, out, victim=4)
+    others = [_start(tmp_path, out) for _ in range(3)]
+    try:
+        assert victim.stdout is not None
+        line = victim.stdout.readline().split()
+        assert line[0] == "victim", line
+        killed_slot = datetime.fromisoformat(line[1])
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=10)
+        time.sleep(INTERVAL * 56)
+    finally:
+        for proc in others:
+            proc.send_signal(signal.SIGTERM)
+        outputs = [proc.communicate(timeout=20) for proc in others]
+        for proc in [victim, *others]:
+            proc.kill()
+    assert [proc.returncode for proc in others] == [0, 0, 0], outputs
+
+    rows = [line.split() for line in out.read_text().splitlines()]
+    slots = [datetime.fromisoformat(slot) for _, slot, _ in rows]
+    counts = Counter(slots)
+    assert max(counts.values()) == 1, [s for s, n in counts.items() if n > 1]
+    ordered = sorted(slots)
+    assert len(ordered) >= 50
+    # No gaps: consecutive slots are one interval apart from the first to the last.
+    steps = {b - a for a, b in itertools.pairwise(ordered)}
+    assert steps == {timedelta(seconds=INTERVAL)}, sorted(steps)
+    # The slot the victim was running when killed was run by another replica.
+    assert killed_slot in counts
+    assert {pid for _, slot, pid in rows if datetime.fromisoformat(slot) == killed_slot} != {
+        str(victim.pid)
+    }
+    # The shared state agrees with the side effects.
+    with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
+        (run_count,) = db.execute(
+            "select run_count from schedule_state where name = 'replicated'"
+        ).fetchone()
+    assert run_count == len(rows)
+    # Every replica took part.
+    assert len({pid for _, _, pid in rows}) >= 3
