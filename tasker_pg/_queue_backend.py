@@ -16,6 +16,7 @@ Design notes:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,11 @@ _COLUMNS = (
     " traceback, finished_at, chain, group_id, group_index"
 )
 _LIVE = ("held", "queued", "running")
+
+
+def _prefixed(alias: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in _COLUMNS.split(","))
+
 
 # A dedicated connection or one borrowed from a pool.
 _Conn = Any
@@ -182,10 +188,12 @@ class PostgresQueueBackend:
                     group_index integer
                 )"""
             )
+            # Claims read due tasks of a queue in this order and stop at their limit.
             await conn.execute(
-                f"create index if not exists queue_tasks_due on {self._tasks}"
-                " (queue, priority desc, run_at) where state = 'queued'"
+                f"create index if not exists queue_tasks_claim on {self._tasks}"
+                " (queue, priority desc, run_at, created_at) where state = 'queued'"
             )
+            await conn.execute(f"drop index if exists {self._schema}.queue_tasks_due")
             await conn.execute(
                 f"create index if not exists queue_tasks_lease on {self._tasks} (lease_until)"
                 " where state = 'running'"
@@ -312,57 +320,73 @@ class PostgresQueueBackend:
     async def claim(
         self, queues: Sequence[str], limit: int, *, worker: str, lease: float, now: float
     ) -> list[TaskRecord]:
-        """Lease due tasks with SKIP LOCKED; expired leases go back (or die) first."""
+        """Lease due tasks with SKIP LOCKED, in one statement (one round trip).
+
+        Expired leases (their worker died) come first: claimed again, or dead when that was
+        their last attempt; then due queued tasks by priority. SKIP LOCKED throughout, so
+        concurrent workers never wait on each other. An expired task of a group on its last
+        attempt is settled in a transaction of its own, with the group's callback.
+        """
         pool = await self._source.pool()
-        names = list(queues)
+        rows = await pool.fetch(self._claim_sql, list(queues), now, limit, worker, now + lease)
+        if rows[0][-1]:  # grouped tasks whose lease expired on their last attempt
+            await self._reap_grouped(list(queues), now)
+        claimed = sorted((row for row in rows if row[0] is not None), key=lambda row: row[-2])
+        return [_record(row) for row in claimed]
+
+    @functools.cached_property
+    def _claim_sql(self) -> str:
+        tasks = self._tasks
+        return (
+            # Expired on their last attempt, outside a group: dead now.
+            f"with dead as (update {tasks} set state = 'dead', lease_owner = null,"  # noqa: S608
+            " lease_until = null, finished_at = $2,"
+            " last_error = 'lease expired (the worker stopped responding)'"
+            f" where id in (select id from {tasks} where state = 'running'"
+            " and queue = any($1) and lease_until <= $2 and attempts >= max_attempts"
+            " and group_id is null for update skip locked) returning id),"
+            # Expired with attempts left first, then due queued tasks. A CTE is read lazily:
+            # the outer limit stops the second scan (and its row locks) once the first filled it.
+            f" expired as (select id from {tasks} where state = 'running' and queue = any($1)"
+            " and lease_until <= $2 and attempts < max_attempts order by lease_until"
+            " limit $3 for update skip locked),"
+            # Per queue, an ordered scan of the claim index that stops at the limit (one
+            # scan over several queues would read and sort every due task).
+            " due as (select x.id from unnest($1::text[]) as q(name), lateral"
+            f" (select id, priority, run_at, created_at from {tasks} where queue = q.name"
+            " and state = 'queued' and run_at <= $2 order by priority desc, run_at, created_at"
+            " limit $3 for update skip locked) x"
+            " order by x.priority desc, x.run_at, x.created_at limit $3),"
+            " picked as (select id, row_number() over () as rank from (select id from expired"
+            " union all select id from due limit $3) c),"
+            f" claimed as (update {tasks} t set state = 'running', attempts = t.attempts + 1,"
+            " lease_owner = $4, lease_until = $5 from picked p where t.id = p.id"
+            f" returning {_prefixed('t')}, p.rank)"
+            # One row at least: the flag rides on every row, with or without a claim.
+            " select c.*, f.grouped from (select exists(select 1 from"
+            f" {tasks} where state = 'running' and queue = any($1) and lease_until <= $2"
+            " and attempts >= max_attempts and group_id is not null) as grouped) f"
+            " left join claimed c on true"
+        )
+
+    async def _reap_grouped(self, queues: list[str], now: float) -> None:
+        pool = await self._source.pool()
         async with pool.acquire() as conn, conn.transaction():
-            # Expired leases first (their worker died): claimed again, or dead when that was
-            # their last attempt. Then due queued tasks by priority. SKIP LOCKED throughout:
-            # concurrent workers never wait on each other.
-            expired = await conn.fetch(
-                f"select id, attempts >= max_attempts from {self._tasks} where state = 'running'"  # noqa: S608
-                " and queue = any($1) and lease_until <= $2 order by lease_until limit $3"
-                " for update skip locked",
-                names,
+            dead = await conn.fetch(
+                f"update {self._tasks} set state = 'dead', lease_owner = null,"  # noqa: S608
+                " lease_until = null, finished_at = $2,"
+                " last_error = 'lease expired (the worker stopped responding)'"
+                f" where id in (select id from {self._tasks} where state = 'running'"
+                " and queue = any($1) and lease_until <= $2 and attempts >= max_attempts"
+                " and group_id is not null for update skip locked) returning id",
+                queues,
                 now,
-                limit,
             )
-            ids = [row[0] for row in expired if not row[1]]
-            dead = [row[0] for row in expired if row[1]]
-            if dead:
-                await conn.execute(
-                    f"update {self._tasks} set state = 'dead', lease_owner = null,"  # noqa: S608
-                    " lease_until = null, finished_at = $2,"
-                    " last_error = 'lease expired (the worker stopped responding)'"
-                    " where id = any($1)",
-                    dead,
-                    now,
-                )
-                for task_id in dead:
-                    await self._group_member_done(conn, task_id, now)
-            if len(ids) < limit:
-                due = await conn.fetch(
-                    f"select id from {self._tasks} where state = 'queued' and queue = any($1)"  # noqa: S608
-                    " and run_at <= $2 order by priority desc, run_at, created_at limit $3"
-                    " for update skip locked",
-                    names,
-                    now,
-                    limit - len(ids),
-                )
-                ids.extend(row[0] for row in due)
-            if not ids:
-                return []
-            rows = await conn.fetch(
-                f"update {self._tasks} set state = 'running', attempts = attempts + 1,"  # noqa: S608
-                f" lease_owner = $2, lease_until = $3 where id = any($1) returning {_COLUMNS}",
-                ids,
-                worker,
-                now + lease,
-            )
-        order = {task_id: index for index, task_id in enumerate(ids)}
-        records = [_record(row) for row in rows]
-        records.sort(key=lambda r: order[r.id])
-        return records
+            fired = False
+            for row in dead:
+                fired |= await self._group_member_done(conn, row[0], now)
+            if fired:
+                await conn.execute("select pg_notify($1, $2)", self._channel, "*")
 
     async def heartbeat(
         self, worker: str, ids: Sequence[str], *, lease: float, now: float
@@ -381,9 +405,78 @@ class PostgresQueueBackend:
         return {row[0] for row in rows}
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
-        """Record outcomes in one transaction, set-based per kind of outcome."""
+        """Record outcomes; only the worker that holds a task's lease may report it.
+
+        The common case (no chain step to enqueue, no group) is one statement: the
+        outcomes go in as arrays, the tasks are updated and their history written together.
+        Tasks of a group, and outcomes with follow-ups, are recorded in a transaction that
+        also enqueues the next step or the group's callback.
+        """
         if not outcomes:
             return
+        simple = [o for o in outcomes if not o.follow_ups]
+        rest = [o for o in outcomes if o.follow_ups]
+        if simple:
+            pool = await self._source.pool()
+            rows = await pool.fetch(
+                self._finish_sql,
+                [o.id for o in simple],
+                [o.worker for o in simple],
+                [o.kind.value for o in simple],
+                [o.result for o in simple],
+                [o.result_expires for o in simple],
+                [o.error for o in simple],
+                [o.traceback for o in simple],
+                [o.started_at for o in simple],
+                [o.finished_at for o in simple],
+                [o.retry_at if o.retry_at is not None else now for o in simple],
+            )
+            requeued = {row[1] for row in rows if row[2]}
+            grouped = {row[0] for row in rows if row[3]}
+            rest.extend(o for o in simple if o.id in grouped)
+            for queue in requeued:
+                await pool.execute("select pg_notify($1, $2)", self._channel, queue)
+        if rest:
+            await self._finish_in_transaction(rest, now=now)
+
+    @functools.cached_property
+    def _finish_sql(self) -> str:
+        tasks, history = self._tasks, self._history
+        return (
+            "with o as (select * from unnest($1::text[], $2::text[], $3::text[],"  # noqa: S608
+            " $4::bytea[], $5::float8[], $6::text[], $7::text[], $8::float8[], $9::float8[],"
+            " $10::float8[]) as o(id, worker, kind, result, expires, error, trace, started,"
+            " finished, retry_at)),"
+            # Only the lease holder may report: a slow worker whose lease expired (its
+            # task runs elsewhere now) is ignored.
+            " held as (select t.id, t.name, t.queue, t.attempts, t.group_id, o.worker,"
+            " o.kind, o.result, o.expires, o.error, o.trace, o.started, o.finished,"
+            f" o.retry_at from {tasks} t join o on o.id = t.id"
+            " where t.state = 'running' and t.lease_owner = o.worker for update of t),"
+            f" done as (update {tasks} t set"
+            " state = case h.kind when 'succeeded' then 'succeeded' when 'dead' then 'dead'"
+            " else 'queued' end,"
+            " lease_owner = null, lease_until = null,"
+            " attempts = case when h.kind = 'released' then t.attempts - 1 else t.attempts end,"
+            " run_at = case when h.kind = 'retry' then h.retry_at else t.run_at end,"
+            " result = case when h.kind = 'succeeded' then h.result else t.result end,"
+            " result_expires = case when h.kind = 'succeeded' then h.expires"
+            " else t.result_expires end,"
+            " last_error = case h.kind when 'succeeded' then null when 'released'"
+            " then t.last_error else h.error end,"
+            " traceback = case h.kind when 'succeeded' then null when 'released'"
+            " then t.traceback else h.trace end,"
+            " finished_at = case when h.kind in ('succeeded', 'dead') then h.finished"
+            " else t.finished_at end"
+            " from held h where t.id = h.id and h.group_id is null returning t.id),"
+            f" written as (insert into {history} (task_id, name, queue, worker, attempt,"
+            " started_at, finished_at, outcome, error)"
+            " select id, name, queue, worker, attempts, started, finished, kind, error"
+            " from held where group_id is null and kind <> 'released')"
+            " select id, queue, kind in ('retry', 'released'), group_id is not null from held"
+        )
+
+    async def _finish_in_transaction(self, outcomes: Sequence[Outcome], *, now: float) -> None:
         pool = await self._source.pool()
         queues: set[str] = set()
         async with pool.acquire() as conn, conn.transaction():

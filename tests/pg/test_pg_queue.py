@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 import tasker
-from tasker.queue import Queue, TaskState
+from tasker.queue import Outcome, OutcomeKind, Queue, TaskState
 from tasker.testing import queue_backend_machine
 from tasker_pg import PostgresQueueBackend
 
@@ -215,3 +215,78 @@ async def test_status_reports_depth_age_and_workers(backend: PostgresQueueBacken
     assert [(w.worker, w.tasks) for w in report.workers] == [("w-1", 1)]
     assert 0 < report.workers[0].lease_expires_in <= 30
     assert "worker w-1: 1 task(s)" in report.format()
+
+
+async def test_group_member_dying_of_an_expired_lease_completes_the_group(
+    backend: PostgresQueueBackend,
+) -> None:
+    """A grouped task whose worker died on its last attempt dies at the next claim, and the
+    group's callback is enqueued (the callback fires once, with the other member's result)."""
+    queue = Queue(backend)
+
+    @queue.task("member", max_attempts=1)
+    async def member(ctx: tasker.Context, payload: int) -> int:
+        return payload
+
+    @queue.task("collect")
+    async def collect(ctx: tasker.Context, payload: Any) -> None:
+        pass
+
+    await queue.enqueue_group(
+        [queue.step("member", 1), queue.step("member", 2)], then=queue.step("collect")
+    )
+    t0 = time.time()
+    first, second = await backend.claim(["default"], 2, worker="w-dies", lease=1, now=t0)
+    # The survivor's report arrives; the other worker never reports.
+    await backend.finish([_succeeded(first.id, "w-dies", b"10", t0)], now=t0 + 0.5)
+    assert await backend.claim(["default"], 5, worker="w-next", lease=30, now=t0 + 5) == []
+    dead = await backend.get(second.id)
+    assert dead is not None
+    assert dead.state is TaskState.DEAD
+    assert "lease expired" in (dead.last_error or "")
+    (callback,) = await backend.claim(["default"], 5, worker="w-next", lease=30, now=t0 + 6)
+    assert callback.name == "collect"
+    expected = [b"10", b"null"] if first.group_index == 0 else [b"null", b"10"]
+    assert callback.payload == b"[" + b",".join(expected) + b"]"
+    assert await backend.claim(["default"], 5, worker="w-next", lease=30, now=t0 + 7) == []
+
+
+async def test_a_report_after_the_lease_moved_on_is_ignored(
+    backend: PostgresQueueBackend,
+) -> None:
+    """A slow worker's late outcome neither finishes the task nor writes history."""
+    queue = Queue(backend)
+
+    @queue.task("t", max_attempts=3)
+    async def t(ctx: tasker.Context, payload: Any) -> None:
+        pass
+
+    await queue.enqueue("t")
+    t0 = time.time()
+    (slow,) = await backend.claim(["default"], 1, worker="w-slow", lease=1, now=t0)
+    (again,) = await backend.claim(["default"], 1, worker="w-fast", lease=30, now=t0 + 2)
+    assert again.id == slow.id
+    assert again.attempts == 2
+    await backend.finish([_succeeded(slow.id, "w-slow", b"1", t0)], now=t0 + 3)
+    stored = await backend.get(slow.id)
+    assert stored is not None
+    assert (stored.state, stored.lease_owner) == (TaskState.RUNNING, "w-fast")
+    assert await backend.history(task_id=slow.id) == []
+    await backend.finish([_succeeded(slow.id, "w-fast", b"2", t0 + 2)], now=t0 + 4)
+    stored = await backend.get(slow.id)
+    assert stored is not None
+    assert (stored.state, stored.result) == (TaskState.SUCCEEDED, b"2")
+    assert [(h.worker, h.attempt) for h in await backend.history(task_id=slow.id)] == [
+        ("w-fast", 2)
+    ]
+
+
+def _succeeded(task_id: str, worker: str, result: bytes, started: float) -> Outcome:
+    return Outcome(
+        id=task_id,
+        worker=worker,
+        kind=OutcomeKind.SUCCEEDED,
+        started_at=started,
+        finished_at=started + 0.1,
+        result=result,
+    )
