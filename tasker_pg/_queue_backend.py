@@ -3,8 +3,9 @@
 Design notes:
 
 - Claims lease up to ``limit`` tasks in one statement (``SKIP LOCKED``, so workers never wait
-  on each other); completions are applied in a few set-based statements per batch (``unnest``
-  of arrays), not one round trip per task.
+  on each other; per queue, an ordered scan of the claim index that stops at the limit).
+  A batch of completions is one statement too (``unnest`` of arrays: task rows and history
+  together); chain steps and group callbacks take a transaction that enqueues them.
 - An enqueue sends ``pg_notify`` in its own transaction: a worker is woken only when the task
   is committed, and an enqueue on the caller's connection inside a transaction that rolls
   back never happened at all.
