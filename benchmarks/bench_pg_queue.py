@@ -1,25 +1,34 @@
-"""tasker_pg's queue against pgqueuer on the same Postgres, same workload, same run.
+"""tasker_pg's queue against pgqueuer and procrastinate on the same Postgres, same run.
 
-Run: ``python benchmarks/bench_pg_queue.py [--dsn DSN] [--tasks 5000]``. pgqueuer runs from a
+Run: ``python benchmarks/bench_pg_queue.py [--dsn DSN] [--tasks 5000]``. The peers run from a
 separate virtualenv (``--peer-python``, default ``/tmp/peer-queue-venv/bin/python``; create it
 with ``python -m venv /tmp/peer-queue-venv && /tmp/peer-queue-venv/bin/pip install pgqueuer
-asyncpg``); without it only tasker is measured.
+procrastinate asyncpg "psycopg[binary,pool]"``), through ``benchmarks/peers/pgqueuer_bench.py``
+and ``benchmarks/peers/procrastinate_bench.py``; without it only tasker is measured, and a
+peer whose package is missing there is reported as failed.
 
 Workload: no-op tasks, 10 workers' worth of concurrency (one worker with concurrency 10),
-each tool in a fresh database. Throughput: tasks enqueued up front, then processed; tasks/s.
-Latency: idle workers listening, one task enqueued at a time; enqueue to handler start, p50
-and p99. For tasker, statements sent per task are counted in asyncpg.
+each tool in a fresh database, one tool after the other. Throughput: tasks enqueued up
+front, then processed; tasks/s. Latency: idle workers listening, one task enqueued at a
+time; enqueue to handler start, p50 and p99. Statements per task while draining: counted
+in asyncpg for tasker and pgqueuer (``_execute``/``_executemany``), in psycopg's async cursor
+for procrastinate; none of the counts include ``BEGIN``/``COMMIT``. Each peer script's
+docstring says how the peer is configured. The table's ratios are tasker_pg's advantage:
+tasker_pg's throughput over the peer's, the peer's latency over tasker_pg's (above 1:
+tasker_pg is better).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +145,75 @@ async def tasker_side(
     return rate, delays, per_task
 
 
-def show(tool: str, rate: float, delays: list[float], extra: str = "") -> None:
-    ms = [d * 1e3 for d in delays]
+@dataclass
+class Result:
+    tool: str
+    version: str
+    rate: float
+    delays_ms: list[float]
+    per_task: float | None
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.delays_ms, 0.5)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.delays_ms, 0.99)
+
+
+PEERS = ("pgqueuer", "procrastinate")
+
+
+def show(result: Result, extra: str = "") -> None:
     print(
-        f"{tool:10} {rate:8.0f} tasks/s; enqueue to start p50 {percentile(ms, 0.5):5.2f} ms,"
-        f" p99 {percentile(ms, 0.99):6.2f} ms{extra}"
+        f"{result.tool:13} {result.rate:8.0f} tasks/s; enqueue to start p50"
+        f" {result.p50:5.2f} ms, p99 {result.p99:6.2f} ms{extra}"
     )
+
+
+async def peer_side(
+    peer_python: str, peer: str, admin_dsn: str, tasks: int, concurrency: int, samples: int
+) -> dict[str, Any] | str:
+    """Run one peer's script in a fresh database: its JSON, or why it failed."""
+    name, dsn = await fresh_database(admin_dsn)
+    try:
+        proc = await anyio.run_process(
+            [
+                peer_python,
+                str(HERE / "peers" / f"{peer}_bench.py"),
+                dsn,
+                str(tasks),
+                str(concurrency),
+                str(samples),
+            ],
+            check=False,
+        )
+    finally:
+        await drop_database(admin_dsn, name)
+    if proc.returncode != 0:
+        return proc.stderr.decode()[-1500:]
+    peer_json: dict[str, Any] = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    return peer_json
+
+
+def table(results: list[Result]) -> None:
+    base = results[0]
+    print()
+    print(
+        f"{'':13} {'':10} {'':>8} {'':>7} {'':>7} {'statements':>10}"
+        f"  {'tasker_pg advantage (x)':>23}"
+    )
+    print(
+        f"{'tool':13} {'version':10} {'tasks/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'per task':>10}"
+        f"  {'tasks/s':>7} {'p50':>7} {'p99':>7}"
+    )
+    for r in results:
+        per_task = f"{r.per_task:10.2f}" if r.per_task is not None else f"{'-':>10}"
+        print(
+            f"{r.tool:13} {r.version:10} {r.rate:8.0f} {r.p50:7.2f} {r.p99:7.2f} {per_task}"
+            f"  {base.rate / r.rate:7.2f} {r.p50 / base.p50:7.2f} {r.p99 / base.p99:7.2f}"
+        )
 
 
 async def main() -> None:
@@ -158,33 +230,49 @@ async def main() -> None:
         rate, delays, per_task = await tasker_side(dsn, args.tasks, args.concurrency, args.samples)
     finally:
         await drop_database(args.dsn, name)
-    show("tasker_pg", rate, delays, f"; {per_task:.2f} statements per task")
-    if not Path(args.peer_python).exists():  # noqa: ASYNC240 - once, before measuring
-        print(f"pgqueuer: skipped, no peer interpreter at {args.peer_python}")
-        return
-    name, dsn = await fresh_database(args.dsn)
-    try:
-        proc = await anyio.run_process(
-            [
-                args.peer_python,
-                str(HERE / "peers" / "pgqueuer_bench.py"),
-                dsn,
-                str(args.tasks),
-                str(args.concurrency),
-                str(args.samples),
-            ],
-            check=False,
+    results = [
+        Result(
+            "tasker_pg",
+            importlib.metadata.version("tasker-jobs"),
+            rate,
+            [d * 1e3 for d in delays],
+            per_task,
         )
-    finally:
-        await drop_database(args.dsn, name)
-    if proc.returncode != 0:
-        print(f"pgqueuer: failed: {proc.stderr.decode()[-1500:]}")
+    ]
+    show(results[0], f"; {per_task:.2f} statements per task")
+    if not Path(args.peer_python).exists():  # noqa: ASYNC240 - once, before measuring
+        print(f"peers: skipped, no peer interpreter at {args.peer_python}")
         return
-    peer = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-    show("pgqueuer", peer["throughput"], peer["latencies"])
-    print(
-        f"{'':10} tasker_pg / pgqueuer throughput: {rate / peer['throughput']:.2f}x (target >= 3x)"
-    )
+    notes: list[str] = []
+    for peer in PEERS:
+        outcome = await peer_side(
+            args.peer_python, peer, args.dsn, args.tasks, args.concurrency, args.samples
+        )
+        if isinstance(outcome, str):
+            print(f"{peer}: failed: {outcome}")
+            continue
+        result = Result(
+            peer,
+            outcome.get("version", "?"),
+            outcome["throughput"],
+            [d * 1e3 for d in outcome["latencies"]],
+            outcome.get("statements_per_task"),
+        )
+        results.append(result)
+        extra = f"; {result.per_task:.2f} statements per task" if result.per_task else ""
+        if checks := outcome.get("checks_per_task"):
+            extra += f" (+ {checks:.2f} pool liveness checks)"
+            notes.append(
+                f"{peer}: + {checks:.2f} empty pool liveness-check queries per task"
+                " (its connector's pool checks each connection it hands out)"
+            )
+        show(result, extra)
+        print(f"{'':13} tasker_pg / {peer} throughput: {rate / result.rate:.2f}x (target >= 3x)")
+    table(results)
+    if notes:
+        print()
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":
