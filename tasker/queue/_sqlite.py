@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._embedded import default_state_dir
@@ -221,6 +222,10 @@ class SQLiteQueueBackend:
             self._draining = True
             try:
                 with anyio.CancelScope(shield=True):  # the batch carries other callers' ops
+                    # One turn of the event loop first: what other tasks send meanwhile (a
+                    # worker's claim right after a completion freed its slot) joins this
+                    # batch, so both cost one thread hop and one transaction.
+                    await anyio.lowlevel.checkpoint()
                     while self._pending:
                         batch, self._pending = self._pending, []
                         try:
