@@ -182,14 +182,17 @@ class Worker:
                 await anyio.sleep(self.lease / 3)
                 if not self.running:
                     continue
+                ids = list(self.running)
                 try:
                     held = await self.queue.backend.heartbeat(
-                        self.worker_id, list(self.running), lease=self.lease, now=self.queue._now()
+                        self.worker_id, ids, lease=self.lease, now=self.queue._now()
                     )
                 except Exception as exc:
                     logger.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
                     continue
-                lost = set(self.running) - held
+                # Only the tasks sent and still ours can be lost: tasks claimed during the
+                # round trip were not asked about, and recorded ones have left ``running``.
+                lost = {i for i in ids if i in self.running} - held
                 if lost:
                     logger.warning(
                         "worker %s: lost the lease on %d task(s); they may run elsewhere",
@@ -263,6 +266,11 @@ class Worker:
             try:
                 await self.queue.backend.finish(outcomes, now=self.queue._now())
                 self.completed += len(outcomes)
+                # No longer ours, at once: a heartbeat answered meanwhile no longer lists
+                # them, and must not take them for lost before their runners wake up.
+                for outcome in outcomes:
+                    self.running.pop(outcome.id, None)
+                    self.reporting.discard(outcome.id)
                 return
             except Exception as exc:
                 attempt += 1
