@@ -14,6 +14,9 @@ import tasker
 from tasker.queue import Queue
 from tasker_pg import PostgresQueueBackend
 
+#: Tasks one worker runs at a time.
+CONCURRENCY = 10
+
 
 def build(dsn: str, schema: str) -> Queue:
     queue = Queue(PostgresQueueBackend(dsn, schema=schema))
@@ -33,7 +36,7 @@ def main() -> None:
     dsn, schema = sys.argv[1], sys.argv[2]
     queue = build(dsn, schema)
     print("ready", flush=True)
-    tasker.main(queue.worker(concurrency=10, lease=2.0, poll=1.0), grace=10)
+    tasker.main(queue.worker(concurrency=CONCURRENCY, lease=2.0, poll=1.0), grace=10)
 
 
 if __name__ == "__main__":
