@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -93,7 +94,12 @@ class PoolSource:
     """A pool given by the user, or one created lazily (in the running loop) from a DSN."""
 
     def __init__(
-        self, dsn_or_pool: str | asyncpg.Pool, *, min_size: int = 1, max_size: int = 4
+        self,
+        dsn_or_pool: str | asyncpg.Pool,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        server_settings: Mapping[str, str] | None = None,
     ) -> None:
         if isinstance(dsn_or_pool, str):
             if not dsn_or_pool.startswith(("postgres://", "postgresql://")):
@@ -110,6 +116,7 @@ class PoolSource:
                 f"tasker_pg: expected a DSN string or an asyncpg pool, got {dsn_or_pool!r}"
             )
         self._sizes = (min_size, max_size)
+        self._server_settings = dict(server_settings or {})
         self._lock: anyio.Lock | None = None
         check_asyncio()
 
@@ -134,6 +141,7 @@ class PoolSource:
                         reset=_light_reset,
                         timeout=CONNECT_TIMEOUT,
                         command_timeout=COMMAND_TIMEOUT,
+                        server_settings=self._server_settings or None,
                     )
         return self._pool
 

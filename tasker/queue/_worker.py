@@ -252,6 +252,9 @@ class Worker:
         self._flushing = True
         try:
             with anyio.CancelScope(shield=True):
+                # One turn of the event loop first: tasks that finish in the same turn (a
+                # claimed batch of quick tasks) join this flush instead of waiting for the next.
+                await anyio.lowlevel.checkpoint()
                 while self._pending_outcomes:
                     batch, self._pending_outcomes = self._pending_outcomes, []
                     await self._flush([item for item, _ in batch])
