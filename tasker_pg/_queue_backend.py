@@ -51,6 +51,12 @@ _COLUMNS = (
 _LIVE = ("held", "queued", "running")
 
 
+def _claimed(rows: Sequence[Any]) -> list[TaskRecord]:
+    """The claimed tasks of a claim statement's rows, in claim order."""
+    claimed = sorted((row for row in rows if row["id"] is not None), key=lambda row: row["rank"])
+    return [_record(row) for row in claimed]
+
+
 def _prefixed(alias: str) -> str:
     return ", ".join(f"{alias}.{column.strip()}" for column in _COLUMNS.split(","))
 
@@ -335,43 +341,61 @@ class PostgresQueueBackend:
         """
         pool = await self._source.pool()
         rows = await pool.fetch(self._claim_sql, list(queues), now, limit, worker, now + lease)
-        if rows[0][-1]:  # grouped tasks whose lease expired on their last attempt
+        if rows[0]["grouped"]:  # grouped tasks whose lease expired on their last attempt
             await self._reap_grouped(list(queues), now)
-        claimed = sorted((row for row in rows if row[0] is not None), key=lambda row: row[-2])
-        return [_record(row) for row in claimed]
+        return _claimed(rows)
+
+    def _claim_ctes(self, first: int, exclude: str | None) -> str:
+        """The claim's CTEs; parameters ``$first`` .. ``$first+4`` are queues, now, limit,
+        worker and lease end. ``exclude``: an array parameter of task ids not to touch."""
+        tasks = self._tasks
+        queues, now, limit, worker, until = (f"${first + i}" for i in range(5))
+        skip = f" and not (id = any({exclude}))" if exclude else ""
+        return (
+            # Expired on their last attempt, outside a group: dead now.
+            f" dead as (update {tasks} set state = 'dead', lease_owner = null,"  # noqa: S608 - validated identifiers
+            f" lease_until = null, finished_at = {now},"
+            " last_error = 'lease expired (the worker stopped responding)'"
+            f" where id in (select id from {tasks} where state = 'running'"
+            f" and queue = any({queues}) and lease_until <= {now}"
+            f" and attempts >= max_attempts and group_id is null{skip}"
+            " for update skip locked) returning id),"
+            # Expired with attempts left first, then due queued tasks. A CTE is read lazily:
+            # the outer limit stops the second scan (and its row locks) once the first filled it.
+            f" expired as (select id from {tasks} where state = 'running'"
+            f" and queue = any({queues}) and lease_until <= {now}"
+            f" and attempts < max_attempts{skip} order by lease_until"
+            f" limit {limit} for update skip locked),"
+            # Per queue, an ordered scan of the claim index that stops at the limit (one
+            # scan over several queues would read and sort every due task).
+            f" due as (select x.id from unnest({queues}::text[]) as q(name), lateral"
+            f" (select id, priority, run_at, created_at from {tasks} where queue = q.name"
+            f" and state = 'queued' and run_at <= {now}"
+            f" order by priority desc, run_at, created_at limit {limit}"
+            " for update skip locked) x"
+            f" order by x.priority desc, x.run_at, x.created_at limit {limit}),"
+            " picked as (select id, row_number() over () as rank from (select id from expired"
+            f" union all select id from due limit {limit}) c),"
+            f" claimed as (update {tasks} t set state = 'running', attempts = t.attempts + 1,"
+            f" lease_owner = {worker}, lease_until = {until} from picked p where t.id = p.id"
+            f" returning {_prefixed('t')}, p.rank)"
+        )
+
+    def _grouped_expired(self, first: int, exclude: str | None) -> str:
+        queues, now = f"${first}", f"${first + 1}"
+        skip = f" and not (id = any({exclude}))" if exclude else ""
+        return (
+            f"exists(select 1 from {self._tasks} where state = 'running'"  # noqa: S608 - validated identifiers
+            f" and queue = any({queues}) and lease_until <= {now}"
+            f" and attempts >= max_attempts and group_id is not null{skip}) as grouped"
+        )
 
     @functools.cached_property
     def _claim_sql(self) -> str:
-        tasks = self._tasks
         return (
-            # Expired on their last attempt, outside a group: dead now.
-            f"with dead as (update {tasks} set state = 'dead', lease_owner = null,"  # noqa: S608
-            " lease_until = null, finished_at = $2,"
-            " last_error = 'lease expired (the worker stopped responding)'"
-            f" where id in (select id from {tasks} where state = 'running'"
-            " and queue = any($1) and lease_until <= $2 and attempts >= max_attempts"
-            " and group_id is null for update skip locked) returning id),"
-            # Expired with attempts left first, then due queued tasks. A CTE is read lazily:
-            # the outer limit stops the second scan (and its row locks) once the first filled it.
-            f" expired as (select id from {tasks} where state = 'running' and queue = any($1)"
-            " and lease_until <= $2 and attempts < max_attempts order by lease_until"
-            " limit $3 for update skip locked),"
-            # Per queue, an ordered scan of the claim index that stops at the limit (one
-            # scan over several queues would read and sort every due task).
-            " due as (select x.id from unnest($1::text[]) as q(name), lateral"
-            f" (select id, priority, run_at, created_at from {tasks} where queue = q.name"
-            " and state = 'queued' and run_at <= $2 order by priority desc, run_at, created_at"
-            " limit $3 for update skip locked) x"
-            " order by x.priority desc, x.run_at, x.created_at limit $3),"
-            " picked as (select id, row_number() over () as rank from (select id from expired"
-            " union all select id from due limit $3) c),"
-            f" claimed as (update {tasks} t set state = 'running', attempts = t.attempts + 1,"
-            " lease_owner = $4, lease_until = $5 from picked p where t.id = p.id"
-            f" returning {_prefixed('t')}, p.rank)"
+            f"with{self._claim_ctes(1, None)}"  # noqa: S608 - validated identifiers
             # One row at least: the flag rides on every row, with or without a claim.
-            " select c.*, f.grouped from (select exists(select 1 from"
-            f" {tasks} where state = 'running' and queue = any($1) and lease_until <= $2"
-            " and attempts >= max_attempts and group_id is not null) as grouped) f"
+            f" select c.*, f.grouped from (select {self._grouped_expired(1, None)}) f"
             " left join claimed c on true"
         )
 
@@ -418,38 +442,80 @@ class PostgresQueueBackend:
         Tasks of a group, and outcomes with follow-ups, are recorded in a transaction that
         also enqueues the next step or the group's callback.
         """
-        if not outcomes:
-            return
+        if outcomes:
+            await self._finish(outcomes, now=now, claim=None)
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        now: float,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+    ) -> list[TaskRecord]:
+        """:meth:`finish`, then :meth:`claim`, in one statement (one round trip, one commit).
+
+        A worker whose slots free up as its tasks end reports them and takes new ones at
+        once. The claim never takes a task of ``outcomes``.
+        """
+        if limit <= 0 or any(o.follow_ups for o in outcomes):
+            await self.finish(outcomes, now=now)
+            return (
+                []
+                if limit <= 0
+                else await self.claim(queues, limit, worker=worker, lease=lease, now=now)
+            )
+        return await self._finish(
+            outcomes, now=now, claim=(list(queues), now, limit, worker, now + lease)
+        )
+
+    async def _finish(
+        self, outcomes: Sequence[Outcome], *, now: float, claim: tuple[Any, ...] | None
+    ) -> list[TaskRecord]:
         simple = [o for o in outcomes if not o.follow_ups]
         rest = [o for o in outcomes if o.follow_ups]
-        if simple:
-            pool = await self._source.pool()
-            rows = await pool.fetch(
-                self._finish_sql,
-                [o.id for o in simple],
-                [o.worker for o in simple],
-                [o.kind.value for o in simple],
-                [o.result for o in simple],
-                [o.result_expires for o in simple],
-                [o.error for o in simple],
-                [o.traceback for o in simple],
-                [o.started_at for o in simple],
-                [o.finished_at for o in simple],
-                [o.retry_at if o.retry_at is not None else now for o in simple],
-            )
+        claimed: list[TaskRecord] = []
+        pool = await self._source.pool()
+        arrays = (
+            [o.id for o in simple],
+            [o.worker for o in simple],
+            [o.kind.value for o in simple],
+            [o.result for o in simple],
+            [o.result_expires for o in simple],
+            [o.error for o in simple],
+            [o.traceback for o in simple],
+            [o.started_at for o in simple],
+            [o.finished_at for o in simple],
+            [o.retry_at if o.retry_at is not None else now for o in simple],
+        )
+        if claim is not None:
+            rows = await pool.fetch(self._finish_claim_sql, *arrays, *claim)
+            first = rows[0]
+            requeued = set(first["requeued"] or ())
+            grouped = set(first["grouped_ids"] or ())
+            if first["grouped"]:
+                await self._reap_grouped(claim[0], now)
+            claimed = _claimed(rows)
+        elif simple:
+            rows = await pool.fetch(self._finish_sql, *arrays)
             requeued = {row[1] for row in rows if row[2]}
             grouped = {row[0] for row in rows if row[3]}
-            rest.extend(o for o in simple if o.id in grouped)
-            for queue in requeued:
-                await pool.execute("select pg_notify($1, $2)", self._channel, queue)
+        else:
+            requeued, grouped = set(), set()
+        rest.extend(o for o in simple if o.id in grouped)
+        for queue in requeued:
+            await pool.execute("select pg_notify($1, $2)", self._channel, queue)
         if rest:
             await self._finish_in_transaction(rest, now=now)
+        return claimed
 
-    @functools.cached_property
-    def _finish_sql(self) -> str:
+    def _finish_ctes(self) -> str:
+        """The completion's CTEs; parameters ``$1`` .. ``$10`` are the outcome arrays."""
         tasks, history = self._tasks, self._history
         return (
-            "with o as (select * from unnest($1::text[], $2::text[], $3::text[],"  # noqa: S608
+            " o as (select * from unnest($1::text[], $2::text[], $3::text[],"  # noqa: S608 - validated identifiers
             " $4::bytea[], $5::float8[], $6::text[], $7::text[], $8::float8[], $9::float8[],"
             " $10::float8[]) as o(id, worker, kind, result, expires, error, trace, started,"
             " finished, retry_at)),"
@@ -458,7 +524,10 @@ class PostgresQueueBackend:
             " held as (select t.id, t.name, t.queue, t.attempts, t.group_id, o.worker,"
             " o.kind, o.result, o.expires, o.error, o.trace, o.started, o.finished,"
             f" o.retry_at from {tasks} t join o on o.id = t.id"
-            " where t.state = 'running' and t.lease_owner = o.worker for update of t),"
+            # A lease owner is set exactly while a task is running, so the owner check is
+            # the state check too; it leaves the planner a primary-key lookup per outcome
+            # (``state = 'running'`` would draw it to the lease index and its dead entries).
+            " where t.id = any($1::text[]) and t.lease_owner = o.worker for update of t),"
             f" done as (update {tasks} t set"
             " state = case h.kind when 'succeeded' then 'succeeded' when 'dead' then 'dead'"
             " else 'queued' end,"
@@ -479,7 +548,27 @@ class PostgresQueueBackend:
             " started_at, finished_at, outcome, error)"
             " select id, name, queue, worker, attempts, started, finished, kind, error"
             " from held where group_id is null and kind <> 'released')"
+        )
+
+    @functools.cached_property
+    def _finish_sql(self) -> str:
+        return (
+            f"with{self._finish_ctes()}"  # noqa: S608 - validated identifiers
             " select id, queue, kind in ('retry', 'released'), group_id is not null from held"
+        )
+
+    @functools.cached_property
+    def _finish_claim_sql(self) -> str:
+        # One snapshot for both parts: a task requeued by an outcome here is claimable by
+        # the next claim, not this one; the outcomes' own tasks are excluded from the claim.
+        return (
+            f"with{self._finish_ctes()},{self._claim_ctes(11, '$1')}"  # noqa: S608 - validated identifiers
+            f" select c.*, f.grouped, f.requeued, f.grouped_ids from (select"
+            f" {self._grouped_expired(11, '$1')},"
+            " (select array_agg(distinct queue) from held where kind in ('retry', 'released'))"
+            " as requeued,"
+            " (select array_agg(id) from held where group_id is not null) as grouped_ids) f"
+            " left join claimed c on true"
         )
 
     async def _finish_in_transaction(self, outcomes: Sequence[Outcome], *, now: float) -> None:

@@ -6,6 +6,11 @@ Backends must make each call atomic: a claimed task belongs to one worker until 
 expires; a unique key admits one live task; a chain's next step is enqueued in the same
 transaction that records its predecessor's success; a group's callback is enqueued exactly
 once, when its last member finishes.
+
+Optional: a backend may also offer ``finish_and_claim(outcomes, *, now, queues, limit,
+worker, lease) -> list[TaskRecord]``, the same as ``finish`` then ``claim`` (which never
+takes a task of ``outcomes``) in one round trip. Workers use it when it is there: a flush
+of outcomes then refills the slots it frees. The contract suite checks it when present.
 """
 
 from __future__ import annotations

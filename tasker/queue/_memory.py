@@ -151,6 +151,31 @@ class MemoryQueueBackend:
         self, queues: Sequence[str], limit: int, *, worker: str, lease: float, now: float
     ) -> list[TaskRecord]:
         """Lease due tasks, expired leases first."""
+        return self._claim(queues, limit, worker, lease, now, frozenset())
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        now: float,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+    ) -> list[TaskRecord]:
+        """:meth:`finish`, then :meth:`claim` (never of ``outcomes``)."""
+        await self.finish(outcomes, now=now)
+        return self._claim(queues, limit, worker, lease, now, frozenset(o.id for o in outcomes))
+
+    def _claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+        now: float,
+        exclude: frozenset[str],
+    ) -> list[TaskRecord]:
         claimed: list[TaskRecord] = []
         wanted = set(queues)
         # Expired leases: their worker is gone.
@@ -164,7 +189,7 @@ class MemoryQueueBackend:
                 or record.lease_until != until
             ):
                 continue
-            if record.queue not in wanted:
+            if record.queue not in wanted or task_id in exclude:
                 kept.append((until, seq, task_id))
                 continue
             if record.attempts >= record.max_attempts:
@@ -174,6 +199,7 @@ class MemoryQueueBackend:
         for entry in kept:
             heapq.heappush(self._leases, entry)
         self._promote(now)
+        skipped: list[tuple[str, tuple[int, float, int, str]]] = []
         while len(claimed) < limit:
             best: tuple[tuple[int, float, int, str], str] | None = None
             for queue in queues:
@@ -188,6 +214,9 @@ class MemoryQueueBackend:
                     ):
                         heapq.heappop(heap)  # stale
                         continue
+                    if task_id in exclude:  # put back below, after this claim
+                        skipped.append((queue, heapq.heappop(heap)))
+                        continue
                     break
                 if heap and (best is None or heap[0] < best[0]):
                     best = (heap[0], queue)
@@ -195,6 +224,8 @@ class MemoryQueueBackend:
                 break
             heapq.heappop(self._queued[best[1]])
             claimed.append(self._lease(self._tasks[best[0][3]], worker, lease, now))
+        for queue, queued in skipped:
+            heapq.heappush(self._queued[queue], queued)
         return claimed
 
     def _lease(self, record: TaskRecord, worker: str, lease: float, now: float) -> TaskRecord:

@@ -311,14 +311,18 @@ class SQLiteQueueBackend:
 
     @staticmethod
     def _claim(
-        db: sqlite3.Connection, arg: tuple[Sequence[str], int, str, float, float]
+        db: sqlite3.Connection,
+        arg: tuple[Sequence[str], int, str, float, float]
+        | tuple[Sequence[str], int, str, float, float, Sequence[str]],
     ) -> list[TaskRecord]:
-        queues, limit, worker, lease, now = arg
+        queues, limit, worker, lease, now = arg[:5]
+        exclude: Sequence[str] = arg[5] if len(arg) > 5 else ()
         marks = ",".join("?" * len(queues))
+        skip = f" and id not in ({','.join('?' * len(exclude))})" if exclude else ""
         expired = db.execute(
             f"select id, attempts, max_attempts from tasks where state = 'running'"  # noqa: S608 - placeholders only
-            f" and lease_until <= ? and queue in ({marks}) order by lease_until limit ?",
-            (now, *queues, limit),
+            f" and lease_until <= ? and queue in ({marks}){skip} order by lease_until limit ?",
+            (now, *queues, *exclude, limit),
         ).fetchall()
         ids = []
         for task_id, attempts, max_attempts in expired:
@@ -335,8 +339,8 @@ class SQLiteQueueBackend:
         if len(ids) < limit:
             rows = db.execute(
                 f"select id from tasks where state = 'queued' and queue in ({marks})"  # noqa: S608
-                " and run_at <= ? order by priority desc, run_at, created_at limit ?",
-                (*queues, now, limit - len(ids)),
+                f" and run_at <= ?{skip} order by priority desc, run_at, created_at limit ?",
+                (*queues, now, *exclude, limit - len(ids)),
             ).fetchall()
             ids.extend(row[0] for row in rows)
         if not ids:
@@ -494,6 +498,29 @@ class SQLiteQueueBackend:
         """Record outcomes, follow-ups and group callbacks in one transaction."""
         if await self._call(self._finish, (list(outcomes), now)):
             self._notify()
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        now: float,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+    ) -> list[TaskRecord]:
+        """:meth:`finish`, then :meth:`claim` (never of ``outcomes``), in one transaction."""
+        exclude = [o.id for o in outcomes]
+
+        def both(db: sqlite3.Connection, _: object) -> tuple[bool, list[TaskRecord]]:
+            notify = self._finish(db, (list(outcomes), now))
+            return notify, self._claim(db, (list(queues), limit, worker, lease, now, exclude))
+
+        notify, claimed = await self._call(both)
+        if notify:
+            self._notify()
+        result: list[TaskRecord] = claimed
+        return result
 
     async def get(self, task_id: str) -> TaskRecord | None:
         """Return a task by id."""

@@ -54,6 +54,13 @@ class Worker:
         self._pending_outcomes: list[tuple[Outcome, anyio.Event]] = []
         self._flushing = False
         self.completed = 0
+        # Slots promised to a claim in flight (the claim loop's or a flush's).
+        self._reserved = 0
+        # A backend that can record outcomes and claim in one round trip: then a flush
+        # also fills the slots its tasks freed, and the claim loop leaves that to it.
+        self._finish_and_claim = getattr(queue.backend, "finish_and_claim", None)
+        self._ctx: Context | None = None
+        self._send: MemoryObjectSendStream[TaskRecord] | None = None
 
     def job(self) -> Job:
         async def worker_job(ctx: Context) -> None:
@@ -73,6 +80,7 @@ class Worker:
                 for _ in range(self.concurrency):
                     tasks.start_soon(self._runner, ctx, receive.clone())
                 receive.close()
+                self._ctx, self._send = ctx, send
                 async with send:
                     await self._claim_loop(ctx, send)
                 # Shutdown: no more claims; runners finish what runs and hand back what
@@ -89,9 +97,7 @@ class Worker:
         backend = self.queue.backend
         outage = 0
         while not ctx.done:
-            # A task whose handler returned no longer takes a slot while its outcome is being
-            # recorded (it stays in ``running`` for heartbeats and the hand-back).
-            free = self.concurrency - len(self.running) + len(self.reporting)
+            free = self._free()
             # Claim in batches: with tasks running, wait until half the slots are free, so
             # one claim serves several slots (no wait when idle: latency matters then).
             if free <= 0 or (self.running and free < self._batch):
@@ -99,6 +105,7 @@ class Worker:
                 await _wait_either(ctx, self._slot_freed.wait)
                 continue
             now = self.queue._now()
+            self._reserved += free
             try:
                 claimed = await backend.claim(
                     self.queues, free, worker=self.worker_id, lease=self.lease, now=now
@@ -117,12 +124,17 @@ class Worker:
                     )
                 await ctx.sleep(_BACKEND_BACKOFF.delay(outage))
                 continue
+            finally:
+                self._reserved -= free
             if not claimed:
                 await self._idle(ctx, now)
                 continue
-            for record in claimed:
-                self.running[record.id] = record
-                send.send_nowait(record)
+            await self._hand_to_runners(claimed)
+
+    def _free(self) -> int:
+        # A task whose handler returned no longer takes a slot while its outcome is being
+        # recorded (it stays in ``running`` for heartbeats and the hand-back).
+        return self.concurrency - len(self.running) + len(self.reporting) - self._reserved
 
     async def _runner(self, ctx: Context, receive: MemoryObjectReceiveStream[TaskRecord]) -> None:
         async with receive:
@@ -220,7 +232,8 @@ class Worker:
             backoff = registration.backoff if registration else None
             outcome = self._failure(record, started, exc, backoff)
         self.reporting.add(record.id)
-        self._slot_freed.set()
+        if self._finish_and_claim is None:
+            self._slot_freed.set()  # else the flush refills the slot
         try:
             await self._report(outcome)
         finally:
@@ -266,16 +279,33 @@ class Worker:
     async def _flush(self, outcomes: list[Outcome]) -> None:
         attempt = 0
         while True:
+            # The first attempt also claims for the free slots (a retry only records).
+            free = 0
+            ctx = self._ctx
+            if (
+                attempt == 0
+                and self._finish_and_claim is not None
+                and ctx is not None
+                and not ctx.done
+            ):
+                free = max(0, self._free())
+            self._reserved += free
             try:
-                await self.queue.backend.finish(outcomes, now=self.queue._now())
-                self.completed += len(outcomes)
-                # No longer ours, at once: a heartbeat answered meanwhile no longer lists
-                # them, and must not take them for lost before their runners wake up.
-                for outcome in outcomes:
-                    self.running.pop(outcome.id, None)
-                    self.reporting.discard(outcome.id)
-                return
+                if free:
+                    assert self._finish_and_claim is not None
+                    claimed: list[TaskRecord] = await self._finish_and_claim(
+                        outcomes,
+                        now=self.queue._now(),
+                        queues=self.queues,
+                        limit=free,
+                        worker=self.worker_id,
+                        lease=self.lease,
+                    )
+                else:
+                    await self.queue.backend.finish(outcomes, now=self.queue._now())
+                    claimed = []
             except Exception as exc:
+                self._reserved -= free
                 attempt += 1
                 if attempt == 1:
                     logger.warning(
@@ -293,6 +323,29 @@ class Worker:
                     )
                     return
                 await anyio.sleep(_BACKEND_BACKOFF.delay(attempt))
+                continue
+            self._reserved -= free
+            self.completed += len(outcomes)
+            # No longer ours, at once: a heartbeat answered meanwhile no longer lists
+            # them, and must not take them for lost before their runners wake up.
+            for outcome in outcomes:
+                self.running.pop(outcome.id, None)
+                self.reporting.discard(outcome.id)
+            if claimed:
+                await self._hand_to_runners(claimed)
+            return
+
+    async def _hand_to_runners(self, records: list[TaskRecord]) -> None:
+        """Queue claimed tasks for the runners; after the claim loop closed, hand them back."""
+        for record in records:
+            self.running[record.id] = record
+        for index, record in enumerate(records):
+            try:
+                assert self._send is not None
+                self._send.send_nowait(record)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await self._release(records[index:])
+                return
 
     def _success(self, record: TaskRecord, started: float, data: bytes | None) -> Outcome:
         queue = self.queue

@@ -8,7 +8,8 @@ Usage in a test module::
 
 Each example gets a fresh backend from the factory and drives it through enqueue, claim,
 heartbeat, finish (success, retry, dead, release), requeue, dispatch and the passing of
-time (leases expire), checking every answer against the model. The backend's coroutines run
+time (leases expire), checking every answer against the model. A backend that offers the
+optional ``finish_and_claim`` is checked on it too. The backend's coroutines run
 on an event loop in a helper thread (anyio's blocking portal), on ``anyio_backend``.
 """
 
@@ -131,6 +132,23 @@ def queue_backend_machine(
             queues=st.sampled_from([("q1",), ("q2",), QUEUES]),
         )
         def claim(self, worker: str, limit: int, queues: tuple[str, ...]) -> None:
+            self._claim_and_check(
+                worker,
+                limit,
+                queues,
+                lambda: self.call(
+                    "claim", list(queues), limit, worker=worker, lease=LEASE, now=self.now
+                ),
+            )
+
+        def _claim_and_check(
+            self,
+            worker: str,
+            limit: int,
+            queues: tuple[str, ...],
+            claim: Callable[[], Any],
+            exclude: frozenset[str] = frozenset(),
+        ) -> None:
             # Expired leases on their last attempt die instead of being claimed.
             expired = [
                 t
@@ -139,22 +157,25 @@ def queue_backend_machine(
                 and t.queue in queues
                 and t.lease_until is not None
                 and t.lease_until <= self.now
+                and t.id not in exclude
             ]
             due = [
                 t
                 for t in self.tasks.values()
-                if t.state is TaskState.QUEUED and t.queue in queues and t.run_at <= self.now
+                if t.state is TaskState.QUEUED
+                and t.queue in queues
+                and t.run_at <= self.now
+                and t.id not in exclude
             ]
-            records = self.call(
-                "claim", list(queues), limit, worker=worker, lease=LEASE, now=self.now
-            )
+            records = claim()
             got = {r.id for r in records}
             assert len(got) == len(records), "a task is claimed once per call"
             reclaimable = {t.id for t in expired if t.attempts < t.max_attempts}
             candidates = reclaimable | {t.id for t in due}
             assert got <= candidates, f"claimed tasks that are not due: {got - candidates}"
-            # Every claimable task is taken until the limit is reached.
-            assert len(got) == min(limit, len(candidates)) or len(got) == limit
+            # Every claimable task is taken until the limit is reached, and no more.
+            assert len(got) <= limit, f"claimed {len(got)} tasks with a limit of {limit}"
+            assert len(got) == min(limit, len(candidates))
             # Priority: no due queued task left behind outranks a claimed queued one.
             claimed_queued = [self.tasks[i] for i in got if self.tasks[i].state is TaskState.QUEUED]
             left = [t for t in due if t.id not in got]
@@ -193,11 +214,46 @@ def queue_backend_machine(
             pick=st.integers(0, 1000),
             kind=st.sampled_from(list(OutcomeKind)),
             worker=st.sampled_from(WORKERS),
+            claim_limit=st.integers(0, 3),
+            queues=st.sampled_from([("q1",), ("q2",), QUEUES]),
         )
-        def finish(self, pick: int, kind: OutcomeKind, worker: str) -> None:
+        def finish(
+            self,
+            pick: int,
+            kind: OutcomeKind,
+            worker: str,
+            claim_limit: int,
+            queues: tuple[str, ...],
+        ) -> None:
+            t, outcome = self._outcome(pick, kind, worker)
+            if not claim_limit or not hasattr(self.backend, "finish_and_claim"):
+                self.call("finish", [outcome], now=self.now)
+                self._finished(t, kind, worker)
+                return
+            # The optional combined call: the same as finish, then claim, except that the
+            # claim never takes the reported task (even one released back to its queue).
+
+            def finish_and_claim() -> Any:
+                records = self.call(
+                    "finish_and_claim",
+                    [outcome],
+                    now=self.now,
+                    queues=list(queues),
+                    limit=claim_limit,
+                    worker=worker,
+                    lease=LEASE,
+                )
+                self._finished(t, kind, worker)
+                return records
+
+            self._claim_and_check(
+                worker, claim_limit, queues, finish_and_claim, exclude=frozenset({t.id})
+            )
+
+        def _outcome(self, pick: int, kind: OutcomeKind, worker: str) -> tuple[_Task, Outcome]:
             running = sorted(t.id for t in self.tasks.values() if t.state is TaskState.RUNNING)
             t = self.tasks[running[pick % len(running)]]
-            outcome = Outcome(
+            return t, Outcome(
                 id=t.id,
                 worker=worker,
                 kind=kind,
@@ -207,7 +263,8 @@ def queue_backend_machine(
                 error=None if kind is OutcomeKind.SUCCEEDED else "Boom: x",
                 retry_at=self.now + 5 if kind is OutcomeKind.RETRY else None,
             )
-            self.call("finish", [outcome], now=self.now)
+
+        def _finished(self, t: _Task, kind: OutcomeKind, worker: str) -> None:
             if t.owner != worker:
                 return  # a worker that does not hold the task is ignored
             t.owner, t.lease_until = None, None
