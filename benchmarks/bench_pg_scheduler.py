@@ -3,9 +3,10 @@
 Run: ``python benchmarks/bench_pg_scheduler.py [--dsn DSN] [--seconds 15] [--interval 1]``.
 APScheduler runs from a separate virtualenv (``--peer-python``, default
 ``/tmp/peer-venv/bin/python``), never from tasker's; if it is missing the benchmark creates
-it (``pip install --pre apscheduler asyncpg sqlalchemy 'anyio<4.14'``: APScheduler 4.0.0a6's
-asyncpg event broker calls ``start_soon`` from a plain asyncpg callback, which anyio >= 4.14
-refuses, so with a newer anyio it falls back to polling and misses most slots).
+it (``pip install --pre apscheduler asyncpg sqlalchemy 'anyio<4.14' sniffio greenlet``:
+APScheduler 4.0.0a6's asyncpg event broker calls ``start_soon`` from a plain asyncpg
+callback, which anyio >= 4.14 refuses, so with a newer anyio it falls back to polling and
+misses most slots; its SQLAlchemy store imports sniffio and greenlet without declaring them).
 ``--no-peer`` measures tasker only.
 
 Workload: 5 replicas (5 schedulers with their own pools and connections, in one process per
@@ -291,8 +292,10 @@ def ensure_peer(python: str) -> bool:
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
+            # sniffio and greenlet: APScheduler's SQLAlchemy store imports them without
+            # declaring them.
             [python, "-m", "pip", "install", "-q", "--pre", "apscheduler", "asyncpg",
-             "sqlalchemy", "anyio<4.14"],
+             "sqlalchemy", "anyio<4.14", "sniffio", "greenlet"],
             check=True,
         )  # fmt: skip
     except (OSError, subprocess.CalledProcessError) as exc:
