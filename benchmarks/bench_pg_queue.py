@@ -86,14 +86,13 @@ async def tasker_side(
     backend = PostgresQueueBackend(dsn)
     await backend.migrate()
     queue = Queue(backend)
-    done = 0
+    runs: Counter[int] = Counter()
     finished = anyio.Event()
 
     @queue.task("noop", max_attempts=1)
-    async def noop(ctx: tasker.Context, payload: None) -> None:
-        nonlocal done
-        done += 1
-        if done == tasks:
+    async def noop(ctx: tasker.Context, payload: int) -> None:
+        runs[payload] += 1
+        if len(runs) == tasks:
             finished.set()
 
     now = time.time()
@@ -102,11 +101,11 @@ async def tasker_side(
             id=uuid.uuid4().hex,
             name="noop",
             queue="default",
-            payload=b"null",
+            payload=str(index).encode(),
             run_at=now,
             created_at=now,
         )
-        for _ in range(tasks)
+        for index in range(tasks)
     ]
     for start in range(0, tasks, 500):  # bulk, like pgqueuer's list enqueue
         await backend.enqueue(batch[start : start + 500], now=now)
@@ -117,6 +116,12 @@ async def tasker_side(
     )
     rate = tasks / (time.perf_counter() - started)
     per_task = SENT["statements"] / tasks
+    counts = await queue.counts()
+    doubled = sum(1 for n in runs.values() if n > 1)
+    print(
+        f"tasker_pg: {tasks - len(runs)} lost, {doubled} doubled"
+        f" ({counts['default'].get('succeeded', 0)} of {tasks} tasks succeeded)"
+    )
 
     delays: list[float] = []
     arrived = anyio.Event()
