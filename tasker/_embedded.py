@@ -48,6 +48,9 @@ def _lock_file_name(name: str) -> str:
 class _FileLocker:
     __slots__ = ("_fd", "_name", "_path")
 
+    #: A flock is held until this process unlocks or dies: the Scheduler need not watch it.
+    can_be_lost = False
+
     def __init__(self, path: Path, name: str) -> None:
         self._path = path
         self._name = name

@@ -27,8 +27,11 @@ class _MemoryLocker:
         self._held = True
         return True
 
+    #: A lock in memory cannot be lost: the Scheduler need not watch it.
+    can_be_lost = False
+
     async def wait_lost(self) -> None:
-        await anyio.sleep_forever()  # a lock in memory cannot be lost
+        await anyio.sleep_forever()
 
     async def unlock(self) -> None:
         if self._held:

@@ -377,7 +377,10 @@ class Scheduler:
         child = ctx.child()
         error: Exception | None = None
         try:
-            await run_stoppable(entry.job, child, watch_lock)
+            if getattr(locker, "can_be_lost", True):
+                await run_stoppable(entry.job, child, watch_lock)
+            else:  # nothing to watch: no watcher task per run
+                await entry.job(child)
         except Exception as exc:
             error = exc
         finally:

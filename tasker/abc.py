@@ -23,6 +23,10 @@ class Locker(Protocol):
 
     One ``Locker`` is used by one task at a time: ``try_lock``, then ``wait_lost`` while the
     work runs, then ``unlock``.
+
+    Optional: a class attribute ``can_be_lost = False`` says that a held lock cannot be lost
+    while its process lives (a lock file, memory); the Scheduler then runs the job without a
+    task watching ``wait_lost``. Without the attribute, locks are watched.
     """
 
     async def try_lock(self) -> bool:
