@@ -51,6 +51,19 @@ _COLUMNS = (
 _LIVE = ("held", "queued", "running")
 
 
+# The combined statement claims only when no outcome belongs to a group.
+_UNGROUPED = " where not exists (select from held h where h.group_id is not null)"
+
+
+def _filters(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
+    """A ``where`` clause for the given (column, value) pairs whose value is not None."""
+    args = [value for _, value in pairs if value is not None]
+    columns = [column for column, value in pairs if value is not None]
+    if not columns:
+        return "", []
+    return " where " + " and ".join(f"{c} = ${i}" for i, c in enumerate(columns, 1)), args
+
+
 def _claimed(rows: Sequence[Any]) -> list[TaskRecord]:
     """The claimed tasks of a claim statement's rows, in claim order."""
     claimed = sorted((row for row in rows if row["id"] is not None), key=lambda row: row["rank"])
@@ -339,18 +352,33 @@ class PostgresQueueBackend:
         concurrent workers never wait on each other. An expired task of a group on its last
         attempt is settled in a transaction of its own, with the group's callback.
         """
+        return await self._claim(queues, limit, worker=worker, lease=lease, now=now, exclude=[])
+
+    async def _claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        now: float,
+        exclude: list[str],
+    ) -> list[TaskRecord]:
         pool = await self._source.pool()
-        rows = await pool.fetch(self._claim_sql, list(queues), now, limit, worker, now + lease)
+        rows = await pool.fetch(
+            self._claim_sql, list(queues), now, limit, worker, now + lease, exclude
+        )
         if rows[0]["grouped"]:  # grouped tasks whose lease expired on their last attempt
-            await self._reap_grouped(list(queues), now)
+            await self._reap_grouped(list(queues), now, exclude)
         return _claimed(rows)
 
-    def _claim_ctes(self, first: int, exclude: str | None) -> str:
+    def _claim_ctes(self, first: int, exclude: str, gate: str = "") -> str:
         """The claim's CTEs; parameters ``$first`` .. ``$first+4`` are queues, now, limit,
-        worker and lease end. ``exclude``: an array parameter of task ids not to touch."""
+        worker and lease end. ``exclude``: an array parameter of task ids never to take.
+        ``gate``: a ``where`` clause; when it is false nothing is claimed at all."""
         tasks = self._tasks
         queues, now, limit, worker, until = (f"${first + i}" for i in range(5))
-        skip = f" and not (id = any({exclude}))" if exclude else ""
+        skip = f" and not (id = any({exclude}::text[]))"
         return (
             # Expired on their last attempt, outside a group: dead now.
             f" dead as (update {tasks} set state = 'dead', lease_owner = null,"  # noqa: S608 - validated identifiers
@@ -370,20 +398,20 @@ class PostgresQueueBackend:
             # scan over several queues would read and sort every due task).
             f" due as (select x.id from unnest({queues}::text[]) as q(name), lateral"
             f" (select id, priority, run_at, created_at from {tasks} where queue = q.name"
-            f" and state = 'queued' and run_at <= {now}"
+            f" and state = 'queued' and run_at <= {now}{skip}"
             f" order by priority desc, run_at, created_at limit {limit}"
             " for update skip locked) x"
             f" order by x.priority desc, x.run_at, x.created_at limit {limit}),"
             " picked as (select id, row_number() over () as rank from (select id from expired"
-            f" union all select id from due limit {limit}) c),"
+            f" union all select id from due limit {limit}) c{gate}),"
             f" claimed as (update {tasks} t set state = 'running', attempts = t.attempts + 1,"
             f" lease_owner = {worker}, lease_until = {until} from picked p where t.id = p.id"
             f" returning {_prefixed('t')}, p.rank)"
         )
 
-    def _grouped_expired(self, first: int, exclude: str | None) -> str:
+    def _grouped_expired(self, first: int, exclude: str) -> str:
         queues, now = f"${first}", f"${first + 1}"
-        skip = f" and not (id = any({exclude}))" if exclude else ""
+        skip = f" and not (id = any({exclude}::text[]))"
         return (
             f"exists(select 1 from {self._tasks} where state = 'running'"  # noqa: S608 - validated identifiers
             f" and queue = any({queues}) and lease_until <= {now}"
@@ -393,30 +421,49 @@ class PostgresQueueBackend:
     @functools.cached_property
     def _claim_sql(self) -> str:
         return (
-            f"with{self._claim_ctes(1, None)}"  # noqa: S608 - validated identifiers
+            f"with{self._claim_ctes(1, '$6')}"  # noqa: S608 - validated identifiers
             # One row at least: the flag rides on every row, with or without a claim.
-            f" select c.*, f.grouped from (select {self._grouped_expired(1, None)}) f"
+            f" select c.*, f.grouped from (select {self._grouped_expired(1, '$6')}) f"
             " left join claimed c on true"
         )
 
-    async def _reap_grouped(self, queues: list[str], now: float) -> None:
-        pool = await self._source.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            dead = await conn.fetch(
-                f"update {self._tasks} set state = 'dead', lease_owner = null,"  # noqa: S608
-                " lease_until = null, finished_at = $2,"
-                " last_error = 'lease expired (the worker stopped responding)'"
-                f" where id in (select id from {self._tasks} where state = 'running'"
-                " and queue = any($1) and lease_until <= $2 and attempts >= max_attempts"
-                " and group_id is not null for update skip locked) returning id",
-                queues,
-                now,
-            )
-            fired = False
-            for row in dead:
-                fired |= await self._group_member_done(conn, row[0], now)
-            if fired:
-                await conn.execute("select pg_notify($1, $2)", self._channel, "*")
+    async def _reap_grouped(self, queues: list[str], now: float, exclude: list[str]) -> None:
+        """Settle grouped tasks whose lease expired on their last attempt (never ``exclude``).
+
+        Runs after a claim committed: a failure here is logged, not raised (the claimed
+        tasks must reach their worker); the next claim finds these tasks again.
+        """
+        try:
+            pool = await self._source.pool()
+            async with pool.acquire() as conn, conn.transaction():
+                dead = await conn.fetch(
+                    f"update {self._tasks} set state = 'dead', lease_owner = null,"  # noqa: S608
+                    " lease_until = null, finished_at = $2,"
+                    " last_error = 'lease expired (the worker stopped responding)'"
+                    f" where id in (select id from {self._tasks} where state = 'running'"
+                    " and queue = any($1) and lease_until <= $2 and attempts >= max_attempts"
+                    " and group_id is not null and not (id = any($3::text[]))"
+                    " order by id for update skip locked) returning id, group_id",
+                    queues,
+                    now,
+                    exclude,
+                )
+                await self._lock_groups(conn, [row[1] for row in dead])
+                fired = False
+                for row in sorted(dead, key=lambda row: str(row[0])):
+                    fired |= await self._group_member_done(conn, row[0], now)
+                if fired:
+                    await conn.execute("select pg_notify($1, $2)", self._channel, "*")
+        except Exception as exc:
+            logger.warning("could not settle expired grouped tasks yet: %s", exc)
+
+    async def _notify(self, pool: asyncpg.Pool, queues: set[str]) -> None:
+        """Wake workers of ``queues`` (after a commit: a failure is logged, workers poll)."""
+        try:
+            for queue in queues:
+                await pool.execute("select pg_notify($1, $2)", self._channel, queue)
+        except Exception as exc:
+            logger.warning("could not notify workers (they will poll): %s", exc)
 
     async def heartbeat(
         self, worker: str, ids: Sequence[str], *, lease: float, now: float
@@ -460,23 +507,34 @@ class PostgresQueueBackend:
         A worker whose slots free up as its tasks end reports them and takes new ones at
         once. The claim never takes a task of ``outcomes``.
         """
-        if limit <= 0 or any(o.follow_ups for o in outcomes):
-            await self.finish(outcomes, now=now)
-            return (
-                []
-                if limit <= 0
-                else await self.claim(queues, limit, worker=worker, lease=lease, now=now)
+        exclude = [o.id for o in outcomes]
+        if limit > 0 and not any(o.follow_ups for o in outcomes):
+            claimed, complete = await self._finish(
+                outcomes, now=now, claim=(list(queues), now, limit, worker, now + lease)
             )
-        return await self._finish(
-            outcomes, now=now, claim=(list(queues), now, limit, worker, now + lease)
+            if complete:
+                return claimed
+        else:  # a chain step to enqueue: a transaction, then the claim
+            await self.finish(outcomes, now=now)
+        if limit <= 0:
+            return []
+        return await self._claim(
+            queues, limit, worker=worker, lease=lease, now=now, exclude=exclude
         )
 
     async def _finish(
         self, outcomes: Sequence[Outcome], *, now: float, claim: tuple[Any, ...] | None
-    ) -> list[TaskRecord]:
+    ) -> tuple[list[TaskRecord], bool]:
+        """Record ``outcomes``; with ``claim``, claim in the same statement.
+
+        Returns the claimed tasks, and whether the claim happened: the statement claims
+        nothing when an outcome belongs to a group (those go through a transaction first,
+        so nothing can fail after tasks were claimed), and the caller claims afterwards.
+        """
         simple = [o for o in outcomes if not o.follow_ups]
         rest = [o for o in outcomes if o.follow_ups]
         claimed: list[TaskRecord] = []
+        complete = claim is not None
         pool = await self._source.pool()
         arrays = (
             [o.id for o in simple],
@@ -495,21 +553,23 @@ class PostgresQueueBackend:
             first = rows[0]
             requeued = set(first["requeued"] or ())
             grouped = set(first["grouped_ids"] or ())
-            if first["grouped"]:
-                await self._reap_grouped(claim[0], now)
+            complete = not grouped
             claimed = _claimed(rows)
+            if first["grouped"]:
+                await self._reap_grouped(claim[0], now, arrays[0])
         elif simple:
             rows = await pool.fetch(self._finish_sql, *arrays)
             requeued = {row[1] for row in rows if row[2]}
             grouped = {row[0] for row in rows if row[3]}
         else:
             requeued, grouped = set(), set()
+        await self._notify(pool, requeued)
         rest.extend(o for o in simple if o.id in grouped)
-        for queue in requeued:
-            await pool.execute("select pg_notify($1, $2)", self._channel, queue)
         if rest:
+            # Nothing was claimed when an outcome is grouped: a failure here loses no task.
+            assert not claimed
             await self._finish_in_transaction(rest, now=now)
-        return claimed
+        return claimed, complete
 
     def _finish_ctes(self) -> str:
         """The completion's CTEs; parameters ``$1`` .. ``$10`` are the outcome arrays."""
@@ -562,7 +622,7 @@ class PostgresQueueBackend:
         # One snapshot for both parts: a task requeued by an outcome here is claimable by
         # the next claim, not this one; the outcomes' own tasks are excluded from the claim.
         return (
-            f"with{self._finish_ctes()},{self._claim_ctes(11, '$1')}"  # noqa: S608 - validated identifiers
+            f"with{self._finish_ctes()},{self._claim_ctes(11, '$1', _UNGROUPED)}"  # noqa: S608 - validated identifiers
             f" select c.*, f.grouped, f.requeued, f.grouped_ids from (select"
             f" {self._grouped_expired(11, '$1')},"
             " (select array_agg(distinct queue) from held where kind in ('retry', 'released'))"
@@ -576,9 +636,11 @@ class PostgresQueueBackend:
         queues: set[str] = set()
         async with pool.acquire() as conn, conn.transaction():
             by_id = {o.id: o for o in outcomes}
+            # Rows are locked in id order, and groups in id order below: two workers that
+            # finish members of the same groups in opposite orders must not deadlock.
             held = await conn.fetch(
                 f"select id, name, queue, attempts, group_id, lease_owner from {self._tasks}"  # noqa: S608
-                " where id = any($1) and state = 'running' for update",
+                " where id = any($1) and state = 'running' order by id for update",
                 list(by_id),
             )
             # Only the worker that holds the lease may report: a slow worker whose lease
@@ -660,6 +722,9 @@ class PostgresQueueBackend:
             if retry or released:
                 queues.update(r[2] for r in mine)
             terminal = (OutcomeKind.SUCCEEDED, OutcomeKind.DEAD)
+            await self._lock_groups(
+                conn, [r[4] for r in mine if r[4] is not None and by_id[r[0]].kind in terminal]
+            )
             for r in mine:
                 if (
                     r[4] is not None
@@ -669,6 +734,14 @@ class PostgresQueueBackend:
                     queues.add("*")
             for queue in queues:
                 await conn.execute("select pg_notify($1, $2)", self._channel, queue)
+
+    async def _lock_groups(self, conn: _Conn, group_ids: Sequence[str]) -> None:
+        """Lock the callback rows of these groups, in id order (no deadlock between workers)."""
+        if group_ids:
+            await conn.execute(
+                f"select id from {self._groups} where id = any($1) order by id for update",  # noqa: S608
+                sorted(set(group_ids)),
+            )
 
     async def _group_member_done(self, conn: _Conn, task_id: str, now: float) -> bool:
         group_id = await conn.fetchval(
@@ -723,11 +796,13 @@ class PostgresQueueBackend:
     ) -> list[TaskRecord]:
         """List tasks, newest first."""
         pool = await self._source.pool()
+        # One statement per combination of filters: ``($1 is null or state = $1)`` would
+        # give a generic plan that cannot use an index for either.
+        where, args = _filters(("state", None if state is None else state.value), ("queue", queue))
         rows = await pool.fetch(
-            f"select {_COLUMNS} from {self._tasks} where ($1::text is null or state = $1)"  # noqa: S608
-            " and ($2::text is null or queue = $2) order by created_at desc limit $3",
-            None if state is None else state.value,
-            queue,
+            f"select {_COLUMNS} from {self._tasks}{where}"  # noqa: S608 - validated identifiers
+            f" order by created_at desc limit ${len(args) + 1}",
+            *args,
             limit,
         )
         return [_record(row) for row in rows]
@@ -755,15 +830,15 @@ class PostgresQueueBackend:
         """Release held tasks."""
         pool = await self._source.pool()
         async with pool.acquire() as conn, conn.transaction():
+            named = "" if name is None else " and name = $4"
             status = await conn.execute(
-                f"update {self._tasks} set state = 'queued', run_at = least(run_at, $4)"  # noqa: S608
+                f"update {self._tasks} set state = 'queued', run_at = least(run_at, $3)"  # noqa: S608
                 f" where id in (select id from {self._tasks} where state = 'held' and queue = $1"
-                " and ($2::text is null or name = $2) order by priority desc, created_at"
-                " limit $3 for update skip locked)",
+                f"{named} order by priority desc, created_at limit $2 for update skip locked)",
                 queue,
-                name,
                 limit,
                 now,
+                *(() if name is None else (name,)),
             )
             count = int(status.split()[-1])
             if count:
@@ -784,11 +859,12 @@ class PostgresQueueBackend:
     async def history(self, *, task_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:
         """Attempts, newest first."""
         pool = await self._source.pool()
+        where, args = _filters(("task_id", task_id))
         rows = await pool.fetch(
             "select task_id, name, queue, worker, attempt, started_at, finished_at, outcome,"  # noqa: S608
-            f" error from {self._history} where ($1::text is null or task_id = $1)"
-            " order by finished_at desc, ctid desc limit $2",
-            task_id,
+            f" error from {self._history}{where}"
+            f" order by finished_at desc, ctid desc limit ${len(args) + 1}",
+            *args,
             limit,
         )
         return [

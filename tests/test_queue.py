@@ -432,3 +432,41 @@ async def test_default_backend_is_sqlite_in_state_dir(
 async def iterate(n: int) -> AsyncIterator[int]:
     for i in range(n):
         yield i
+
+
+async def test_an_immediate_retry_is_one_attempt_at_a_time(backend: QueueBackend) -> None:
+    """A task that fails while another finishes, retried at once, is claimed again before its
+    first runner has resumed: the new attempt keeps its lease (it is heartbeated), and the
+    task never runs twice at the same time."""
+    queue = Queue(backend)
+    live = peak = 0
+    calls: list[int] = []
+    go = anyio.Event()
+
+    @queue.task("a", backoff=Backoff.fixed(0), max_attempts=5)
+    async def a(ctx: Context, payload: Any) -> None:
+        nonlocal live, peak
+        calls.append(len(calls) + 1)
+        if len(calls) == 1:
+            await go.wait()
+            raise RuntimeError("first attempt fails")
+        live += 1
+        peak = max(peak, live)
+        try:
+            await anyio.sleep(1.5)  # three lease lengths: only heartbeats keep it
+        finally:
+            live -= 1
+
+    @queue.task("b")
+    async def b(ctx: Context, payload: Any) -> None:
+        await anyio.sleep(0.05)
+        go.set()
+
+    a_id = (await queue.enqueue("a")).id
+    await queue.enqueue("b")
+    async with Running(queue, concurrency=3, lease=0.5):
+        await until(lambda: finished(queue, a_id))
+    assert calls == [1, 2]
+    assert peak == 1
+    history = [(h.attempt, h.outcome) for h in reversed(await queue.history(task_id=a_id))]
+    assert history == [(1, "retry"), (2, "succeeded")]

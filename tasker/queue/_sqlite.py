@@ -319,23 +319,30 @@ class SQLiteQueueBackend:
         exclude: Sequence[str] = arg[5] if len(arg) > 5 else ()
         marks = ",".join("?" * len(queues))
         skip = f" and id not in ({','.join('?' * len(exclude))})" if exclude else ""
-        expired = db.execute(
-            f"select id, attempts, max_attempts from tasks where state = 'running'"  # noqa: S608 - placeholders only
-            f" and lease_until <= ? and queue in ({marks}){skip} order by lease_until limit ?",
-            (now, *queues, *exclude, limit),
+        # Expired leases on their last attempt die (all of them: they must not use up the
+        # limit); then the others are claimed again, oldest lease first.
+        dying = db.execute(
+            f"select id from tasks where state = 'running' and lease_until <= ?"  # noqa: S608 - placeholders only
+            f" and attempts >= max_attempts and queue in ({marks}){skip} order by id",
+            (now, *queues, *exclude),
         ).fetchall()
-        ids = []
-        for task_id, attempts, max_attempts in expired:
-            if attempts >= max_attempts:
-                db.execute(
-                    "update tasks set state = 'dead', lease_owner = null, lease_until = null,"
-                    " last_error = 'lease expired (the worker stopped responding)',"
-                    " finished_at = ? where id = ?",
-                    (now, task_id),
-                )
-                SQLiteQueueBackend._group_member_done(db, task_id, now)
-            else:
-                ids.append(task_id)
+        for (task_id,) in dying:
+            db.execute(
+                "update tasks set state = 'dead', lease_owner = null, lease_until = null,"
+                " last_error = 'lease expired (the worker stopped responding)',"
+                " finished_at = ? where id = ?",
+                (now, task_id),
+            )
+            SQLiteQueueBackend._group_member_done(db, task_id, now)
+        ids = [
+            row[0]
+            for row in db.execute(
+                f"select id from tasks where state = 'running' and lease_until <= ?"  # noqa: S608
+                f" and attempts < max_attempts and queue in ({marks}){skip}"
+                " order by lease_until limit ?",
+                (now, *queues, *exclude, limit),
+            ).fetchall()
+        ]
         if len(ids) < limit:
             rows = db.execute(
                 f"select id from tasks where state = 'queued' and queue in ({marks})"  # noqa: S608

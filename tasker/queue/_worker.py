@@ -51,7 +51,7 @@ class Worker:
         self.running: dict[str, TaskRecord] = {}
         self.reporting: set[str] = set()
         self._slot_freed = anyio.Event()
-        self._pending_outcomes: list[tuple[Outcome, anyio.Event]] = []
+        self._pending_outcomes: list[tuple[Outcome, TaskRecord, anyio.Event]] = []
         self._flushing = False
         self.completed = 0
         # Slots promised to a claim in flight (the claim loop's or a flush's).
@@ -235,10 +235,13 @@ class Worker:
         if self._finish_and_claim is None:
             self._slot_freed.set()  # else the flush refills the slot
         try:
-            await self._report(outcome)
+            await self._report(outcome, record)
         finally:
-            self.reporting.discard(record.id)
-            self.running.pop(record.id, None)
+            # Usually the flush took the task out already; and by now the same task may have
+            # been claimed again (a retry due at once): only this attempt is ours to remove.
+            if self.running.get(record.id) is record:
+                del self.running[record.id]
+                self.reporting.discard(record.id)
         self._slot_freed.set()
         if outcome.kind is OutcomeKind.DEAD and queue._on_failure is not None:
             info = await queue.get(record.id)
@@ -250,7 +253,7 @@ class Worker:
                 except Exception:
                     logger.exception("on_failure hook failed for task %s", record.id)
 
-    async def _report(self, outcome: Outcome) -> None:
+    async def _report(self, outcome: Outcome, record: TaskRecord) -> None:
         """Record an outcome; outcomes reported meanwhile are flushed together.
 
         The first reporter drains the batch (shielded: it carries the others' outcomes), so
@@ -258,7 +261,7 @@ class Worker:
         outage it retries with backoff; the leases keep the tasks meanwhile.
         """
         done = anyio.Event()
-        self._pending_outcomes.append((outcome, done))
+        self._pending_outcomes.append((outcome, record, done))
         if self._flushing:
             await done.wait()
             return
@@ -270,13 +273,14 @@ class Worker:
                 await anyio.lowlevel.checkpoint()
                 while self._pending_outcomes:
                     batch, self._pending_outcomes = self._pending_outcomes, []
-                    await self._flush([item for item, _ in batch])
-                    for _, event in batch:
+                    await self._flush([(outcome, record) for outcome, record, _ in batch])
+                    for _, _, event in batch:
                         event.set()
         finally:
             self._flushing = False
 
-    async def _flush(self, outcomes: list[Outcome]) -> None:
+    async def _flush(self, reported: list[tuple[Outcome, TaskRecord]]) -> None:
+        outcomes = [outcome for outcome, _ in reported]
         attempt = 0
         while True:
             # The first attempt also claims for the free slots (a retry only records).
@@ -328,9 +332,10 @@ class Worker:
             self.completed += len(outcomes)
             # No longer ours, at once: a heartbeat answered meanwhile no longer lists
             # them, and must not take them for lost before their runners wake up.
-            for outcome in outcomes:
-                self.running.pop(outcome.id, None)
-                self.reporting.discard(outcome.id)
+            for _, record in reported:
+                if self.running.get(record.id) is record:  # not a newer claim of the task
+                    del self.running[record.id]
+                    self.reporting.discard(record.id)
             if claimed:
                 await self._hand_to_runners(claimed)
             return
@@ -338,6 +343,10 @@ class Worker:
     async def _hand_to_runners(self, records: list[TaskRecord]) -> None:
         """Queue claimed tasks for the runners; after the claim loop closed, hand them back."""
         for record in records:
+            # A new attempt of a task whose previous attempt (recorded, its runner not yet
+            # resumed) is still listed replaces it: the old entry no longer holds a slot.
+            if record.id in self.running:
+                self.reporting.discard(record.id)
             self.running[record.id] = record
         for index, record in enumerate(records):
             try:

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 import tasker
-from tasker.queue import Outcome, OutcomeKind, Queue, TaskState
+from tasker.queue import GroupSpec, NewTask, Outcome, OutcomeKind, Queue, TaskState
 from tasker.testing import queue_backend_machine
 from tasker_pg import PostgresQueueBackend
 
@@ -22,8 +22,13 @@ pytestmark = pytest.mark.anyio
 LOCAL_DSN = os.environ.get("TASKER_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+_MACHINE_SCHEMAS: list[str] = []
+
+
 async def _fresh_backend() -> PostgresQueueBackend:
-    backend = PostgresQueueBackend(LOCAL_DSN, schema=f"q_{uuid.uuid4().hex[:10]}")
+    schema = f"q_{uuid.uuid4().hex[:10]}"
+    _MACHINE_SCHEMAS.append(schema)
+    backend = PostgresQueueBackend(LOCAL_DSN, schema=schema)
     await backend.migrate()
     return backend
 
@@ -42,7 +47,20 @@ def test_contract_state_machine(pg_dsn: str) -> None:
     LOCAL_DSN = pg_dsn
     machine = queue_backend_machine(_fresh_backend)
     machine.TestCase.settings = machine.TestCase.settings  # keep the shared settings
-    machine.TestCase("runTest").runTest()
+    try:
+        machine.TestCase("runTest").runTest()
+    finally:  # one schema per example: leave the shared database as it was
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(pg_dsn)
+            try:
+                for schema in _MACHINE_SCHEMAS:
+                    await conn.execute(f'drop schema if exists "{schema}" cascade')
+            finally:
+                await conn.close()
+
+        anyio.run(drop)
+        _MACHINE_SCHEMAS.clear()
 
 
 async def test_enqueue_in_transaction_commit_and_rollback(
@@ -290,3 +308,62 @@ def _succeeded(task_id: str, worker: str, result: bytes, started: float) -> Outc
         finished_at=started + 0.1,
         result=result,
     )
+
+
+async def test_finish_and_claim_never_takes_a_reported_task(
+    backend: PostgresQueueBackend,
+) -> None:
+    """The combined call's claim spares the outcomes' tasks in every path: a late report of a
+    task queued again by another worker, a retry due at once beside a chain step (the
+    transactional path), and a grouped task reported late while its lease had expired."""
+    t0 = time.time()
+
+    def task(task_id: str, **options: Any) -> NewTask:
+        return NewTask(
+            id=task_id, name="n", queue="q", payload=b"1", run_at=t0, created_at=t0, **options
+        )
+
+    def outcome(task_id: str, worker: str, kind: OutcomeKind, **options: Any) -> Outcome:
+        return Outcome(
+            id=task_id, worker=worker, kind=kind, started_at=t0, finished_at=t0, **options
+        )
+
+    # A late report of a task that another worker took over and queued again.
+    await backend.enqueue([task("late", max_attempts=5)], now=t0)
+    await backend.claim(["q"], 1, worker="w1", lease=1, now=t0)
+    await backend.claim(["q"], 1, worker="w2", lease=30, now=t0 + 2)
+    await backend.finish(
+        [outcome("late", "w2", OutcomeKind.RETRY, error="e", retry_at=t0 + 2)], now=t0 + 2
+    )
+    got = await backend.finish_and_claim(
+        [outcome("late", "w1", OutcomeKind.SUCCEEDED, result=b"1")],
+        now=t0 + 3, queues=["q"], limit=1, worker="w1", lease=30,
+    )  # fmt: skip
+    assert got == []
+    # A retry due at once, reported with a chain step's success (a follow-up to enqueue).
+    await backend.enqueue([task("retry", max_attempts=5), task("step")], now=t0 + 3)
+    claimed = await backend.claim(["q"], 5, worker="w3", lease=30, now=t0 + 3)
+    assert sorted(r.id for r in claimed) == ["late", "retry", "step"]
+    got = await backend.finish_and_claim(
+        [
+            outcome("retry", "w3", OutcomeKind.RETRY, error="e", retry_at=t0 + 3),
+            outcome("step", "w3", OutcomeKind.SUCCEEDED, follow_ups=(task("next"),)),
+        ],
+        now=t0 + 3, queues=["q"], limit=5, worker="w3", lease=30,
+    )  # fmt: skip
+    assert [r.id for r in got] == ["next"]
+    # A grouped task reported late while another member's lease expired on its last attempt.
+    await backend.enqueue(
+        [task("g0", max_attempts=1, group_id="G", group_index=0),
+         task("g1", max_attempts=1, group_id="G", group_index=1)],
+        group=GroupSpec(id="G", size=2, callback=None), now=t0 + 4,
+    )  # fmt: skip
+    await backend.claim(["q"], 2, worker="w4", lease=1, now=t0 + 4)
+    await backend.finish_and_claim(
+        [outcome("g0", "w4", OutcomeKind.SUCCEEDED, result=b"1")],
+        now=t0 + 6, queues=["q"], limit=1, worker="w4", lease=30,
+    )  # fmt: skip
+    g0, g1 = await backend.get("g0"), await backend.get("g1")
+    assert g0 is not None
+    assert g1 is not None
+    assert (g0.state, g1.state) == (TaskState.SUCCEEDED, TaskState.DEAD)
