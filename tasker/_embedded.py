@@ -129,11 +129,12 @@ def _from_text(text: str | None) -> datetime | None:
 
 
 class _Request(Generic[T, R]):
-    __slots__ = ("arg", "done", "error", "func", "result")
+    __slots__ = ("arg", "done", "error", "func", "result", "write")
 
-    def __init__(self, func: Callable[[T], R], arg: T) -> None:
+    def __init__(self, func: Callable[[T], R], arg: T, write: bool) -> None:
         self.func = func
         self.arg = arg
+        self.write = write
         self.result: R | None = None
         self.error: Exception | None = None
         self.done = anyio.Event()
@@ -142,7 +143,8 @@ class _Request(Generic[T, R]):
 def _run_batch(connection: sqlite3.Connection, batch: list[_Request[object, object]]) -> None:
     # One transaction for the whole batch (a savepoint per request, so one failing request
     # does not undo the others): a hundred saves cost one commit, not a hundred.
-    connection.execute("begin immediate")
+    # Reads alone take no write lock (WAL readers never wait for another process's writer).
+    connection.execute("begin immediate" if any(r.write for r in batch) else "begin")
     try:
         for request in batch:
             connection.execute("savepoint request")
@@ -194,8 +196,8 @@ class SQLiteStateRepository:
         if connection is not None:
             connection.close()
 
-    async def _call(self, func: Callable[[T], R], arg: T) -> R:
-        request: _Request[T, R] = _Request(func, arg)
+    async def _call(self, func: Callable[[T], R], arg: T, *, write: bool) -> R:
+        request: _Request[T, R] = _Request(func, arg, write)
         self._pending.append(request)  # type: ignore[arg-type]
         if self._draining:
             await request.done.wait()
@@ -277,11 +279,11 @@ class SQLiteStateRepository:
 
     async def get(self, name: str) -> ScheduleState | None:
         """Read the state of ``name`` (in a worker thread)."""
-        return await self._call(self._get, name)
+        return await self._call(self._get, name, write=False)
 
     async def save(self, state: ScheduleState) -> None:
         """Write ``state`` in a worker thread; once this returns it survives a crash."""
-        await self._call(self._save, state)
+        await self._call(self._save, state, write=True)
 
     def __repr__(self) -> str:
         return f"SQLiteStateRepository({str(self.path)!r})"

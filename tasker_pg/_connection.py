@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +12,8 @@ import anyio
 import asyncpg
 
 from tasker import TaskerError
+
+logger = logging.getLogger("tasker_pg")
 
 __all__ = [
     "AsyncioRequiredError",
@@ -133,17 +136,34 @@ class PoolSource:
                 self._lock = anyio.Lock()
             async with self._lock:  # concurrent first calls create one pool, not several
                 if self._pool is None:
-                    assert self._dsn is not None
-                    self._pool = await asyncpg.create_pool(
-                        self._dsn,
-                        min_size=self._sizes[0],
-                        max_size=self._sizes[1],
-                        reset=_light_reset,
-                        timeout=CONNECT_TIMEOUT,
-                        command_timeout=COMMAND_TIMEOUT,
-                        server_settings=self._server_settings or None,
-                    )
+                    try:
+                        self._pool = await self._create_pool(self._server_settings)
+                    except asyncpg.PostgresError as exc:
+                        # A pooler such as PgBouncer refuses startup parameters it does not
+                        # know; the settings are an optimisation, so go on without them.
+                        if not self._server_settings or "startup parameter" not in str(exc):
+                            raise
+                        logger.info(
+                            "tasker_pg: the server refused %s (%s); connecting without them",
+                            ", ".join(sorted(self._server_settings)),
+                            exc,
+                        )
+                        self._server_settings = {}
+                        self._pool = await self._create_pool({})
         return self._pool
+
+    async def _create_pool(self, settings: Mapping[str, str]) -> asyncpg.Pool:
+        assert self._dsn is not None
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=self._sizes[0],
+            max_size=self._sizes[1],
+            reset=_light_reset,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=COMMAND_TIMEOUT,
+            server_settings=dict(settings) or None,
+        )
+        return pool
 
     async def connect(self, application_name: str | None = None) -> asyncpg.Connection[Any]:
         """A new dedicated connection (not from the pool).

@@ -365,9 +365,8 @@ class PostgresQueueBackend:
         exclude: list[str],
     ) -> list[TaskRecord]:
         pool = await self._source.pool()
-        rows = await pool.fetch(
-            self._claim_sql, list(queues), now, limit, worker, now + lease, exclude
-        )
+        names = list(dict.fromkeys(queues))  # each queue once: its scan takes up to the limit
+        rows = await pool.fetch(self._claim_sql, names, now, limit, worker, now + lease, exclude)
         if rows[0]["grouped"]:  # grouped tasks whose lease expired on their last attempt
             await self._reap_grouped(list(queues), now, exclude)
         return _claimed(rows)
@@ -510,7 +509,9 @@ class PostgresQueueBackend:
         exclude = [o.id for o in outcomes]
         if limit > 0 and not any(o.follow_ups for o in outcomes):
             claimed, complete = await self._finish(
-                outcomes, now=now, claim=(list(queues), now, limit, worker, now + lease)
+                outcomes,
+                now=now,
+                claim=(list(dict.fromkeys(queues)), now, limit, worker, now + lease),
             )
             if complete:
                 return claimed

@@ -611,7 +611,8 @@ class Queue:
         Raises:
             ValueError: for ``concurrency < 1``, no queues, or a bad duration.
         """
-        names = [queues] if isinstance(queues, str) else list(queues)
+        # Duplicates dropped, order kept (a name given twice would halve a claim's share).
+        names = list(dict.fromkeys([queues] if isinstance(queues, str) else queues))
         if not names:
             raise ValueError("Queue.worker(): needs at least one queue")
         for name in names:

@@ -282,16 +282,12 @@ class Worker:
     async def _flush(self, reported: list[tuple[Outcome, TaskRecord]]) -> None:
         outcomes = [outcome for outcome, _ in reported]
         attempt = 0
+        combined = self._finish_and_claim is not None
         while True:
-            # The first attempt also claims for the free slots (a retry only records).
+            # The first call also claims for the free slots (a retry only records).
             free = 0
             ctx = self._ctx
-            if (
-                attempt == 0
-                and self._finish_and_claim is not None
-                and ctx is not None
-                and not ctx.done
-            ):
+            if combined and self._finish_and_claim is not None and ctx is not None and not ctx.done:
                 free = max(0, self._free())
             self._reserved += free
             try:
@@ -310,6 +306,12 @@ class Worker:
                     claimed = []
             except Exception as exc:
                 self._reserved -= free
+                combined = False  # a retry only records
+                if free:
+                    # The combined call failed: record alone at once, so a backend whose
+                    # combined call keeps failing costs no wait.
+                    logger.debug("worker %s: finish_and_claim failed: %s", self.worker_id, exc)
+                    continue
                 attempt += 1
                 if attempt == 1:
                     logger.warning(
