@@ -1,10 +1,10 @@
 """The embedded queue backend: one SQLite file, shared by the worker processes of a machine.
 
-Every call becomes one operation in a batch: concurrent calls of this process are queued
-and run together in one worker thread, inside one ``BEGIN IMMEDIATE`` transaction (a
-savepoint per operation, so one failing call does not undo the others). ``BEGIN IMMEDIATE``
-takes SQLite's write lock up front, which serialises claims across processes: a task is
-leased to one worker. WAL mode lets readers run beside the writer.
+Every call becomes one operation in a batch (``tasker._sqlite_batch``): concurrent calls of
+this process are queued and run together in one worker thread, inside one transaction (a
+savepoint per operation, so one failing call does not undo the others). A batch that writes
+begins ``IMMEDIATE``, taking SQLite's write lock up front, which serialises claims across
+processes: a task is leased to one worker. WAL mode lets readers run beside the writer.
 
 Wake-ups: in this process an enqueue sets an event at once; other processes notice new
 commits through ``PRAGMA data_version``, checked every 20 ms while a worker is idle.
@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.lowlevel
-import anyio.to_thread
 
 from .._embedded import default_state_dir
+from .._sqlite_batch import BatchedConnection, open_database
 from ._memory import group_payload
 from ._records import (
     EnqueueResult,
@@ -142,20 +141,6 @@ def _task_from_json(text: str, payload: bytes, now: float) -> NewTask:
     return NewTask(payload=payload, **fields)
 
 
-class _Op:
-    __slots__ = ("arg", "done", "error", "func", "result", "write")
-
-    def __init__(
-        self, func: Callable[[sqlite3.Connection, Any], Any], arg: Any, write: bool
-    ) -> None:
-        self.func = func
-        self.arg = arg
-        self.write = write
-        self.result: Any = None
-        self.error: Exception | None = None
-        self.done = anyio.Event()
-
-
 class SQLiteQueueBackend:
     """Tasks in a SQLite file (WAL): durable across restarts, shared by local processes.
 
@@ -165,82 +150,28 @@ class SQLiteQueueBackend:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._connection: sqlite3.Connection | None = None
-        self._pending: list[_Op] = []
-        self._draining = False
+        self._db = BatchedConnection(self._open)
         self._work = anyio.Event()
         self._data_version: int | None = None
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("pragma journal_mode=wal")
-            connection.execute("pragma synchronous=normal")
-            connection.execute("begin immediate")
-            try:
-                for statement in _SCHEMA:
-                    connection.execute(statement)
-                connection.execute("commit")
-            except BaseException:
-                connection.execute("rollback")
-                raise
-            self._connection = connection
-        return self._connection
-
-    def _run_batch(self, batch: list[_Op]) -> None:
-        connection = self._connect()
-        # Reads alone need no write lock (WAL readers never block the writer).
-        connection.execute("begin immediate" if any(op.write for op in batch) else "begin")
+    def _open(self) -> sqlite3.Connection:
+        connection = open_database(self.path)
+        connection.execute("begin immediate")
         try:
-            for op in batch:
-                connection.execute("savepoint op")
-                try:
-                    op.result = op.func(connection, op.arg)
-                except Exception as exc:
-                    connection.execute("rollback to op")
-                    op.error = exc
-                connection.execute("release op")
+            for statement in _SCHEMA:
+                connection.execute(statement)
             connection.execute("commit")
         except BaseException:
-            if connection.in_transaction:
-                connection.execute("rollback")
+            connection.execute("rollback")
             raise
+        return connection
 
     async def _call(
         self, func: Callable[[sqlite3.Connection, Any], Any], arg: Any = None, *, write: bool = True
     ) -> Any:
-        op = _Op(func, arg, write)
-        self._pending.append(op)
-        if self._draining:
-            await op.done.wait()
-        else:
-            self._draining = True
-            try:
-                with anyio.CancelScope(shield=True):  # the batch carries other callers' ops
-                    # One turn of the event loop first: what other tasks send meanwhile (a
-                    # worker's claim right after a completion freed its slot) joins this
-                    # batch, so both cost one thread hop and one transaction.
-                    await anyio.lowlevel.checkpoint()
-                    while self._pending:
-                        batch, self._pending = self._pending, []
-                        try:
-                            await anyio.to_thread.run_sync(self._run_batch, batch)
-                        except Exception as exc:
-                            for item in batch:
-                                if item.error is None:
-                                    item.error = exc
-                        for item in batch:
-                            item.done.set()
-            finally:
-                self._draining = False
-        if op.error is not None:
-            raise op.error
-        return op.result
+        return await self._db.call(func, arg, write=write)
 
     def _notify(self) -> None:
         self._work.set()
@@ -248,9 +179,7 @@ class SQLiteQueueBackend:
 
     def close(self) -> None:
         """Close the connection (it reopens on the next call)."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
+        self._db.close()
 
     # -- operations (run in the worker thread, inside the batch transaction) -------------
 
