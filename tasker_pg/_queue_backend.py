@@ -36,19 +36,19 @@ from tasker.queue import (
     TaskRecord,
     TaskState,
 )
+from tasker.queue._rows import (
+    COLUMNS,
+    LIVE_STATES,
+    callback_from_json,
+    callback_to_json,
+    record_from_row,
+)
 
 from ._connection import PoolSource, quote_identifier
 
 __all__ = ["PostgresQueueBackend", "QueueStatus", "WorkerLease"]
 
 logger = logging.getLogger("tasker_pg")
-
-_COLUMNS = (
-    "id, name, queue, payload, priority, run_at, state, attempts, max_attempts, timeout,"
-    " unique_key, created_at, lease_owner, lease_until, result, result_expires, last_error,"
-    " traceback, finished_at, chain, group_id, group_index"
-)
-_LIVE = ("held", "queued", "running")
 
 
 # The combined statement claims only when no outcome belongs to a group.
@@ -67,11 +67,11 @@ def _filters(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
 def _claimed(rows: Sequence[Any]) -> list[TaskRecord]:
     """The claimed tasks of a claim statement's rows, in claim order."""
     claimed = sorted((row for row in rows if row["id"] is not None), key=lambda row: row["rank"])
-    return [_record(row) for row in claimed]
+    return [record_from_row(row) for row in claimed]
 
 
 def _prefixed(alias: str) -> str:
-    return ", ".join(f"{alias}.{column.strip()}" for column in _COLUMNS.split(","))
+    return ", ".join(f"{alias}.{column.strip()}" for column in COLUMNS.split(","))
 
 
 # The claim and completion statements are planned once per connection: re-planning them
@@ -81,33 +81,6 @@ _SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 # A dedicated connection or one borrowed from a pool.
 _Conn = Any
-
-
-def _record(row: Any) -> TaskRecord:
-    return TaskRecord(
-        id=row[0],
-        name=row[1],
-        queue=row[2],
-        payload=bytes(row[3]),
-        priority=row[4],
-        run_at=row[5],
-        state=TaskState(row[6]),
-        attempts=row[7],
-        max_attempts=row[8],
-        timeout=row[9],
-        unique_key=row[10],
-        created_at=row[11],
-        lease_owner=row[12],
-        lease_until=row[13],
-        result=None if row[14] is None else bytes(row[14]),
-        result_expires=row[15],
-        last_error=row[16],
-        traceback=row[17],
-        finished_at=row[18],
-        chain=None if row[19] is None else bytes(row[19]),
-        group_id=row[20],
-        group_index=row[21],
-    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -296,7 +269,9 @@ class PostgresQueueBackend:
                     " limit 1",
                     task.unique_key,
                 )
-                if row is not None and (row[1] in _LIVE or (row[2] is not None and now < row[2])):
+                if row is not None and (
+                    row[1] in LIVE_STATES or (row[2] is not None and now < row[2])
+                ):
                     results.append(EnqueueResult(id=row[0], deduplicated=True))
                     continue
             if await self._insert(conn, task):
@@ -314,7 +289,7 @@ class PostgresQueueBackend:
                 f"insert into {self._groups} (id, size, callback) values ($1, $2, $3)",  # noqa: S608
                 group.id,
                 group.size,
-                None if group.callback is None else _task_json(group.callback),
+                None if group.callback is None else callback_to_json(group.callback),
             )
         for queue in queues:
             await conn.execute("select pg_notify($1, $2)", self._channel, queue)
@@ -781,7 +756,7 @@ class PostgresQueueBackend:
         from tasker.queue._memory import group_payload
 
         payload = group_payload([None if r[0] is None else bytes(r[0]) for r in results])
-        await self._insert(conn, _task_from_json(callback, payload, now))
+        await self._insert(conn, callback_from_json(callback, payload, now))
         return True
 
     # -- reading and maintenance -----------------------------------------------------------
@@ -789,8 +764,8 @@ class PostgresQueueBackend:
     async def get(self, task_id: str) -> TaskRecord | None:
         """Return a task by id."""
         pool = await self._source.pool()
-        row = await pool.fetchrow(f"select {_COLUMNS} from {self._tasks} where id = $1", task_id)  # noqa: S608
-        return None if row is None else _record(row)
+        row = await pool.fetchrow(f"select {COLUMNS} from {self._tasks} where id = $1", task_id)  # noqa: S608
+        return None if row is None else record_from_row(row)
 
     async def tasks(
         self, *, state: TaskState | None = None, queue: str | None = None, limit: int = 100
@@ -801,12 +776,12 @@ class PostgresQueueBackend:
         # give a generic plan that cannot use an index for either.
         where, args = _filters(("state", None if state is None else state.value), ("queue", queue))
         rows = await pool.fetch(
-            f"select {_COLUMNS} from {self._tasks}{where}"  # noqa: S608 - validated identifiers
+            f"select {COLUMNS} from {self._tasks}{where}"  # noqa: S608 - validated identifiers
             f" order by created_at desc limit ${len(args) + 1}",
             *args,
             limit,
         )
-        return [_record(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     async def requeue(self, task_id: str, *, now: float) -> bool:
         """Give a dead task fresh attempts (not if a newer live task holds its unique key)."""
@@ -980,26 +955,3 @@ class PostgresQueueBackend:
 
     def __repr__(self) -> str:
         return f"PostgresQueueBackend({self._source!r}, schema={self.schema!r})"
-
-
-def _task_json(task: NewTask) -> str:
-    import json
-
-    return json.dumps(
-        {
-            "id": task.id,
-            "name": task.name,
-            "queue": task.queue,
-            "priority": task.priority,
-            "max_attempts": task.max_attempts,
-            "timeout": task.timeout,
-            "created_at": task.created_at,
-        }
-    )
-
-
-def _task_from_json(text: str, payload: bytes, now: float) -> NewTask:
-    import json
-
-    fields = json.loads(text)
-    return NewTask(payload=payload, run_at=now, **fields)

@@ -12,7 +12,6 @@ commits through ``PRAGMA data_version``, checked every 20 ms while a worker is i
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from ._records import (
     TaskRecord,
     TaskState,
 )
+from ._rows import COLUMNS, LIVE_STATES, callback_from_json, callback_to_json, record_from_row
 
 __all__ = ["SQLiteQueueBackend", "default_queue_path"]
 
@@ -80,65 +80,10 @@ _SCHEMA = [
     "create index if not exists task_history_time on task_history (finished_at)",
 ]
 
-_COLUMNS = (
-    "id, name, queue, payload, priority, run_at, state, attempts, max_attempts, timeout,"
-    " unique_key, created_at, lease_owner, lease_until, result, result_expires, last_error,"
-    " traceback, finished_at, chain, group_id, group_index"
-)
-_LIVE = ("held", "queued", "running")
-
 
 def default_queue_path() -> Path:
     """``$TASKER_STATE_DIR/queue.sqlite3``, or ``./.tasker/queue.sqlite3``."""
     return default_state_dir() / "queue.sqlite3"
-
-
-def _record(row: Sequence[Any]) -> TaskRecord:
-    return TaskRecord(
-        id=row[0],
-        name=row[1],
-        queue=row[2],
-        payload=bytes(row[3]),
-        priority=row[4],
-        run_at=row[5],
-        state=TaskState(row[6]),
-        attempts=row[7],
-        max_attempts=row[8],
-        timeout=row[9],
-        unique_key=row[10],
-        created_at=row[11],
-        lease_owner=row[12],
-        lease_until=row[13],
-        result=None if row[14] is None else bytes(row[14]),
-        result_expires=row[15],
-        last_error=row[16],
-        traceback=row[17],
-        finished_at=row[18],
-        chain=None if row[19] is None else bytes(row[19]),
-        group_id=row[20],
-        group_index=row[21],
-    )
-
-
-def _task_json(task: NewTask) -> str:
-    return json.dumps(
-        {
-            "id": task.id,
-            "name": task.name,
-            "queue": task.queue,
-            "priority": task.priority,
-            "max_attempts": task.max_attempts,
-            "timeout": task.timeout,
-            "created_at": task.created_at,
-            "run_at": task.run_at,
-        }
-    )
-
-
-def _task_from_json(text: str, payload: bytes, now: float) -> NewTask:
-    fields = json.loads(text)
-    fields["run_at"] = now
-    return NewTask(payload=payload, **fields)
 
 
 class SQLiteQueueBackend:
@@ -222,7 +167,9 @@ class SQLiteQueueBackend:
                     " limit 1",
                     (task.unique_key,),
                 ).fetchone()
-                if row is not None and (row[1] in _LIVE or (row[2] is not None and now < row[2])):
+                if row is not None and (
+                    row[1] in LIVE_STATES or (row[2] is not None and now < row[2])
+                ):
                     results.append(EnqueueResult(id=row[0], deduplicated=True))
                     continue
             cls._insert(db, task)
@@ -233,7 +180,7 @@ class SQLiteQueueBackend:
                 (
                     group.id,
                     group.size,
-                    None if group.callback is None else _task_json(group.callback),
+                    None if group.callback is None else callback_to_json(group.callback),
                 ),
             )
         return results
@@ -288,11 +235,11 @@ class SQLiteQueueBackend:
             (worker, now + lease, *ids),
         )
         rows = db.execute(
-            f"select {_COLUMNS} from tasks where id in ({id_marks})",  # noqa: S608
+            f"select {COLUMNS} from tasks where id in ({id_marks})",  # noqa: S608
             ids,
         ).fetchall()
         order = {task_id: index for index, task_id in enumerate(ids)}
-        return sorted((_record(row) for row in rows), key=lambda r: order[r.id])
+        return sorted((record_from_row(row) for row in rows), key=lambda r: order[r.id])
 
     @staticmethod
     def _heartbeat(
@@ -401,7 +348,7 @@ class SQLiteQueueBackend:
             (group_id,),
         ).fetchall()
         payload = group_payload([None if r[0] is None else bytes(r[0]) for r in results])
-        cls._insert(db, _task_from_json(group[0], payload, now))
+        cls._insert(db, callback_from_json(group[0], payload, now))
         return True
 
     # -- protocol ------------------------------------------------------------------------
@@ -462,8 +409,8 @@ class SQLiteQueueBackend:
         """Return a task by id."""
 
         def read(db: sqlite3.Connection, _: object) -> TaskRecord | None:
-            row = db.execute(f"select {_COLUMNS} from tasks where id = ?", (task_id,)).fetchone()  # noqa: S608
-            return None if row is None else _record(row)
+            row = db.execute(f"select {COLUMNS} from tasks where id = ?", (task_id,)).fetchone()  # noqa: S608
+            return None if row is None else record_from_row(row)
 
         result: TaskRecord | None = await self._call(read, write=False)
         return result
@@ -475,7 +422,7 @@ class SQLiteQueueBackend:
 
         def read(db: sqlite3.Connection, _: object) -> list[TaskRecord]:
             rows = db.execute(
-                f"select {_COLUMNS} from tasks where (? is null or state = ?)"  # noqa: S608
+                f"select {COLUMNS} from tasks where (? is null or state = ?)"  # noqa: S608
                 " and (? is null or queue = ?) order by created_at desc limit ?",
                 (
                     None if state is None else state.value,
@@ -485,7 +432,7 @@ class SQLiteQueueBackend:
                     limit,
                 ),
             ).fetchall()
-            return [_record(row) for row in rows]
+            return [record_from_row(row) for row in rows]
 
         result: list[TaskRecord] = await self._call(read, write=False)
         return result
