@@ -55,6 +55,22 @@ logger = logging.getLogger("tasker_pg")
 _UNGROUPED = " where not exists (select from held h where h.group_id is not null)"
 
 
+def _outcome_arrays(outcomes: Sequence[Outcome], now: float) -> tuple[list[Any], ...]:
+    """The parameters ``$1`` .. ``$10`` of the completion statement."""
+    return (
+        [o.id for o in outcomes],
+        [o.worker for o in outcomes],
+        [o.kind.value for o in outcomes],
+        [o.result for o in outcomes],
+        [o.result_expires for o in outcomes],
+        [o.error for o in outcomes],
+        [o.traceback for o in outcomes],
+        [o.started_at for o in outcomes],
+        [o.finished_at for o in outcomes],
+        [o.retry_at if o.retry_at is not None else now for o in outcomes],
+    )
+
+
 def _filters(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
     """A ``where`` clause for the given (column, value) pairs whose value is not None."""
     args = [value for _, value in pairs if value is not None]
@@ -512,18 +528,7 @@ class PostgresQueueBackend:
         claimed: list[TaskRecord] = []
         complete = claim is not None
         pool = await self._source.pool()
-        arrays = (
-            [o.id for o in simple],
-            [o.worker for o in simple],
-            [o.kind.value for o in simple],
-            [o.result for o in simple],
-            [o.result_expires for o in simple],
-            [o.error for o in simple],
-            [o.traceback for o in simple],
-            [o.started_at for o in simple],
-            [o.finished_at for o in simple],
-            [o.retry_at if o.retry_at is not None else now for o in simple],
-        )
+        arrays = _outcome_arrays(simple, now)
         if claim is not None:
             rows = await pool.fetch(self._finish_claim_sql, *arrays, *claim)
             first = rows[0]
@@ -547,9 +552,13 @@ class PostgresQueueBackend:
             await self._finish_in_transaction(rest, now=now)
         return claimed, complete
 
-    def _finish_ctes(self) -> str:
-        """The completion's CTEs; parameters ``$1`` .. ``$10`` are the outcome arrays."""
+    def _finish_ctes(self, *, grouped: bool = False) -> str:
+        """The completion's CTEs; parameters ``$1`` .. ``$10`` are the outcome arrays.
+
+        Tasks of a group are left alone unless ``grouped`` (the caller then settles the
+        group in the same transaction)."""
         tasks, history = self._tasks, self._history
+        alone = "" if grouped else " and h.group_id is null"
         return (
             " o as (select * from unnest($1::text[], $2::text[], $3::text[],"  # noqa: S608 - validated identifiers
             " $4::bytea[], $5::float8[], $6::text[], $7::text[], $8::float8[], $9::float8[],"
@@ -579,11 +588,11 @@ class PostgresQueueBackend:
             " then t.traceback else h.trace end,"
             " finished_at = case when h.kind in ('succeeded', 'dead') then h.finished"
             " else t.finished_at end"
-            " from held h where t.id = h.id and h.group_id is null returning t.id),"
+            f" from held h where t.id = h.id{alone} returning t.id),"
             f" written as (insert into {history} (task_id, name, queue, worker, attempt,"
             " started_at, finished_at, outcome, error)"
             " select id, name, queue, worker, attempts, started, finished, kind, error"
-            " from held where group_id is null and kind <> 'released')"
+            f" from held h where kind <> 'released'{alone})"
         )
 
     @functools.cached_property
@@ -607,106 +616,39 @@ class PostgresQueueBackend:
             " left join claimed c on true"
         )
 
+    @functools.cached_property
+    def _finish_all_sql(self) -> str:
+        return (
+            f"with{self._finish_ctes(grouped=True)}"  # noqa: S608 - validated identifiers
+            " select id, queue, kind, group_id from held"
+        )
+
     async def _finish_in_transaction(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        """Record outcomes with their follow-ups (a chain's next step) and group callbacks."""
         pool = await self._source.pool()
+        by_id = {o.id: o for o in outcomes}
         queues: set[str] = set()
         async with pool.acquire() as conn, conn.transaction():
-            by_id = {o.id: o for o in outcomes}
             # Rows are locked in id order, and groups in id order below: two workers that
             # finish members of the same groups in opposite orders must not deadlock.
-            held = await conn.fetch(
-                f"select id, name, queue, attempts, group_id, lease_owner from {self._tasks}"  # noqa: S608
-                " where id = any($1) and state = 'running' order by id for update",
-                list(by_id),
+            await conn.execute(
+                f"select from {self._tasks} where id = any($1) order by id for update",
+                sorted(by_id),
             )
-            # Only the worker that holds the lease may report: a slow worker whose lease
-            # expired (and whose task runs elsewhere now) is ignored.
-            mine = [r for r in held if r[5] == by_id[r[0]].worker]
-            if not mine:
-                return
-            history = [
-                (
-                    r[0],
-                    r[1],
-                    r[2],
-                    by_id[r[0]].worker,
-                    r[3],
-                    by_id[r[0]].started_at,
-                    by_id[r[0]].finished_at,
-                    by_id[r[0]].kind.value,
-                    by_id[r[0]].error,
-                )
-                for r in mine
-                if by_id[r[0]].kind is not OutcomeKind.RELEASED
-            ]
-            if history:
-                await conn.executemany(
-                    f"insert into {self._history} (task_id, name, queue, worker, attempt,"  # noqa: S608
-                    " started_at, finished_at, outcome, error)"
-                    " values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    history,
-                )
-            kinds: dict[OutcomeKind, list[Outcome]] = {}
-            for r in mine:
-                kinds.setdefault(by_id[r[0]].kind, []).append(by_id[r[0]])
-            if succeeded := kinds.get(OutcomeKind.SUCCEEDED):
-                await conn.execute(
-                    f"update {self._tasks} t set state = 'succeeded', lease_owner = null,"  # noqa: S608
-                    " lease_until = null, result = u.result, result_expires = u.expires,"
-                    " last_error = null, traceback = null, finished_at = u.finished"
-                    " from unnest($1::text[], $2::bytea[], $3::float8[], $4::float8[])"
-                    " as u(id, result, expires, finished) where t.id = u.id",
-                    [o.id for o in succeeded],
-                    [o.result for o in succeeded],
-                    [o.result_expires for o in succeeded],
-                    [o.finished_at for o in succeeded],
-                )
-                for outcome in succeeded:
-                    for follow_up in outcome.follow_ups:
+            rows = await conn.fetch(self._finish_all_sql, *_outcome_arrays(outcomes, now))
+            members: dict[str, str] = {}  # finished members of groups: task id -> group id
+            for task_id, queue, kind, group_id in rows:
+                if kind == OutcomeKind.SUCCEEDED.value:
+                    for follow_up in by_id[task_id].follow_ups:
                         await self._insert(conn, follow_up)
                         queues.add(follow_up.queue)
-            if dead := kinds.get(OutcomeKind.DEAD):
-                await conn.execute(
-                    f"update {self._tasks} t set state = 'dead', lease_owner = null,"  # noqa: S608
-                    " lease_until = null, last_error = u.error, traceback = u.trace,"
-                    " finished_at = u.finished"
-                    " from unnest($1::text[], $2::text[], $3::text[], $4::float8[])"
-                    " as u(id, error, trace, finished) where t.id = u.id",
-                    [o.id for o in dead],
-                    [o.error for o in dead],
-                    [o.traceback for o in dead],
-                    [o.finished_at for o in dead],
-                )
-            if retry := kinds.get(OutcomeKind.RETRY):
-                await conn.execute(
-                    f"update {self._tasks} t set state = 'queued', lease_owner = null,"  # noqa: S608
-                    " lease_until = null, run_at = u.run_at, last_error = u.error,"
-                    " traceback = u.trace"
-                    " from unnest($1::text[], $2::float8[], $3::text[], $4::text[])"
-                    " as u(id, run_at, error, trace) where t.id = u.id",
-                    [o.id for o in retry],
-                    [o.retry_at if o.retry_at is not None else now for o in retry],
-                    [o.error for o in retry],
-                    [o.traceback for o in retry],
-                )
-            if released := kinds.get(OutcomeKind.RELEASED):
-                await conn.execute(
-                    f"update {self._tasks} set state = 'queued', lease_owner = null,"  # noqa: S608
-                    " lease_until = null, attempts = attempts - 1 where id = any($1)",
-                    [o.id for o in released],
-                )
-            if retry or released:
-                queues.update(r[2] for r in mine)
-            terminal = (OutcomeKind.SUCCEEDED, OutcomeKind.DEAD)
-            await self._lock_groups(
-                conn, [r[4] for r in mine if r[4] is not None and by_id[r[0]].kind in terminal]
-            )
-            for r in mine:
-                if (
-                    r[4] is not None
-                    and by_id[r[0]].kind in terminal
-                    and await self._group_member_done(conn, r[0], now)
-                ):
+                if kind in (OutcomeKind.RETRY.value, OutcomeKind.RELEASED.value):
+                    queues.add(queue)
+                elif group_id is not None:
+                    members[task_id] = group_id
+            await self._lock_groups(conn, list(members.values()))
+            for task_id in members:
+                if await self._group_member_done(conn, task_id, now):
                     queues.add("*")
             for queue in queues:
                 await conn.execute("select pg_notify($1, $2)", self._channel, queue)

@@ -396,8 +396,10 @@ class Worker:
     ) -> Outcome:
         now = self.queue._now()
         error, trace = format_error(exc)
+        retry_at: float | None = None
         if record.attempts < record.max_attempts and backoff is not None:
             delay = backoff.delay(record.attempts)
+            retry_at = now + delay
             logger.warning(
                 "task %s %s failed (attempt %d of %d), retrying in %.3gs: %s",
                 record.name,
@@ -407,32 +409,24 @@ class Worker:
                 delay,
                 error,
             )
-            return Outcome(
-                id=record.id,
-                worker=self.worker_id,
-                kind=OutcomeKind.RETRY,
-                started_at=started,
-                finished_at=now,
-                error=error,
-                traceback=trace,
-                retry_at=now + delay,
+        else:
+            logger.error(
+                "task %s %s failed its last attempt (%d): %s",
+                record.name,
+                record.id,
+                record.attempts,
+                error,
+                exc_info=exc,
             )
-        logger.error(
-            "task %s %s failed its last attempt (%d): %s",
-            record.name,
-            record.id,
-            record.attempts,
-            error,
-            exc_info=exc,
-        )
         return Outcome(
             id=record.id,
             worker=self.worker_id,
-            kind=OutcomeKind.DEAD,
+            kind=OutcomeKind.DEAD if retry_at is None else OutcomeKind.RETRY,
             started_at=started,
             finished_at=now,
             error=error,
             traceback=trace,
+            retry_at=retry_at,
         )
 
 
