@@ -62,6 +62,9 @@ class StopReason(enum.Enum):
     PARENT_STOPPED = "parent stopped"
     #: The scheduler lost the lock this run held; another replica may take over.
     LOCK_LOST = "lock lost"
+    #: A queue worker lost (or can no longer renew) the lease on the task this context
+    #: runs: another worker may be running it now, and this attempt's outcome is discarded.
+    LEASE_LOST = "lease lost"
 
 
 @final

@@ -13,6 +13,7 @@ to 100 ms); other processes coordinate through SQLite's own locking.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,10 +49,21 @@ class _Call:
 
 
 class BatchedConnection:
-    """A lazily opened connection (``connect()`` runs in the worker thread) and its batches."""
+    """A lazily opened connection (``connect()`` runs in the worker thread) and its batches.
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+    ``after_lock(connection, waited)``, if given, runs in each writing batch right after
+    SQLite's write lock was taken, with the seconds it took: a store can tell that the
+    database was held by another process (one paused while holding the lock, say).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        after_lock: Callable[[sqlite3.Connection, float], None] | None = None,
+    ) -> None:
         self._open = connect
+        self._after_lock = after_lock
         self._connection: sqlite3.Connection | None = None
         self._pending: list[_Call] = []
         self._draining = False
@@ -107,8 +119,12 @@ class BatchedConnection:
 
     def _run(self, batch: list[_Call]) -> None:
         connection = self.connection()
-        connection.execute("begin immediate" if any(c.write for c in batch) else "begin")
+        write = any(c.write for c in batch)
+        begun = time.monotonic()
+        connection.execute("begin immediate" if write else "begin")
         try:
+            if write and self._after_lock is not None:
+                self._after_lock(connection, time.monotonic() - begun)
             for call in batch:
                 connection.execute("savepoint call")
                 try:

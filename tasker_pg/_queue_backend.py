@@ -13,12 +13,16 @@ Design notes:
   once, so the worker claims whatever it missed, and the next wait listens again.
 - Unique keys are enforced by a partial unique index on live tasks, so two replicas cannot
   both insert; the window after completion is checked in the same transaction.
+- Time is the server's: :meth:`PostgresQueueBackend.time` reads ``clock_timestamp()`` every
+  ``clock_resync`` seconds and advances it by the local monotonic clock in between, so a
+  worker whose wall clock is off still compares leases and due times on the one clock.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -143,14 +147,30 @@ class PostgresQueueBackend:
     ``connection=`` an asyncpg connection inside the caller's transaction: the task exists
     only if that transaction commits.
 
+    Args:
+        clock_resync: seconds between readings of the server's clock (in between, the last
+            reading advanced by the local monotonic clock); 0 reads it every time.
+
     Raises:
-        ValueError: for a bad DSN or schema.
+        ValueError: for a bad DSN, schema or ``clock_resync``.
         tasker_pg.AsyncioRequiredError: under trio.
     """
 
     def __init__(
-        self, dsn_or_pool: str | asyncpg.Pool | PoolSource, *, schema: str = "tasker"
+        self,
+        dsn_or_pool: str | asyncpg.Pool | PoolSource,
+        *,
+        schema: str = "tasker",
+        clock_resync: float = 30.0,
     ) -> None:
+        if (
+            isinstance(clock_resync, bool)
+            or not isinstance(clock_resync, int | float)
+            or not clock_resync >= 0
+        ):
+            raise ValueError(f"clock_resync must be >= 0 seconds, got {clock_resync!r}")
+        self._clock_resync = float(clock_resync)
+        self._clock: tuple[float, float] | None = None
         self._source = (
             dsn_or_pool
             if isinstance(dsn_or_pool, PoolSource)
@@ -239,6 +259,25 @@ class PostgresQueueBackend:
             await conn.execute(
                 f"create index if not exists queue_history_task on {self._history} (task_id)"
             )
+
+    # -- time ------------------------------------------------------------------------------
+
+    async def time(self) -> float:
+        """The server's clock (``clock_timestamp()``), as a POSIX timestamp.
+
+        Read at most every ``clock_resync`` seconds; in between, the last reading plus the
+        local monotonic time since, so the local wall clock never matters.
+        """
+        local = time.monotonic()
+        if self._clock is None or local - self._clock[1] >= self._clock_resync:
+            pool = await self._source.pool()
+            before = time.monotonic()
+            value: float = await pool.fetchval("select extract(epoch from clock_timestamp())")
+            after = time.monotonic()
+            # The server read its clock somewhere in the round trip: take the middle.
+            self._clock = (float(value), (before + after) / 2)
+        reading, at = self._clock
+        return reading + (time.monotonic() - at)
 
     # -- enqueue ---------------------------------------------------------------------------
 
@@ -865,9 +904,7 @@ class PostgresQueueBackend:
 
     async def status(self, *, now: float | None = None) -> QueueStatus:
         """Depth per queue and state, the oldest waiting task's age, and the live workers."""
-        import time
-
-        moment = time.time() if now is None else now
+        moment = await self.time() if now is None else now
         pool = await self._source.pool()
         counts = await self.counts()
         oldest = await pool.fetch(

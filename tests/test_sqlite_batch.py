@@ -34,8 +34,11 @@ def _keys(connection: sqlite3.Connection, _: object) -> list[str]:
 async def test_calls_of_one_turn_share_a_batch_and_a_failure_undoes_only_itself(
     tmp_path: Path,
 ) -> None:
-    """Ten inserts sent together, one a duplicate key: nine land, the duplicate's caller gets
-    the IntegrityError, and every caller got an answer."""
+    """Ten inserts sent together, two with the same key: nine land, the later of the two
+    callers gets the IntegrityError, and every caller got an answer.
+
+    Which of the two runs first is the scheduler's choice (trio does not promise the order in
+    which tasks started together run), so the test accepts either."""
     db = _database(tmp_path / "db.sqlite3")
     answers: dict[str, object] = {}
 
@@ -49,8 +52,10 @@ async def test_calls_of_one_turn_share_a_batch_and_a_failure_undoes_only_itself(
         for i in range(9):
             tg.start_soon(insert, f"k{i}", f"call{i}")
         tg.start_soon(insert, "k0", "duplicate")
-    assert isinstance(answers.pop("duplicate"), sqlite3.IntegrityError)
-    assert answers == {f"call{i}": f"k{i}" for i in range(9)}
+    pair = [answers.pop("call0"), answers.pop("duplicate")]
+    assert sorted(isinstance(a, sqlite3.IntegrityError) for a in pair) == [False, True]
+    assert "k0" in pair
+    assert answers == {f"call{i}": f"k{i}" for i in range(1, 9)}
     assert await db.call(_keys, write=False) == [f"k{i}" for i in range(9)]
     db.close()
     # Closing is not the end: the next call opens the file again and sees the same rows.

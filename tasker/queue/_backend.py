@@ -1,16 +1,26 @@
 """``QueueBackend``: the protocol a task-queue store implements.
 
 Small and batch-shaped so that one SQL round trip can serve many tasks: enqueue, claim and
-finish take sequences. Every call that depends on time takes ``now`` from the caller.
-Backends must make each call atomic: a claimed task belongs to one worker until its lease
-expires; a unique key admits one live task; a chain's next step is enqueued in the same
-transaction that records its predecessor's success; a group's callback is enqueued exactly
-once, when its last member finishes.
+finish take sequences. Backends must make each call atomic: a claimed task belongs to one
+worker until its lease expires; a unique key admits one live task; a chain's next step is
+enqueued in the same transaction that records its predecessor's success; a group's callback
+is enqueued exactly once, when its last member finishes.
 
 Optional: a backend may also offer ``finish_and_claim(outcomes, *, now, queues, limit,
 worker, lease) -> list[TaskRecord]``, the same as ``finish`` then ``claim`` (which never
 takes a task of ``outcomes``) in one round trip. Workers use it when it is there: a flush
 of outcomes then refills the slots it frees. The contract suite checks it when present.
+
+**One clock: the backend's.** Leases and due times are compared on one clock shared by
+every worker and producer, never on each process's own wall clock (a worker whose clock
+runs ahead would otherwise take the tasks other workers hold, and start delayed tasks
+early). ``time()`` reads that clock: a server's (Postgres ``clock_timestamp()``, Redis
+``TIME``, NATS server time), or, for an embedded store, the machine's clock kept immune to
+wall-clock steps. The ``now`` every time-dependent call takes is the caller's reading of
+``time()``, advanced by its own monotonic clock in between (the queue and its workers do
+exactly that); a backend may use its server's clock in the statements instead, and must
+then ignore ``now`` consistently in every call. Passing ``now`` lets the contract suite
+move time; a production caller never invents it.
 """
 
 from __future__ import annotations
@@ -34,6 +44,14 @@ __all__ = ["QueueBackend"]
 @runtime_checkable
 class QueueBackend(Protocol):
     """Where tasks live between enqueue and their last attempt."""
+
+    async def time(self) -> float:
+        """The backend's clock, in POSIX seconds: what leases and due times are compared to.
+
+        Cheap to call often: a remote backend reads its server's clock now and then and
+        advances the reading by the local monotonic clock in between.
+        """
+        ...
 
     async def enqueue(
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import anyio
 
+from .._clock import SYSTEM_CLOCK, Clock
 from ._records import (
     TERMINAL,
     EnqueueResult,
@@ -72,9 +73,15 @@ def record_from_new(task: NewTask) -> TaskRecord:
 
 
 class MemoryQueueBackend:
-    """Tasks in dictionaries and heaps: fast, and gone when the process exits."""
+    """Tasks in dictionaries and heaps: fast, and gone when the process exits.
 
-    def __init__(self) -> None:
+    Args:
+        clock: the backend's clock (default: the system clock); a test passes a
+            :class:`tasker.testing.FakeClock` to move the queue's time.
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock = clock or SYSTEM_CLOCK
         self._tasks: dict[str, TaskRecord] = {}
         self._unique: dict[str, tuple[str, float | None]] = {}  # key -> (task id, until)
         self._delayed: list[tuple[float, int, str]] = []
@@ -128,6 +135,10 @@ class MemoryQueueBackend:
             self._push(record)
 
     # -- protocol ------------------------------------------------------------------------
+
+    async def time(self) -> float:
+        """The clock given at construction, as a timestamp."""
+        return self._clock.now().timestamp()
 
     async def enqueue(
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .._backoff import Backoff
-from .._clock import SYSTEM_CLOCK, Clock
 from .._context import Context, to_seconds
 from .._errors import TaskerError
 from .._job import Job, check_job, takes_argument
@@ -47,6 +46,13 @@ H = TypeVar("H", bound=Handler)
 
 _NAME_LIMIT = 200
 
+#: The priorities every backend stores (a signed 32-bit integer, Postgres ``integer``).
+PRIORITY_MIN = -(2**31)
+PRIORITY_MAX = 2**31 - 1
+#: Characters of a failure's ``"Type: message"`` and of its traceback that are stored.
+ERROR_LIMIT = 2000
+TRACEBACK_LIMIT = 20000
+
 
 class UnknownTaskError(TaskerError, KeyError):
     """No handler is registered under this task name."""
@@ -76,10 +82,18 @@ def _check_name(value: object, what: str) -> str:
     return value
 
 
-def _check_int(value: object, what: str, low: int) -> int:
+def _check_int(value: object, what: str, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
+        if high is None:
+            raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
+        raise ValueError(f"{what} must be an integer from {low} to {high}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{what} must be an integer from {low} to {high}, got {value!r}")
     return value
+
+
+def _check_priority(value: object) -> int:
+    return _check_int(value, "priority", PRIORITY_MIN, PRIORITY_MAX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +172,10 @@ class Queue:
         long_queue_threshold: when a queue holds at least this many queued tasks after an
             enqueue, ``on_long_queue(queue, depth)`` is called (once per crossing).
         on_long_queue: the long-queue hook.
-        clock: the wall clock (default: the system clock); times are stored as timestamps.
+
+    Time is the backend's (:meth:`QueueBackend.time`): enqueues, claims and leases all use
+    its one clock, so a process whose wall clock is off neither steals leases nor starts
+    delayed tasks early. To move time in a test, give the memory backend a fake clock.
 
     Raises:
         TypeError: for a backend or serializer that does not implement its protocol.
@@ -175,7 +192,6 @@ class Queue:
         on_failure: Callable[[TaskInfo], object] | None = None,
         long_queue_threshold: int | None = None,
         on_long_queue: Callable[[str, int], object] | None = None,
-        clock: Clock | None = None,
     ) -> None:
         if backend is None:
             from ._sqlite import SQLiteQueueBackend, default_queue_path
@@ -198,7 +214,6 @@ class Queue:
         self._long_threshold = long_queue_threshold
         self._on_long_queue = on_long_queue
         self._long_queues: set[str] = set()
-        self._clock = clock or SYSTEM_CLOCK
         self._handlers: dict[str, _Registration] = {}
 
     # -- registration --------------------------------------------------------------------
@@ -216,7 +231,8 @@ class Queue:
         """A decorator that registers an ``async def handler(ctx, payload)``.
 
         The name defaults to the function's qualified name. The options are the defaults of
-        every enqueue of this task; ``backoff`` spaces its retries.
+        every enqueue of this task; ``backoff`` spaces its retries; ``priority`` is an
+        integer from ``-2**31`` to ``2**31 - 1`` (higher runs first).
         """
 
         def register(handler: H) -> H:
@@ -265,7 +281,7 @@ class Queue:
             max_attempts=_check_int(max_attempts, "max_attempts", 1),
             backoff=backoff,
             timeout=None if timeout is None else to_seconds(timeout, "timeout", allow_zero=False),
-            priority=_check_int(priority, "priority", -(2**31)),
+            priority=_check_priority(priority),
         )
 
     @property
@@ -275,12 +291,14 @@ class Queue:
 
     # -- enqueueing ----------------------------------------------------------------------
 
-    def _now(self) -> float:
-        return self._clock.now().timestamp()
+    async def _now(self) -> float:
+        return await self.backend.time()
 
     def _serialize(self, name: str, value: Any) -> bytes:
         try:
             return self._serializer.dumps(value)
+        except RecursionError as exc:  # before ValueError: a subclass of RuntimeError
+            raise PayloadError(name, "nested too deeply to serialise") from exc
         except (TypeError, ValueError, OverflowError) as exc:
             raise PayloadError(name, str(exc)) from exc
 
@@ -324,9 +342,7 @@ class Queue:
             name=name,
             queue=_check_name(queue, "queue") if queue is not None else registration.queue,
             payload=raw_payload if raw_payload is not None else self._serialize(name, payload),
-            priority=registration.priority
-            if priority is None
-            else _check_int(priority, "priority", -(2**31)),
+            priority=registration.priority if priority is None else _check_priority(priority),
             run_at=run_at,
             max_attempts=registration.max_attempts
             if max_attempts is None
@@ -365,7 +381,8 @@ class Queue:
             name: a registered task name.
             payload: the handler's argument; serialised now, so a bad payload fails here.
             delay: seconds (or timedelta) from now; ``at``: an aware datetime.
-            priority: higher runs first (default: the registration's).
+            priority: higher runs first (default: the registration's); an integer from
+                ``-2**31`` to ``2**31 - 1``.
             queue: the queue (default: the registration's).
             max_attempts, timeout: override the registration's.
             unique_key: while a task with this key is pending or running (or finished less
@@ -377,9 +394,10 @@ class Queue:
         Raises:
             UnknownTaskError: no handler is registered as ``name`` (a ``KeyError``).
             PayloadError: the serialiser cannot represent ``payload`` (a ``TypeError``).
-            ValueError: a negative delay, a naive ``at``, a bad option.
+            ValueError: a negative delay, a naive ``at``, a priority out of range, a bad
+                option.
         """
-        now = self._now()
+        now = await self._now()
         task = self._new_task(
             name,
             payload,
@@ -443,7 +461,7 @@ class Queue:
             if step.name not in self._handlers:
                 raise UnknownTaskError(step.name)
         rest = _encode_chain(steps[1:])
-        now = self._now()
+        now = await self._now()
         first = steps[0]
         task = self._new_task(
             first.name,
@@ -477,7 +495,7 @@ class Queue:
                 raise ValueError("enqueue_group(): then receives the results; no payload")
             if not isinstance(self._serializer, JSONSerializer):
                 raise TypeError("enqueue_group(): a group callback needs the JSON serializer")
-        now = self._now()
+        now = await self._now()
         group_id = uuid.uuid4().hex
         tasks = [
             self._new_task(
@@ -520,7 +538,7 @@ class Queue:
         """
         if limit is not None:
             _check_int(limit, "limit", 1)
-        return await self.backend.dispatch(queue, name=name, limit=limit, now=self._now())
+        return await self.backend.dispatch(queue, name=name, limit=limit, now=await self._now())
 
     async def _check_long_queue(self, queue: str) -> None:
         if self._long_threshold is None or self._on_long_queue is None:
@@ -558,11 +576,11 @@ class Queue:
     async def get(self, task_id: str) -> TaskInfo | None:
         """The task's state and, once it succeeded, its result (None if unknown or purged)."""
         record = await self.backend.get(task_id)
-        return None if record is None else self._info(record, self._now())
+        return None if record is None else self._info(record, await self._now())
 
     async def dead(self, *, queue: str | None = None, limit: int = 100) -> list[TaskInfo]:
         """Dead tasks (failed their last attempt), newest first."""
-        now = self._now()
+        now = await self._now()
         records = await self.backend.tasks(state=TaskState.DEAD, queue=queue, limit=limit)
         return [self._info(r, now) for r in records]
 
@@ -572,7 +590,7 @@ class Queue:
         Returns:
             False if it is not dead, or a newer live task holds its unique key.
         """
-        return await self.backend.requeue(task_id, now=self._now())
+        return await self.backend.requeue(task_id, now=await self._now())
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """Task counts per queue and state name."""
@@ -676,7 +694,43 @@ def decode_chain(data: bytes) -> list[Step]:
     return [Step(**item) for item in json.loads(data)]
 
 
+def storable(text: str, limit: int, *, tail: bool = False) -> str:
+    """``text`` in a form every backend stores, capped at ``limit`` characters.
+
+    Lossless where it can be: a lone surrogate (not UTF-8) becomes its ``\\udXXX`` escape
+    and a NUL (refused by Postgres ``text``) becomes ``\\x00``; everything else is kept.
+    ``tail`` keeps the end (a traceback's last frames) instead of the start.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        text = text[-limit:] if tail else text[:limit]
+    return text
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception as failure:  # an exception whose __str__ raises is still reported
+        return f"<str() of the exception failed: {type(failure).__name__}>"
+
+
 def format_error(exc: BaseException) -> tuple[str, str]:
-    """``"Type: message"`` and the formatted traceback of ``exc``."""
-    text = f"{type(exc).__name__}: {exc}"[:2000]
-    return text, "".join(traceback.format_exception(exc))[-20000:]
+    """``"Type: message"`` and the formatted traceback of ``exc``, both storable.
+
+    Never raises: an exception whose ``__str__`` fails, or whose text holds lone surrogates,
+    NUL bytes or megabytes, still gives a readable, storable pair.
+    """
+    # Capped before escaping too: a 10 MB message must not be copied and escaped whole.
+    text = storable(f"{type(exc).__name__}: {_message(exc)[: ERROR_LIMIT * 2]}", ERROR_LIMIT)
+    try:
+        trace = "".join(traceback.format_exception(exc))
+    except Exception as failure:
+        trace = f"<the traceback could not be formatted: {type(failure).__name__}>"
+    if len(trace) > TRACEBACK_LIMIT * 2:
+        trace = trace[-TRACEBACK_LIMIT * 2 :]
+    return text, storable(trace, TRACEBACK_LIMIT, tail=True)

@@ -1,7 +1,7 @@
 """The records a queue backend stores and returns.
 
-Times are POSIX timestamps (float seconds) on the caller's clock: the worker passes ``now``
-to every backend call, so a backend never reads a clock itself and tests can move time.
+Times are POSIX timestamps (float seconds) on the backend's clock (``QueueBackend.time()``):
+the queue reads it and passes ``now`` to every backend call, so tests can move time.
 Payloads and results are bytes, already serialised by the queue's serialiser.
 """
 

@@ -12,6 +12,7 @@ commits through ``PRAGMA data_version``, checked every 20 ms while a worker is i
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ import anyio
 
 from .._embedded import default_state_dir
 from .._sqlite_batch import BatchedConnection, open_database
+from ._machine_clock import boot_id, boot_seconds, read_anchor, translate
 from ._memory import group_payload
 from ._records import (
     EnqueueResult,
@@ -78,7 +80,19 @@ _SCHEMA = [
         outcome text not null, error text)""",
     "create index if not exists task_history_task on task_history (task_id)",
     "create index if not exists task_history_time on task_history (finished_at)",
+    # The queue's clock (``_machine_clock``): the wall clock at boot-time zero, per boot.
+    # ``shifted_through``: leases were moved for a stall of the database up to this time.
+    """create table if not exists queue_clock (
+        boot_id text not null, anchor real not null, shifted_through real)""",
 ]
+
+#: Seconds a writer may wait for SQLite's write lock before the wait counts as a stall of
+#: the whole database (see :meth:`SQLiteQueueBackend._after_lock`).
+_STALL = 1.0
+
+#: Seconds between readings of the stored clock anchor (a re-anchor reaches us within this;
+#: claims and heartbeats translate a stale reading meanwhile).
+_ANCHOR_REFRESH = 10.0
 
 
 def default_queue_path() -> Path:
@@ -95,9 +109,12 @@ class SQLiteQueueBackend:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._db = BatchedConnection(self._open)
+        self._db = BatchedConnection(self._open, after_lock=self._after_lock)
         self._work = anyio.Event()
         self._data_version: int | None = None
+        self._boot = boot_id()
+        self._anchor: float | None = None
+        self._anchor_read = -_ANCHOR_REFRESH
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -117,6 +134,32 @@ class SQLiteQueueBackend:
         self, func: Callable[[sqlite3.Connection, Any], Any], arg: Any = None, *, write: bool = True
     ) -> Any:
         return await self._db.call(func, arg, write=write)
+
+    @staticmethod
+    def _after_lock(db: sqlite3.Connection, waited: float) -> None:
+        """A long wait for the write lock: the time the database was held does not count
+        against leases.
+
+        Another process held the lock (paused while holding it, or stuck on a slow disk):
+        no worker could renew a lease meanwhile, so leases that ran out during the wait say
+        nothing about their workers. They are moved on by the stall's length, once for all
+        processes (``shifted_through``), and their owners renew them in their next batch.
+        """
+        if waited < _STALL:
+            return
+        row = db.execute("select anchor, shifted_through from queue_clock").fetchone()
+        if row is None:
+            return
+        now = float(row[0]) + boot_seconds()
+        since = max(now - waited, float(row[1]) if row[1] is not None else -math.inf)
+        if now <= since:
+            return
+        db.execute(
+            "update tasks set lease_until = lease_until + ? where state = 'running'"
+            " and lease_until > ?",
+            (now - since, since),
+        )
+        db.execute("update queue_clock set shifted_through = ?", (now,))
 
     def _notify(self) -> None:
         self._work.set()
@@ -188,11 +231,10 @@ class SQLiteQueueBackend:
     @staticmethod
     def _claim(
         db: sqlite3.Connection,
-        arg: tuple[Sequence[str], int, str, float, float]
-        | tuple[Sequence[str], int, str, float, float, Sequence[str]],
+        arg: tuple[Sequence[str], int, str, float, float, Sequence[str], float | None],
     ) -> list[TaskRecord]:
-        queues, limit, worker, lease, now = arg[:5]
-        exclude: Sequence[str] = arg[5] if len(arg) > 5 else ()
+        queues, limit, worker, lease, now, exclude, anchor = arg
+        now = translate(db, now, anchor)
         marks = ",".join("?" * len(queues))
         skip = f" and id not in ({','.join('?' * len(exclude))})" if exclude else ""
         # Expired leases on their last attempt die (all of them: they must not use up the
@@ -243,11 +285,12 @@ class SQLiteQueueBackend:
 
     @staticmethod
     def _heartbeat(
-        db: sqlite3.Connection, arg: tuple[str, Sequence[str], float, float]
+        db: sqlite3.Connection, arg: tuple[str, Sequence[str], float, float, float | None]
     ) -> set[str]:
-        worker, ids, lease, now = arg
+        worker, ids, lease, now, anchor = arg
         if not ids:
             return set()
+        now = translate(db, now, anchor)
         marks = ",".join("?" * len(ids))
         db.execute(
             f"update tasks set lease_until = ? where state = 'running' and lease_owner = ?"  # noqa: S608
@@ -353,6 +396,17 @@ class SQLiteQueueBackend:
 
     # -- protocol ------------------------------------------------------------------------
 
+    async def time(self) -> float:
+        """The machine's clock as the queue keeps it: immune to wall-clock steps.
+
+        See ``tasker.queue._machine_clock``: the wall clock at boot-time zero is stored per
+        boot, and every process of the machine advances it by the same boot-time clock.
+        """
+        if boot_seconds() - self._anchor_read >= _ANCHOR_REFRESH or self._anchor is None:
+            self._anchor = await self._call(read_anchor, self._boot)
+            self._anchor_read = boot_seconds()
+        return self._anchor + boot_seconds()
+
     async def enqueue(
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
     ) -> list[EnqueueResult]:
@@ -366,7 +420,7 @@ class SQLiteQueueBackend:
     ) -> list[TaskRecord]:
         """Lease due tasks (expired leases first) under SQLite's write lock."""
         result: list[TaskRecord] = await self._call(
-            self._claim, (list(queues), limit, worker, lease, now)
+            self._claim, (list(queues), limit, worker, lease, now, (), self._anchor)
         )
         return result
 
@@ -374,7 +428,9 @@ class SQLiteQueueBackend:
         self, worker: str, ids: Sequence[str], *, lease: float, now: float
     ) -> set[str]:
         """Extend ``worker``'s leases."""
-        result: set[str] = await self._call(self._heartbeat, (worker, list(ids), lease, now))
+        result: set[str] = await self._call(
+            self._heartbeat, (worker, list(ids), lease, now, self._anchor)
+        )
         return result
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
@@ -394,10 +450,12 @@ class SQLiteQueueBackend:
     ) -> list[TaskRecord]:
         """:meth:`finish`, then :meth:`claim` (never of ``outcomes``), in one transaction."""
         exclude = [o.id for o in outcomes]
+        anchor = self._anchor
 
         def both(db: sqlite3.Connection, _: object) -> tuple[bool, list[TaskRecord]]:
             notify = self._finish(db, (list(outcomes), now))
-            return notify, self._claim(db, (list(queues), limit, worker, lease, now, exclude))
+            claimed = self._claim(db, (list(queues), limit, worker, lease, now, exclude, anchor))
+            return notify, claimed
 
         notify, claimed = await self._call(both)
         if notify:

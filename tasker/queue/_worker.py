@@ -1,19 +1,46 @@
-"""The worker job: claim, run with leases and heartbeats, report, hand back on shutdown."""
+"""The worker job: claim, run with leases and heartbeats, report, hand back on shutdown.
+
+Design notes:
+
+- **Time** is the backend's (``QueueBackend.time()``), never this process's wall clock.
+  Lease *ages* are measured on the local monotonic clock: ``_Attempt.renewed`` is when the
+  last claim or heartbeat that confirmed the lease was sent.
+- **Fencing.** A lease is lost when a heartbeat says so (another worker took the task) or
+  when it could not be renewed for a whole lease (a paused process, an unreachable
+  backend): then the task's context is stopped with ``StopReason.LEASE_LOST`` and it is
+  cancelled after its grace period. An outcome is reported only for a lease still held:
+  one whose lease is overdue is checked with a heartbeat first, and a lost one is
+  discarded and logged. The backend's owner check is the last line: a report from a
+  worker that no longer holds the lease is ignored.
+- **Poison outcomes.** Outcomes are recorded in batches. When a batch fails, each outcome
+  is tried alone, and one that fails alone is tried in reduced forms (its texts escaped to
+  ASCII, then a bare dead letter that says why), so one unstorable outcome never holds the
+  others back. Only when even the bare form fails is the backend taken to be down, and the
+  batch retried with backoff.
+- **Stopping within the grace period.** When the worker's context is done, running tasks
+  keep their grace period less a margin (at most a second) that the worker keeps for
+  recording their outcomes and handing back what had not started; recording gives up at
+  the end of that margin, whatever the backend is doing, and says so in the log. A hard
+  stop (a second signal) gives up at once.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._backoff import Backoff
-from .._context import Context
+from .._context import Context, StopReason
 from .._job import Job
-from ._queue import decode_chain, format_error
+from ._queue import ERROR_LIMIT, _encode_chain, decode_chain, format_error
 from ._records import NewTask, Outcome, OutcomeKind, TaskRecord
 
 if TYPE_CHECKING:
@@ -24,8 +51,33 @@ __all__ = ["Worker"]
 logger = logging.getLogger("tasker.queue")
 
 _BACKEND_BACKOFF = Backoff(initial=0.2, maximum=10.0)
-#: How long the shielded hand-back of cut-off tasks may take.
-_RELEASE_TIMEOUT = 10.0
+#: How long the shielded hand-back of tasks that never started may take.
+_RELEASE_TIMEOUT = 2.0
+#: The share of the grace period (at most this many seconds) kept for recording outcomes.
+_STOP_MARGIN = 1.0
+#: After a hard stop: the last hand-back's budget.
+_HARD_RELEASE_TIMEOUT = 0.5
+
+
+@dataclass(slots=True, eq=False)
+class _Attempt:
+    """One claimed attempt of a task, as this worker holds it."""
+
+    record: TaskRecord
+    #: ``time.monotonic()`` when the last claim or heartbeat confirming the lease was sent.
+    renewed: float
+    ctx: Context | None = None
+    scope: anyio.CancelScope | None = None
+    #: A heartbeat said the lease is gone: the outcome is discarded.
+    lost: bool = False
+    #: The context was stopped with LEASE_LOST (confirmed, or not renewed in time).
+    stopped: bool = False
+
+
+def _ascii(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    return text.encode("ascii", "backslashreplace").decode("ascii")[:limit]
 
 
 class Worker:
@@ -42,25 +94,33 @@ class Worker:
         worker_id: str,
     ) -> None:
         self.queue = queue
+        self.backend = queue.backend
         self.queues = queues
         self.concurrency = concurrency
         self.lease = lease
         self.poll = poll
         self.worker_id = worker_id
         self._batch = max(1, concurrency // 2)
-        self.running: dict[str, TaskRecord] = {}
+        self.running: dict[str, _Attempt] = {}
         self.reporting: set[str] = set()
         self._slot_freed = anyio.Event()
-        self._pending_outcomes: list[tuple[Outcome, TaskRecord, anyio.Event]] = []
+        self._pending_outcomes: list[tuple[Outcome, _Attempt, anyio.Event]] = []
         self._flushing = False
         self.completed = 0
+        self.leases_lost = 0
+        self.discarded = 0
         # Slots promised to a claim in flight (the claim loop's or a flush's).
         self._reserved = 0
         # A backend that can record outcomes and claim in one round trip: then a flush
         # also fills the slots its tasks freed, and the claim loop leaves that to it.
         self._finish_and_claim = getattr(queue.backend, "finish_and_claim", None)
         self._ctx: Context | None = None
-        self._send: MemoryObjectSendStream[TaskRecord] | None = None
+        self._send: MemoryObjectSendStream[_Attempt] | None = None
+        # Shutdown deadlines (anyio time), set when the worker's context is done.
+        self._cut_at: float | None = None
+        self._give_up_at: float | None = None
+        self._abandoned = False
+        self._shielded: set[anyio.CancelScope] = set()
 
     def job(self) -> Job:
         async def worker_job(ctx: Context) -> None:
@@ -69,10 +129,18 @@ class Worker:
         worker_job.__name__ = worker_job.__qualname__ = f"worker({','.join(self.queues)})"
         return worker_job
 
+    # -- lifecycle -------------------------------------------------------------------------
+
     async def run(self, ctx: Context) -> None:
         # A fixed pool of runner tasks reads claimed records from a stream: spawning a task
         # per queue task would cost more than the task itself (anyio's start_soon, ~16 us).
-        send, receive = anyio.create_memory_object_stream[TaskRecord](math.inf)
+        send, receive = anyio.create_memory_object_stream[_Attempt](math.inf)
+        self._ctx, self._send = ctx, send
+        stopping = lambda: self._on_stop(ctx)  # noqa: E731
+        if ctx.done:
+            self._on_stop(ctx)
+        else:
+            ctx._add_callback(stopping)
         try:
             async with anyio.create_task_group() as tasks:
                 heartbeat_scope = anyio.CancelScope()
@@ -80,21 +148,53 @@ class Worker:
                 for _ in range(self.concurrency):
                     tasks.start_soon(self._runner, ctx, receive.clone())
                 receive.close()
-                self._ctx, self._send = ctx, send
-                async with send:
-                    await self._claim_loop(ctx, send)
-                # Shutdown: no more claims; runners finish what runs and hand back what
-                # had not started; the heartbeat keeps the leases meanwhile.
-                while self.running:
-                    self._slot_freed = anyio.Event()
-                    await self._slot_freed.wait()
+                try:
+                    async with send:
+                        await self._claim_loop(ctx, send)
+                    # Shutdown: no more claims; runners finish what runs and hand back what
+                    # had not started; the heartbeat keeps the leases meanwhile.
+                    while self.running:
+                        self._slot_freed = anyio.Event()
+                        await self._slot_freed.wait()
+                except anyio.get_cancelled_exc_class():
+                    self._abandon()  # a hard stop: recording in progress gives up now
+                    raise
                 heartbeat_scope.cancel()
         finally:
+            ctx._remove_callback(stopping)
             if self.running:  # cut off by the hard stop (or an error): hand back, uncounted
                 await self._release(list(self.running.values()))
 
-    async def _claim_loop(self, ctx: Context, send: MemoryObjectSendStream[TaskRecord]) -> None:
-        backend = self.queue.backend
+    def _on_stop(self, ctx: Context) -> None:
+        """The worker's context is done: arm the deadlines that end it within its grace."""
+        now = anyio.current_time()
+        margin = min(_STOP_MARGIN, ctx.grace * 0.2)
+        self._cut_at = now + ctx.grace - margin
+        self._give_up_at = now + ctx.grace - margin * 0.25
+        for attempt in self.running.values():
+            if attempt.scope is not None:
+                attempt.scope.deadline = min(attempt.scope.deadline, self._cut_at)
+        for scope in self._shielded:
+            scope.deadline = min(scope.deadline, self._give_up_at)
+
+    def _abandon(self) -> None:
+        self._abandoned = True
+        for scope in self._shielded:
+            scope.cancel()
+
+    def _shield(self, budget: float) -> anyio.CancelScope:
+        """A shielded scope for recording, bounded by ``budget`` and the stop deadlines."""
+        if self._abandoned:
+            budget = min(budget, _HARD_RELEASE_TIMEOUT)
+        deadline = anyio.current_time() + budget
+        if self._give_up_at is not None:
+            deadline = min(deadline, self._give_up_at)
+        return anyio.CancelScope(shield=True, deadline=deadline)
+
+    # -- claiming --------------------------------------------------------------------------
+
+    async def _claim_loop(self, ctx: Context, send: MemoryObjectSendStream[_Attempt]) -> None:
+        backend = self.backend
         outage = 0
         while not ctx.done:
             free = self._free()
@@ -104,9 +204,10 @@ class Worker:
                 self._slot_freed = anyio.Event()
                 await _wait_either(ctx, self._slot_freed.wait)
                 continue
-            now = self.queue._now()
             self._reserved += free
             try:
+                now = await backend.time()
+                sent = time.monotonic()
                 claimed = await backend.claim(
                     self.queues, free, worker=self.worker_id, lease=self.lease, now=now
                 )
@@ -129,52 +230,17 @@ class Worker:
             if not claimed:
                 await self._idle(ctx, now)
                 continue
-            await self._hand_to_runners(claimed)
+            await self._hand_to_runners(claimed, sent)
 
     def _free(self) -> int:
         # A task whose handler returned no longer takes a slot while its outcome is being
         # recorded (it stays in ``running`` for heartbeats and the hand-back).
         return self.concurrency - len(self.running) + len(self.reporting) - self._reserved
 
-    async def _runner(self, ctx: Context, receive: MemoryObjectReceiveStream[TaskRecord]) -> None:
-        async with receive:
-            async for record in receive:
-                if ctx.done:  # claimed but not started: hand it back at once
-                    await self._release([record])
-                    continue
-                await self._run_task(ctx, record)
-
-    async def _release(self, records: list[TaskRecord]) -> None:
-        queue = self.queue
-        now = queue._now()
-        outcomes = [
-            Outcome(
-                id=r.id,
-                worker=self.worker_id,
-                kind=OutcomeKind.RELEASED,
-                started_at=now,
-                finished_at=now,
-            )
-            for r in records
-        ]
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_TIMEOUT):
-            try:
-                await queue.backend.finish(outcomes, now=now)
-            except Exception as exc:
-                logger.warning(
-                    "worker %s: could not hand back %d task(s) (their leases will expire): %s",
-                    self.worker_id,
-                    len(records),
-                    exc,
-                )
-        for r in records:
-            self.running.pop(r.id, None)
-        self._slot_freed.set()
-
     async def _idle(self, ctx: Context, now: float) -> None:
         timeout = self.poll
         try:
-            due = await self.queue.backend.next_run_at(self.queues)
+            due = await self.backend.next_run_at(self.queues)
         except Exception:
             due = None
         if due is not None:
@@ -184,62 +250,206 @@ class Worker:
             return
 
         async def wait_for_work() -> None:
-            await self.queue.backend.wait_for_work(self.queues, timeout)
+            await self.backend.wait_for_work(self.queues, timeout)
 
         await _wait_either(ctx, wait_for_work)
+
+    async def _hand_to_runners(self, records: list[TaskRecord], sent: float) -> None:
+        """Queue claimed tasks for the runners; after the claim loop closed, hand them back."""
+        attempts = [_Attempt(record, sent) for record in records]
+        for attempt in attempts:
+            # A new attempt of a task whose previous attempt (recorded, its runner not yet
+            # resumed) is still listed replaces it: the old entry no longer holds a slot.
+            if attempt.record.id in self.running:
+                self.reporting.discard(attempt.record.id)
+            self.running[attempt.record.id] = attempt
+        for index, attempt in enumerate(attempts):
+            try:
+                assert self._send is not None
+                self._send.send_nowait(attempt)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                await self._release(attempts[index:])
+                return
+
+    async def _release(self, attempts: list[_Attempt]) -> None:
+        """Hand tasks back uncounted (shielded, bounded); their leases expire otherwise."""
+        outcomes = []
+        mine = [a for a in attempts if not a.lost]
+        if mine:
+            with self._shield(_RELEASE_TIMEOUT) as scope:
+                self._shielded.add(scope)
+                try:
+                    now = await self.backend.time()
+                    outcomes = [
+                        Outcome(
+                            id=a.record.id,
+                            worker=self.worker_id,
+                            kind=OutcomeKind.RELEASED,
+                            started_at=now,
+                            finished_at=now,
+                        )
+                        for a in mine
+                    ]
+                    await self.backend.finish(outcomes, now=now)
+                except Exception as exc:
+                    logger.warning(
+                        "worker %s: could not hand back %d task(s) (their leases will expire"
+                        " and they will run again): %s",
+                        self.worker_id,
+                        len(mine),
+                        exc,
+                    )
+                finally:
+                    self._shielded.discard(scope)
+            if scope.cancelled_caught:
+                logger.warning(
+                    "worker %s: stopping before %d task(s) were handed back (%s); their"
+                    " leases will expire and they will run again",
+                    self.worker_id,
+                    len(mine),
+                    ", ".join(a.record.id for a in mine),
+                )
+        for attempt in attempts:
+            if self.running.get(attempt.record.id) is attempt:
+                del self.running[attempt.record.id]
+                self.reporting.discard(attempt.record.id)
+        self._slot_freed.set()
+
+    # -- leases ----------------------------------------------------------------------------
 
     async def _heartbeat(self, scope: anyio.CancelScope) -> None:
         with scope:
             while True:
                 await anyio.sleep(self.lease / 3)
-                if not self.running:
-                    continue
-                ids = list(self.running)
-                try:
-                    held = await self.queue.backend.heartbeat(
-                        self.worker_id, ids, lease=self.lease, now=self.queue._now()
-                    )
-                except Exception as exc:
-                    logger.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
-                    continue
-                # Only the tasks sent and still ours can be lost: tasks claimed during the
-                # round trip were not asked about, and recorded ones have left ``running``.
-                lost = {i for i in ids if i in self.running} - held
-                if lost:
-                    logger.warning(
-                        "worker %s: lost the lease on %d task(s); they may run elsewhere",
-                        self.worker_id,
-                        len(lost),
-                    )
+                await self._renew()
 
-    async def _run_task(self, ctx: Context, record: TaskRecord) -> None:
-        queue = self.queue
-        registration = queue._handlers.get(record.name)
-        started = queue._now()
-        child = ctx.child()
+    async def _renew(self) -> None:
+        sent_to = {i: a for i, a in self.running.items() if not a.lost}
+        if not sent_to:
+            return
+        sent = time.monotonic()
         try:
-            if registration is None:
-                raise LookupError(f"no handler is registered for task {record.name!r}")
-            payload = queue._serializer.loads(record.payload)
-            if record.timeout is not None:
-                with anyio.fail_after(record.timeout):
-                    result = await registration.handler(child, payload)
-            else:
-                result = await registration.handler(child, payload)
-            data = None if result is None else queue._serialize(record.name, result)
-            outcome = self._success(record, started, data)
+            held = await self.backend.heartbeat(
+                self.worker_id, list(sent_to), lease=self.lease, now=await self.backend.time()
+            )
         except Exception as exc:
-            backoff = registration.backoff if registration else None
-            outcome = self._failure(record, started, exc, backoff)
+            logger.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+            self._stop_overdue()
+            return
+        for task_id, attempt in sent_to.items():
+            # Only attempts sent and still ours can be lost: one recorded meanwhile has left
+            # ``running`` (or is being recorded), one claimed meanwhile was not asked about.
+            if self.running.get(task_id) is not attempt or task_id in self.reporting:
+                continue
+            if task_id in held:
+                attempt.renewed = sent
+            else:
+                self._lose(attempt, confirmed=True)
+        self._stop_overdue()
+
+    def _stop_overdue(self) -> None:
+        """Stop tasks whose lease was not renewed for a whole lease: it may be gone."""
+        now = time.monotonic()
+        for task_id, attempt in list(self.running.items()):
+            if now - attempt.renewed >= self.lease and task_id not in self.reporting:
+                self._lose(attempt, confirmed=False)
+
+    def _lose(self, attempt: _Attempt, *, confirmed: bool) -> None:
+        if confirmed and not attempt.lost:
+            attempt.lost = True
+            self.leases_lost += 1
+        if attempt.stopped or attempt.ctx is None or attempt.scope is None:
+            return  # stopped already, or not started: the runner checks ``lost`` first
+        attempt.stopped = True
+        record = attempt.record
+        logger.warning(
+            "worker %s: %s the lease on task %s %s (attempt %d); stopping it: another worker"
+            " may run it now",
+            self.worker_id,
+            "lost" if confirmed else "could not renew",
+            record.name,
+            record.id,
+            record.attempts,
+        )
+        attempt.ctx.stop(StopReason.LEASE_LOST)
+        attempt.scope.deadline = min(
+            attempt.scope.deadline, anyio.current_time() + attempt.ctx.grace
+        )
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _runner(self, ctx: Context, receive: MemoryObjectReceiveStream[_Attempt]) -> None:
+        async with receive:
+            async for attempt in receive:
+                if ctx.done:  # claimed but not started: hand it back at once
+                    await self._release([attempt])
+                elif attempt.lost:
+                    self._forget(attempt, "before it started")
+                else:
+                    await self._run_task(ctx, attempt)
+
+    def _forget(self, attempt: _Attempt, when: str) -> None:
+        """Drop an attempt whose lease is lost: no outcome is reported for it."""
+        self.discarded += 1
+        record = attempt.record
+        logger.warning(
+            "worker %s: discarded the outcome of task %s %s (attempt %d) %s: its lease was"
+            " lost or could not be renewed, so another worker may own the task",
+            self.worker_id,
+            record.name,
+            record.id,
+            record.attempts,
+            when,
+        )
+        if self.running.get(record.id) is attempt:
+            del self.running[record.id]
+            self.reporting.discard(record.id)
+        self._slot_freed.set()
+
+    async def _run_task(self, ctx: Context, attempt: _Attempt) -> None:
+        queue = self.queue
+        record = attempt.record
+        registration = queue._handlers.get(record.name)
+        started = await self.backend.time()
+        child = ctx.child()
+        scope = anyio.CancelScope()
+        if self._cut_at is not None:
+            scope.deadline = self._cut_at
+        attempt.ctx, attempt.scope = child, scope
+        outcome: Outcome | None = None
+        with scope:
+            try:
+                if registration is None:
+                    raise LookupError(f"no handler is registered for task {record.name!r}")
+                payload = queue._serializer.loads(record.payload)
+                if record.timeout is not None:
+                    with anyio.fail_after(record.timeout):
+                        result = await registration.handler(child, payload)
+                else:
+                    result = await registration.handler(child, payload)
+                data = None if result is None else queue._serialize(record.name, result)
+                outcome = self._success(record, started, data, await self.backend.time())
+            except Exception as exc:
+                backoff = registration.backoff if registration else None
+                outcome = self._failure(record, started, exc, backoff, await self.backend.time())
+        if outcome is None:  # cut off by our own deadline
+            if attempt.stopped:
+                self._forget(attempt, "after it was cancelled")
+            else:  # the shutdown's: hand it back, uncounted
+                await self._release([attempt])
+            return
+        if attempt.lost:
+            self._forget(attempt, "when it ended")
+            return
         self.reporting.add(record.id)
         if self._finish_and_claim is None:
             self._slot_freed.set()  # else the flush refills the slot
         try:
-            await self._report(outcome, record)
+            await self._report(outcome, attempt)
         finally:
             # Usually the flush took the task out already; and by now the same task may have
             # been claimed again (a retry due at once): only this attempt is ours to remove.
-            if self.running.get(record.id) is record:
+            if self.running.get(record.id) is attempt:
                 del self.running[record.id]
                 self.reporting.discard(record.id)
         self._slot_freed.set()
@@ -253,120 +463,248 @@ class Worker:
                 except Exception:
                     logger.exception("on_failure hook failed for task %s", record.id)
 
-    async def _report(self, outcome: Outcome, record: TaskRecord) -> None:
+    # -- recording -------------------------------------------------------------------------
+
+    async def _report(self, outcome: Outcome, attempt: _Attempt) -> None:
         """Record an outcome; outcomes reported meanwhile are flushed together.
 
         The first reporter drains the batch (shielded: it carries the others' outcomes), so
         ten tasks finishing together cost one backend call, not ten. Through a backend
-        outage it retries with backoff; the leases keep the tasks meanwhile.
+        outage it retries with backoff (the leases keep the tasks meanwhile) until the
+        worker stops.
         """
         done = anyio.Event()
-        self._pending_outcomes.append((outcome, record, done))
+        self._pending_outcomes.append((outcome, attempt, done))
         if self._flushing:
             await done.wait()
             return
         self._flushing = True
+        scope = anyio.CancelScope(shield=True)
+        self._shielded.add(scope)
+        if self._give_up_at is not None:
+            scope.deadline = self._give_up_at
+        if self._abandoned:
+            scope.cancel()
         try:
-            with anyio.CancelScope(shield=True):
+            with scope:
                 # One turn of the event loop first: tasks that finish in the same turn (a
                 # claimed batch of quick tasks) join this flush instead of waiting for the next.
                 await anyio.lowlevel.checkpoint()
                 while self._pending_outcomes:
                     batch, self._pending_outcomes = self._pending_outcomes, []
-                    await self._flush([(outcome, record) for outcome, record, _ in batch])
-                    for _, _, event in batch:
-                        event.set()
+                    try:
+                        await self._flush([(outcome, attempt) for outcome, attempt, _ in batch])
+                    finally:
+                        for _, _, event in batch:
+                            event.set()
         finally:
+            self._shielded.discard(scope)
             self._flushing = False
+            left, self._pending_outcomes = self._pending_outcomes, []
+            for _, _, event in left:
+                event.set()
+            if left:
+                logger.warning(
+                    "worker %s: stopping with %d outcome(s) not recorded (%s); their leases"
+                    " will expire and they will run again",
+                    self.worker_id,
+                    len(left),
+                    ", ".join(outcome.id for outcome, _, _ in left),
+                )
 
-    async def _flush(self, reported: list[tuple[Outcome, TaskRecord]]) -> None:
+    async def _flush(self, reported: list[tuple[Outcome, _Attempt]]) -> None:
+        reported = [(o, a) for o, a in reported if not self._discarded(a, "when it ended")]
+        reported = await self._check_overdue(reported)
         outcomes = [outcome for outcome, _ in reported]
-        attempt = 0
-        combined = self._finish_and_claim is not None
-        while True:
-            # The first call also claims for the free slots (a retry only records).
-            free = 0
+        claimed: list[TaskRecord] = []
+        recorded = False
+        sent = time.monotonic()
+        try:
+            if not outcomes:
+                recorded = True
+                return
             ctx = self._ctx
-            if combined and self._finish_and_claim is not None and ctx is not None and not ctx.done:
+            combined = self._finish_and_claim
+            free = 0
+            if combined is not None and ctx is not None and not ctx.done:
                 free = max(0, self._free())
-            self._reserved += free
-            try:
-                if free:
-                    assert self._finish_and_claim is not None
-                    claimed: list[TaskRecord] = await self._finish_and_claim(
+            if free and combined is not None:
+                self._reserved += free
+                try:
+                    claimed = await combined(
                         outcomes,
-                        now=self.queue._now(),
+                        now=await self.backend.time(),
                         queues=self.queues,
                         limit=free,
                         worker=self.worker_id,
                         lease=self.lease,
                     )
-                else:
-                    await self.queue.backend.finish(outcomes, now=self.queue._now())
-                    claimed = []
-            except Exception as exc:
-                self._reserved -= free
-                combined = False  # a retry only records
-                if free:
-                    # The combined call failed: record alone at once, so a backend whose
-                    # combined call keeps failing costs no wait.
+                    recorded = True
+                except Exception as exc:
+                    # Record alone at once: a backend whose combined call keeps failing
+                    # costs no wait, and a poison outcome is isolated below.
                     logger.debug("worker %s: finish_and_claim failed: %s", self.worker_id, exc)
-                    continue
-                attempt += 1
-                if attempt == 1:
-                    logger.warning(
-                        "worker %s: cannot record %d task(s) yet (%s); retrying",
-                        self.worker_id,
-                        len(outcomes),
-                        exc,
-                    )
-                if attempt > 50:
-                    logger.error(
-                        "worker %s: giving up on recording %d task(s); their leases will"
-                        " expire and they will run again",
-                        self.worker_id,
-                        len(outcomes),
-                    )
-                    return
-                await anyio.sleep(_BACKEND_BACKOFF.delay(attempt))
-                continue
-            self._reserved -= free
-            self.completed += len(outcomes)
+                finally:
+                    self._reserved -= free
+            if not recorded:
+                recorded = await self._record(outcomes)
+        finally:
+            if recorded:
+                self.completed += len(outcomes)
+            else:
+                logger.warning(
+                    "worker %s: stopping with %d outcome(s) not recorded (%s); their leases"
+                    " will expire and they will run again",
+                    self.worker_id,
+                    len(outcomes),
+                    ", ".join(o.id for o in outcomes),
+                )
             # No longer ours, at once: a heartbeat answered meanwhile no longer lists
             # them, and must not take them for lost before their runners wake up.
-            for _, record in reported:
-                if self.running.get(record.id) is record:  # not a newer claim of the task
-                    del self.running[record.id]
-                    self.reporting.discard(record.id)
-            if claimed:
-                await self._hand_to_runners(claimed)
-            return
+            for outcome, attempt in reported:
+                if self.running.get(outcome.id) is attempt:  # not a newer claim of the task
+                    del self.running[outcome.id]
+                    self.reporting.discard(outcome.id)
+        if claimed:
+            await self._hand_to_runners(claimed, sent)
 
-    async def _hand_to_runners(self, records: list[TaskRecord]) -> None:
-        """Queue claimed tasks for the runners; after the claim loop closed, hand them back."""
-        for record in records:
-            # A new attempt of a task whose previous attempt (recorded, its runner not yet
-            # resumed) is still listed replaces it: the old entry no longer holds a slot.
-            if record.id in self.running:
-                self.reporting.discard(record.id)
-            self.running[record.id] = record
-        for index, record in enumerate(records):
+    def _discarded(self, attempt: _Attempt, when: str) -> bool:
+        if attempt.lost:
+            self._forget(attempt, when)
+            return True
+        return False
+
+    async def _check_overdue(
+        self, reported: list[tuple[Outcome, _Attempt]]
+    ) -> list[tuple[Outcome, _Attempt]]:
+        """Ask about leases not renewed for a whole lease: report only those still held.
+
+        A worker that was paused past its lease (SIGSTOP, a long GC pause, a suspended
+        machine) may have lost its tasks to another worker while it slept.
+        """
+        now = time.monotonic()
+        overdue = [a for _, a in reported if now - a.renewed >= self.lease]
+        if not overdue:
+            return reported
+        try:
+            held = await self.backend.heartbeat(
+                self.worker_id,
+                [a.record.id for a in overdue],
+                lease=self.lease,
+                now=await self.backend.time(),
+            )
+        except Exception:
+            return reported  # cannot tell: the backend's owner check decides
+        kept = []
+        for outcome, attempt in reported:
+            if attempt in overdue and attempt.record.id not in held:
+                attempt.lost = True
+                self.leases_lost += 1
+                self._forget(attempt, "when it ended")
+            else:
+                attempt.renewed = now
+                kept.append((outcome, attempt))
+        return kept
+
+    async def _record(self, outcomes: list[Outcome]) -> bool:
+        """Record ``outcomes``, isolating any the backend cannot store; False if stopped.
+
+        A batch that fails is tried one outcome at a time, and an outcome that fails alone
+        in ever plainer forms (:meth:`_reduced`). Only when even the plainest form of one
+        fails is the backend down: then the rest is retried with backoff until it is back or
+        the worker's stop deadline passes.
+        """
+        pending = outcomes
+        outage = 0
+        while True:
             try:
-                assert self._send is not None
-                self._send.send_nowait(record)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                await self._release(records[index:])
-                return
+                await self.backend.finish(pending, now=await self.backend.time())
+                break
+            except Exception as exc:
+                batch_error: Exception = exc
+            remaining: list[Outcome] = []
+            down = False
+            for index, outcome in enumerate(pending):
+                forms = self._reduced(outcome, batch_error)
+                if len(pending) == 1:
+                    forms = forms[1:]  # the original just failed alone
+                for form in forms:
+                    try:
+                        await self.backend.finish([form], now=await self.backend.time())
+                    except Exception as exc:
+                        batch_error = exc
+                        continue
+                    if form is not outcome:
+                        logger.error(
+                            "worker %s: the outcome of task %s could not be stored as it was"
+                            " (%s: %s); stored it in a reduced form",
+                            self.worker_id,
+                            outcome.id,
+                            type(batch_error).__name__,
+                            batch_error,
+                        )
+                    break
+                else:
+                    down = True
+                if down:
+                    remaining = pending[index:]
+                    break
+            if not remaining:
+                break
+            pending = remaining
+            outage += 1
+            if outage == 1:
+                logger.warning(
+                    "worker %s: cannot record %d task(s) yet (%s: %s); retrying",
+                    self.worker_id,
+                    len(pending),
+                    type(batch_error).__name__,
+                    batch_error,
+                )
+            delay = _BACKEND_BACKOFF.delay(outage)
+            if self._give_up_at is not None:
+                left = self._give_up_at - anyio.current_time()
+                if left <= 0:
+                    return False
+                delay = min(delay, left)
+            await anyio.sleep(delay)
+        if outage:
+            logger.warning("worker %s: recorded the outcomes held back", self.worker_id)
+        return True
 
-    def _success(self, record: TaskRecord, started: float, data: bytes | None) -> Outcome:
+    def _reduced(self, outcome: Outcome, error: Exception) -> list[Outcome]:
+        """``outcome``, then with its texts in plain ASCII, then a bare dead letter."""
+        plain = dataclasses.replace(
+            outcome,
+            error=_ascii(outcome.error, ERROR_LIMIT),
+            traceback=_ascii(outcome.traceback, ERROR_LIMIT),
+        )
+        reason = _ascii(f"{type(error).__name__}: {error}", 300)
+        note = f"tasker could not store this task's outcome ({reason})"
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            bare = dataclasses.replace(
+                outcome,
+                kind=OutcomeKind.DEAD,
+                result=None,
+                result_expires=None,
+                follow_ups=(),
+                error=f"{note}; its result was dropped: requeue the task to run it again",
+                traceback=None,
+            )
+        else:
+            bare = dataclasses.replace(outcome, error=note, traceback=None, follow_ups=())
+        return [outcome, plain, bare]
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def _success(
+        self, record: TaskRecord, started: float, data: bytes | None, now: float
+    ) -> Outcome:
         queue = self.queue
-        now = queue._now()
         follow_ups: tuple[NewTask, ...] = ()
         if record.chain is not None:
             steps = decode_chain(record.chain)
             head, rest = steps[0], steps[1:]
-            from ._queue import _encode_chain
-
             follow_ups = (
                 queue._new_task(
                     head.name,
@@ -392,9 +730,13 @@ class Worker:
         )
 
     def _failure(
-        self, record: TaskRecord, started: float, exc: Exception, backoff: Backoff | None
+        self,
+        record: TaskRecord,
+        started: float,
+        exc: Exception,
+        backoff: Backoff | None,
+        now: float,
     ) -> Outcome:
-        now = self.queue._now()
         error, trace = format_error(exc)
         retry_at: float | None = None
         if record.attempts < record.max_attempts and backoff is not None:
@@ -411,12 +753,12 @@ class Worker:
             )
         else:
             logger.error(
-                "task %s %s failed its last attempt (%d): %s",
+                "task %s %s failed its last attempt (%d): %s\n%s",
                 record.name,
                 record.id,
                 record.attempts,
                 error,
-                exc_info=exc,
+                trace,
             )
         return Outcome(
             id=record.id,

@@ -1,0 +1,84 @@
+"""A queue worker process for the fault tests: ``python tests/queue_fault_worker.py ...``.
+
+``--backend sqlite:PATH`` or ``--backend pg:DSN`` (with ``--schema``). Each run of a task
+appends ``start <n> <pid> <t>`` and, when its work is done, ``end <n> <pid> <t>`` to
+``--out`` (one O_APPEND write each; ``t`` is ``CLOCK_MONOTONIC``, shared by every process of
+the machine). ``--skew S`` sets this process's wall clock S seconds ahead: ``time.time`` and
+the datetimes tasker's system clock reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+import anyio
+
+import tasker
+import tasker._clock
+from tasker.queue import Queue, QueueBackend, SQLiteQueueBackend
+
+
+def _skew(seconds: float) -> None:
+    real_time = time.time
+    time.time = lambda: real_time() + seconds
+
+    class Skewed(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Any:
+            return datetime.now(tz) + timedelta(seconds=seconds)
+
+    tasker._clock.datetime = Skewed  # type: ignore[attr-defined]
+
+
+def backend_for(spec: str, schema: str) -> QueueBackend:
+    """The backend a ``--backend`` spec names."""
+    kind, _, where = spec.partition(":")
+    if kind == "sqlite":
+        return SQLiteQueueBackend(where)
+    from tasker_pg import PostgresQueueBackend
+
+    return PostgresQueueBackend(where, schema=schema)
+
+
+def build(backend: QueueBackend, out: str) -> Queue:
+    queue = Queue(backend)
+
+    def record(event: str, n: int) -> None:
+        line = f"{event} {n} {os.getpid()} {time.clock_gettime(time.CLOCK_MONOTONIC):.6f}\n"
+        fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    @queue.task("work", max_attempts=10, backoff=0.05)
+    async def work(ctx: tasker.Context, payload: dict[str, Any]) -> None:
+        record("start", payload["n"])
+        await anyio.sleep(payload["sleep"])
+        record("end", payload["n"])
+
+    return queue
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--schema", default="tasker")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--skew", type=float, default=0.0)
+    parser.add_argument("--concurrency", type=int, default=5)
+    parser.add_argument("--lease", type=float, default=2.0)
+    args = parser.parse_args()
+    if args.skew:
+        _skew(args.skew)
+    queue = build(backend_for(args.backend, args.schema), args.out)
+    print("ready", flush=True)
+    tasker.main(queue.worker(concurrency=args.concurrency, lease=args.lease, poll=0.5), grace=10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""The queue fault run of issue 10, shared by the SQLite and the Postgres test.
+
+Four worker processes (concurrency 5, lease 2 s) work through 2,000 tasks, one in ten slow
+(0.5 s) and three longer than the lease (5 s), plus 20 tasks delayed by 8 s. Meanwhile:
+
+1. worker 3 runs with its wall clock 120 s ahead, from the start;
+2. worker 0 is SIGKILLed;
+3. worker 1 is sent SIGTERM while it runs a slow task: it drains and exits 0;
+4. a replacement, worker 4, is started;
+5. (Postgres) every connection of worker 2 is ended with ``pg_terminate_backend``;
+6. worker 2 is SIGSTOPped for 5 s (past its lease), then SIGCONTed.
+
+:func:`check` asserts what the README promises: every task succeeds, recorded once; a
+task's work is done twice only if the killed or the stopped worker held it; two runs of a
+task overlap in time only if one of them is the stopped worker's stale attempt; no delayed
+task starts early; the drained workers exit 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tasker.queue import Queue, QueueBackend, TaskState
+
+from .helpers import python_process
+from .queue_fault_worker import build
+
+TASKS = 2000
+DELAYED = 20
+DELAY = 8.0
+CONCURRENCY = 5
+LEASE = 2.0
+SLOW = 0.5
+LONG = 5.0
+STOP_FOR = 5.0
+SKEW = 120.0
+
+
+@dataclass(kw_only=True)
+class Fault:
+    """A run's record: per task, its runs ``(pid, start, end or None)``; the processes."""
+
+    runs: dict[int, list[tuple[int, float, float | None]]] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    stopped_at: tuple[float, float] = (0.0, 0.0)
+    enqueued_delayed_at: float = 0.0
+    states: dict[str, int] = field(default_factory=dict)
+    successes: Counter[str] = field(default_factory=Counter)
+    success_worker: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, int] = field(default_factory=dict)
+    returncodes: dict[str, int | None] = field(default_factory=dict)
+    stderr: dict[str, str] = field(default_factory=dict)
+    drained_in: float = 0.0
+
+
+def _mono() -> float:
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def _read(out: Path) -> list[tuple[str, int, int, float]]:
+    events = []
+    for path in sorted(out.glob("out-*.txt")):
+        for line in path.read_text().splitlines():
+            event, n, pid, t = line.split()
+            events.append((event, int(n), int(pid), float(t)))
+    return events
+
+
+def _runs(
+    events: list[tuple[str, int, int, float]],
+) -> dict[int, list[tuple[int, float, float | None]]]:
+    runs: dict[int, list[tuple[int, float, float | None]]] = {}
+    open_runs: dict[tuple[int, int], list[float]] = {}
+    for event, n, pid, t in sorted(events, key=lambda e: e[3]):
+        if event == "start":
+            open_runs.setdefault((n, pid), []).append(t)
+        else:
+            start = open_runs[(n, pid)].pop(0)
+            runs.setdefault(n, []).append((pid, start, t))
+    for (n, pid), starts in open_runs.items():
+        for start in starts:
+            runs.setdefault(n, []).append((pid, start, None))
+    return runs
+
+
+async def run_faults(
+    *,
+    backend: Callable[[], QueueBackend],
+    spec: Callable[[str], list[str]],
+    out: Path,
+    terminate: Callable[[str], Awaitable[int]] | None = None,
+) -> Fault:
+    """Run the workers through the faults; ``spec(name)`` gives a worker's backend args."""
+    fault = Fault()
+    queue = build(backend(), str(out / "filler.txt"))
+    payloads: list[dict[str, Any]] = [
+        {"n": n, "sleep": LONG if n in (7, 8, 9) else SLOW if n % 10 == 0 else 0.002}
+        for n in range(TASKS)
+    ]
+    for payload in payloads:
+        fault.ids[(await queue.enqueue("work", payload)).id] = payload["n"]
+    procs: dict[str, subprocess.Popen[str]] = {}
+
+    def start(name: str, *extra: str) -> None:
+        proc = python_process(
+            [
+                "tests/queue_fault_worker.py",
+                *spec(name),
+                "--out",
+                str(out / f"out-{name}.txt"),
+                "--concurrency",
+                str(CONCURRENCY),
+                "--lease",
+                str(LEASE),
+                *extra,
+            ]
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready", proc.stderr and proc.stderr.read()
+        procs[name] = proc
+        fault.pids[name] = proc.pid
+
+    def ended() -> int:
+        return len({n for event, n, _, _ in _read(out) if event == "end"})
+
+    async def until(predicate: Callable[[], bool], timeout: float) -> None:
+        with anyio.fail_after(timeout):
+            while not predicate():  # noqa: ASYNC110 - the work is done by other processes
+                await anyio.sleep(0.02)
+
+    began = _mono()
+    try:
+        for name in ("w0", "w1", "w2"):
+            start(name)
+        start("w3", "--skew", str(SKEW))
+        fault.enqueued_delayed_at = _mono()
+        for n in range(TASKS, TASKS + DELAYED):
+            fault.ids[(await queue.enqueue("work", {"n": n, "sleep": 0.002}, delay=DELAY)).id] = n
+        await until(lambda: ended() >= 300, 60)
+        procs["w0"].send_signal(signal.SIGKILL)
+
+        def slow_running(pid: int) -> bool:
+            events = _read(out)
+            starts = Counter(n for e, n, p, _ in events if e == "start" and p == pid)
+            ends = Counter(n for e, n, p, _ in events if e == "end" and p == pid)
+            return any(payloads[n]["sleep"] >= SLOW for n in starts - ends if n < TASKS)
+
+        await until(lambda: slow_running(fault.pids["w1"]), 30)
+        procs["w1"].send_signal(signal.SIGTERM)
+        start("w4")
+        if terminate is not None:
+            await until(lambda: ended() >= 700, 60)
+            assert await terminate("w2") >= 1
+        await until(lambda: ended() >= 1000, 60)
+        fault.stopped_at = (_mono(), 0.0)
+        procs["w2"].send_signal(signal.SIGSTOP)
+        await anyio.sleep(STOP_FOR)
+        procs["w2"].send_signal(signal.SIGCONT)
+        fault.stopped_at = (fault.stopped_at[0], _mono())
+        await until(lambda: ended() >= TASKS + DELAYED, 120)
+
+        async def recorded() -> bool:
+            counts = await queue.backend.counts()
+            return counts.get("default", {}).get(TaskState.SUCCEEDED, 0) >= TASKS + DELAYED
+
+        with anyio.fail_after(30):
+            while not await recorded():  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        fault.drained_in = _mono() - began
+        counts = await queue.backend.counts()
+        fault.states = {s.value: c for s, c in counts.get("default", {}).items()}
+        for entry in await queue.backend.history(limit=10 * TASKS):
+            if entry.outcome == "succeeded":
+                fault.successes[entry.task_id] += 1
+                fault.success_worker[entry.task_id] = entry.worker
+    finally:
+        for name, proc in procs.items():
+            if name != "w0" and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in procs.items():
+            try:
+                _, err = await anyio.to_thread.run_sync(_communicate, proc)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            fault.returncodes[name] = proc.returncode
+            fault.stderr[name] = err
+        await _close(queue)
+    fault.runs = _runs(_read(out))
+    return fault
+
+
+def _communicate(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    return proc.communicate(timeout=60)
+
+
+async def _close(queue: Queue) -> None:
+    close = getattr(queue.backend, "aclose", None)
+    if close is not None:
+        await close()
+    else:
+        queue.backend.close()  # type: ignore[attr-defined]
+
+
+def check(fault: Fault) -> dict[str, object]:
+    """Assert the promises; return the figures for the closing note."""
+    stderr = {name: err[-3000:] for name, err in fault.stderr.items()}
+    assert {n: fault.returncodes[n] for n in ("w1", "w2", "w3", "w4")} == dict.fromkeys(
+        ("w1", "w2", "w3", "w4"), 0
+    ), stderr
+    assert fault.states == {"succeeded": TASKS + DELAYED}, fault.states
+    assert set(fault.successes) == set(fault.ids), "a task has no success recorded"
+    assert set(fault.successes.values()) == {1}, "a success was recorded twice"
+    assert set(fault.runs) == set(range(TASKS + DELAYED)), "a task never ran"
+    killed, stopped = fault.pids["w0"], fault.pids["w2"]
+    # Work done twice: only for tasks the killed or the stopped worker held.
+    done_twice = {
+        n: runs for n, runs in fault.runs.items() if sum(r[2] is not None for r in runs) > 1
+    }
+    for n, runs in done_twice.items():
+        assert {killed, stopped} & {pid for pid, _, _ in runs}, (n, runs)
+    by_killed = [n for n, runs in done_twice.items() if killed in {r[0] for r in runs}]
+    by_stopped = [n for n, runs in done_twice.items() if stopped in {r[0] for r in runs}]
+    # The killed worker held at most CONCURRENCY running tasks plus as many being recorded.
+    assert len(by_killed) <= 2 * CONCURRENCY, by_killed
+    # The stopped worker held at most CONCURRENCY tasks when it was stopped.
+    assert len(by_stopped) <= CONCURRENCY, by_stopped
+    # Two runs of one task at the same time: only the stopped worker's stale attempt.
+    overlapping = []
+    for n, runs in fault.runs.items():
+        for i, (pid_a, start_a, end_a) in enumerate(runs):
+            for pid_b, start_b, end_b in runs[i + 1 :]:
+                if pid_a == killed or pid_b == killed:
+                    continue  # a killed run has no end, and did nothing after its kill
+                a_end = end_a if end_a is not None else float("inf")
+                b_end = end_b if end_b is not None else float("inf")
+                if start_a < b_end and start_b < a_end:
+                    overlapping.append((n, runs))
+                    assert stopped in (pid_a, pid_b), (n, runs)
+    # No delayed task started before its delay, whatever the skewed worker's clock said.
+    for n in range(TASKS, TASKS + DELAYED):
+        first = min(start for _, start, _ in fault.runs[n])
+        assert first >= fault.enqueued_delayed_at + DELAY - 0.05, (n, first)
+    # The stopped worker's stale outcomes were discarded: none of the tasks it ran twice
+    # is recorded as its success.
+    stopped_tag = f":{stopped}:"
+    ids_by_n = {n: task_id for task_id, n in fault.ids.items()}
+    for n in by_stopped:
+        if any(pid != stopped for pid, _, end in fault.runs[n] if end is not None):
+            assert stopped_tag not in fault.success_worker[ids_by_n[n]], n
+    # And it said so: a stale attempt found out is logged as discarded.
+    discarded = fault.stderr["w2"].count("discarded the outcome")
+    if by_stopped:
+        assert "lease" in fault.stderr["w2"], stderr["w2"]
+    return {
+        "discarded by the stopped worker": discarded,
+        "tasks": TASKS + DELAYED,
+        "done twice (killed worker)": len(by_killed),
+        "done twice (stopped worker)": len(by_stopped),
+        "bound": f"{2 * CONCURRENCY} + {CONCURRENCY}",
+        "overlapping runs": len(overlapping),
+        "drained in (s)": round(fault.drained_in, 1),
+    }

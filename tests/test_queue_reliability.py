@@ -1,0 +1,439 @@
+"""Queue reliability on the memory and SQLite backends (issue 10).
+
+Poison outcomes never block other outcomes or a shutdown; the queue keeps time on the
+backend's clock; a lost lease stops the task and discards its outcome; priorities and
+payloads fail at enqueue with the errors the README names.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import tasker
+from tasker import Context, StopReason
+from tasker.queue import (
+    MemoryQueueBackend,
+    Outcome,
+    PayloadError,
+    Queue,
+    SQLiteQueueBackend,
+    TaskState,
+    _machine_clock,
+    _sqlite,
+)
+from tasker.testing import FakeClock
+
+from .test_queue import Running, finished, until
+
+pytestmark = pytest.mark.anyio
+
+
+def _poisoned(outcomes: Sequence[Outcome]) -> bool:
+    """An outcome this test's backends refuse unless it is in its bare, last-resort form."""
+    for outcome in outcomes:
+        if outcome.result is not None and b"POISON" in outcome.result:
+            return True
+        if outcome.error is not None and "POISON" in outcome.error and outcome.traceback:
+            return True
+    return False
+
+
+class PickyMemory(MemoryQueueBackend):
+    """A memory backend that refuses to store some outcomes, as a database would."""
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        if _poisoned(outcomes):
+            raise ValueError("invalid byte sequence for encoding UTF8")
+        await super().finish(outcomes, now=now)
+
+
+class PickySQLite(SQLiteQueueBackend):
+    """The SQLite backend, refusing the same outcomes."""
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        if _poisoned(outcomes):
+            raise ValueError("invalid byte sequence for encoding UTF8")
+        await super().finish(outcomes, now=now)
+
+    async def finish_and_claim(self, outcomes: Sequence[Outcome], **kwargs: Any) -> Any:
+        if _poisoned(outcomes):
+            raise ValueError("invalid byte sequence for encoding UTF8")
+        return await super().finish_and_claim(outcomes, **kwargs)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _backend(
+    kind: str, tmp_path: Path, memory: type = MemoryQueueBackend, sql: type = SQLiteQueueBackend
+) -> Any:
+    if kind == "memory":
+        return memory()
+    return sql(tmp_path / "queue.sqlite3")
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+async def test_poison_error_texts_are_stored_readably(kind: str, tmp_path: Path) -> None:
+    """Lone surrogates, NUL, 10 MB messages and a failing __str__ are stored, escaped; the
+    good tasks of the same batches all succeed."""
+    queue = Queue(_backend(kind, tmp_path))
+    failures = {
+        "surrogate": ValueError("bad \ud800 text"),
+        "nul": ValueError("nul \x00 byte"),
+        "huge": ValueError("x" * 10_000_000),
+        "unprintable": Unprintable(),
+    }
+
+    @queue.task("fail", max_attempts=1)
+    async def fail(ctx: Context, which: str) -> None:
+        raise failures[which]
+
+    @queue.task("good")
+    async def good(ctx: Context, n: int) -> int:
+        return n
+
+    bad = {which: (await queue.enqueue("fail", which)).id for which in failures}
+    goods = [(await queue.enqueue("good", n)).id for n in range(10)]
+    async with Running(queue, concurrency=8):
+        for task_id in [*bad.values(), *goods]:
+            await until(lambda task_id=task_id: finished(queue, task_id))
+    for n, task_id in enumerate(goods):
+        info = await queue.get(task_id)
+        assert info is not None
+        assert info.state is TaskState.SUCCEEDED
+        assert info.result == n
+    errors = {}
+    for which, task_id in bad.items():
+        info = await queue.get(task_id)
+        assert info is not None
+        assert info.state is TaskState.DEAD
+        assert info.error is not None
+        assert info.traceback is not None
+        info.error.encode("utf-8")  # storable text: no lone surrogate left
+        assert "\x00" not in info.error
+        assert "\x00" not in info.traceback
+        errors[which] = info.error
+    assert errors["surrogate"] == "ValueError: bad \\ud800 text"
+    assert errors["nul"] == "ValueError: nul \\x00 byte"
+    assert errors["huge"].startswith("ValueError: xxx")
+    assert len(errors["huge"]) == 2000
+    assert errors["unprintable"] == "Unprintable: <str() of the exception failed: RuntimeError>"
+
+
+async def test_an_unstorable_outcome_is_isolated_and_stored_bare(
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the backend refuses one outcome, the others of its batch are recorded, and that
+    one is recorded in its bare form (a dead letter saying why), never retried as an outage."""
+    queue = Queue(_backend(kind, tmp_path, PickyMemory, PickySQLite))
+
+    @queue.task("fail", max_attempts=1)
+    async def fail(ctx: Context, n: int) -> None:
+        raise RuntimeError("POISON")
+
+    @queue.task("poison-result")
+    async def poison_result(ctx: Context, n: int) -> str:
+        return "POISON"
+
+    @queue.task("good")
+    async def good(ctx: Context, n: int) -> int:
+        await anyio.sleep(0.01)
+        return n
+
+    ids = [(await queue.enqueue("good", n)).id for n in range(20)]
+    bad = (await queue.enqueue("fail", 0)).id
+    bad_result = (await queue.enqueue("poison-result", 0)).id
+    with caplog.at_level(logging.WARNING, logger="tasker.queue"):
+        async with Running(queue, concurrency=10):
+            for task_id in [*ids, bad, bad_result]:
+                await until(lambda task_id=task_id: finished(queue, task_id))
+    for task_id in ids:
+        info = await queue.get(task_id)
+        assert info is not None
+        assert info.state is TaskState.SUCCEEDED
+    info = await queue.get(bad)
+    assert info is not None
+    assert info.state is TaskState.DEAD
+    assert info.error is not None
+    assert info.error.startswith("tasker could not store")
+    info = await queue.get(bad_result)
+    assert info is not None
+    assert info.state is TaskState.DEAD
+    assert info.result is None
+    assert info.error is not None
+    assert "its result was dropped" in info.error
+    assert "reduced form" in caplog.text
+    assert "cannot record" not in caplog.text  # never taken for an outage
+
+
+class DownAfterRun(MemoryQueueBackend):
+    """Claims work; every outcome and hand-back fails, as in an outage."""
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        await anyio.sleep(0.05)
+        raise OSError("connection refused")
+
+    async def finish_and_claim(self, outcomes: Sequence[Outcome], **kwargs: Any) -> Any:
+        raise OSError("connection refused")
+
+
+async def test_a_stopping_worker_stops_within_its_grace_whatever_the_backend_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Outcomes that cannot be recorded are given up at the end of the grace period, the
+    worker returns by itself (no hard stop), and the log names what was not recorded."""
+    queue = Queue(DownAfterRun())
+    started = anyio.Event()
+
+    @queue.task("quick")
+    async def quick(ctx: Context, n: int) -> int:
+        started.set()
+        return n
+
+    @queue.task("slow")
+    async def slow(ctx: Context, n: int) -> None:
+        await anyio.sleep(60)  # ignores its context: cut off before the grace ends
+
+    for n in range(3):
+        await queue.enqueue("quick", n)
+    await queue.enqueue("slow", 0)
+    stop = anyio.Event()
+    grace = 1.5
+    with caplog.at_level(logging.INFO):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: tasker.run(queue.worker(poll=0.05), shutdown_trigger=stop.wait, grace=grace)
+            )
+            await started.wait()
+            await anyio.sleep(0.3)  # the outcomes are being retried now
+            begun = anyio.current_time()
+            stop.set()
+        elapsed = anyio.current_time() - begun
+    assert elapsed < grace + 0.5
+    assert "did not stop within its" not in caplog.text  # the worker returned by itself
+    assert "not recorded" in caplog.text
+    assert "could not hand back" in caplog.text
+
+
+class LosesLeases(MemoryQueueBackend):
+    """Heartbeats say every lease is gone: another worker took the tasks."""
+
+    async def heartbeat(
+        self, worker: str, ids: Sequence[str], *, lease: float, now: float
+    ) -> set[str]:
+        return set()
+
+
+class CannotRenew(MemoryQueueBackend):
+    """Heartbeats fail: the worker can no longer tell whether it holds its leases."""
+
+    async def heartbeat(
+        self, worker: str, ids: Sequence[str], *, lease: float, now: float
+    ) -> set[str]:
+        raise OSError("connection refused")
+
+
+@pytest.mark.parametrize("backend_type", [LosesLeases, CannotRenew])
+async def test_a_lost_lease_stops_the_task_and_discards_its_outcome(
+    backend_type: type, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The task's context becomes done with LEASE_LOST; a task that ignores it is cancelled
+    after the grace; no outcome of either reaches the backend, and the log says so."""
+    backend = backend_type()
+    queue = Queue(backend)
+    reasons: list[StopReason | None] = []
+    cancelled: list[str] = []
+
+    @queue.task("polite", max_attempts=1)
+    async def polite(ctx: Context, n: int) -> str:
+        await ctx.wait()
+        reasons.append(ctx.reason)
+        return "finished anyway"
+
+    @queue.task("stubborn", max_attempts=1)
+    async def stubborn(ctx: Context, n: int) -> None:
+        try:
+            await anyio.sleep(60)
+        except anyio.get_cancelled_exc_class():
+            cancelled.append("stubborn")
+            raise
+
+    polite_id = (await queue.enqueue("polite", 0)).id
+    stubborn_id = (await queue.enqueue("stubborn", 0)).id
+    with caplog.at_level(logging.WARNING, logger="tasker.queue"):
+        async with anyio.create_task_group() as tg:
+            stop = anyio.Event()
+            tg.start_soon(
+                lambda: tasker.run(
+                    queue.worker(lease=0.3, poll=0.05), shutdown_trigger=stop.wait, grace=0.3
+                )
+            )
+            with anyio.fail_after(10):
+                while len(reasons) < 1 or len(cancelled) < 1:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            await anyio.sleep(0.1)
+            stop.set()
+    assert reasons == [StopReason.LEASE_LOST]
+    assert cancelled == ["stubborn"]
+    history = await queue.history()
+    if backend_type is LosesLeases:
+        # Another worker owns both tasks: neither outcome may reach the backend.
+        assert history == []
+        assert caplog.text.count("discarded the outcome") == 2
+    else:
+        # Nobody could be asked: the cancelled one is dropped, the one that returned is
+        # reported and the backend's owner check decides (it still owned the lease here).
+        assert [h.task_id for h in history] in ([], [polite_id])
+        assert caplog.text.count("discarded the outcome") == 1
+    info = await queue.get(stubborn_id)
+    assert info is not None
+    # The lease decides: still leased, or dead once it expired on its last attempt.
+    assert info.state in (TaskState.RUNNING, TaskState.DEAD)
+    assert info.attempts == 1
+
+
+async def test_priority_is_bounded_and_the_bounds_are_stored(kind: str, tmp_path: Path) -> None:
+    """Priorities outside a signed 32-bit integer fail at enqueue and registration with a
+    ValueError naming the range; the bounds themselves are stored and ordered."""
+    queue = Queue(_backend(kind, tmp_path))
+    order: list[int] = []
+
+    @queue.task("p")
+    async def p(ctx: Context, n: int) -> None:
+        order.append(n)
+
+    for bad in (2**31, -(2**31) - 1, 2**63):
+        with pytest.raises(
+            ValueError, match=r"priority must be an integer from -2147483648 to 2147483647"
+        ):
+            await queue.enqueue("p", 0, priority=bad)
+        with pytest.raises(ValueError, match="priority"):
+            queue.register(f"q{bad}", p, priority=bad)
+    await queue.enqueue("p", 0, priority=0)
+    await queue.enqueue("p", -1, priority=-(2**31))
+    await queue.enqueue("p", 1, priority=2**31 - 1)
+    async with Running(queue, concurrency=1):
+        await until(lambda: _len(order, 3))
+    assert order == [1, 0, -1]
+
+
+async def _len(items: list[int], n: int) -> bool:
+    return len(items) >= n
+
+
+async def test_a_deeply_nested_payload_is_a_payload_error(kind: str, tmp_path: Path) -> None:
+    """100,000 levels of nesting give PayloadError at enqueue, not RecursionError."""
+    queue = Queue(_backend(kind, tmp_path))
+
+    @queue.task("t")
+    async def t(ctx: Context, payload: Any) -> None: ...
+
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(PayloadError, match="nested too deeply"):
+        await queue.enqueue("t", deep)
+
+
+async def test_the_queue_keeps_time_on_the_backends_clock() -> None:
+    """A delayed task waits for the backend's clock, not the process's."""
+    clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+    queue = Queue(MemoryQueueBackend(clock=clock))
+    ran: list[int] = []
+
+    @queue.task("t")
+    async def t(ctx: Context, n: int) -> None:
+        ran.append(n)
+
+    task = await queue.enqueue("t", 1, delay=30)
+    async with Running(queue):
+        await anyio.sleep(0.3)
+        assert ran == []
+        clock.advance(30)
+        await until(lambda: finished(queue, task.id))
+    assert ran == [1]
+    info = await queue.get(task.id)
+    assert info is not None
+    assert info.created_at == clock.now().timestamp() - 30
+
+
+async def test_the_embedded_clock_ignores_wall_clock_steps_while_tasks_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a wall-clock step does not move the queue's clock while a lease is held
+    (no lease expires early); once nothing runs, the clock follows the wall clock again."""
+    monkeypatch.setattr(_sqlite, "_ANCHOR_REFRESH", 0.0)
+    backend = SQLiteQueueBackend(tmp_path / "queue.sqlite3")
+    queue = Queue(backend)
+
+    @queue.task("t")
+    async def t(ctx: Context, n: int) -> None: ...
+
+    await queue.enqueue("t", 1)
+    before = await backend.time()
+    (record,) = await backend.claim(["default"], 1, worker="a", lease=30, now=before)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 120)
+    stepped = await backend.time()
+    assert 0 <= stepped - before < 1.0  # the step did not reach the queue's clock
+    other = await backend.claim(["default"], 1, worker="b", lease=30, now=await backend.time())
+    assert other == []  # the lease still holds
+    assert await backend.heartbeat("a", [record.id], lease=30, now=await backend.time()) == {
+        record.id
+    }
+    await backend.finish(
+        [
+            Outcome(
+                id=record.id,
+                worker="a",
+                kind=tasker.queue.OutcomeKind.SUCCEEDED,
+                started_at=stepped,
+                finished_at=stepped,
+            )
+        ],
+        now=stepped,
+    )
+    assert abs(await backend.time() - (real() + 120)) < 1.0  # idle: re-anchored
+    backend.close()
+
+
+async def test_a_stale_clock_reading_is_translated_inside_claims(tmp_path: Path) -> None:
+    """A process still holding the old anchor claims on the database's current clock."""
+    path = tmp_path / "queue.sqlite3"
+    stale = SQLiteQueueBackend(path)
+    queue = Queue(stale)
+
+    @queue.task("t")
+    async def t(ctx: Context, n: int) -> None: ...
+
+    now = await stale.time()
+    await queue.enqueue("t", 1, delay=50)
+    with sqlite3.connect(path) as db:  # another process re-anchored the clock by +100 s
+        db.execute("update queue_clock set anchor = anchor + 100")
+    claimed = await stale.claim(["default"], 1, worker="a", lease=30, now=now)
+    assert [r.state for r in claimed] == [TaskState.RUNNING]
+    assert claimed[0].lease_until is not None
+    assert claimed[0].lease_until > now + 100
+    stale.close()
+
+
+def test_the_boot_clock_is_shared_and_monotonic() -> None:
+    """The boot clock never goes back and the boot id is stable within a boot."""
+    first = _machine_clock.boot_seconds()
+    assert _machine_clock.boot_seconds() >= first
+    assert _machine_clock.boot_id() == _machine_clock.boot_id()
