@@ -61,6 +61,36 @@ def build(backend: QueueBackend, out: str) -> Queue:
         await anyio.sleep(payload["sleep"])
         record("end", payload["n"])
 
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    poisons: dict[str, Exception] = {
+        "surrogate": ValueError("bad \ud800 text"),
+        "nul": ValueError("nul \x00 byte"),
+        "huge": ValueError("x" * 10_000_000),
+        "unprintable": Unprintable(),
+    }
+
+    @queue.task("poison", max_attempts=1)
+    async def poison(ctx: tasker.Context, kind: str) -> None:
+        raise poisons[kind]
+
+    # Chains and groups: each step's work takes a little while, so kills land inside it.
+    for step in ("c1", "c2", "c3", "g"):
+
+        async def chained(ctx: tasker.Context, payload: dict[str, Any], step: str = step) -> Any:
+            await anyio.sleep(0.05)
+            record(step, payload["n"])
+            return payload
+
+        queue.register(step, chained, max_attempts=20, backoff=0.05)
+
+    @queue.task("collect", max_attempts=20, backoff=0.05)
+    async def collect(ctx: tasker.Context, results: list[dict[str, Any]]) -> None:
+        await anyio.sleep(0.02)
+        record("collect", results[0]["group"])
+
     return queue
 
 

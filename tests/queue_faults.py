@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ SLOW = 0.5
 LONG = 5.0
 STOP_FOR = 5.0
 SKEW = 120.0
+POISONS = ("surrogate", "nul", "huge", "unprintable")
 
 
 @dataclass(kw_only=True)
@@ -60,6 +62,10 @@ class Fault:
     returncodes: dict[str, int | None] = field(default_factory=dict)
     stderr: dict[str, str] = field(default_factory=dict)
     drained_in: float = 0.0
+    #: Seconds from SIGTERM to exit of the worker stopped mid-task.
+    term_to_exit: float = 0.0
+    poisons: dict[str, str] = field(default_factory=dict)
+    poison_errors: dict[str, str | None] = field(default_factory=dict)
 
 
 def _mono() -> float:
@@ -67,6 +73,7 @@ def _mono() -> float:
 
 
 def _read(out: Path) -> list[tuple[str, int, int, float]]:
+    """Every worker's events, from the files ``out-*.txt``."""
     events = []
     for path in sorted(out.glob("out-*.txt")):
         for line in path.read_text().splitlines():
@@ -106,8 +113,11 @@ async def run_faults(
         {"n": n, "sleep": LONG if n in (7, 8, 9) else SLOW if n % 10 == 0 else 0.002}
         for n in range(TASKS)
     ]
-    for payload in payloads:
+    for index, payload in enumerate(payloads):
         fault.ids[(await queue.enqueue("work", payload)).id] = payload["n"]
+        if index % 250 == 0:  # poison outcomes among the good ones, all through the run
+            kind = POISONS[(index // 250) % len(POISONS)]
+            fault.poisons[(await queue.enqueue("poison", kind)).id] = kind
     procs: dict[str, subprocess.Popen[str]] = {}
 
     def start(name: str, *extra: str) -> None:
@@ -155,12 +165,22 @@ async def run_faults(
             return any(payloads[n]["sleep"] >= SLOW for n in starts - ends if n < TASKS)
 
         await until(lambda: slow_running(fault.pids["w1"]), 30)
+        exited: list[float] = []
+
+        def watch(proc: subprocess.Popen[str] = procs["w1"]) -> None:
+            proc.wait()
+            exited.append(_mono())
+
+        threading.Thread(target=watch, daemon=True).start()
+        termed = _mono()
         procs["w1"].send_signal(signal.SIGTERM)
         start("w4")
         if terminate is not None:
             await until(lambda: ended() >= 700, 60)
             assert await terminate("w2") >= 1
         await until(lambda: ended() >= 1000, 60)
+        await until(lambda: bool(exited), 30)
+        fault.term_to_exit = exited[0] - termed
         fault.stopped_at = (_mono(), 0.0)
         procs["w2"].send_signal(signal.SIGSTOP)
         await anyio.sleep(STOP_FOR)
@@ -178,6 +198,9 @@ async def run_faults(
         fault.drained_in = _mono() - began
         counts = await queue.backend.counts()
         fault.states = {s.value: c for s, c in counts.get("default", {}).items()}
+        for task_id in fault.poisons:
+            record = await queue.backend.get(task_id)
+            fault.poison_errors[task_id] = None if record is None else record.last_error
         for entry in await queue.backend.history(limit=10 * TASKS):
             if entry.outcome == "succeeded":
                 fault.successes[entry.task_id] += 1
@@ -218,8 +241,24 @@ def check(fault: Fault) -> dict[str, object]:
     assert {n: fault.returncodes[n] for n in ("w1", "w2", "w3", "w4")} == dict.fromkeys(
         ("w1", "w2", "w3", "w4"), 0
     ), stderr
-    assert fault.states == {"succeeded": TASKS + DELAYED}, fault.states
+    assert fault.states == {"succeeded": TASKS + DELAYED, "dead": len(fault.poisons)}, fault.states
+    # Poison outcomes were stored, escaped and readable, beside the good ones.
+    for task_id, kind in fault.poisons.items():
+        error = fault.poison_errors[task_id]
+        assert error is not None, kind
+        expected = {
+            "surrogate": "ValueError: bad \\ud800 text",
+            "nul": "ValueError: nul \\x00 byte",
+            "unprintable": "Unprintable: <str() of the exception failed: RuntimeError>",
+        }.get(kind)
+        if expected is not None:
+            assert error == expected, (kind, error)
+        else:
+            assert error.startswith("ValueError: xxx"), kind
+            assert len(error) == 2000
     assert set(fault.successes) == set(fault.ids), "a task has no success recorded"
+    # The worker sent SIGTERM mid-task drained within its grace period (10 s).
+    assert fault.term_to_exit < 10, fault.term_to_exit
     assert set(fault.successes.values()) == {1}, "a success was recorded twice"
     assert set(fault.runs) == set(range(TASKS + DELAYED)), "a task never ran"
     killed, stopped = fault.pids["w0"], fault.pids["w2"]
@@ -270,4 +309,106 @@ def check(fault: Fault) -> dict[str, object]:
         "bound": f"{2 * CONCURRENCY} + {CONCURRENCY}",
         "overlapping runs": len(overlapping),
         "drained in (s)": round(fault.drained_in, 1),
+        "SIGTERM to exit (s)": round(fault.term_to_exit, 2),
+        "poison outcomes stored": len(fault.poisons),
+    }
+
+
+CHAINS = 150
+GROUPS = 60
+MEMBERS = 4
+KILLS = 12
+
+
+async def run_chains_under_kills(
+    *, backend: Callable[[], QueueBackend], spec: Callable[[str], list[str]], out: Path
+) -> dict[str, object]:
+    """Chains of three steps and groups of four with a callback, while workers are SIGKILLed
+    at random points and replaced; then assert each next step and each callback was
+    enqueued exactly once and succeeded once.
+    """
+    import json
+    import random
+
+    queue = build(backend(), str(out / "filler.txt"))
+    for n in range(CHAINS):
+        await queue.enqueue_chain(queue.step("c1", {"n": n}), queue.step("c2"), queue.step("c3"))
+    for g in range(GROUPS):
+        await queue.enqueue_group(
+            [queue.step("g", {"n": g * MEMBERS + i, "group": g}) for i in range(MEMBERS)],
+            then=queue.step("collect"),
+        )
+    procs: list[subprocess.Popen[str]] = []
+    counter = iter(range(1000))
+
+    def start() -> None:
+        name = f"k{next(counter)}"
+        proc = python_process(
+            [
+                "tests/queue_fault_worker.py",
+                *spec(name),
+                "--out",
+                str(out / f"out-{name}.txt"),
+                "--concurrency",
+                "4",
+                "--lease",
+                "1.0",
+            ]
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        procs.append(proc)
+
+    rng = random.Random(10)
+    expected = CHAINS * 3 + GROUPS * (MEMBERS + 1)
+    try:
+        for _ in range(3):
+            start()
+        for _ in range(KILLS):
+            await anyio.sleep(rng.uniform(0.1, 0.3))
+            alive = [p for p in procs if p.poll() is None]
+            victim = rng.choice(alive)
+            victim.send_signal(signal.SIGKILL)
+            start()
+
+        async def settled() -> bool:
+            counts = (await queue.backend.counts()).get("default", {})
+            return counts.get(TaskState.SUCCEEDED, 0) >= expected
+
+        with anyio.fail_after(90):
+            while not await settled():  # noqa: ASYNC110 - the work is done elsewhere
+                await anyio.sleep(0.05)
+        records = await queue.backend.tasks(limit=10 * expected)
+        history = await queue.backend.history(limit=100 * expected)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                await anyio.to_thread.run_sync(_communicate, proc)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await _close(queue)
+    assert {r.state for r in records} == {TaskState.SUCCEEDED}
+    per_step: Counter[tuple[str, int]] = Counter()
+    for record in records:
+        payload = json.loads(record.payload)
+        key = payload[0]["group"] if record.name == "collect" else payload["n"]
+        per_step[(record.name, key)] += 1
+    # Every step of every chain, every member and every callback: exactly one task each.
+    assert set(per_step.values()) == {1}, [k for k, v in per_step.items() if v != 1]
+    assert len(per_step) == expected
+    successes = Counter(h.task_id for h in history if h.outcome == "succeeded")
+    assert set(successes.values()) == {1}
+    assert len(successes) == expected
+    runs = Counter((e, n) for e, n, _, _ in _read(out) if e in ("c1", "c2", "c3", "g", "collect"))
+    return {
+        "chains": CHAINS,
+        "groups": GROUPS,
+        "kills": KILLS,
+        "tasks": expected,
+        "callbacks enqueued": sum(1 for (name, _) in per_step if name == "collect"),
+        "handler runs beyond one (killed mid-run or before recording)": sum(runs.values())
+        - expected,
     }

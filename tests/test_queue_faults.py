@@ -9,7 +9,7 @@ import pytest
 
 from tasker.queue import SQLiteQueueBackend
 
-from .queue_faults import check, run_faults
+from .queue_faults import check, run_chains_under_kills, run_faults
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -30,4 +30,16 @@ async def test_sqlite_workers_survive_kill_term_skew_and_stop(tmp_path: Path) ->
         out=tmp_path,
     )
     figures = check(fault)
-    print(json.dumps(figures))
+    print(json.dumps(figures))  # the figures for the closing note (pytest -s)
+
+
+async def test_sqlite_chains_and_groups_under_random_kills(tmp_path: Path) -> None:
+    """Workers SIGKILLed at random points: each chain's next step is enqueued exactly once,
+    each group's callback exactly once, and every task succeeds once."""
+    db = tmp_path / "queue.sqlite3"
+    figures = await run_chains_under_kills(
+        backend=lambda: SQLiteQueueBackend(db),
+        spec=lambda name: ["--backend", f"sqlite:{db}"],
+        out=tmp_path,
+    )
+    print(json.dumps(figures))  # the figures for the closing note (pytest -s)

@@ -620,11 +620,20 @@ class Queue:
         a task whose worker dies runs again elsewhere once its lease expires.
 
         - **On error**: a failing task is retried per its backoff until its attempts run out,
-          then it is dead (``on_failure`` runs). Backend errors are logged once and retried.
+          then it is dead (``on_failure`` runs). Backend errors are logged once and retried;
+          an outcome the backend refuses is stored in a reduced form (texts in ASCII, then
+          a dead letter saying why) so that it never holds back the others.
+        - **On a lost lease**: when a heartbeat says another worker took a task, or its lease
+          could not be renewed for a whole ``lease``, the task's context is done with
+          ``StopReason.LEASE_LOST``, it is cancelled after its grace period, and its outcome
+          is discarded (and logged).
         - **On cancellation**: running tasks are cancelled and handed back to the queue
-          (their attempt is not counted).
+          (their attempt is not counted), within half a second.
         - **On shutdown**: the worker stops claiming at once; running tasks see ``ctx.done``
-          and have the grace period to finish; tasks cut off are handed back, uncounted.
+          and have the grace period less a margin (a fifth of it, at most a second) to
+          finish, after which they are cancelled and handed back, uncounted; recording
+          gives up at the end of the grace period, whatever the backend does, and the log
+          names what it could not record (those tasks run again when their leases expire).
 
         Raises:
             ValueError: for ``concurrency < 1``, no queues, or a bad duration.
@@ -636,6 +645,8 @@ class Queue:
         for name in names:
             _check_name(name, "queue")
         _check_int(concurrency, "concurrency", 1)
+        if worker_id is not None:
+            _check_name(worker_id, "worker_id")
         from ._worker import Worker
 
         return Worker(

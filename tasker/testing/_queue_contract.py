@@ -11,12 +11,19 @@ heartbeat, finish (success, retry, dead, release), requeue, dispatch and the pas
 time (leases expire), checking every answer against the model. A backend that offers the
 optional ``finish_and_claim`` is checked on it too. The backend's coroutines run
 on an event loop in a helper thread (anyio's blocking portal), on ``anyio_backend``.
+
+Time: the machine passes ``now`` to every call, as the queue does with its reading of the
+backend's clock, and moves it forward itself. A backend must compare leases and due times
+with the ``now`` it is given, never with a clock of the calling process; its own clock,
+``time()``, is checked to be a plain, never-decreasing timestamp near the real time.
 """
 
 from __future__ import annotations
 
 import inspect
 import itertools
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,9 +59,15 @@ class _Task:
 
 
 def queue_backend_machine(
-    make_backend: Callable[[], Any], *, anyio_backend: str = "asyncio"
+    make_backend: Callable[[], Any],
+    *,
+    anyio_backend: str = "asyncio",
+    allow_fake_clock: bool = False,
 ) -> type[RuleBasedStateMachine]:
     """Build the state machine for backends made by ``make_backend`` (sync or async).
+
+    ``allow_fake_clock``: the backend's ``time()`` may be far from real time (a backend
+    built with a fake clock); it must still never go back.
 
     Returns:
         A ``RuleBasedStateMachine`` subclass; its ``TestCase`` attribute is a unittest case
@@ -68,6 +81,8 @@ def queue_backend_machine(
             self.portal: BlockingPortal = self._portal_cm.__enter__()
             self.backend = self.portal.call(_make, make_backend)
             self.now = 1_000_000.0
+            self.last_clock = -math.inf
+            self.fake_clock_allowed = allow_fake_clock
             self.tasks: dict[str, _Task] = {}
             self.ids = itertools.count()
 
@@ -296,6 +311,16 @@ def queue_backend_machine(
         @rule(seconds=st.sampled_from([1.0, 4.0, 6.0, 11.0, 31.0]))
         def time_passes(self, seconds: float) -> None:
             self.now += seconds
+
+        @rule()
+        def backend_clock(self) -> None:
+            reading = self.call("time")
+            assert isinstance(reading, float)
+            assert reading >= self.last_clock
+            # The backend's clock is real time somewhere (a server's, the machine's): within
+            # a day of this machine's, which a test server or a fake clock also satisfies.
+            assert abs(reading - time.time()) < 86400 or self.fake_clock_allowed
+            self.last_clock = reading
 
         # -- invariants ------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import pytest
 
 from tasker_pg import PostgresQueueBackend
 
-from ..queue_faults import check, run_faults
+from ..queue_faults import check, run_chains_under_kills, run_faults
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -54,4 +54,20 @@ async def test_pg_workers_survive_kill_term_skew_stop_and_terminated_connections
         terminate=terminate,
     )
     figures = check(fault)
-    print(json.dumps(figures))
+    print(json.dumps(figures))  # the figures for the closing note (pytest -s)
+
+
+async def test_pg_chains_and_groups_under_random_kills(
+    pg_dsn: str, schema: str, tmp_path: Path
+) -> None:
+    """Workers SIGKILLed at random points: each chain's next step is enqueued exactly once,
+    each group's callback exactly once, and every task succeeds once."""
+    backend = PostgresQueueBackend(pg_dsn, schema=schema)
+    await backend.migrate()
+    await backend.aclose()
+    figures = await run_chains_under_kills(
+        backend=lambda: PostgresQueueBackend(pg_dsn, schema=schema),
+        spec=lambda name: ["--backend", f"pg:{pg_dsn}", "--schema", schema],
+        out=tmp_path,
+    )
+    print(json.dumps(figures))  # the figures for the closing note (pytest -s)
