@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--skew", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=5)
     parser.add_argument("--lease", type=float, default=2.0)
+    parser.add_argument("--loop", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args()
     if args.skew:
         _skew(args.skew)
