@@ -266,16 +266,34 @@ class PostgresQueueBackend:
         """The server's clock (``clock_timestamp()``), as a POSIX timestamp.
 
         Read at most every ``clock_resync`` seconds; in between, the last reading plus the
-        local monotonic time since, so the local wall clock never matters.
+        local monotonic time since, so the local wall clock never matters. When a reading
+        fails after a first one succeeded, the last one is extrapolated the same way (until
+        the next attempt, ``clock_resync`` later).
+
+        Raises:
+            asyncpg.PostgresError, OSError: when the server's clock was never read and
+                cannot be read now.
         """
         local = time.monotonic()
         if self._clock is None or local - self._clock[1] >= self._clock_resync:
-            pool = await self._source.pool()
-            before = time.monotonic()
-            value: float = await pool.fetchval("select extract(epoch from clock_timestamp())")
-            after = time.monotonic()
-            # The server read its clock somewhere in the round trip: take the middle.
-            self._clock = (float(value), (before + after) / 2)
+            try:
+                pool = await self._source.pool()
+                before = time.monotonic()
+                value: float = await pool.fetchval(
+                    "select extract(epoch from clock_timestamp())"
+                )
+                after = time.monotonic()
+            except Exception as exc:
+                if self._clock is None:
+                    raise
+                # The last reading, advanced by the monotonic clock, is as good as a new one
+                # for a while: an outage must not make every caller wait for a connection.
+                reading, at = self._clock
+                self._clock = (reading + (local - at), local)
+                logger.debug("could not read the server's clock (%s); extrapolating", exc)
+            else:
+                # The server read its clock somewhere in the round trip: take the middle.
+                self._clock = (float(value), (before + after) / 2)
         reading, at = self._clock
         return reading + (time.monotonic() - at)
 

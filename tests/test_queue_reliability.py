@@ -437,3 +437,42 @@ def test_the_boot_clock_is_shared_and_monotonic() -> None:
     first = _machine_clock.boot_seconds()
     assert _machine_clock.boot_seconds() >= first
     assert _machine_clock.boot_id() == _machine_clock.boot_id()
+
+
+class ClockGoesAway(MemoryQueueBackend):
+    """The backend's clock answers once, then fails (an outage, for a remote clock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readings = 0
+
+    async def time(self) -> float:
+        self.readings += 1
+        if self.readings > 1:
+            raise OSError("connection refused")
+        return await super().time()
+
+
+async def test_a_worker_keeps_time_when_the_backend_clock_cannot_be_read() -> None:
+    """A worker extrapolates its last reading of the backend's clock instead of failing."""
+    backend = ClockGoesAway()
+    queue = Queue(backend)
+
+    @queue.task("t")
+    async def t(ctx: Context, n: int) -> int:
+        return n
+
+    await backend.enqueue(
+        [
+            tasker.queue.NewTask(
+                id=f"t{n}", name="t", queue="default", payload=b"1", run_at=0.0, created_at=0.0
+            )
+            for n in range(5)
+        ],
+        now=0.0,
+    )
+    async with Running(queue):
+        for n in range(5):
+            await until(lambda n=n: finished(queue, f"t{n}"))
+    assert backend.readings > 1
+    assert {(await queue.get(f"t{n}")).state for n in range(5)} == {TaskState.SUCCEEDED}  # type: ignore[union-attr]

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -215,6 +216,8 @@ class Queue:
         self._on_long_queue = on_long_queue
         self._long_queues: set[str] = set()
         self._handlers: dict[str, _Registration] = {}
+        # The last reading of the backend's clock, and the monotonic time it was made at.
+        self._clock: tuple[float, float] | None = None
 
     # -- registration --------------------------------------------------------------------
 
@@ -292,7 +295,17 @@ class Queue:
     # -- enqueueing ----------------------------------------------------------------------
 
     async def _now(self) -> float:
-        return await self.backend.time()
+        """The backend's clock; its last reading advanced by the monotonic clock when the
+        backend cannot be asked (a worker never fails for want of the time)."""
+        try:
+            reading = await self.backend.time()
+        except Exception:
+            if self._clock is None:
+                raise
+            last, at = self._clock
+            return last + (time.monotonic() - at)
+        self._clock = (reading, time.monotonic())
+        return reading
 
     def _serialize(self, name: str, value: Any) -> bytes:
         try:

@@ -122,6 +122,9 @@ class Worker:
         self._abandoned = False
         self._shielded: set[anyio.CancelScope] = set()
 
+    async def _now(self) -> float:
+        return await self.queue._now()
+
     def job(self) -> Job:
         async def worker_job(ctx: Context) -> None:
             await self.run(ctx)
@@ -206,7 +209,7 @@ class Worker:
                 continue
             self._reserved += free
             try:
-                now = await backend.time()
+                now = await self._now()
                 sent = time.monotonic()
                 claimed = await backend.claim(
                     self.queues, free, worker=self.worker_id, lease=self.lease, now=now
@@ -279,7 +282,7 @@ class Worker:
             with self._shield(_RELEASE_TIMEOUT) as scope:
                 self._shielded.add(scope)
                 try:
-                    now = await self.backend.time()
+                    now = await self._now()
                     outcomes = [
                         Outcome(
                             id=a.record.id,
@@ -330,7 +333,7 @@ class Worker:
         sent = time.monotonic()
         try:
             held = await self.backend.heartbeat(
-                self.worker_id, list(sent_to), lease=self.lease, now=await self.backend.time()
+                self.worker_id, list(sent_to), lease=self.lease, now=await self._now()
             )
         except Exception as exc:
             logger.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
@@ -410,7 +413,7 @@ class Worker:
         queue = self.queue
         record = attempt.record
         registration = queue._handlers.get(record.name)
-        started = await self.backend.time()
+        started = await self._now()
         child = ctx.child()
         scope = anyio.CancelScope()
         if self._cut_at is not None:
@@ -428,10 +431,10 @@ class Worker:
                 else:
                     result = await registration.handler(child, payload)
                 data = None if result is None else queue._serialize(record.name, result)
-                outcome = self._success(record, started, data, await self.backend.time())
+                outcome = self._success(record, started, data, await self._now())
             except Exception as exc:
                 backoff = registration.backoff if registration else None
-                outcome = self._failure(record, started, exc, backoff, await self.backend.time())
+                outcome = self._failure(record, started, exc, backoff, await self._now())
         if outcome is None:  # cut off by our own deadline
             if attempt.stopped:
                 self._forget(attempt, "after it was cancelled")
@@ -533,7 +536,7 @@ class Worker:
                 try:
                     claimed = await combined(
                         outcomes,
-                        now=await self.backend.time(),
+                        now=await self._now(),
                         queues=self.queues,
                         limit=free,
                         worker=self.worker_id,
@@ -591,7 +594,7 @@ class Worker:
                 self.worker_id,
                 [a.record.id for a in overdue],
                 lease=self.lease,
-                now=await self.backend.time(),
+                now=await self._now(),
             )
         except Exception:
             return reported  # cannot tell: the backend's owner check decides
@@ -618,7 +621,7 @@ class Worker:
         outage = 0
         while True:
             try:
-                await self.backend.finish(pending, now=await self.backend.time())
+                await self.backend.finish(pending, now=await self._now())
                 break
             except Exception as exc:
                 batch_error: Exception = exc
@@ -630,7 +633,7 @@ class Worker:
                     forms = forms[1:]  # the original just failed alone
                 for form in forms:
                     try:
-                        await self.backend.finish([form], now=await self.backend.time())
+                        await self.backend.finish([form], now=await self._now())
                     except Exception as exc:
                         batch_error = exc
                         continue

@@ -116,3 +116,26 @@ async def test_priorities_at_the_bounds_are_stored_on_postgres(
             while len(order) < 2:  # noqa: ASYNC110
                 await anyio.sleep(0.02)
     assert order == [1, -1]
+
+
+async def test_the_server_clock_is_extrapolated_when_it_cannot_be_read(
+    pg_dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After one reading, a failed resync extrapolates the last reading by the monotonic
+    clock (callers keep working through an outage); with no reading yet, it raises."""
+    backend = PostgresQueueBackend(pg_dsn, schema=schema, clock_resync=0)
+    try:
+        first = await backend.time()
+
+        async def down(*args: object) -> object:
+            raise OSError("connection refused")
+
+        monkeypatch.setattr(backend._source, "pool", down)
+        later = await backend.time()
+        assert 0 <= later - first < 1.0
+        fresh = PostgresQueueBackend(pg_dsn, schema=schema)
+        monkeypatch.setattr(fresh._source, "pool", down)
+        with pytest.raises(OSError, match="refused"):
+            await fresh.time()
+    finally:
+        await backend.aclose()
