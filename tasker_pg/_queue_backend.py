@@ -279,9 +279,7 @@ class PostgresQueueBackend:
             try:
                 pool = await self._source.pool()
                 before = time.monotonic()
-                value: float = await pool.fetchval(
-                    "select extract(epoch from clock_timestamp())"
-                )
+                value: float = await pool.fetchval("select extract(epoch from clock_timestamp())")
                 after = time.monotonic()
             except Exception as exc:
                 if self._clock is None:
