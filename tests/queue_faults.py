@@ -142,10 +142,13 @@ async def run_faults(
     def ended() -> int:
         return len({n for event, n, _, _ in _read(out) if event == "end"})
 
-    async def until(predicate: Callable[[], bool], timeout: float) -> None:
-        with anyio.fail_after(timeout):
-            while not predicate():  # noqa: ASYNC110 - the work is done by other processes
-                await anyio.sleep(0.02)
+    async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        try:
+            with anyio.fail_after(timeout):
+                while not predicate():  # noqa: ASYNC110 - the work is done by other processes
+                    await anyio.sleep(0.02)
+        except TimeoutError:
+            raise AssertionError(f"no {what} within {timeout} s ({ended()} tasks done)") from None
 
     began = _mono()
     try:
@@ -155,7 +158,7 @@ async def run_faults(
         fault.enqueued_delayed_at = _mono()
         for n in range(TASKS, TASKS + DELAYED):
             fault.ids[(await queue.enqueue("work", {"n": n, "sleep": 0.002}, delay=DELAY)).id] = n
-        await until(lambda: ended() >= 300, 60)
+        await until(lambda: ended() >= 300, 60, "300 tasks done")
         procs["w0"].send_signal(signal.SIGKILL)
 
         def slow_running(pid: int) -> bool:
@@ -164,7 +167,7 @@ async def run_faults(
             ends = Counter(n for e, n, p, _ in events if e == "end" and p == pid)
             return any(payloads[n]["sleep"] >= SLOW for n in starts - ends if n < TASKS)
 
-        await until(lambda: slow_running(fault.pids["w1"]), 30)
+        await until(lambda: slow_running(fault.pids["w1"]), 30, "slow task on w1")
         exited: list[float] = []
 
         def watch(proc: subprocess.Popen[str] = procs["w1"]) -> None:
@@ -176,17 +179,17 @@ async def run_faults(
         procs["w1"].send_signal(signal.SIGTERM)
         start("w4")
         if terminate is not None:
-            await until(lambda: ended() >= 700, 60)
+            await until(lambda: ended() >= 700, 60, "700 tasks done")
             assert await terminate("w2") >= 1
-        await until(lambda: ended() >= 1000, 60)
-        await until(lambda: bool(exited), 30)
+        await until(lambda: ended() >= 1000, 60, "1000 tasks done")
+        await until(lambda: bool(exited), 30, "exit of w1 after SIGTERM")
         fault.term_to_exit = exited[0] - termed
         fault.stopped_at = (_mono(), 0.0)
         procs["w2"].send_signal(signal.SIGSTOP)
         await anyio.sleep(STOP_FOR)
         procs["w2"].send_signal(signal.SIGCONT)
         fault.stopped_at = (fault.stopped_at[0], _mono())
-        await until(lambda: ended() >= TASKS + DELAYED, 120)
+        await until(lambda: ended() >= TASKS + DELAYED, 90, "every task done")
 
         async def recorded() -> bool:
             counts = await queue.backend.counts()

@@ -517,12 +517,13 @@ class Worker:
 
     async def _flush(self, reported: list[tuple[Outcome, _Attempt]]) -> None:
         reported = [(o, a) for o, a in reported if not self._discarded(a, "when it ended")]
-        reported = await self._check_overdue(reported)
         outcomes = [outcome for outcome, _ in reported]
         claimed: list[TaskRecord] = []
         recorded = False
         sent = time.monotonic()
         try:
+            reported = await self._check_overdue(reported)
+            outcomes = [outcome for outcome, _ in reported]
             if not outcomes:
                 recorded = True
                 return
