@@ -413,7 +413,9 @@ class Worker:
         queue = self.queue
         record = attempt.record
         registration = queue._handlers.get(record.name)
-        started = await self._now()
+        # One reading of the backend's clock per task, at its end; the start is that reading
+        # less the monotonic duration.
+        began = time.monotonic()
         child = ctx.child()
         scope = anyio.CancelScope()
         if self._cut_at is not None:
@@ -431,10 +433,13 @@ class Worker:
                 else:
                     result = await registration.handler(child, payload)
                 data = None if result is None else queue._serialize(record.name, result)
-                outcome = self._success(record, started, data, await self._now())
+                now = await self._now()
+                outcome = self._success(record, now - (time.monotonic() - began), data, now)
             except Exception as exc:
                 backoff = registration.backoff if registration else None
-                outcome = self._failure(record, started, exc, backoff, await self._now())
+                now = await self._now()
+                started = now - (time.monotonic() - began)
+                outcome = self._failure(record, started, exc, backoff, now)
         if outcome is None:  # cut off by our own deadline
             if attempt.stopped:
                 self._forget(attempt, "after it was cancelled")
