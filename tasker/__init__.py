@@ -20,6 +20,7 @@ from ._errors import JobTimeoutError, RestartLimitError, SignalInstallError, Tas
 from ._job import Job
 from ._main import main
 from ._memory_backend import MemoryLockerFactory, MemoryStateRepository
+from ._redact import RedactingFilter, redact_dsn
 from ._repeat import with_repeat
 from ._retry import with_restart, with_retry
 from ._run import run
@@ -42,6 +43,7 @@ __all__ = [
     "JobTimeoutError",
     "MemoryLockerFactory",
     "MemoryStateRepository",
+    "RedactingFilter",
     "RestartLimitError",
     "SQLiteStateRepository",
     "ScheduleState",
@@ -57,6 +59,7 @@ __all__ = [
     "main",
     "on_error",
     "queue",
+    "redact_dsn",
     "run",
     "schedule",
     "scheduled_slot",

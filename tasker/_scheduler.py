@@ -28,6 +28,7 @@ from ._backoff import Backoff
 from ._context import Context, StopReason, to_seconds
 from ._embedded import FileLockerFactory, SQLiteStateRepository, default_state_dir
 from ._job import Job, check_job, job_name
+from ._redact import redact_dsn
 from ._schedule_state import ScheduleState, check_name
 from ._stopping import Stopper, run_stoppable
 from .abc import Locker, LockerFactory, StateRepository
@@ -448,7 +449,10 @@ class Scheduler:
             next_due=next_due,
             last_started=started,
             last_finished=finished,
-            last_error=None if error is None else f"{type(error).__name__}: {error}"[:2000],
+            # Redacted before it is cut: a cut-off URL no longer shows where its password ends.
+            last_error=None
+            if error is None
+            else redact_dsn(f"{type(error).__name__}: {error}")[:2000],
             run_count=base.run_count + (error is None),
             failure_count=base.failure_count + (error is not None),
         )

@@ -7,7 +7,9 @@ once. Under trio every entry point raises :class:`AsyncioRequiredError`.
 
 from __future__ import annotations
 
-from ._connection import AsyncioRequiredError, redact_dsn
+from tasker import redact_dsn  # re-exported: it was tasker_pg's before tasker had one
+
+from ._connection import AsyncioRequiredError
 from ._locks import LockKeyCollisionError, PostgresLockerFactory, advisory_key
 from ._queue_backend import PostgresQueueBackend
 from ._setup import PostgresScheduler, scheduler
@@ -33,6 +35,6 @@ __all__ = [
 
 for _name in __all__:
     _obj = globals()[_name]
-    if hasattr(_obj, "__module__"):
+    if getattr(_obj, "__module__", "").startswith(f"{__name__}._"):  # not tasker's re-export
         _obj.__module__ = __name__
 del _name, _obj

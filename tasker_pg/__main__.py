@@ -1,7 +1,8 @@
 """``python -m tasker_pg migrate|status --dsn ...``: create the tables, show the schedules.
 
 The DSN comes from ``--dsn`` or the ``TASKER_PG_DSN`` environment variable (prefer the
-variable: command lines are visible to other users of the machine). It is never printed.
+variable: command lines are visible to other users of the machine). It is never printed
+unredacted, and neither is an error that quotes it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from urllib.parse import urlsplit
 
 import anyio
 
-from ._connection import PoolSource, redact_dsn
+from tasker import redact_dsn
+
+from ._connection import PoolSource
 from ._queue_backend import PostgresQueueBackend
 from ._state import PostgresStateRepository
 from ._status import format_status, status
@@ -51,16 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(anyio.run(run))  # noqa: T201 - a command-line tool prints its answer
     except Exception as exc:
-        message = f"error: {type(exc).__name__}: {exc}"
-        print(_scrub(message, args.dsn), file=sys.stderr)  # noqa: T201
+        message = redact_dsn(f"error: {type(exc).__name__}: {exc}")
+        print(message, file=sys.stderr)  # noqa: T201
         return 1
     return 0
-
-
-def _scrub(text: str, dsn: str) -> str:
-    """Hide the DSN's password in a driver message, should one ever quote it."""
-    password = urlsplit(dsn).password if "://" in dsn else None
-    return text.replace(password, "***") if password else text
 
 
 if __name__ == "__main__":

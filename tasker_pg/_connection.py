@@ -6,21 +6,23 @@ import logging
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
 import asyncpg
 
-from tasker import TaskerError
+from tasker import RedactingFilter, TaskerError, redact_dsn
 
 logger = logging.getLogger("tasker_pg")
+# Every tasker_pg module logs here; driver errors it logs may quote a DSN.
+logger.addFilter(RedactingFilter())
 
 __all__ = [
     "AsyncioRequiredError",
     "PoolSource",
     "check_asyncio",
+    "check_dsn",
     "quote_identifier",
-    "redact_dsn",
 ]
 
 #: Seconds a new connection may take (asyncpg's default is 60).
@@ -29,6 +31,7 @@ CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 30.0
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_PORT = re.compile(r"[0-9]*")
 
 
 class AsyncioRequiredError(TaskerError, RuntimeError):
@@ -67,18 +70,47 @@ def quote_identifier(name: str, what: str) -> str:
     return f'"{name}"'
 
 
-def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced by ``***`` (for reprs and messages)."""
+def check_dsn(dsn: str) -> None:
+    """Raise ValueError unless asyncpg can read ``dsn`` as the URL it appears to be.
+
+    asyncpg takes only URLs (``postgresql://user:password@host:port/dbname?option=value``),
+    not libpq's key=value form (``host=db user=app``): translating that form would mean
+    re-implementing libpq's keywords, and asyncpg sends any query option it does not know to
+    the server as a setting. A password holding a raw ``@``, ``/``, ``?`` or ``#`` is
+    rejected too: asyncpg would split the URL inside it and quote a piece of the password
+    in its error (``invalid literal for int() with base 10: 'pa'``). Every message shows the
+    DSN redacted.
+    """
+    shown = redact_dsn(dsn)
+    if not dsn.startswith(("postgres://", "postgresql://")):
+        raise ValueError(
+            "tasker_pg: expected a postgresql:// DSN or an asyncpg pool (asyncpg does not read"
+            f" libpq's key=value form), got {shown!r}"
+        )
     try:
         parts = urlsplit(dsn)
+        if parts.query:
+            parse_qs(parts.query, strict_parsing=True)
     except ValueError:
-        return "<unparseable dsn>"
-    if parts.password is None:
-        redacted = dsn
+        raise ValueError(f"tasker_pg: cannot parse the DSN {shown!r}") from None
+    hosts = parts.netloc.rpartition("@")[2]
+    if parts.netloc.count("@") > 1 or not all(map(_valid_host, hosts.split(","))):
+        raise ValueError(
+            f"tasker_pg: cannot parse the hosts of the DSN {shown!r}: a port is digits, and an"
+            " @ / ? # in the user name or password must be percent-encoded (%40 %2F %3F %23)"
+        )
+
+
+def _valid_host(spec: str) -> bool:
+    """Whether asyncpg reads ``spec`` as ``host[:port]`` or ``[v6][:port]`` (port digits)."""
+    if spec.startswith("["):
+        _, bracket, rest = spec.partition("]")
+        if not bracket or rest[:1] not in ("", ":"):
+            return False
+        port = rest[1:]
     else:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        redacted = urlunsplit(parts._replace(netloc=netloc))
-    return re.sub(r"(password=)[^&\s]*", r"\1***", redacted)
+        port = spec.partition(":")[2]
+    return _PORT.fullmatch(unquote(port)) is not None
 
 
 async def _light_reset(connection: asyncpg.Connection[Any]) -> None:
@@ -105,18 +137,16 @@ class PoolSource:
         server_settings: Mapping[str, str] | None = None,
     ) -> None:
         if isinstance(dsn_or_pool, str):
-            if not dsn_or_pool.startswith(("postgres://", "postgresql://")):
-                raise ValueError(
-                    "tasker_pg: expected a postgresql:// DSN or an asyncpg pool, got"
-                    f" {redact_dsn(dsn_or_pool)!r}"
-                )
+            check_dsn(dsn_or_pool)
             self._dsn: str | None = dsn_or_pool
             self._pool: asyncpg.Pool | None = None
         elif isinstance(dsn_or_pool, asyncpg.Pool):
             self._dsn, self._pool = None, dsn_or_pool
         else:
+            # The type only: the repr of a DSN as bytes or as a mapping shows its password.
             raise TypeError(
-                f"tasker_pg: expected a DSN string or an asyncpg pool, got {dsn_or_pool!r}"
+                "tasker_pg: expected a DSN string or an asyncpg pool, got"
+                f" {type(dsn_or_pool).__qualname__}"
             )
         self._sizes = (min_size, max_size)
         self._server_settings = dict(server_settings or {})
@@ -146,7 +176,7 @@ class PoolSource:
                         logger.info(
                             "tasker_pg: the server refused %s (%s); connecting without them",
                             ", ".join(sorted(self._server_settings)),
-                            exc,
+                            redact_dsn(str(exc)),
                         )
                         self._server_settings = {}
                         self._pool = await self._create_pool({})

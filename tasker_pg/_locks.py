@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from tasker import TaskerError
+from tasker import TaskerError, redact_dsn
 from tasker._schedule_state import check_name
 
 from ._connection import PoolSource, quote_identifier
@@ -129,7 +129,7 @@ class _PostgresLocker:
                     "lock %r: its connection stopped answering (%s: %s)",
                     self._name,
                     type(exc).__name__,
-                    exc,
+                    redact_dsn(str(exc)),
                 )
                 self._lost.set()
 
@@ -145,7 +145,11 @@ class _PostgresLocker:
             with anyio.fail_after(5):
                 await conn.fetchval("select pg_advisory_unlock($1)", self._key)
         except Exception as exc:
-            logger.warning("lock %r: unlock failed (%s); dropping the connection", self._name, exc)
+            logger.warning(
+                "lock %r: unlock failed (%s); dropping the connection",
+                self._name,
+                redact_dsn(str(exc)),
+            )
             await self._factory._discard(conn)  # closing the session releases the lock
             return
         self._factory._give_back(conn)

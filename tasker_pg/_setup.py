@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 import tasker
-from tasker import Backoff, CatchUp, Context, Job
+from tasker import Backoff, CatchUp, Context, Job, redact_dsn
 from tasker.schedule import Schedule
 
 from ._connection import PoolSource, check_asyncio
@@ -109,7 +109,7 @@ class PostgresScheduler(tasker.Scheduler):
                         "schedule %r: cannot check its lock key yet (%s: %s); retrying",
                         name,
                         type(exc).__name__,
-                        exc,
+                        redact_dsn(str(exc)),
                     )
             if not await ctx.sleep(self._preflight_backoff.delay(attempt)):
                 return False

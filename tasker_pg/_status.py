@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from tasker import redact_dsn
+
 from ._locks import advisory_key
 from ._state import PostgresStateRepository
 
@@ -111,7 +113,8 @@ def format_status(rows: list[ScheduleStatus]) -> str:
             "-"
             if r.lock_holder is None
             else f"pid {r.lock_holder.pid} {r.lock_holder.application_name}".strip(),
-            (r.last_error or "-")[:60],
+            # Rows written before errors were redacted may still quote a DSN; redact, then cut.
+            redact_dsn(r.last_error or "-")[:60],
         )
         for r in rows
     ]

@@ -476,3 +476,22 @@ async def test_a_worker_keeps_time_when_the_backend_clock_cannot_be_read() -> No
             await until(lambda n=n: finished(queue, f"t{n}"))
     assert backend.readings > 1
     assert {(await queue.get(f"t{n}")).state for n in range(5)} == {TaskState.SUCCEEDED}  # type: ignore[union-attr]
+
+
+async def test_a_password_in_a_failure_is_not_stored(kind: str, tmp_path: Path) -> None:
+    """A handler's error quoting a DSN is stored, in its message and traceback, redacted."""
+    queue = Queue(_backend(kind, tmp_path))
+
+    @queue.task("connect", max_attempts=1)
+    async def connect(ctx: Context, n: int) -> None:
+        raise ConnectionError("cannot reach postgresql://app:Zq9-s3cr3t@db:5432/app")
+
+    task = await queue.enqueue("connect", 0)
+    async with Running(queue):
+        await until(lambda: finished(queue, task.id))
+    info = await queue.get(task.id)
+    assert info is not None
+    assert info.error == "ConnectionError: cannot reach postgresql://app:***@db:5432/app"
+    assert info.traceback is not None
+    assert "Zq9-s3cr3t" not in info.traceback
+    assert "postgresql://app:***@db:5432/app" in info.traceback

@@ -19,6 +19,7 @@ from .._backoff import Backoff
 from .._context import Context, to_seconds
 from .._errors import TaskerError
 from .._job import Job, check_job, takes_argument
+from .._redact import redact_dsn
 from ._backend import QueueBackend
 from ._records import (
     GroupSpec,
@@ -747,14 +748,18 @@ def format_error(exc: BaseException) -> tuple[str, str]:
     """``"Type: message"`` and the formatted traceback of ``exc``, both storable.
 
     Never raises: an exception whose ``__str__`` fails, or whose text holds lone surrogates,
-    NUL bytes or megabytes, still gives a readable, storable pair.
+    NUL bytes or megabytes, still gives a readable, storable pair. A DSN's or URL's password
+    quoted in either is replaced by ``***`` (:func:`tasker.redact_dsn`): what a queue stores
+    is shown in status output and dashboards.
     """
     # Capped before escaping too: a 10 MB message must not be copied and escaped whole.
-    text = storable(f"{type(exc).__name__}: {_message(exc)[: ERROR_LIMIT * 2]}", ERROR_LIMIT)
+    # Redacted before the final cut: a cut-off URL no longer shows where its password ends.
+    text = f"{type(exc).__name__}: {_message(exc)[: ERROR_LIMIT * 2]}"
+    text = storable(redact_dsn(text), ERROR_LIMIT)
     try:
         trace = "".join(traceback.format_exception(exc))
     except Exception as failure:
         trace = f"<the traceback could not be formatted: {type(failure).__name__}>"
     if len(trace) > TRACEBACK_LIMIT * 2:
         trace = trace[-TRACEBACK_LIMIT * 2 :]
-    return text, storable(trace, TRACEBACK_LIMIT, tail=True)
+    return text, storable(redact_dsn(trace), TRACEBACK_LIMIT, tail=True)
