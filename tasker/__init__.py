@@ -8,27 +8,37 @@ from __future__ import annotations
 
 import contextlib
 
-from . import abc, queue, schedule
+# The families first: tasker.abc names their records (ScheduleState, the queue's records),
+# and the families implement tasker.abc's protocols.
+from . import schedule, scheduler  # isort: skip
+from . import abc, queue
 from ._asgi import ASGIApp, serve_asgi
 from ._backoff import Backoff
 from ._clock import Clock, SystemClock
 from ._combinators import concurrence, sequence
 from ._context import DEFAULT_GRACE, Context, StopReason
-from ._embedded import FileLockerFactory, SQLiteStateRepository
 from ._error_handling import ErrorHandler, ignore_error, on_error
 from ._errors import JobTimeoutError, RestartLimitError, SignalInstallError, TaskerError
 from ._job import Job
 from ._main import main
-from ._memory_backend import MemoryLockerFactory, MemoryStateRepository
 from ._redact import RedactingFilter, redact_dsn
 from ._repeat import with_repeat
 from ._retry import with_restart, with_retry
 from ._run import run
-from ._schedule_state import ScheduleState
-from ._scheduler import CatchUp, Scheduler, SchedulerStatistics, scheduled_slot
 from ._shutdown import with_shutdown
 from ._signals import with_signal_notify
 from ._timeout import with_timeout
+from .scheduler import (
+    CatchUp,
+    FileLockerFactory,
+    MemoryLockerFactory,
+    MemoryStateRepository,
+    Scheduler,
+    SchedulerStatistics,
+    ScheduleState,
+    SQLiteStateRepository,
+    scheduled_slot,
+)
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -63,6 +73,7 @@ __all__ = [
     "run",
     "schedule",
     "scheduled_slot",
+    "scheduler",
     "sequence",
     "serve_asgi",
     "with_repeat",

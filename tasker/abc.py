@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from ._schedule_state import ScheduleState
+from .scheduler._state import ScheduleState
 
 __all__ = ["Locker", "LockerFactory", "ScheduleState", "StateRepository"]
 

@@ -29,7 +29,7 @@ import anyio
 import asyncpg
 
 from tasker import TaskerError, redact_dsn
-from tasker._schedule_state import check_name
+from tasker.backends import check_schedule_name as check_name
 
 from ._connection import PoolSource, quote_identifier
 

@@ -30,6 +30,9 @@ from typing import Any
 import anyio
 import asyncpg
 
+from tasker.backends import LIVE_STATES, callback_from_json, callback_to_json, group_payload
+from tasker.backends import TASK_COLUMNS as COLUMNS
+from tasker.backends import task_record_from_row as record_from_row
 from tasker.queue import (
     EnqueueResult,
     GroupSpec,
@@ -39,13 +42,6 @@ from tasker.queue import (
     OutcomeKind,
     TaskRecord,
     TaskState,
-)
-from tasker.queue._rows import (
-    COLUMNS,
-    LIVE_STATES,
-    callback_from_json,
-    callback_to_json,
-    record_from_row,
 )
 
 from ._connection import PoolSource, quote_identifier
@@ -750,8 +746,6 @@ class PostgresQueueBackend:
             " where group_id = $1 order by group_index",
             group_id,
         )
-        from tasker.queue._memory import group_payload
-
         payload = group_payload([None if r[0] is None else bytes(r[0]) for r in results])
         await self._insert(conn, callback_from_json(callback, payload, now))
         return True

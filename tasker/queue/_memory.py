@@ -30,8 +30,9 @@ from ._records import (
     TaskRecord,
     TaskState,
 )
+from ._rows import group_payload
 
-__all__ = ["MemoryQueueBackend", "group_payload"]
+__all__ = ["MemoryQueueBackend"]
 
 
 def replace(record: TaskRecord, **changes: object) -> TaskRecord:
@@ -44,11 +45,6 @@ def replace(record: TaskRecord, **changes: object) -> TaskRecord:
 _FIELDS = tuple(TaskRecord.__dataclass_fields__)
 
 _LIVE = frozenset({TaskState.HELD, TaskState.QUEUED, TaskState.RUNNING})
-
-
-def group_payload(results: Sequence[bytes | None]) -> bytes:
-    """The callback payload of a group: a JSON array of the members' JSON results."""
-    return b"[" + b",".join(r if r is not None else b"null" for r in results) + b"]"
 
 
 def record_from_new(task: NewTask) -> TaskRecord:

@@ -474,7 +474,7 @@ class Queue:
         for step in steps:
             if step.name not in self._handlers:
                 raise UnknownTaskError(step.name)
-        rest = _encode_chain(steps[1:])
+        rest = encode_chain(steps[1:])
         now = await self._now()
         first = steps[0]
         task = self._new_task(
@@ -697,7 +697,8 @@ async def _call_hook(hook: Callable[..., object], *args: Any) -> None:
         logger.exception("queue hook %r failed", hook)
 
 
-def _encode_chain(steps: Sequence[Step]) -> bytes | None:
+def encode_chain(steps: Sequence[Step]) -> bytes | None:
+    """The rest of a chain, as stored with a task (None when nothing follows)."""
     if not steps:
         return None
     return json.dumps(

@@ -4,11 +4,19 @@ columns and their mapping to :class:`TaskRecord`, and a group callback stored as
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ._records import NewTask, TaskRecord, TaskState
 
-__all__ = ["COLUMNS", "LIVE_STATES", "callback_from_json", "callback_to_json", "record_from_row"]
+__all__ = [
+    "COLUMNS",
+    "LIVE_STATES",
+    "callback_from_json",
+    "callback_to_json",
+    "group_payload",
+    "record_from_row",
+]
 
 #: The task columns, in the order :func:`record_from_row` reads them.
 COLUMNS = (
@@ -65,6 +73,10 @@ def callback_to_json(task: NewTask) -> str:
 
 def callback_from_json(text: str, payload: bytes, now: float) -> NewTask:
     """The callback task to enqueue now, with the members' results as its payload."""
-    fields = json.loads(text)
-    fields.pop("run_at", None)  # stored by earlier versions; the callback runs now
-    return NewTask(payload=payload, run_at=now, **fields)
+    return NewTask(payload=payload, run_at=now, **json.loads(text))
+
+
+def group_payload(results: Sequence[bytes | None]) -> bytes:
+    """The callback payload of a group: a JSON array of the members' JSON results, in order
+    (``null`` for a member that died)."""
+    return b"[" + b",".join(r if r is not None else b"null" for r in results) + b"]"

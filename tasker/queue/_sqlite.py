@@ -21,10 +21,9 @@ from typing import Any
 
 import anyio
 
-from .._embedded import default_state_dir
 from .._sqlite_batch import BatchedConnection, open_database
+from .._state_dir import default_state_dir
 from ._machine_clock import boot_id, boot_seconds, read_anchor, translate
-from ._memory import group_payload
 from ._records import (
     EnqueueResult,
     GroupSpec,
@@ -35,7 +34,14 @@ from ._records import (
     TaskRecord,
     TaskState,
 )
-from ._rows import COLUMNS, LIVE_STATES, callback_from_json, callback_to_json, record_from_row
+from ._rows import (
+    COLUMNS,
+    LIVE_STATES,
+    callback_from_json,
+    callback_to_json,
+    group_payload,
+    record_from_row,
+)
 
 __all__ = ["SQLiteQueueBackend", "default_queue_path"]
 

@@ -40,7 +40,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._backoff import Backoff
 from .._context import Context, StopReason
 from .._job import Job
-from ._queue import ERROR_LIMIT, _encode_chain, decode_chain, format_error
+from ._queue import ERROR_LIMIT, decode_chain, encode_chain, format_error
 from ._records import NewTask, Outcome, OutcomeKind, TaskRecord
 
 if TYPE_CHECKING:
@@ -723,7 +723,7 @@ class Worker:
                     queue=head.queue,
                     max_attempts=head.max_attempts,
                     timeout=head.timeout,
-                    chain=_encode_chain(rest),
+                    chain=encode_chain(rest),
                     raw_payload=data if data is not None else queue._serialize(head.name, None),
                 ),
             )

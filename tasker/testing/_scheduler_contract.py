@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import anyio
 import pytest
 
-from .._schedule_state import ScheduleState
 from ..abc import LockerFactory, StateRepository
+from ..scheduler._state import ScheduleState
 
 __all__ = ["SchedulerBackendContract"]
 

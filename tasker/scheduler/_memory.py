@@ -6,7 +6,7 @@ from datetime import datetime
 
 import anyio
 
-from ._schedule_state import ScheduleState, check_name
+from ._state import ScheduleState, check_name
 
 __all__ = ["MemoryLockerFactory", "MemoryStateRepository"]
 

@@ -21,18 +21,12 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
-from ._schedule_state import ScheduleState, check_name
-from ._sqlite_batch import BatchedConnection, open_database
+from .._sqlite_batch import BatchedConnection, open_database
+from ._state import ScheduleState, check_name
 
-__all__ = ["DEFAULT_STATE_DIR", "FileLockerFactory", "SQLiteStateRepository", "default_state_dir"]
+__all__ = ["FileLockerFactory", "SQLiteStateRepository"]
 
-DEFAULT_STATE_DIR = ".tasker"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def default_state_dir() -> Path:
-    """``$TASKER_STATE_DIR`` if set, else ``./.tasker`` (relative to the working directory)."""
-    return Path(os.environ.get("TASKER_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
 def _lock_file_name(name: str) -> str:

@@ -24,15 +24,16 @@ from typing import Literal
 
 import anyio
 
-from ._backoff import Backoff
-from ._context import Context, StopReason, to_seconds
-from ._embedded import FileLockerFactory, SQLiteStateRepository, default_state_dir
-from ._job import Job, check_job, job_name
-from ._redact import redact_dsn
-from ._schedule_state import ScheduleState, check_name
-from ._stopping import Stopper, run_stoppable
-from .abc import Locker, LockerFactory, StateRepository
-from .schedule import Schedule
+from .._backoff import Backoff
+from .._context import Context, StopReason, to_seconds
+from .._job import Job, check_job, job_name
+from .._redact import redact_dsn
+from .._state_dir import default_state_dir
+from .._stopping import Stopper, run_stoppable
+from ..abc import Locker, LockerFactory, StateRepository
+from ..schedule import Schedule
+from ._embedded import FileLockerFactory, SQLiteStateRepository
+from ._state import ScheduleState, check_name
 
 __all__ = ["CatchUp", "Scheduler", "SchedulerStatistics", "scheduled_slot"]
 

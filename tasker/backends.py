@@ -1,0 +1,42 @@
+"""Building blocks for writing a backend: what tasker's own backends share.
+
+``tasker_pg`` is written on tasker's public API alone, and so can a backend of your own (SQL or
+message broker): the protocols are in :mod:`tasker.abc`, the records in :mod:`tasker.queue`,
+and the helpers they share here.
+
+- **Names**: :func:`check_schedule_name` (schedule names, as every state store must accept).
+- **SQL rows**: :data:`TASK_COLUMNS` and :func:`task_record_from_row` map a task row to a
+  :class:`tasker.queue.TaskRecord`; :data:`LIVE_STATES` are the states that hold a unique key;
+  :func:`callback_to_json` / :func:`callback_from_json` store a group's callback until the
+  group completes, and :func:`group_payload` builds its payload from the members' results.
+- **Chains**: :func:`encode_chain` / :func:`decode_chain`, the rest of a chain as stored with a
+  task.
+- **Errors**: :func:`format_error` and :func:`storable`, the storable ``"Type: message"`` and
+  traceback of a failure; :func:`redact_dsn`, a DSN's or URL's password hidden in any text.
+"""
+
+from __future__ import annotations
+
+from ._redact import redact_dsn
+from .queue._queue import decode_chain, encode_chain, format_error, storable
+from .queue._rows import COLUMNS as TASK_COLUMNS
+from .queue._rows import LIVE_STATES, callback_from_json, callback_to_json, group_payload
+from .queue._rows import record_from_row as task_record_from_row
+from .scheduler._state import MAX_NAME_LENGTH
+from .scheduler._state import check_name as check_schedule_name
+
+__all__ = [
+    "LIVE_STATES",
+    "MAX_NAME_LENGTH",
+    "TASK_COLUMNS",
+    "callback_from_json",
+    "callback_to_json",
+    "check_schedule_name",
+    "decode_chain",
+    "encode_chain",
+    "format_error",
+    "group_payload",
+    "redact_dsn",
+    "storable",
+    "task_record_from_row",
+]
