@@ -49,7 +49,7 @@ def open_database(path: Path) -> sqlite3.Connection:
 
 
 class _Call:
-    __slots__ = ("arg", "done", "error", "func", "result", "write")
+    __slots__ = ("arg", "done", "error", "func", "result", "withdrawn", "write")
 
     def __init__(self, func: Callable[[sqlite3.Connection, Any], Any], arg: Any, write: bool):
         self.func = func
@@ -58,6 +58,8 @@ class _Call:
         self.result: Any = None
         self.error: Exception | None = None
         self.done = anyio.Event()
+        #: Its caller gave up before the thread ran it: the thread skips it.
+        self.withdrawn = False
 
 
 class _Batch:
@@ -103,7 +105,9 @@ class BatchedConnection:
         self._after_lock = after_lock
         self._pending: list[_Call] = []
         self._draining = False
+        #: Batches sent and not yet run (counted by both threads, under ``_counter``).
         self._in_flight = 0
+        self._counter = threading.Lock()
         self._progress = anyio.Event()
         self._thread: _Thread | None = None
 
@@ -123,19 +127,22 @@ class BatchedConnection:
     ) -> R:
         """Run ``func(connection, arg)`` in the next batch; return its result or raise.
 
-        On cancellation: a call not yet sent to the database is withdrawn and never runs; a
-        call already sent may have happened or not, as with any cancelled database call,
-        and the other calls of its batch are answered all the same.
+        On cancellation: a call that has not started is withdrawn and never runs; a call
+        already running may have happened or not, as with any cancelled database call, and
+        the other calls of its batch are answered all the same.
         """
         call = _Call(func, arg, write)
         self._pending.append(call)
         try:
             while not call.done.is_set():
-                if self._draining:
-                    await self._progress.wait()
+                if self._pending and not self._draining:
+                    await self._drain()  # calls wait to be sent, and nobody sends them
                 else:
-                    await self._drain()
+                    await self._progress.wait()  # sent, or being sent: wait for an answer
         except BaseException:
+            # Given up: a call not yet run never runs (a race with the thread's start of
+            # its batch may still let it run, as with any cancelled database call).
+            call.withdrawn = True
             if call in self._pending:
                 self._pending.remove(call)
             raise
@@ -167,7 +174,8 @@ class BatchedConnection:
     def _send(self, batch: _Batch) -> None:
         if self._thread is None or not self._thread.thread.is_alive():
             self._thread = _Thread(self)
-        self._in_flight += 1
+        with self._counter:
+            self._in_flight += 1
         self._thread.jobs.put(batch)
 
     # -- the connection's thread -------------------------------------------------------
@@ -188,18 +196,22 @@ class BatchedConnection:
                 for item in batch.calls:
                     if item.error is None:
                         item.error = exc
+            with self._counter:
+                self._in_flight -= 1
             # RuntimeError: the event loop is gone, and nobody waits for the answer.
             with contextlib.suppress(RuntimeError):
                 anyio.from_thread.run_sync(self._answered, batch, token=batch.token)
 
     def _answered(self, batch: _Batch) -> None:
-        self._in_flight -= 1
         for item in batch.calls:
             item.done.set()
         batch.done.set()
         self._wake()
 
     def _run(self, connection: sqlite3.Connection, batch: list[_Call]) -> None:
+        batch = [c for c in batch if not c.withdrawn]
+        if not batch:
+            return
         write = any(c.write for c in batch)
         begun = time.monotonic()
         connection.execute("begin immediate" if write else "begin")
@@ -207,6 +219,8 @@ class BatchedConnection:
             if write and self._after_lock is not None:
                 self._after_lock(connection, time.monotonic() - begun)
             for call in batch:
+                if call.withdrawn:  # given up while this batch waited for the lock
+                    continue
                 connection.execute("savepoint call")
                 try:
                     call.result = call.func(connection, call.arg)

@@ -20,10 +20,11 @@ Design notes:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from tasker.queue import (
     OutcomeKind,
     TaskRecord,
     TaskState,
+    UnstorableRecordError,
 )
 
 from ._connection import PoolSource, quote_identifier
@@ -69,6 +71,17 @@ def _outcome_arrays(outcomes: Sequence[Outcome], now: float) -> tuple[list[Any],
         [o.finished_at for o in outcomes],
         [o.retry_at if o.retry_at is not None else now for o in outcomes],
     )
+
+
+@contextlib.contextmanager
+def _unstorable() -> Iterator[None]:
+    """Translate the server's refusal of a value (SQLSTATE class 22, data exceptions, or 54,
+    program limits such as a row too large) into tasker's ``UnstorableRecordError``: retrying
+    the same outcome fails the same way, so the worker stores it in a reduced form."""
+    try:
+        yield
+    except (asyncpg.exceptions.DataError, asyncpg.exceptions.ProgramLimitExceededError) as exc:
+        raise UnstorableRecordError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _filters(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
@@ -385,16 +398,26 @@ class PostgresQueueBackend:
     # -- claim, heartbeat, finish ----------------------------------------------------------
 
     async def claim(
-        self, queues: Sequence[str], limit: int, *, worker: str, lease: float, now: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        now: float,
+        exclude: Sequence[str] = (),
     ) -> list[TaskRecord]:
         """Lease due tasks with SKIP LOCKED, in one statement (one round trip).
 
         Expired leases (their worker died) come first: claimed again, or dead when that was
         their last attempt; then due queued tasks by priority. SKIP LOCKED throughout, so
         concurrent workers never wait on each other. An expired task of a group on its last
-        attempt is settled in a transaction of its own, with the group's callback.
+        attempt is settled in a transaction of its own, with the group's callback. Tasks in
+        ``exclude`` are never taken.
         """
-        return await self._claim(queues, limit, worker=worker, lease=lease, now=now, exclude=[])
+        return await self._claim(
+            queues, limit, worker=worker, lease=lease, now=now, exclude=list(exclude)
+        )
 
     async def _claim(
         self,
@@ -531,7 +554,8 @@ class PostgresQueueBackend:
         also enqueues the next step or the group's callback.
         """
         if outcomes:
-            await self._finish(outcomes, now=now, claim=None)
+            with _unstorable():
+                await self._finish(outcomes, now=now, claim=None)
 
     async def finish_and_claim(
         self,
@@ -542,28 +566,28 @@ class PostgresQueueBackend:
         limit: int,
         worker: str,
         lease: float,
+        exclude: Sequence[str] = (),
     ) -> list[TaskRecord]:
         """:meth:`finish`, then :meth:`claim`, in one statement (one round trip, one commit).
 
         A worker whose slots free up as its tasks end reports them and takes new ones at
-        once. The claim never takes a task of ``outcomes``.
+        once. The claim never takes a task of ``outcomes`` or ``exclude``.
         """
-        exclude = [o.id for o in outcomes]
+        skip = list(dict.fromkeys([*exclude, *(o.id for o in outcomes)]))
         if limit > 0 and not any(o.follow_ups for o in outcomes):
-            claimed, complete = await self._finish(
-                outcomes,
-                now=now,
-                claim=(list(dict.fromkeys(queues)), now, limit, worker, now + lease),
-            )
+            with _unstorable():
+                claimed, complete = await self._finish(
+                    outcomes,
+                    now=now,
+                    claim=(list(dict.fromkeys(queues)), now, limit, worker, now + lease, skip),
+                )
             if complete:
                 return claimed
         else:  # a chain step to enqueue: a transaction, then the claim
             await self.finish(outcomes, now=now)
         if limit <= 0:
             return []
-        return await self._claim(
-            queues, limit, worker=worker, lease=lease, now=now, exclude=exclude
-        )
+        return await self._claim(queues, limit, worker=worker, lease=lease, now=now, exclude=skip)
 
     async def _finish(
         self, outcomes: Sequence[Outcome], *, now: float, claim: tuple[Any, ...] | None
@@ -588,7 +612,7 @@ class PostgresQueueBackend:
             complete = not grouped
             claimed = _claimed(rows)
             if first["grouped"]:
-                await self._reap_grouped(claim[0], now, arrays[0])
+                await self._reap_grouped(claim[0], now, claim[5])
         elif simple:
             rows = await pool.fetch(self._finish_sql, *arrays)
             requeued = {row[1] for row in rows if row[2]}
@@ -656,11 +680,12 @@ class PostgresQueueBackend:
     @functools.cached_property
     def _finish_claim_sql(self) -> str:
         # One snapshot for both parts: a task requeued by an outcome here is claimable by
-        # the next claim, not this one; the outcomes' own tasks are excluded from the claim.
+        # the next claim, not this one; $16 (the outcomes' own tasks and the caller's
+        # exclusions) is excluded from the claim.
         return (
-            f"with{self._finish_ctes()},{self._claim_ctes(11, '$1', _UNGROUPED)}"  # noqa: S608 - validated identifiers
+            f"with{self._finish_ctes()},{self._claim_ctes(11, '$16', _UNGROUPED)}"  # noqa: S608 - validated identifiers
             f" select c.*, f.grouped, f.requeued, f.grouped_ids from (select"
-            f" {self._grouped_expired(11, '$1')},"
+            f" {self._grouped_expired(11, '$16')},"
             " (select array_agg(distinct queue) from held where kind in ('retry', 'released'))"
             " as requeued,"
             " (select array_agg(id) from held where group_id is not null) as grouped_ids) f"

@@ -108,7 +108,8 @@ def main() -> None:
         _skew(args.skew)
     queue = build(backend_for(args.backend, args.schema), args.out)
     print("ready", flush=True)
-    tasker.main(queue.worker(concurrency=args.concurrency, lease=args.lease, poll=0.5), grace=10)
+    worker = queue.worker(concurrency=args.concurrency, lease=args.lease, poll=0.5)
+    tasker.main(worker, grace=10, backend=args.loop)
 
 
 if __name__ == "__main__":

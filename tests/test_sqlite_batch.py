@@ -61,3 +61,50 @@ async def test_calls_of_one_turn_share_a_batch_and_a_failure_undoes_only_itself(
     # Closing is not the end: the next call opens the file again and sees the same rows.
     assert len(await db.call(_keys, write=False)) == 9
     db.close()
+
+
+def _hold_write_lock(path: Path) -> sqlite3.Connection:
+    """Another connection (another process, say) holding SQLite's write lock."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("begin immediate")
+    return other
+
+
+async def test_a_call_given_up_while_its_batch_waits_for_the_lock_never_runs(
+    tmp_path: Path,
+) -> None:
+    """Cancelled while the database is locked by someone else: the insert is withdrawn, and
+    a call of the same batch whose caller still waits is answered once the lock is free."""
+    path = tmp_path / "db.sqlite3"
+    db = _database(path)
+    await db.call(_keys, write=False)  # open and create the table
+    other = _hold_write_lock(path)
+    answers: dict[str, object] = {}
+    drains = 0
+    drain = db._drain
+
+    async def counted() -> None:
+        nonlocal drains
+        drains += 1
+        await drain()
+
+    db._drain = counted  # type: ignore[method-assign]
+
+    async def patient() -> None:
+        answers["patient"] = await db.call(_insert, "kept", write=True)
+
+    async def impatient() -> None:
+        with anyio.move_on_after(0.2):
+            await db.call(_insert, "withdrawn", write=True)
+
+    async with anyio.create_task_group() as tg:
+        # Both calls are sent in one turn: one batch, drained by the impatient caller.
+        tg.start_soon(impatient)
+        tg.start_soon(patient)
+        await anyio.sleep(0.7)  # the patient caller waits; it must not spin meanwhile
+        assert drains <= 3
+        other.execute("commit")
+    other.close()
+    assert answers == {"patient": "kept"}
+    assert await db.call(_keys, write=False) == ["kept"]
+    db.close()

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from ._backend import QueueBackend
 from ._memory import MemoryQueueBackend
-from ._queue import Enqueued, Handler, PayloadError, Queue, Step, TaskInfo, UnknownTaskError
+from ._queue import (
+    Enqueued,
+    Handler,
+    PayloadError,
+    Queue,
+    Step,
+    TaskInfo,
+    UnknownTaskError,
+    UnstorableRecordError,
+)
 from ._records import (
     EnqueueResult,
     GroupSpec,
@@ -44,6 +53,7 @@ __all__ = [
     "TaskRecord",
     "TaskState",
     "UnknownTaskError",
+    "UnstorableRecordError",
 ]
 
 for _name in __all__:

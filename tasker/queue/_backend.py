@@ -7,9 +7,10 @@ enqueued in the same transaction that records its predecessor's success; a group
 is enqueued exactly once, when its last member finishes.
 
 Optional: a backend may also offer ``finish_and_claim(outcomes, *, now, queues, limit,
-worker, lease) -> list[TaskRecord]``, the same as ``finish`` then ``claim`` (which never
-takes a task of ``outcomes``) in one round trip. Workers use it when it is there: a flush
-of outcomes then refills the slots it frees. The contract suite checks it when present.
+worker, lease, exclude=()) -> list[TaskRecord]``, the same as ``finish`` then ``claim``
+(which never takes a task of ``outcomes`` or ``exclude``) in one round trip. Workers use
+it when it is there: a flush of outcomes then refills the slots it frees. The contract
+suite checks it when present.
 
 **One clock: the backend's.** Leases and due times are compared on one clock shared by
 every worker and producer, never on each process's own wall clock (a worker whose clock
@@ -65,14 +66,23 @@ class QueueBackend(Protocol):
         ...
 
     async def claim(
-        self, queues: Sequence[str], limit: int, *, worker: str, lease: float, now: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        now: float,
+        exclude: Sequence[str] = (),
     ) -> list[TaskRecord]:
         """Lease up to ``limit`` due tasks of ``queues`` to ``worker`` for ``lease`` seconds.
 
         Due: queued with ``run_at <= now``, or running with an expired lease (its worker
         died; the attempt it made counts). Highest priority first, then oldest ``run_at``.
         Each claim counts one attempt. A task whose expired lease used its last attempt
-        becomes dead instead of being claimed.
+        becomes dead instead of being claimed. A task in ``exclude`` is never taken (nor
+        made dead): a worker excludes the tasks it still runs, so that it never takes back
+        its own expired lease while the attempt that holds it is still running.
         """
         ...
 

@@ -21,10 +21,19 @@ the clock; processes started after a step then disagree by that step.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
-__all__ = ["REANCHOR_AFTER", "boot_id", "boot_seconds", "read_anchor", "translate"]
+__all__ = [
+    "REANCHOR_AFTER",
+    "boot_id",
+    "boot_seconds",
+    "read_anchor",
+    "shift",
+    "stalled",
+    "translate",
+]
 
 #: Seconds between the wall clock and the queue's clock that make an idle queue re-anchor.
 REANCHOR_AFTER = 1.0
@@ -72,13 +81,30 @@ def read_anchor(db: sqlite3.Connection, current_boot: str | None) -> float:
     return anchor
 
 
-def translate(db: sqlite3.Connection, now: float, anchor: float | None) -> float:
-    """``now`` read with ``anchor``, on the clock as the database holds it now.
+#: Seconds this thread's current batch waited for the write lock, when that was a stall.
+_stall = threading.local()
 
-    A reading made before another process re-anchored the clock is moved by the change, so
-    a lease is never set (or compared) on a stale timeline.
+
+def stalled(seconds: float) -> None:
+    """Note that the current batch (in this thread) waited ``seconds`` for the write lock."""
+    _stall.seconds = seconds
+
+
+def shift(db: sqlite3.Connection, anchor: float | None) -> float:
+    """How far a reading made with ``anchor`` is behind the clock as the database holds it.
+
+    A reading made before another process re-anchored the clock is moved by the change, and
+    one made before a stall of the write lock by the stall (it was taken before the wait),
+    so a lease is never set, nor compared, on a stale timeline.
     """
-    if anchor is None:
-        return now
-    row = db.execute("select anchor from queue_clock").fetchone()
-    return now if row is None else now + (float(row[0]) - anchor)
+    delta = float(getattr(_stall, "seconds", 0.0))
+    if anchor is not None:
+        row = db.execute("select anchor from queue_clock").fetchone()
+        if row is not None:
+            delta += float(row[0]) - anchor
+    return delta
+
+
+def translate(db: sqlite3.Connection, now: float, anchor: float | None) -> float:
+    """``now``, read with ``anchor``, on the clock as the database holds it (see :func:`shift`)."""
+    return now + shift(db, anchor)

@@ -155,10 +155,17 @@ class MemoryQueueBackend:
         return results
 
     async def claim(
-        self, queues: Sequence[str], limit: int, *, worker: str, lease: float, now: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        now: float,
+        exclude: Sequence[str] = (),
     ) -> list[TaskRecord]:
-        """Lease due tasks, expired leases first."""
-        return self._claim(queues, limit, worker, lease, now, frozenset())
+        """Lease due tasks, expired leases first (never those in ``exclude``)."""
+        return self._claim(queues, limit, worker, lease, now, frozenset(exclude))
 
     async def finish_and_claim(
         self,
@@ -169,10 +176,12 @@ class MemoryQueueBackend:
         limit: int,
         worker: str,
         lease: float,
+        exclude: Sequence[str] = (),
     ) -> list[TaskRecord]:
-        """:meth:`finish`, then :meth:`claim` (never of ``outcomes``)."""
+        """:meth:`finish`, then :meth:`claim` (never of ``outcomes`` or ``exclude``)."""
         await self.finish(outcomes, now=now)
-        return self._claim(queues, limit, worker, lease, now, frozenset(o.id for o in outcomes))
+        skip = frozenset(exclude).union(o.id for o in outcomes)
+        return self._claim(queues, limit, worker, lease, now, skip)
 
     def _claim(
         self,

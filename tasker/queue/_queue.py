@@ -38,6 +38,7 @@ __all__ = [
     "Step",
     "TaskInfo",
     "UnknownTaskError",
+    "UnstorableRecordError",
 ]
 
 logger = logging.getLogger("tasker.queue")
@@ -74,6 +75,29 @@ class PayloadError(TaskerError, TypeError):
         self.name = name
         self.reason = reason
         super().__init__(f"payload of task {name!r} cannot be serialised: {reason}")
+
+
+class UnstorableRecordError(TaskerError, ValueError):
+    """A backend cannot store a record as it was given: its data, not the backend, is at fault.
+
+    Raised by a backend (translated from its driver's data errors) so that the worker knows
+    that retrying the same record fails the same way: the worker then stores the outcome in a
+    reduced form instead of waiting for the backend as in an outage.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the backend cannot store this record: {reason}")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the record is at fault (retrying it unchanged would fail again).
+
+    :class:`UnstorableRecordError`, and the builtin errors of bad values (``ValueError``,
+    ``TypeError``, ``UnicodeError``, ``OverflowError``) that drivers raise when they cannot
+    encode a value; never an ``OSError`` (a connection that failed).
+    """
+    return isinstance(exc, ValueError | TypeError | OverflowError) and not isinstance(exc, OSError)
 
 
 def _check_name(value: object, what: str) -> str:

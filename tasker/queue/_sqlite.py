@@ -12,6 +12,7 @@ commits through ``PRAGMA data_version``, checked every 20 ms while a worker is i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sqlite3
@@ -23,7 +24,8 @@ import anyio
 
 from .._sqlite_batch import BatchedConnection, open_database
 from .._state_dir import default_state_dir
-from ._machine_clock import boot_id, boot_seconds, read_anchor, translate
+from ._machine_clock import boot_id, boot_seconds, read_anchor, shift, stalled, translate
+from ._queue import UnstorableRecordError
 from ._records import (
     EnqueueResult,
     GroupSpec,
@@ -101,6 +103,26 @@ _STALL = 1.0
 _ANCHOR_REFRESH = 10.0
 
 
+def _shifted_task(task: NewTask, delta: float) -> NewTask:
+    return dataclasses.replace(
+        task,
+        run_at=task.run_at + delta,
+        created_at=task.created_at + delta,
+        unique_until=None if task.unique_until is None else task.unique_until + delta,
+    )
+
+
+def _shifted_outcome(outcome: Outcome, delta: float) -> Outcome:
+    return dataclasses.replace(
+        outcome,
+        started_at=outcome.started_at + delta,
+        finished_at=outcome.finished_at + delta,
+        retry_at=None if outcome.retry_at is None else outcome.retry_at + delta,
+        result_expires=None if outcome.result_expires is None else outcome.result_expires + delta,
+        follow_ups=tuple(_shifted_task(t, delta) for t in outcome.follow_ups),
+    )
+
+
 def default_queue_path() -> Path:
     """``$TASKER_STATE_DIR/queue.sqlite3``, or ``./.tasker/queue.sqlite3``."""
     return default_state_dir() / "queue.sqlite3"
@@ -151,6 +173,7 @@ class SQLiteQueueBackend:
         nothing about their workers. They are moved on by the stall's length, once for all
         processes (``shifted_through``), and their owners renew them in their next batch.
         """
+        stalled(waited if waited >= _STALL else 0.0)
         if waited < _STALL:
             return
         row = db.execute("select anchor, shifted_through from queue_clock").fetchone()
@@ -204,9 +227,17 @@ class SQLiteQueueBackend:
 
     @classmethod
     def _enqueue(
-        cls, db: sqlite3.Connection, arg: tuple[Sequence[NewTask], GroupSpec | None, float]
+        cls,
+        db: sqlite3.Connection,
+        arg: tuple[Sequence[NewTask], GroupSpec | None, float, float | None],
     ) -> list[EnqueueResult]:
-        tasks, group, now = arg
+        tasks, group, now, anchor = arg
+        delta = shift(db, anchor)
+        if delta:  # read on a stale timeline: move the tasks' times onto the current one
+            now += delta
+            tasks = [_shifted_task(t, delta) for t in tasks]
+            if group is not None and group.callback is not None:
+                group = dataclasses.replace(group, callback=_shifted_task(group.callback, delta))
         results = []
         for task in tasks:
             if task.unique_key is not None:
@@ -311,8 +342,14 @@ class SQLiteQueueBackend:
         return {row[0] for row in rows}
 
     @classmethod
-    def _finish(cls, db: sqlite3.Connection, arg: tuple[Sequence[Outcome], float]) -> bool:
-        outcomes, now = arg
+    def _finish(
+        cls, db: sqlite3.Connection, arg: tuple[Sequence[Outcome], float, float | None]
+    ) -> bool:
+        outcomes, now, anchor = arg
+        delta = shift(db, anchor)
+        if delta:  # read on a stale timeline: move the outcome's times onto the current one
+            now += delta
+            outcomes = [_shifted_outcome(o, delta) for o in outcomes]
         requeued = False
         for outcome in outcomes:
             row = db.execute(
@@ -408,7 +445,9 @@ class SQLiteQueueBackend:
         See ``tasker.queue._machine_clock``: the wall clock at boot-time zero is stored per
         boot, and every process of the machine advances it by the same boot-time clock.
         """
-        if boot_seconds() - self._anchor_read >= _ANCHOR_REFRESH or self._anchor is None:
+        # Without a boot id the anchor is this process's own, taken once (see _machine_clock).
+        refresh = self._boot is not None and boot_seconds() - self._anchor_read >= _ANCHOR_REFRESH
+        if self._anchor is None or refresh:
             self._anchor = await self._call(read_anchor, self._boot)
             self._anchor_read = boot_seconds()
         return self._anchor + boot_seconds()
@@ -417,16 +456,26 @@ class SQLiteQueueBackend:
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
     ) -> list[EnqueueResult]:
         """Store tasks in one transaction; deduplicate unique keys."""
-        results: list[EnqueueResult] = await self._call(self._enqueue, (tasks, group, now))
+        results: list[EnqueueResult] = await self._call(
+            self._enqueue, (tasks, group, now, self._anchor)
+        )
         self._notify()
         return results
 
     async def claim(
-        self, queues: Sequence[str], limit: int, *, worker: str, lease: float, now: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        now: float,
+        exclude: Sequence[str] = (),
     ) -> list[TaskRecord]:
-        """Lease due tasks (expired leases first) under SQLite's write lock."""
+        """Lease due tasks (expired leases first, never those in ``exclude``) under SQLite's
+        write lock."""
         result: list[TaskRecord] = await self._call(
-            self._claim, (list(queues), limit, worker, lease, now, (), self._anchor)
+            self._claim, (list(queues), limit, worker, lease, now, list(exclude), self._anchor)
         )
         return result
 
@@ -441,7 +490,11 @@ class SQLiteQueueBackend:
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
         """Record outcomes, follow-ups and group callbacks in one transaction."""
-        if await self._call(self._finish, (list(outcomes), now)):
+        try:
+            notify = await self._call(self._finish, (list(outcomes), now, self._anchor))
+        except sqlite3.DataError as exc:  # a value too big for SQLite: it fails every time
+            raise UnstorableRecordError(f"{type(exc).__name__}: {exc}") from exc
+        if notify:
             self._notify()
 
     async def finish_and_claim(
@@ -453,17 +506,22 @@ class SQLiteQueueBackend:
         limit: int,
         worker: str,
         lease: float,
+        exclude: Sequence[str] = (),
     ) -> list[TaskRecord]:
-        """:meth:`finish`, then :meth:`claim` (never of ``outcomes``), in one transaction."""
-        exclude = [o.id for o in outcomes]
+        """:meth:`finish`, then :meth:`claim` (never of ``outcomes`` or ``exclude``), in one
+        transaction."""
+        skip = list(dict.fromkeys([*exclude, *(o.id for o in outcomes)]))
         anchor = self._anchor
 
         def both(db: sqlite3.Connection, _: object) -> tuple[bool, list[TaskRecord]]:
-            notify = self._finish(db, (list(outcomes), now))
-            claimed = self._claim(db, (list(queues), limit, worker, lease, now, exclude, anchor))
+            notify = self._finish(db, (list(outcomes), now, anchor))
+            claimed = self._claim(db, (list(queues), limit, worker, lease, now, skip, anchor))
             return notify, claimed
 
-        notify, claimed = await self._call(both)
+        try:
+            notify, claimed = await self._call(both)
+        except sqlite3.DataError as exc:  # a value too big for SQLite: it fails every time
+            raise UnstorableRecordError(f"{type(exc).__name__}: {exc}") from exc
         if notify:
             self._notify()
         result: list[TaskRecord] = claimed

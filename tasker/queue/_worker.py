@@ -40,7 +40,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._backoff import Backoff
 from .._context import Context, StopReason
 from .._job import Job
-from ._queue import ERROR_LIMIT, decode_chain, encode_chain, format_error
+from ._queue import ERROR_LIMIT, decode_chain, encode_chain, format_error, is_data_error
 from ._records import NewTask, Outcome, OutcomeKind, TaskRecord
 
 if TYPE_CHECKING:
@@ -121,6 +121,9 @@ class Worker:
         self._give_up_at: float | None = None
         self._abandoned = False
         self._shielded: set[anyio.CancelScope] = set()
+        # The claim loop's scope (made in the event loop, by ``run``): cut at the stop
+        # deadline if a backend call holds it up.
+        self._claims: anyio.CancelScope | None = None
 
     async def _now(self) -> float:
         return await self.queue._now()
@@ -139,6 +142,7 @@ class Worker:
         # per queue task would cost more than the task itself (anyio's start_soon, ~16 us).
         send, receive = anyio.create_memory_object_stream[_Attempt](math.inf)
         self._ctx, self._send = ctx, send
+        self._claims = claims = anyio.CancelScope()
         stopping = lambda: self._on_stop(ctx)  # noqa: E731
         if ctx.done:
             self._on_stop(ctx)
@@ -153,7 +157,8 @@ class Worker:
                 receive.close()
                 try:
                     async with send:
-                        await self._claim_loop(ctx, send)
+                        with claims:
+                            await self._claim_loop(ctx, send)
                     # Shutdown: no more claims; runners finish what runs and hand back what
                     # had not started; the heartbeat keeps the leases meanwhile.
                     while self.running:
@@ -174,6 +179,10 @@ class Worker:
         margin = min(_STOP_MARGIN, ctx.grace * 0.2)
         self._cut_at = now + ctx.grace - margin
         self._give_up_at = now + ctx.grace - margin * 0.25
+        # A claim (or a wait) still held up by the backend when running tasks are cut: give
+        # it up too (what it claims after all is handed back, or expires, uncounted or not).
+        if self._claims is not None:
+            self._claims.deadline = min(self._claims.deadline, self._cut_at)
         for attempt in self.running.values():
             if attempt.scope is not None:
                 attempt.scope.deadline = min(attempt.scope.deadline, self._cut_at)
@@ -211,8 +220,15 @@ class Worker:
             try:
                 now = await self._now()
                 sent = time.monotonic()
+                # Never our own tasks: a lease of ours that expired while its attempt still
+                # runs (a paused loop) must not start a second attempt beside it.
                 claimed = await backend.claim(
-                    self.queues, free, worker=self.worker_id, lease=self.lease, now=now
+                    self.queues,
+                    free,
+                    worker=self.worker_id,
+                    lease=self.lease,
+                    now=now,
+                    exclude=list(self.running),
                 )
                 if outage:
                     logger.warning("worker %s: backend reachable again", self.worker_id)
@@ -331,12 +347,17 @@ class Worker:
         if not sent_to:
             return
         sent = time.monotonic()
-        try:
-            held = await self.backend.heartbeat(
-                self.worker_id, list(sent_to), lease=self.lease, now=await self._now()
-            )
-        except Exception as exc:
-            logger.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+        held: set[str] | None = None
+        # A heartbeat that hangs (a connection gone silent) is a failed one: the next check
+        # must still find the overdue leases.
+        with anyio.move_on_after(self.lease / 3):
+            try:
+                held = await self.backend.heartbeat(
+                    self.worker_id, list(sent_to), lease=self.lease, now=await self._now()
+                )
+            except Exception as exc:
+                logger.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+        if held is None:
             self._stop_overdue()
             return
         for task_id, attempt in sent_to.items():
@@ -441,9 +462,9 @@ class Worker:
                 started = now - (time.monotonic() - began)
                 outcome = self._failure(record, started, exc, backoff, now)
         if outcome is None:  # cut off by our own deadline
-            if attempt.stopped:
+            if attempt.lost:
                 self._forget(attempt, "after it was cancelled")
-            else:  # the shutdown's: hand it back, uncounted
+            else:  # the shutdown's, or a lease not renewed in time: hand it back, uncounted
                 await self._release([attempt])
             return
         if attempt.lost:
@@ -547,6 +568,7 @@ class Worker:
                         limit=free,
                         worker=self.worker_id,
                         lease=self.lease,
+                        exclude=list(self.running),
                     )
                     recorded = True
                 except Exception as exc:
@@ -618,10 +640,11 @@ class Worker:
     async def _record(self, outcomes: list[Outcome]) -> bool:
         """Record ``outcomes``, isolating any the backend cannot store; False if stopped.
 
-        A batch that fails is tried one outcome at a time, and an outcome that fails alone
-        in ever plainer forms (:meth:`_reduced`). Only when even the plainest form of one
-        fails is the backend down: then the rest is retried with backoff until it is back or
-        the worker's stop deadline passes.
+        A batch refused for its data (:func:`is_data_error`: the backend raised
+        ``UnstorableRecordError`` or a bad-value error) is tried one outcome at a time, and an
+        outcome refused alone in ever plainer forms (:meth:`_reduced`). Any other error is an
+        outage: the rest is retried with backoff until the backend is back or the worker's
+        stop deadline passes; an outage never turns an outcome into its reduced form.
         """
         pending = outcomes
         outage = 0
@@ -630,45 +653,19 @@ class Worker:
                 await self.backend.finish(pending, now=await self._now())
                 break
             except Exception as exc:
-                batch_error: Exception = exc
-            remaining: list[Outcome] = []
-            down = False
-            for index, outcome in enumerate(pending):
-                forms = self._reduced(outcome, batch_error)
-                if len(pending) == 1:
-                    forms = forms[1:]  # the original just failed alone
-                for form in forms:
-                    try:
-                        await self.backend.finish([form], now=await self._now())
-                    except Exception as exc:
-                        batch_error = exc
-                        continue
-                    if form is not outcome:
-                        logger.error(
-                            "worker %s: the outcome of task %s could not be stored as it was"
-                            " (%s: %s); stored it in a reduced form",
-                            self.worker_id,
-                            outcome.id,
-                            type(batch_error).__name__,
-                            batch_error,
-                        )
+                error: Exception = exc
+            if is_data_error(error):
+                pending = await self._isolate(pending, error)
+                if not pending:
                     break
-                else:
-                    down = True
-                if down:
-                    remaining = pending[index:]
-                    break
-            if not remaining:
-                break
-            pending = remaining
             outage += 1
             if outage == 1:
                 logger.warning(
                     "worker %s: cannot record %d task(s) yet (%s: %s); retrying",
                     self.worker_id,
                     len(pending),
-                    type(batch_error).__name__,
-                    batch_error,
+                    type(error).__name__,
+                    error,
                 )
             delay = _BACKEND_BACKOFF.delay(outage)
             if self._give_up_at is not None:
@@ -680,6 +677,41 @@ class Worker:
         if outage:
             logger.warning("worker %s: recorded the outcomes held back", self.worker_id)
         return True
+
+    async def _isolate(self, pending: list[Outcome], error: Exception) -> list[Outcome]:
+        """Record a refused batch one outcome at a time; return what an outage held back."""
+        for index, outcome in enumerate(pending):
+            forms = self._reduced(outcome, error)
+            if len(pending) == 1:
+                forms = forms[1:]  # the original was just refused alone
+            for form in forms:
+                try:
+                    await self.backend.finish([form], now=await self._now())
+                except Exception as exc:
+                    if not is_data_error(exc):
+                        return pending[index:]  # an outage: the rest waits for the backend
+                    error = exc
+                    continue
+                if form is not outcome:
+                    logger.error(
+                        "worker %s: the outcome of task %s could not be stored as it was"
+                        " (%s: %s); stored it in a reduced form",
+                        self.worker_id,
+                        outcome.id,
+                        type(error).__name__,
+                        error,
+                    )
+                break
+            else:
+                logger.error(
+                    "worker %s: no form of the outcome of task %s can be stored (%s: %s); its"
+                    " lease will expire and it will run again",
+                    self.worker_id,
+                    outcome.id,
+                    type(error).__name__,
+                    error,
+                )
+        return []
 
     def _reduced(self, outcome: Outcome, error: Exception) -> list[Outcome]:
         """``outcome``, then with its texts in plain ASCII, then a bare dead letter."""

@@ -145,15 +145,25 @@ def queue_backend_machine(
             worker=st.sampled_from(WORKERS),
             limit=st.integers(1, 3),
             queues=st.sampled_from([("q1",), ("q2",), QUEUES]),
+            own=st.booleans(),
         )
-        def claim(self, worker: str, limit: int, queues: tuple[str, ...]) -> None:
+        def claim(self, worker: str, limit: int, queues: tuple[str, ...], own: bool) -> None:
+            # As a worker does: exclude the tasks it holds (expired leases included).
+            exclude = frozenset(t.id for t in self.tasks.values() if own and t.owner == worker)
             self._claim_and_check(
                 worker,
                 limit,
                 queues,
                 lambda: self.call(
-                    "claim", list(queues), limit, worker=worker, lease=LEASE, now=self.now
+                    "claim",
+                    list(queues),
+                    limit,
+                    worker=worker,
+                    lease=LEASE,
+                    now=self.now,
+                    exclude=sorted(exclude),
                 ),
+                exclude=exclude,
             )
 
         def _claim_and_check(
