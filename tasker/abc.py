@@ -1,20 +1,62 @@
-"""The protocols a Scheduler backend implements.
+"""The protocols a backend implements: the Scheduler's and the task queue's.
 
-A backend is two small objects: a :class:`LockerFactory`, whose locks make sure at most one
-replica runs a schedule at a time, and a :class:`StateRepository`, which remembers the last
-slot each schedule completed. tasker ships an in-memory pair, an embedded pair (lock files and
-SQLite, for one machine) and ``tasker_pg`` (Postgres advisory locks and a table); a backend of
-your own implements the same protocols and runs the contract suite in :mod:`tasker.testing`.
+**Scheduler.** A backend is two small objects: a :class:`LockerFactory`, whose locks make sure
+at most one replica runs a schedule at a time, and a :class:`StateRepository`, which
+remembers the last slot each schedule completed. tasker ships an in-memory pair, an embedded
+pair (lock files and SQLite, for one machine) and ``tasker_pg`` (Postgres advisory locks and
+a table).
+
+**Task queue.** :class:`QueueBackend` is the core every transport can implement, a message
+broker included: put tasks, take them with a lease, extend leases, settle outcomes, wait for
+work, and the clock all of that is measured on. What only some stores can do is a separate,
+small capability, declared in :attr:`QueueBackend.capabilities` (:class:`QueueCapability`)
+and implemented as its own protocol: :class:`QueueInspection`, :class:`QueueAdministration`,
+:class:`FinishAndClaim`, :class:`TransactionalEnqueue`; unique keys and chains and groups
+are declared semantics with no methods of their own. The queue checks the declaration once,
+when it is built, and a call that needs a capability the backend lacks raises
+:class:`tasker.queue.MissingCapabilityError` naming both.
+
+**Cancellation.** Every call may be cancelled. What a cancelled call leaves behind is stated
+per method; in general a cancelled write may have happened or not, as with any cancelled
+database call, and a backend must stay usable afterwards.
+
+A backend of your own implements these protocols and runs the contract suites in
+:mod:`tasker.testing`; :mod:`tasker.backends` holds the building blocks tasker's own
+backends share.
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .scheduler._state import ScheduleState
 
-__all__ = ["Locker", "LockerFactory", "ScheduleState", "StateRepository"]
+if TYPE_CHECKING:
+    from .queue._records import (
+        EnqueueResult,
+        GroupSpec,
+        HistoryEntry,
+        NewTask,
+        Outcome,
+        TaskRecord,
+        TaskState,
+    )
+
+__all__ = [
+    "FinishAndClaim",
+    "Locker",
+    "LockerFactory",
+    "QueueAdministration",
+    "QueueBackend",
+    "QueueCapability",
+    "QueueInspection",
+    "ScheduleState",
+    "StateRepository",
+    "TransactionalEnqueue",
+]
 
 
 @runtime_checkable
@@ -23,11 +65,12 @@ class Locker(Protocol):
 
     One ``Locker`` is used by one task at a time: ``try_lock``, then ``wait_lost`` while the
     work runs, then ``unlock``.
-
-    Optional: a class attribute ``can_be_lost = False`` says that a held lock cannot be lost
-    while its process lives (a lock file, memory); the Scheduler then runs the job without a
-    task watching ``wait_lost``. Without the attribute, locks are watched.
     """
+
+    #: Whether a held lock can be lost while its process lives (a database session that
+    #: dies): then the Scheduler watches ``wait_lost`` during each run. ``False`` for a lock
+    #: file or memory: no watcher task per run.
+    can_be_lost: bool
 
     async def try_lock(self) -> bool:
         """Take the lock if it is free, without waiting.
@@ -85,4 +128,216 @@ class StateRepository(Protocol):
 
     async def save(self, state: ScheduleState) -> None:
         """Store ``state``, replacing the previous state of the same name."""
+        ...
+
+
+# -- the task queue ----------------------------------------------------------------------
+
+
+class QueueCapability(enum.Enum):
+    """What a queue backend can do beyond the core :class:`QueueBackend`.
+
+    A backend lists its capabilities in ``capabilities``; each one with methods is also a
+    protocol the backend must implement.
+    """
+
+    #: Look tasks up: :class:`QueueInspection` (``get``, ``tasks``, ``counts``, ``history``).
+    INSPECTION = "inspection (get, tasks, counts, history)"
+    #: Manage stored tasks: :class:`QueueAdministration` (``requeue`` dead tasks, ``dispatch``
+    #: held ones, ``purge`` finished ones past their retention).
+    ADMINISTRATION = "administration (requeue, held tasks and dispatch, purge)"
+    #: Unique keys with a window (``NewTask.unique_key`` and ``unique_until``).
+    UNIQUE_KEYS = "unique keys"
+    #: Chains (``Outcome.follow_ups`` enqueued with the outcome) and groups (``enqueue``'s
+    #: ``group``, the callback enqueued exactly once).
+    WORKFLOWS = "chains and groups"
+    #: Record outcomes and claim in one round trip: :class:`FinishAndClaim`.
+    FINISH_AND_CLAIM = "finish and claim in one call"
+    #: Enqueue inside the caller's own database transaction: :class:`TransactionalEnqueue`.
+    TRANSACTIONAL_ENQUEUE = "enqueue inside the caller's transaction"
+
+
+@runtime_checkable
+class QueueBackend(Protocol):
+    """Where tasks live between enqueue and their last attempt: the core every backend has.
+
+    Batch-shaped so that one round trip can serve many tasks: enqueue, claim and finish
+    take sequences. Each call is atomic: a claimed task belongs to one worker until its
+    lease expires.
+
+    **One clock: the backend's.** Leases and due times are compared on one clock shared by
+    every worker and producer, never on each process's own wall clock (a worker whose clock
+    runs ahead would otherwise take the tasks other workers hold, and start delayed tasks
+    early). ``time()`` reads that clock: a server's (Postgres ``clock_timestamp()``, Redis
+    ``TIME``, NATS server time), or, for an embedded store, the machine's clock kept immune to
+    wall-clock steps. The ``now`` every time-dependent call takes is the caller's reading of
+    ``time()``, advanced by its own monotonic clock in between (the queue and its workers do
+    exactly that); a backend may use its server's clock in the statements instead, and must
+    then ignore ``now`` consistently in every call. Passing ``now`` lets the contract suite
+    move time; a production caller never invents it.
+    """
+
+    #: What the backend can do beyond this core (see :class:`QueueCapability`).
+    capabilities: frozenset[QueueCapability]
+
+    async def time(self) -> float:
+        """The backend's clock, in POSIX seconds: what leases and due times are compared to.
+
+        Cheap to call often: a remote backend reads its server's clock now and then and
+        advances the reading by the local monotonic clock in between.
+        """
+        ...
+
+    async def enqueue(
+        self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
+    ) -> list[EnqueueResult]:
+        """Store ``tasks`` (and their ``group``, with ``WORKFLOWS``) atomically.
+
+        With ``UNIQUE_KEYS``: a task whose ``unique_key`` matches a task that is held,
+        queued or running, or that finished before its ``unique_until``, is not stored: its
+        result names the existing task and says ``deduplicated=True``. A cancelled enqueue
+        stored all of the tasks or none.
+        """
+        ...
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        now: float,
+        exclude: Sequence[str] = (),
+    ) -> list[TaskRecord]:
+        """Lease up to ``limit`` due tasks of ``queues`` to ``worker`` for ``lease`` seconds.
+
+        Due: queued with ``run_at <= now``, or running with an expired lease (its worker
+        died; the attempt it made counts). Highest priority first, then oldest ``run_at``.
+        Each claim counts one attempt. A task whose expired lease used its last attempt
+        becomes dead instead of being claimed. A task in ``exclude`` is never taken (nor
+        made dead): a worker excludes the tasks it still runs, so that it never takes back
+        its own expired lease while the attempt that holds it is still running.
+        """
+        ...
+
+    async def heartbeat(
+        self, worker: str, ids: Sequence[str], *, lease: float, now: float
+    ) -> set[str]:
+        """Extend ``worker``'s leases on ``ids``; return the ids it still holds."""
+        ...
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        """Record how claimed tasks ended, with their history, follow-ups and group callbacks.
+
+        An outcome for a task the worker no longer holds (its lease expired and another
+        worker claimed it) is ignored, so a slow worker cannot overwrite a newer attempt.
+        A record the backend cannot store for its data raises
+        :class:`tasker.queue.UnstorableRecordError` (retrying it unchanged would fail the same
+        way); any other error is taken for an outage. A cancelled finish recorded all of the
+        outcomes or none.
+        """
+        ...
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when work may be claimable in ``queues``, or after ``timeout`` seconds.
+
+        Work may be claimable when a task was enqueued or released, when a delayed task
+        falls due, or when a lease expires: a backend that knows when its next delayed task
+        is due returns by then. Cancelling the wait leaves nothing behind.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads and files; calling it again does nothing."""
+        ...
+
+
+@runtime_checkable
+class QueueInspection(Protocol):
+    """``QueueCapability.INSPECTION``: tasks can be looked up after they were enqueued."""
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """Return the task with this id, or None."""
+        ...
+
+    async def tasks(
+        self, *, state: TaskState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """List tasks, newest first, optionally of one state and queue."""
+        ...
+
+    async def counts(self) -> dict[str, dict[TaskState, int]]:
+        """Task counts per queue and state."""
+        ...
+
+    async def history(self, *, task_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:
+        """Finished attempts, newest first."""
+        ...
+
+
+@runtime_checkable
+class QueueAdministration(Protocol):
+    """``QueueCapability.ADMINISTRATION``: dead tasks requeued, held tasks dispatched,
+    finished tasks purged."""
+
+    async def requeue(self, task_id: str, *, now: float) -> bool:
+        """Put a dead task back in its queue with its attempts reset.
+
+        Returns False if the task is not dead, or if a newer live task holds its unique key.
+        """
+        ...
+
+    async def dispatch(
+        self, queue: str, *, name: str | None = None, limit: int | None = None, now: float
+    ) -> int:
+        """Release held tasks of ``queue`` (optionally of one name, at most ``limit``)."""
+        ...
+
+    async def purge(self, *, now: float, history_before: float | None = None) -> int:
+        """Delete finished tasks whose results expired (and history older than given)."""
+        ...
+
+
+@runtime_checkable
+class FinishAndClaim(Protocol):
+    """``QueueCapability.FINISH_AND_CLAIM``: record outcomes and refill the freed slots."""
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        now: float,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+        exclude: Sequence[str] = (),
+    ) -> list[TaskRecord]:
+        """``finish(outcomes)``, then ``claim(...)``, in one round trip.
+
+        The claim never takes a task of ``outcomes`` or ``exclude``. Workers use it when it
+        is declared: a flush of outcomes then refills the slots it frees.
+        """
+        ...
+
+
+@runtime_checkable
+class TransactionalEnqueue(Protocol):
+    """``QueueCapability.TRANSACTIONAL_ENQUEUE``: enqueue on the caller's own connection."""
+
+    async def enqueue_within(
+        self,
+        connection: Any,
+        tasks: Sequence[NewTask],
+        *,
+        group: GroupSpec | None = None,
+        now: float,
+    ) -> list[EnqueueResult]:
+        """As ``enqueue``, inside the transaction open on ``connection``: the tasks exist
+        only if that transaction commits.
+
+        Raises:
+            ValueError: if ``connection`` is not inside a transaction.
+        """
         ...

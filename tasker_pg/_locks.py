@@ -64,6 +64,9 @@ class LockKeyCollisionError(TaskerError, ValueError):
 
 
 class _PostgresLocker:
+    #: A session lock is lost with its connection: the Scheduler watches each run.
+    can_be_lost = True
+
     __slots__ = ("_conn", "_factory", "_key", "_lost", "_name")
 
     def __init__(self, factory: PostgresLockerFactory, name: str) -> None:

@@ -41,6 +41,7 @@ from tasker.queue import (
     NewTask,
     Outcome,
     OutcomeKind,
+    QueueCapability,
     TaskRecord,
     TaskState,
     UnstorableRecordError,
@@ -148,6 +149,8 @@ class QueueStatus:
 class PostgresQueueBackend:
     """:class:`tasker.queue.QueueBackend` on Postgres (asyncpg, asyncio only).
 
+    Declares every capability (:class:`tasker.abc.QueueCapability`).
+
     Args:
         dsn_or_pool: a ``postgresql://`` DSN or an asyncpg pool.
         schema: the schema of the queue tables (a validated lower-case identifier).
@@ -164,6 +167,8 @@ class PostgresQueueBackend:
         ValueError: for a bad DSN, schema or ``clock_resync``.
         tasker_pg.AsyncioRequiredError: under trio.
     """
+
+    capabilities: frozenset[QueueCapability] = frozenset(QueueCapability)
 
     def __init__(
         self,
@@ -375,22 +380,30 @@ class PostgresQueueBackend:
             await conn.execute("select pg_notify($1, $2)", self._channel, queue)
         return results
 
-    async def enqueue(
+    async def enqueue_within(
         self,
+        connection: _Conn,
         tasks: Sequence[NewTask],
         *,
         group: GroupSpec | None = None,
         now: float,
-        connection: _Conn | None = None,
     ) -> list[EnqueueResult]:
-        """Store tasks; with ``connection``, inside the caller's transaction."""
-        if connection is not None:
-            if not connection.is_in_transaction():
-                raise ValueError(
-                    "enqueue(connection=...): the connection must be inside a transaction"
-                    " (async with connection.transaction(): ...)"
-                )
-            return await self._enqueue_on(connection, tasks, group, now)
+        """Store tasks inside the transaction open on the caller's asyncpg ``connection``.
+
+        Raises:
+            ValueError: if ``connection`` is not inside a transaction.
+        """
+        if not connection.is_in_transaction():
+            raise ValueError(
+                "enqueue(connection=...): the connection must be inside a transaction"
+                " (async with connection.transaction(): ...)"
+            )
+        return await self._enqueue_on(connection, tasks, group, now)
+
+    async def enqueue(
+        self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
+    ) -> list[EnqueueResult]:
+        """Store tasks in a transaction of their own."""
         pool = await self._source.pool()
         async with pool.acquire() as conn, conn.transaction():
             return await self._enqueue_on(conn, tasks, group, now)
@@ -907,7 +920,8 @@ class PostgresQueueBackend:
             return True
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        """Wait for a NOTIFY, the listener's loss, or the timeout.
+        """Wait for a NOTIFY, the listener's loss, the next due time in ``queues``, or the
+        timeout.
 
         After (re)connecting the listener it returns at once: notifications sent while it
         was not listening are lost, so the worker must look for work itself.
@@ -916,6 +930,9 @@ class PostgresQueueBackend:
         try:
             if await self._ensure_listener():
                 return
+            due = await self.next_run_at(queues)
+            if due is not None:  # a delayed task or a lease falls due before the timeout
+                timeout = min(timeout, max(0.0, due - await self.time()))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             logger.warning("queue listener cannot connect (%s); polling instead", exc)
             await anyio.sleep(min(timeout, 1.0))

@@ -109,6 +109,7 @@ async def run_faults(
     """Run the workers through the faults; ``spec(name)`` gives a worker's backend args."""
     fault = Fault()
     queue = build(backend(), str(out / "filler.txt"))
+    inspect: Any = queue.backend  # SQLite or Postgres: both inspectable
     payloads: list[dict[str, Any]] = [
         {"n": n, "sleep": LONG if n in (7, 8, 9) else SLOW if n % 10 == 0 else 0.002}
         for n in range(TASKS)
@@ -192,19 +193,19 @@ async def run_faults(
         await until(lambda: ended() >= TASKS + DELAYED, 90, "every task done")
 
         async def recorded() -> bool:
-            counts = await queue.backend.counts()
-            return counts.get("default", {}).get(TaskState.SUCCEEDED, 0) >= TASKS + DELAYED
+            counts = await inspect.counts()
+            return bool(counts.get("default", {}).get(TaskState.SUCCEEDED, 0) >= TASKS + DELAYED)
 
         with anyio.fail_after(30):
             while not await recorded():  # noqa: ASYNC110
                 await anyio.sleep(0.05)
         fault.drained_in = _mono() - began
-        counts = await queue.backend.counts()
+        counts = await inspect.counts()
         fault.states = {s.value: c for s, c in counts.get("default", {}).items()}
         for task_id in fault.poisons:
-            record = await queue.backend.get(task_id)
+            record = await inspect.get(task_id)
             fault.poison_errors[task_id] = None if record is None else record.last_error
-        for entry in await queue.backend.history(limit=10 * TASKS):
+        for entry in await inspect.history(limit=10 * TASKS):
             if entry.outcome == "succeeded":
                 fault.successes[entry.task_id] += 1
                 fault.success_worker[entry.task_id] = entry.worker
@@ -231,11 +232,7 @@ def _communicate(proc: subprocess.Popen[str]) -> tuple[str, str]:
 
 
 async def _close(queue: Queue) -> None:
-    close = getattr(queue.backend, "aclose", None)
-    if close is not None:
-        await close()
-    else:
-        queue.backend.close()  # type: ignore[attr-defined]
+    await queue.backend.aclose()
 
 
 def check(fault: Fault) -> dict[str, object]:
@@ -334,6 +331,7 @@ async def run_chains_under_kills(
     import random
 
     queue = build(backend(), str(out / "filler.txt"))
+    inspect: Any = queue.backend  # SQLite or Postgres: both inspectable
     for n in range(CHAINS):
         await queue.enqueue_chain(queue.step("c1", {"n": n}), queue.step("c2"), queue.step("c3"))
     for g in range(GROUPS):
@@ -375,14 +373,14 @@ async def run_chains_under_kills(
             start()
 
         async def settled() -> bool:
-            counts = (await queue.backend.counts()).get("default", {})
-            return counts.get(TaskState.SUCCEEDED, 0) >= expected
+            counts = (await inspect.counts()).get("default", {})
+            return bool(counts.get(TaskState.SUCCEEDED, 0) >= expected)
 
         with anyio.fail_after(90):
             while not await settled():  # noqa: ASYNC110 - the work is done elsewhere
                 await anyio.sleep(0.05)
-        records = await queue.backend.tasks(limit=10 * expected)
-        history = await queue.backend.history(limit=100 * expected)
+        records = await inspect.tasks(limit=10 * expected)
+        history = await inspect.history(limit=100 * expected)
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -242,6 +242,8 @@ async def test_missed_slots_catch_up_once_or_skip(catch_up: str, expected_runs: 
 class LosableLocker:
     """A memory locker whose lock can be 'lost' from the test."""
 
+    can_be_lost = True
+
     def __init__(self, lost: anyio.Event) -> None:
         self.lost = lost
 

@@ -7,11 +7,19 @@ behind :class:`QueueBackend`: in memory, the embedded SQLite default, or Postgre
 
 from __future__ import annotations
 
-from ._backend import QueueBackend
+from ._backend import (
+    FinishAndClaim,
+    QueueAdministration,
+    QueueBackend,
+    QueueCapability,
+    QueueInspection,
+    TransactionalEnqueue,
+)
 from ._memory import MemoryQueueBackend
 from ._queue import (
     Enqueued,
     Handler,
+    MissingCapabilityError,
     PayloadError,
     Queue,
     Step,
@@ -35,23 +43,29 @@ from ._sqlite import SQLiteQueueBackend
 __all__ = [
     "EnqueueResult",
     "Enqueued",
+    "FinishAndClaim",
     "GroupSpec",
     "Handler",
     "HistoryEntry",
     "JSONSerializer",
     "MemoryQueueBackend",
+    "MissingCapabilityError",
     "NewTask",
     "Outcome",
     "OutcomeKind",
     "PayloadError",
     "Queue",
+    "QueueAdministration",
     "QueueBackend",
+    "QueueCapability",
+    "QueueInspection",
     "SQLiteQueueBackend",
     "Serializer",
     "Step",
     "TaskInfo",
     "TaskRecord",
     "TaskState",
+    "TransactionalEnqueue",
     "UnknownTaskError",
     "UnstorableRecordError",
 ]

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import anyio
 
 from .._clock import SYSTEM_CLOCK, Clock
+from ..abc import QueueCapability
 from ._records import (
     TERMINAL,
     EnqueueResult,
@@ -71,10 +72,17 @@ def record_from_new(task: NewTask) -> TaskRecord:
 class MemoryQueueBackend:
     """Tasks in dictionaries and heaps: fast, and gone when the process exits.
 
+    Declares every capability (:class:`tasker.abc.QueueCapability`) but
+    ``TRANSACTIONAL_ENQUEUE``: there is no database transaction to join.
+
     Args:
         clock: the backend's clock (default: the system clock); a test passes a
             :class:`tasker.testing.FakeClock` to move the queue's time.
     """
+
+    capabilities: frozenset[QueueCapability] = frozenset(QueueCapability) - {
+        QueueCapability.TRANSACTIONAL_ENQUEUE
+    }
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock = clock or SYSTEM_CLOCK
@@ -438,21 +446,31 @@ class MemoryQueueBackend:
         entries = [h for h in self._history if task_id is None or h.task_id == task_id]
         return entries[::-1][:limit]
 
-    async def next_run_at(self, queues: Sequence[str]) -> float | None:
-        """Earliest run_at of a queued task."""
-        await anyio.lowlevel.checkpoint()
+    def next_run_at(self, queues: Sequence[str]) -> float | None:
+        """The earliest ``run_at`` of a queued task, or lease expiry of a running one, in
+        ``queues`` (None when there is neither)."""
         times = [
-            t.run_at
+            t.lease_until if t.state is TaskState.RUNNING else t.run_at
             for t in self._tasks.values()
-            if t.state is TaskState.QUEUED and t.queue in queues
+            if t.queue in queues
+            and (
+                t.state is TaskState.QUEUED
+                or (t.state is TaskState.RUNNING and t.lease_until is not None)
+            )
         ]
-        leases = [until for until, _, _ in self._leases[:1]]
-        return min(times + leases, default=None)
+        return min((t for t in times if t is not None), default=None)
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        """Wait for an enqueue (any queue) or the timeout."""
+        """Wait for an enqueue (any queue), the next due time in ``queues``, or the timeout."""
+        due = self.next_run_at(queues)
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - self._clock.now().timestamp()))
         with anyio.move_on_after(timeout):
             await self._work.wait()
+
+    async def aclose(self) -> None:
+        """Nothing to release (the tasks stay until the object is dropped)."""
+        await anyio.lowlevel.checkpoint()
 
     async def purge(self, *, now: float, history_before: float | None = None) -> int:
         """Drop finished tasks whose results expired."""

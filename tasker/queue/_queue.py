@@ -20,7 +20,14 @@ from .._context import Context, to_seconds
 from .._errors import TaskerError
 from .._job import Job, check_job, takes_argument
 from .._redact import redact_dsn
-from ._backend import QueueBackend
+from ..abc import (
+    FinishAndClaim,
+    QueueAdministration,
+    QueueBackend,
+    QueueCapability,
+    QueueInspection,
+    TransactionalEnqueue,
+)
 from ._records import (
     GroupSpec,
     HistoryEntry,
@@ -33,6 +40,7 @@ from ._serializer import JSONSerializer, Serializer
 __all__ = [
     "Enqueued",
     "Handler",
+    "MissingCapabilityError",
     "PayloadError",
     "Queue",
     "Step",
@@ -75,6 +83,41 @@ class PayloadError(TaskerError, TypeError):
         self.name = name
         self.reason = reason
         super().__init__(f"payload of task {name!r} cannot be serialised: {reason}")
+
+
+#: The protocol each capability with methods of its own must implement.
+_PROTOCOLS: dict[QueueCapability, type] = {
+    QueueCapability.INSPECTION: QueueInspection,
+    QueueCapability.ADMINISTRATION: QueueAdministration,
+    QueueCapability.FINISH_AND_CLAIM: FinishAndClaim,
+    QueueCapability.TRANSACTIONAL_ENQUEUE: TransactionalEnqueue,
+}
+
+
+class MissingCapabilityError(TaskerError, NotImplementedError):
+    """The queue's backend lacks a capability that a call needs.
+
+    Attributes:
+        backend: the backend's repr.
+        capability: the :class:`tasker.abc.QueueCapability` missing.
+        needed_by: what needed it (``"Queue.history()"``).
+    """
+
+    def __init__(self, backend: object, capability: QueueCapability, needed_by: str) -> None:
+        self.backend = repr(backend)
+        self.capability = capability
+        self.needed_by = needed_by
+        super().__init__(
+            f"{needed_by} needs {capability.value}, which the backend {self.backend} does not"
+            f" offer (it declares: {_declared(backend)}); use a backend that declares"
+            f" QueueCapability.{capability.name}"
+        )
+
+
+def _declared(backend: object) -> str:
+    capabilities: frozenset[object] = getattr(backend, "capabilities", frozenset())
+    names = sorted(c.name for c in capabilities if isinstance(c, QueueCapability))
+    return ", ".join(names) or "nothing beyond the core"
 
 
 class UnstorableRecordError(TaskerError, ValueError):
@@ -227,6 +270,25 @@ class Queue:
             raise ValueError("Queue: path is only for the embedded default backend")
         if not isinstance(backend, QueueBackend):
             raise TypeError(f"Queue: {backend!r} is not a tasker.queue.QueueBackend")
+        capabilities = backend.capabilities
+        if not isinstance(capabilities, frozenset) or not all(
+            isinstance(c, QueueCapability) for c in capabilities
+        ):
+            raise TypeError(
+                f"Queue: {backend!r}.capabilities must be a frozenset of QueueCapability,"
+                f" got {capabilities!r}"
+            )
+        for capability in sorted(capabilities, key=lambda c: c.name):
+            protocol = _PROTOCOLS.get(capability)
+            if protocol is not None and not isinstance(backend, protocol):
+                raise TypeError(
+                    f"Queue: {backend!r} declares QueueCapability.{capability.name} but does"
+                    f" not implement tasker.abc.{protocol.__name__}"
+                )
+        if long_queue_threshold is not None and QueueCapability.INSPECTION not in capabilities:
+            raise MissingCapabilityError(
+                backend, QueueCapability.INSPECTION, "Queue(long_queue_threshold=...)"
+            )
         self._serializer = serializer or JSONSerializer()
         if not isinstance(self._serializer, Serializer):
             raise TypeError(f"Queue: {serializer!r} is not a Serializer (dumps/loads)")
@@ -319,6 +381,12 @@ class Queue:
 
     # -- enqueueing ----------------------------------------------------------------------
 
+    def _require(self, capability: QueueCapability, needed_by: str) -> Any:
+        """The backend, if it declares ``capability``; else MissingCapabilityError."""
+        if capability not in self.backend.capabilities:
+            raise MissingCapabilityError(self.backend, capability, needed_by)
+        return self.backend
+
     async def _now(self) -> float:
         """The backend's clock; its last reading advanced by the monotonic clock when the
         backend cannot be asked (a worker never fails for want of the time)."""
@@ -375,6 +443,9 @@ class Queue:
             raise ValueError("enqueue(): unique_for needs a unique_key")
         if unique_key is not None:
             _check_name(unique_key, "unique_key")
+            self._require(QueueCapability.UNIQUE_KEYS, "enqueue(unique_key=...)")
+        if held:
+            self._require(QueueCapability.ADMINISTRATION, "enqueue(held=True)")
         return NewTask(
             id=uuid.uuid4().hex,
             name=name,
@@ -453,17 +524,8 @@ class Queue:
         if connection is None:
             (result,) = await self.backend.enqueue([task], now=now)
         else:
-            try:
-                (result,) = await self.backend.enqueue(  # type: ignore[call-arg]
-                    [task], now=now, connection=connection
-                )
-            except TypeError as exc:
-                if "connection" not in str(exc):
-                    raise
-                raise TypeError(
-                    f"enqueue(connection=...): {self.backend!r} cannot enqueue inside a"
-                    " caller's transaction"
-                ) from exc
+            within = self._require(QueueCapability.TRANSACTIONAL_ENQUEUE, "enqueue(connection=...)")
+            (result,) = await within.enqueue_within(connection, [task], now=now)
         await self._check_long_queue(task.queue)
         return Enqueued(id=result.id, deduplicated=result.deduplicated)
 
@@ -487,6 +549,7 @@ class Queue:
         Raises:
             ValueError: for an empty chain or a payload on a later step.
         """
+        self._require(QueueCapability.WORKFLOWS, "enqueue_chain()")
         if not steps:
             raise ValueError("enqueue_chain(): needs at least one step")
         for later in steps[1:]:
@@ -526,6 +589,7 @@ class Queue:
             ValueError: for an empty group, or a payload on ``then``.
             TypeError: for a group callback with a non-JSON serialiser.
         """
+        self._require(QueueCapability.WORKFLOWS, "enqueue_group()")
         if not steps:
             raise ValueError("enqueue_group(): needs at least one step")
         if then is not None:
@@ -574,14 +638,16 @@ class Queue:
             name: only tasks of this name (e.g. one type of task).
             limit: at most this many (``limit=1`` dispatches a single task).
         """
+        admin = self._require(QueueCapability.ADMINISTRATION, "Queue.dispatch()")
         if limit is not None:
             _check_int(limit, "limit", 1)
-        return await self.backend.dispatch(queue, name=name, limit=limit, now=await self._now())
+        return int(await admin.dispatch(queue, name=name, limit=limit, now=await self._now()))
 
     async def _check_long_queue(self, queue: str) -> None:
         if self._long_threshold is None or self._on_long_queue is None:
             return
-        depth = (await self.backend.counts()).get(queue, {}).get(TaskState.QUEUED, 0)
+        inspection = self._require(QueueCapability.INSPECTION, "the long-queue hook")
+        depth = (await inspection.counts()).get(queue, {}).get(TaskState.QUEUED, 0)
         if depth >= self._long_threshold:
             if queue not in self._long_queues:
                 self._long_queues.add(queue)
@@ -613,13 +679,14 @@ class Queue:
 
     async def get(self, task_id: str) -> TaskInfo | None:
         """The task's state and, once it succeeded, its result (None if unknown or purged)."""
-        record = await self.backend.get(task_id)
+        record = await self._require(QueueCapability.INSPECTION, "Queue.get()").get(task_id)
         return None if record is None else self._info(record, await self._now())
 
     async def dead(self, *, queue: str | None = None, limit: int = 100) -> list[TaskInfo]:
         """Dead tasks (failed their last attempt), newest first."""
+        inspection = self._require(QueueCapability.INSPECTION, "Queue.dead()")
         now = await self._now()
-        records = await self.backend.tasks(state=TaskState.DEAD, queue=queue, limit=limit)
+        records = await inspection.tasks(state=TaskState.DEAD, queue=queue, limit=limit)
         return [self._info(r, now) for r in records]
 
     async def requeue(self, task_id: str) -> bool:
@@ -628,16 +695,19 @@ class Queue:
         Returns:
             False if it is not dead, or a newer live task holds its unique key.
         """
-        return await self.backend.requeue(task_id, now=await self._now())
+        admin = self._require(QueueCapability.ADMINISTRATION, "Queue.requeue()")
+        return bool(await admin.requeue(task_id, now=await self._now()))
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """Task counts per queue and state name."""
-        raw = await self.backend.counts()
+        raw = await self._require(QueueCapability.INSPECTION, "Queue.counts()").counts()
         return {q: {s.value: n for s, n in states.items()} for q, states in raw.items()}
 
     async def history(self, *, task_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:
         """Finished attempts (who ran what, when, how long, how it ended), newest first."""
-        return await self.backend.history(task_id=task_id, limit=limit)
+        inspection = self._require(QueueCapability.INSPECTION, "Queue.history()")
+        entries: list[HistoryEntry] = await inspection.history(task_id=task_id, limit=limit)
+        return entries
 
     # -- workers -------------------------------------------------------------------------
 

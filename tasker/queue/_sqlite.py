@@ -24,6 +24,7 @@ import anyio
 
 from .._sqlite_batch import BatchedConnection, open_database
 from .._state_dir import default_state_dir
+from ..abc import QueueCapability
 from ._machine_clock import boot_id, boot_seconds, read_anchor, shift, stalled, translate
 from ._queue import UnstorableRecordError
 from ._records import (
@@ -131,9 +132,15 @@ def default_queue_path() -> Path:
 class SQLiteQueueBackend:
     """Tasks in a SQLite file (WAL): durable across restarts, shared by local processes.
 
+    Declares every capability but ``TRANSACTIONAL_ENQUEUE``.
+
     Args:
         path: the database file; its directory is created on first use.
     """
+
+    capabilities: frozenset[QueueCapability] = frozenset(QueueCapability) - {
+        QueueCapability.TRANSACTIONAL_ENQUEUE
+    }
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -197,6 +204,11 @@ class SQLiteQueueBackend:
     def close(self) -> None:
         """Close the connection (it reopens on the next call)."""
         self._db.close()
+
+    async def aclose(self) -> None:
+        """Close the connection and its thread (both come back on the next call)."""
+        self.close()
+        await anyio.lowlevel.checkpoint()
 
     # -- operations (run in the worker thread, inside the batch transaction) -------------
 
@@ -656,12 +668,16 @@ class SQLiteQueueBackend:
         return result
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
-        """Wait for an enqueue here, a commit by another process, or the timeout."""
+        """Wait for an enqueue here, a commit by another process, the next due time in
+        ``queues``, or the timeout."""
 
         def version(db: sqlite3.Connection, _: object) -> int:
             return int(db.execute("pragma data_version").fetchone()[0])
 
         event = self._work
+        due = await self.next_run_at(queues)
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - await self.time()))
         with anyio.move_on_after(timeout):
             if self._data_version is None:
                 self._data_version = await self._call(version, write=False)

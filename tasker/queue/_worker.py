@@ -40,8 +40,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._backoff import Backoff
 from .._context import Context, StopReason
 from .._job import Job
-from ._queue import ERROR_LIMIT, decode_chain, encode_chain, format_error, is_data_error
-from ._records import NewTask, Outcome, OutcomeKind, TaskRecord
+from ..abc import QueueCapability
+from ._queue import (
+    ERROR_LIMIT,
+    TaskInfo,
+    decode_chain,
+    encode_chain,
+    format_error,
+    is_data_error,
+)
+from ._records import NewTask, Outcome, OutcomeKind, TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from ._queue import Queue
@@ -113,7 +121,11 @@ class Worker:
         self._reserved = 0
         # A backend that can record outcomes and claim in one round trip: then a flush
         # also fills the slots its tasks freed, and the claim loop leaves that to it.
-        self._finish_and_claim = getattr(queue.backend, "finish_and_claim", None)
+        self._finish_and_claim = (
+            queue.backend.finish_and_claim  # type: ignore[attr-defined]
+            if QueueCapability.FINISH_AND_CLAIM in queue.backend.capabilities
+            else None
+        )
         self._ctx: Context | None = None
         self._send: MemoryObjectSendStream[_Attempt] | None = None
         # Shutdown deadlines (anyio time), set when the worker's context is done.
@@ -257,19 +269,14 @@ class Worker:
         return self.concurrency - len(self.running) + len(self.reporting) - self._reserved
 
     async def _idle(self, ctx: Context, now: float) -> None:
-        timeout = self.poll
-        try:
-            due = await self.backend.next_run_at(self.queues)
-        except Exception:
-            due = None
-        if due is not None:
-            timeout = min(timeout, max(0.0, due - now))
-        if timeout <= 0:
-            await anyio.lowlevel.checkpoint()
-            return
-
+        # The backend returns early for new work and for its next due time (a delayed task,
+        # a lease that expires): ``poll`` only bounds how long a missed wake-up can last.
         async def wait_for_work() -> None:
-            await self.backend.wait_for_work(self.queues, timeout)
+            try:
+                await self.backend.wait_for_work(self.queues, self.poll)
+            except Exception as exc:
+                logger.debug("worker %s: wait_for_work failed: %s", self.worker_id, exc)
+                await anyio.sleep(min(self.poll, 1.0))
 
         await _wait_either(ctx, wait_for_work)
 
@@ -483,14 +490,27 @@ class Worker:
                 self.reporting.discard(record.id)
         self._slot_freed.set()
         if outcome.kind is OutcomeKind.DEAD and queue._on_failure is not None:
-            info = await queue.get(record.id)
-            if info is not None:
-                try:
-                    value: Any = queue._on_failure(info)
-                    if inspect.isawaitable(value):
-                        await value
-                except Exception:
-                    logger.exception("on_failure hook failed for task %s", record.id)
+            # Built from what the worker knows, not read back: a backend without
+            # INSPECTION has no ``get``, and this costs no round trip.
+            info = TaskInfo(
+                id=record.id,
+                name=record.name,
+                queue=record.queue,
+                state=TaskState.DEAD,
+                attempts=record.attempts,
+                max_attempts=record.max_attempts,
+                result=None,
+                error=outcome.error,
+                traceback=outcome.traceback,
+                created_at=record.created_at,
+                finished_at=outcome.finished_at,
+            )
+            try:
+                value: Any = queue._on_failure(info)
+                if inspect.isawaitable(value):
+                    await value
+            except Exception:
+                logger.exception("on_failure hook failed for task %s", record.id)
 
     # -- recording -------------------------------------------------------------------------
 

@@ -379,7 +379,7 @@ class Scheduler:
         child = ctx.child()
         error: Exception | None = None
         try:
-            if getattr(locker, "can_be_lost", True):
+            if locker.can_be_lost:
                 await run_stoppable(entry.job, child, watch_lock)
             else:  # nothing to watch: no watcher task per run
                 await entry.job(child)

@@ -8,9 +8,11 @@ Usage in a test module::
 
 Each example gets a fresh backend from the factory and drives it through enqueue, claim,
 heartbeat, finish (success, retry, dead, release), requeue, dispatch and the passing of
-time (leases expire), checking every answer against the model. A backend that offers the
-optional ``finish_and_claim`` is checked on it too. The backend's coroutines run
-on an event loop in a helper thread (anyio's blocking portal), on ``anyio_backend``.
+time (leases expire), checking every answer against the model. Each capability is checked
+when the backend declares it (``QueueBackend.capabilities``): lookups (``INSPECTION``),
+requeue (``ADMINISTRATION``), unique keys, and ``finish_and_claim``. The backend's
+coroutines run on an event loop in a helper thread (anyio's blocking portal), on
+``anyio_backend``.
 
 Time: the machine passes ``now`` to every call, as the queue does with its reading of the
 backend's clock, and moves it forward itself. A backend must compare leases and due times
@@ -33,7 +35,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ..queue._backend import QueueBackend
+from ..abc import QueueBackend, QueueCapability
 from ..queue._records import NewTask, Outcome, OutcomeKind, TaskState
 
 __all__ = ["queue_backend_machine"]
@@ -81,6 +83,9 @@ def queue_backend_machine(
             self.portal: BlockingPortal = self._portal_cm.__enter__()
             self.backend = self.portal.call(_make, make_backend)
             self.now = 1_000_000.0
+            #: The capabilities the backend declares: the rules and invariants that need
+            #: one run only when it is declared, and then they check it.
+            self.caps: frozenset[QueueCapability] = self.backend.capabilities
             self.last_clock = -math.inf
             self.fake_clock_allowed = allow_fake_clock
             self.tasks: dict[str, _Task] = {}
@@ -111,6 +116,8 @@ def queue_backend_machine(
         def enqueue(
             self, queue: str, priority: int, delay: float, max_attempts: int, unique: str | None
         ) -> None:
+            if QueueCapability.UNIQUE_KEYS not in self.caps:
+                unique = None
             task_id = f"t{next(self.ids)}"
             new = NewTask(
                 id=task_id,
@@ -208,6 +215,8 @@ def queue_backend_machine(
                 assert min(t.priority for t in claimed_queued) >= max(t.priority for t in left)
             for t in expired:
                 if t.attempts >= t.max_attempts and t.id not in got:
+                    if QueueCapability.INSPECTION not in self.caps:
+                        continue  # cannot be told apart here; the next claim skips it anyway
                     # Either it died now, or the limit stopped the scan before it.
                     stored = self.call("get", t.id)
                     if stored.state is TaskState.DEAD:
@@ -251,7 +260,7 @@ def queue_backend_machine(
             queues: tuple[str, ...],
         ) -> None:
             t, outcome = self._outcome(pick, kind, worker)
-            if not claim_limit or not hasattr(self.backend, "finish_and_claim"):
+            if not claim_limit or QueueCapability.FINISH_AND_CLAIM not in self.caps:
                 self.call("finish", [outcome], now=self.now)
                 self._finished(t, kind, worker)
                 return
@@ -304,7 +313,12 @@ def queue_backend_machine(
             if kind is not OutcomeKind.RELEASED:
                 t.history.append(kind.value)
 
-        @precondition(lambda self: any(t.state is TaskState.DEAD for t in self.tasks.values()))
+        @precondition(
+            lambda self: (
+                QueueCapability.ADMINISTRATION in self.caps
+                and any(t.state is TaskState.DEAD for t in self.tasks.values())
+            )
+        )
         @rule(pick=st.integers(0, 1000))
         def requeue(self, pick: int) -> None:
             dead = sorted(t.id for t in self.tasks.values() if t.state is TaskState.DEAD)
@@ -334,6 +348,7 @@ def queue_backend_machine(
 
         # -- invariants ------------------------------------------------------------------
 
+        @precondition(lambda self: QueueCapability.INSPECTION in self.caps)
         @invariant()
         def states_match(self) -> None:
             counts = self.call("counts")
@@ -343,6 +358,7 @@ def queue_backend_machine(
                 per_queue[t.state] = per_queue.get(t.state, 0) + 1
             assert counts == expected
 
+        @precondition(lambda self: QueueCapability.INSPECTION in self.caps)
         @invariant()
         def records_match(self) -> None:
             for t in self.tasks.values():
@@ -352,6 +368,7 @@ def queue_backend_machine(
                 if t.state is TaskState.RUNNING:
                     assert record.lease_owner == t.owner
 
+        @precondition(lambda self: QueueCapability.INSPECTION in self.caps)
         @invariant()
         def history_matches(self) -> None:
             entries = self.call("history", limit=10_000)

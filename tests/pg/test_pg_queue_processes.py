@@ -74,7 +74,7 @@ async def _fill(dsn: str, schema: str) -> asyncpg.Connection:
                 tg.start_soon(fill)
     finally:
         # Closed before any restart: the test's own pool would only hold dead connections.
-        await queue.backend.aclose()  # type: ignore[attr-defined]
+        await queue.backend.aclose()
     return admin
 
 

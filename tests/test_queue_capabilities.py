@@ -1,0 +1,218 @@
+"""Declared capabilities: a broker-shaped backend with only the core, written on tasker's
+public API alone, runs tasks; whatever it lacks fails with an error naming the backend and
+the capability, at construction when a declaration is false, at the call otherwise."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+from tasker import Context
+from tasker.abc import QueueCapability
+from tasker.queue import (
+    EnqueueResult,
+    GroupSpec,
+    MemoryQueueBackend,
+    MissingCapabilityError,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    Queue,
+    SQLiteQueueBackend,
+    TaskRecord,
+    TaskState,
+)
+from tasker_pg import PostgresQueueBackend
+
+from .test_queue import Running
+
+pytestmark = pytest.mark.anyio
+
+
+class CoreOnly:
+    """The core protocol and nothing else, as a message broker could offer it: a list of
+    due tasks, leases by worker, no lookups, no unique keys, no chains or groups."""
+
+    capabilities: frozenset[QueueCapability] = frozenset()
+
+    def __init__(self) -> None:
+        self.queued: list[TaskRecord] = []
+        self.leased: dict[str, TaskRecord] = {}
+        self.settled: list[tuple[str, OutcomeKind]] = []
+        self.work = anyio.Event()
+
+    async def time(self) -> float:
+        return time.time()
+
+    async def enqueue(
+        self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
+    ) -> list[EnqueueResult]:
+        assert group is None
+        for task in tasks:
+            self.queued.append(
+                TaskRecord(
+                    id=task.id,
+                    name=task.name,
+                    queue=task.queue,
+                    payload=task.payload,
+                    priority=task.priority,
+                    run_at=task.run_at,
+                    state=TaskState.QUEUED,
+                    attempts=0,
+                    max_attempts=task.max_attempts,
+                    timeout=task.timeout,
+                    unique_key=None,
+                    created_at=task.created_at,
+                )
+            )
+        self.work.set()
+        return [EnqueueResult(id=t.id) for t in tasks]
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        now: float,
+        exclude: Sequence[str] = (),
+    ) -> list[TaskRecord]:
+        taken = [t for t in self.queued if t.queue in queues and t.run_at <= now][:limit]
+        for record in taken:
+            self.queued.remove(record)
+            self.leased[record.id] = record
+        return taken
+
+    async def heartbeat(
+        self, worker: str, ids: Sequence[str], *, lease: float, now: float
+    ) -> set[str]:
+        return {i for i in ids if i in self.leased}
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        for outcome in outcomes:
+            self.leased.pop(outcome.id, None)
+            self.settled.append((outcome.id, outcome.kind))
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self.work.wait()
+        self.work = anyio.Event()
+
+    async def aclose(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "CoreOnly()"
+
+
+async def test_a_core_only_backend_runs_tasks() -> None:
+    """Enqueue and workers need nothing beyond the core."""
+    backend = CoreOnly()
+    queue = Queue(backend)
+    seen: list[int] = []
+
+    @queue.task("t")
+    async def t(ctx: Context, n: int) -> None:
+        seen.append(n)
+
+    for n in range(5):
+        await queue.enqueue("t", n)
+    async with Running(queue):
+        with anyio.fail_after(10):
+            while len(backend.settled) < 5:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+    assert sorted(seen) == list(range(5))
+    assert {kind for _, kind in backend.settled} == {OutcomeKind.SUCCEEDED}
+
+
+@pytest.mark.parametrize(
+    ("call", "capability", "needed_by"),
+    [
+        (lambda q: q.get("x"), QueueCapability.INSPECTION, "Queue.get()"),
+        (lambda q: q.history(), QueueCapability.INSPECTION, "Queue.history()"),
+        (lambda q: q.counts(), QueueCapability.INSPECTION, "Queue.counts()"),
+        (lambda q: q.dead(), QueueCapability.INSPECTION, "Queue.dead()"),
+        (lambda q: q.requeue("x"), QueueCapability.ADMINISTRATION, "Queue.requeue()"),
+        (lambda q: q.dispatch(), QueueCapability.ADMINISTRATION, "Queue.dispatch()"),
+        (
+            lambda q: q.enqueue("t", 1, held=True),
+            QueueCapability.ADMINISTRATION,
+            "enqueue(held=True)",
+        ),
+        (
+            lambda q: q.enqueue("t", 1, unique_key="k"),
+            QueueCapability.UNIQUE_KEYS,
+            "enqueue(unique_key=...)",
+        ),
+        (
+            lambda q: q.enqueue("t", 1, connection=object()),
+            QueueCapability.TRANSACTIONAL_ENQUEUE,
+            "enqueue(connection=...)",
+        ),
+        (
+            lambda q: q.enqueue_chain(q.step("t", 1), q.step("t")),
+            QueueCapability.WORKFLOWS,
+            "enqueue_chain()",
+        ),
+        (
+            lambda q: q.enqueue_group([q.step("t", 1)]),
+            QueueCapability.WORKFLOWS,
+            "enqueue_group()",
+        ),
+    ],
+)
+async def test_a_missing_capability_is_named_at_the_call(
+    call: Any, capability: QueueCapability, needed_by: str
+) -> None:
+    """The error names the call, the capability, the backend and what it does declare."""
+    queue = Queue(CoreOnly())
+
+    @queue.task("t")
+    async def t(ctx: Context, n: int) -> None: ...
+
+    with pytest.raises(MissingCapabilityError) as info:
+        await call(queue)
+    assert info.value.capability is capability
+    assert info.value.needed_by == needed_by
+    message = str(info.value)
+    assert needed_by in message
+    assert capability.value in message
+    assert "CoreOnly()" in message
+    assert "nothing beyond the core" in message
+    assert isinstance(info.value, NotImplementedError)
+
+
+def test_a_capability_needed_at_construction_fails_there() -> None:
+    """A long-queue hook needs counts: refused when the queue is built, not at an enqueue."""
+    needs = r"Queue\(long_queue_threshold=\.\.\.\) needs inspection"
+    with pytest.raises(MissingCapabilityError, match=needs):
+        Queue(CoreOnly(), long_queue_threshold=10, on_long_queue=lambda q, n: None)
+
+
+def test_a_false_declaration_fails_at_construction() -> None:
+    """Declaring a capability without its protocol's methods is a TypeError naming both."""
+
+    class Boastful(CoreOnly):
+        capabilities = frozenset({QueueCapability.INSPECTION})
+
+    with pytest.raises(TypeError, match=r"declares QueueCapability.INSPECTION.*QueueInspection"):
+        Queue(Boastful())
+
+    careless: Any = CoreOnly()
+    careless.capabilities = {QueueCapability.INSPECTION}  # a set, not a frozenset
+    with pytest.raises(TypeError, match="frozenset of QueueCapability"):
+        Queue(careless)
+
+
+def test_the_capability_table() -> None:
+    """What each built-in backend declares (the README's table)."""
+    everything = frozenset(QueueCapability)
+    assert PostgresQueueBackend.capabilities == everything
+    without_transactions = everything - {QueueCapability.TRANSACTIONAL_ENQUEUE}
+    assert SQLiteQueueBackend.capabilities == without_transactions
+    assert MemoryQueueBackend.capabilities == without_transactions
