@@ -9,6 +9,10 @@ Run: ``python benchmarks/bench_scheduler.py`` (or ``nox -s bench``).
 2. Idle cost: 100 daily schedules whose next slot is hours away, for ``--idle-seconds``;
    counts state reads/writes, lock attempts and clock wake-ups. Target: none beyond the
    initial planning (no polling before the next due time).
+3. Schedule arithmetic: a year of hourly slots (8,760 ``next_after`` calls) of
+   ``Cron("0 * * * *")`` in Europe/Berlin, across both DST changes, against the same slots of
+   ``Interval(3600)`` (plain instant arithmetic) as the baseline. Prints microseconds per call
+   and the ratio (target: under 30x, i.e. Cron resolves hours, it never scans minutes).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +28,7 @@ import anyio
 
 import tasker
 from tasker import FileLockerFactory, ScheduleState, SQLiteStateRepository, SystemClock
-from tasker.schedule import Daily, Interval
+from tasker.schedule import Cron, Daily, Interval, Schedule
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -137,6 +142,29 @@ async def idle(seconds: float, count: int) -> None:
         await tasker.run(tasker.concurrence(*jobs), shutdown_trigger=stop, clock=CountingClock())
 
 
+def schedule_cost(repeat: int = 5) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    count = 24 * 365
+
+    def best(schedule: Schedule) -> float:
+        times = []
+        for _ in range(repeat):
+            moment = start
+            began = time.perf_counter()
+            for _ in range(count):
+                moment = schedule.next_after(moment)
+            times.append(time.perf_counter() - began)
+        return min(times) / count
+
+    cron = best(Cron("0 * * * *", tz="Europe/Berlin"))
+    baseline = best(Interval(3600))
+    print(
+        f"schedule arithmetic, a year of hourly slots: Cron in Europe/Berlin {cron * 1e6:.1f} us"
+        f" per next_after, Interval(3600) {baseline * 1e6:.2f} us; ratio"
+        f" {cron / baseline:.1f}x (target < 30x)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10)
@@ -145,6 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     anyio.run(latency, args.seconds, args.schedules)
     anyio.run(idle, args.idle_seconds, args.schedules)
+    schedule_cost()
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ thing; this example spells it out to show ``with_shutdown``.
 Run: ``PORT=8000 python examples/http_server.py``, then ``curl localhost:8000/`` or
 ``curl 'localhost:8000/slow?seconds=3'`` and press Ctrl-C while the slow request runs.
 
-Prints: ``listening on http://127.0.0.1:8000``, a ``heartbeat`` line per second, and
-``bye`` after a clean shutdown.
+Prints: ``listening on http://127.0.0.1:8000`` once the server accepts connections (a client
+may connect as soon as it reads that line), a ``heartbeat`` line per second, and ``bye`` after
+a clean shutdown.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,11 +61,20 @@ class IgnoreCancelledRequests(logging.Filter):
 
 
 class Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the program's signals belong to tasker."""
+    """uvicorn without its own signal handlers: the program's signals belong to tasker.
+
+    It announces its address only once its socket is listening, not when ``serve()`` is called:
+    uvicorn binds during startup, after the app's lifespan startup has run.
+    """
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # not when startup gave up (a lifespan error)
+            print(f"listening on http://{self.config.host}:{self.config.port}", flush=True)
 
 
 def http_job(port: int) -> tasker.Job:
@@ -72,7 +83,6 @@ def http_job(port: int) -> tasker.Job:
     logging.getLogger("uvicorn.error").addFilter(IgnoreCancelledRequests())
 
     async def serve() -> None:
-        print(f"listening on http://127.0.0.1:{port}", flush=True)
         await server.serve()
 
     async def shutdown() -> None:

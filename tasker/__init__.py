@@ -18,7 +18,13 @@ from ._clock import Clock, SystemClock
 from ._combinators import concurrence, sequence
 from ._context import DEFAULT_GRACE, Context, StopReason
 from ._error_handling import ErrorHandler, ignore_error, on_error
-from ._errors import JobTimeoutError, RestartLimitError, SignalInstallError, TaskerError
+from ._errors import (
+    JobTimeoutError,
+    RestartLimitError,
+    ServerStartError,
+    SignalInstallError,
+    TaskerError,
+)
 from ._job import Job
 from ._main import main
 from ._redact import RedactingFilter, redact_dsn
@@ -59,6 +65,7 @@ __all__ = [
     "ScheduleState",
     "Scheduler",
     "SchedulerStatistics",
+    "ServerStartError",
     "SignalInstallError",
     "StopReason",
     "SystemClock",

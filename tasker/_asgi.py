@@ -22,7 +22,8 @@ from typing import Any, Literal, TypeAlias
 import anyio
 
 from ._backend import current_backend
-from ._context import Context
+from ._context import Context, to_seconds
+from ._errors import ServerStartError
 from ._job import Job
 from ._shutdown import DEFAULT_SHUTDOWN_TIMEOUT, with_shutdown
 
@@ -108,7 +109,7 @@ def serve_asgi(
         port: the TCP port; by default the ``PORT`` environment variable.
         host: the address to listen on.
         server: ``"auto"``, ``"uvicorn"`` (asyncio only) or ``"hypercorn"``.
-        timeout: the graceful shutdown deadline.
+        timeout: the graceful shutdown deadline, in seconds or as a ``timedelta``.
         log_level: the server's log level.
 
     - **On error**: a port that cannot be bound, or an app whose lifespan startup fails,
@@ -117,8 +118,13 @@ def serve_asgi(
     - **On shutdown**: as above (see :func:`tasker.with_shutdown`).
 
     Raises:
-        ValueError: at construction, for a missing or malformed port or an unknown server.
-        TypeError: at construction, if ``app`` is not callable.
+        ValueError: at construction, for a missing or malformed port, an unknown server, or a
+            ``timeout`` that is negative or not finite.
+        TypeError: at construction, if ``app`` is not callable or ``timeout`` is not a number
+            of seconds or a ``timedelta``.
+        tasker.ServerStartError: when the job runs, if uvicorn is asked for on trio, or the
+            server gave up during startup (e.g. the app's lifespan startup failed).
+        OSError: when the job runs, if the port cannot be bound.
     """
     if not callable(app):
         raise TypeError(f"serve_asgi(): app must be an ASGI application, got {app!r}")
@@ -127,6 +133,7 @@ def serve_asgi(
         raise ValueError(
             f"serve_asgi(): server must be 'auto', 'uvicorn' or 'hypercorn', got {server!r}"
         )
+    timeout_s = to_seconds(timeout, "serve_asgi(): timeout")
 
     async def asgi_job(ctx: Context) -> None:
         backend = current_backend()
@@ -135,18 +142,20 @@ def serve_asgi(
             chosen = "uvicorn" if backend == "asyncio" else "hypercorn"
         if chosen == "uvicorn":
             if backend != "asyncio":
-                raise RuntimeError("serve_asgi(): uvicorn runs on asyncio only; use hypercorn")
-            await _uvicorn_job(app, host, bound_port, timeout, log_level)(ctx)
+                raise ServerStartError(
+                    "uvicorn",
+                    f"{host}:{bound_port}",
+                    f"uvicorn runs on asyncio only, not {backend}; use server='hypercorn'",
+                )
+            await _uvicorn_job(app, host, bound_port, timeout_s, log_level)(ctx)
         else:
-            await _hypercorn_job(app, host, bound_port, timeout, log_level, backend)(ctx)
+            await _hypercorn_job(app, host, bound_port, timeout_s, log_level, backend)(ctx)
 
     asgi_job.__name__ = asgi_job.__qualname__ = f"serve_asgi({host}:{bound_port})"
     return asgi_job
 
 
-def _uvicorn_job(
-    app: ASGIApp, host: str, port: int, timeout: float | timedelta, log_level: str
-) -> Job:
+def _uvicorn_job(app: ASGIApp, host: str, port: int, timeout: float, log_level: str) -> Job:
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -167,12 +176,16 @@ def _uvicorn_job(
         except SystemExit:
             # uvicorn calls sys.exit() when startup fails (lifespan error): report it as a
             # failure of this job instead of letting it end the whole program.
-            raise RuntimeError(f"uvicorn failed to start on {host}:{port}; see its log") from None
+            raise ServerStartError(
+                "uvicorn", f"{host}:{port}", "it gave up during startup; see its log"
+            ) from None
         finally:
             sock.close()
             finished.set()
         if not instance.started and not instance.should_exit:
-            raise RuntimeError(f"uvicorn failed to start on {host}:{port}; see its log")
+            raise ServerStartError(
+                "uvicorn", f"{host}:{port}", "it gave up during startup; see its log"
+            )
 
     async def shutdown(ctx: Context) -> None:
         instance.should_exit = True
@@ -190,16 +203,14 @@ def _hypercorn_job(
     app: ASGIApp,
     host: str,
     port: int,
-    timeout: float | timedelta,
+    timeout: float,
     log_level: str,
     backend: str,
 ) -> Job:
     from hypercorn.config import Config
 
     config = Config()
-    config.graceful_timeout = (
-        timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-    )
+    config.graceful_timeout = timeout
     config.loglevel = log_level.upper()
     config.accesslog = None
     stop = anyio.Event()

@@ -11,6 +11,12 @@ Design notes:
   them.
 - Only contexts somebody waits on are linked into their parent's listeners; the link is
   removed when the last waiter leaves, so long-running trees do not accumulate dead children.
+- A listener (``_add_callback``) hears a context become done exactly once: at once, inside
+  ``_add_callback``, if the context is already done, and otherwise on the first stop of the
+  context or of an ancestor. A later stop higher up does not call it again: the propagation
+  stops at the first node that was stopped on its own, whose listeners have heard it already.
+  The alternative, "callers check ``done`` first", left every caller one forgotten check away
+  from waiting forever on a context that can no longer fire (``with_shutdown`` did).
 """
 
 from __future__ import annotations
@@ -232,12 +238,27 @@ class Context:
             for callback in list(callbacks):
                 callback()
 
+    def _on_parent_done(self) -> None:
+        # An ancestor was stopped. A context stopped on its own before has told its
+        # listeners then; telling them again would make a one-shot signal fire twice.
+        if self._reason is None:
+            self._fire()
+
     def _add_callback(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once, when the context becomes done (at once if it already is).
+
+        Called at once, the callback is not registered, so a later ``_remove_callback`` of it is
+        a no-op; either way a caller may always pair the two calls. Callers must tolerate the
+        callback running before ``_add_callback`` returns.
+        """
+        if self.done:
+            callback()
+            return
         # Linking into the parent happens only for contexts that are waited on.
         if self._callbacks is None:
             self._callbacks = set()
             if self._parent is not None:
-                self._parent._add_callback(self._fire)
+                self._parent._add_callback(self._on_parent_done)
         self._callbacks.add(callback)
 
     def _remove_callback(self, callback: Callable[[], object]) -> None:
@@ -248,7 +269,7 @@ class Context:
         if not callbacks:
             self._callbacks = None
             if self._parent is not None:
-                self._parent._remove_callback(self._fire)
+                self._parent._remove_callback(self._on_parent_done)
 
     def __repr__(self) -> str:
         reason = self.reason

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "JobTimeoutError",
     "RestartLimitError",
+    "ServerStartError",
     "SignalInstallError",
     "TaskerError",
 ]
@@ -45,6 +46,27 @@ class RestartLimitError(TaskerError, RuntimeError):
         self.restarts = restarts
         self.window = window
         super().__init__(f"job failed {restarts + 1} times within {window:g} seconds; giving up")
+
+
+class ServerStartError(TaskerError, RuntimeError):
+    """A server run by :func:`tasker.serve_asgi` could not start.
+
+    Raised when the chosen server cannot run on the current event loop (uvicorn on trio), or
+    when it gave up during startup (an application whose lifespan startup failed); the
+    server's own log says why in the second case. A port that cannot be bound is a plain
+    ``OSError`` instead.
+
+    Attributes:
+        server: the server's name, ``"uvicorn"`` or ``"hypercorn"``.
+        address: the ``host:port`` it was to listen on.
+        reason: what went wrong.
+    """
+
+    def __init__(self, server: str, address: str, reason: str) -> None:
+        self.server = server
+        self.address = address
+        self.reason = reason
+        super().__init__(f"{server} cannot start on {address}: {reason}")
 
 
 class SignalInstallError(TaskerError, RuntimeError):

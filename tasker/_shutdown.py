@@ -42,20 +42,34 @@ def with_shutdown(
     """Return a job that runs a server's blocking ``serve`` and stops it with ``shutdown``.
 
     ``serve`` and ``shutdown`` are async callables taking either no argument or a context.
-    When the job's context is done, ``shutdown`` is called with a fresh context whose
-    :attr:`~tasker.Context.deadline` is ``timeout`` seconds away; ``serve`` is expected to
-    return once the server has stopped. If ``serve`` is still running at the deadline (or
-    ``shutdown`` failed), ``serve`` is cancelled.
 
-    - **On error**: if ``serve`` fails (e.g. it cannot bind its port) the job fails at once
-      with that exception; a failure of ``shutdown`` propagates after ``serve`` was cancelled.
-      If ``serve`` returns by itself before any shutdown, the job returns.
+    The rule (Go's ``Shutdown`` pattern, made deterministic): ``shutdown`` is called exactly
+    once if the job's context is done before ``serve`` returns, that is, while ``serve``
+    runs, before it started (a context already done when the job starts), or when ``serve``
+    itself returned *because* the context became done. Whether the context was done is read
+    at the moment ``serve`` returns, so a ``serve`` that waits on the context gets its
+    ``shutdown`` every time. ``shutdown`` is not called when ``serve`` returned or failed while
+    the context was still running. ``shutdown`` may therefore run before ``serve`` has reached
+    its blocking point; a server should treat it as "stop as soon as you have started" (as
+    uvicorn's ``should_exit`` and hypercorn's shutdown trigger do).
+
+    ``shutdown`` gets a fresh context whose :attr:`~tasker.Context.deadline` is ``timeout``
+    seconds away; ``serve`` is expected to return once the server has stopped. If ``serve``
+    is still running at the deadline (or ``shutdown`` failed), ``serve`` is cancelled. The job
+    never waits longer than ``timeout`` after its context is done.
+
+    - **On error**: if ``serve`` fails while the context is running (e.g. it cannot bind its
+      port) the job fails at once with that exception, and ``shutdown`` is not called. A
+      failure of ``shutdown`` propagates after ``serve`` was cancelled. If both fail, an
+      ``ExceptionGroup`` of the two (``serve``'s first) is raised. If ``serve`` returns by
+      itself while the context is running, the job returns.
     - **On cancellation**: ``serve`` (and a running ``shutdown``) is cancelled at once.
     - **On shutdown**: as above; a server cut off at the deadline is logged as a warning and
       the job returns normally.
 
     Raises:
-        TypeError: at construction, if ``serve`` or ``shutdown`` is not callable.
+        TypeError: at construction, if ``serve`` or ``shutdown`` is not callable, or
+            ``timeout`` is not a number or a timedelta.
         ValueError: at construction, if ``timeout`` is negative or not finite.
     """
     run_serve = _adapt(serve, "serve")
@@ -68,29 +82,34 @@ def with_shutdown(
         wake = anyio.Event()
         serve_error: Exception | None = None
         shutdown_error: Exception | None = None
+        # Read synchronously when serve returns: "was the context done by then?" has one
+        # answer, whatever order the event loop wakes this task and the serving one in.
+        done_when_served = False
 
         async def serving() -> None:
-            nonlocal serve_error
+            nonlocal serve_error, done_when_served
             try:
                 with serve_scope:
                     await run_serve(ctx)
             except Exception as exc:
                 serve_error = exc
             finally:
+                done_when_served = ctx.done
                 serve_done.set()
                 wake.set()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(serving)
+            # Fires at once for a context that is already done.
             ctx._add_callback(wake.set)
             try:
                 await wake.wait()
             finally:
                 ctx._remove_callback(wake.set)
-            if not serve_done.is_set():
+            if not serve_done.is_set() or done_when_served:
                 deadline = anyio.current_time() + timeout_s
                 stop_ctx = Context._create(grace=ctx.grace, clock=ctx.clock, deadline=deadline)
-                with anyio.move_on_after(timeout_s):
+                with anyio.CancelScope(deadline=deadline):
                     try:
                         await run_shutdown(stop_ctx)
                     except Exception as exc:
@@ -106,6 +125,10 @@ def with_shutdown(
                             timeout_s,
                         )
                     serve_scope.cancel()
+        if serve_error is not None and shutdown_error is not None:
+            raise ExceptionGroup(
+                f"{job_name(serve)} and its shutdown both failed", [serve_error, shutdown_error]
+            )
         if serve_error is not None:
             raise serve_error
         if shutdown_error is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 
 import pytest
 
@@ -22,12 +23,43 @@ def _modules() -> list[str]:
     return names
 
 
+def isort_key(name: str) -> tuple[int, list[tuple[int, int | str]]]:
+    """ruff RUF022's "isort-style" order: CONSTANTS, then Classes, then the rest, each naturally.
+
+    Natural means runs of digits compare as numbers (``v2`` before ``v10``); letters compare
+    case-sensitively, as in ruff.
+    """
+    if len(name) > 1 and name.upper() == name and name.lower() != name:
+        kind = 0
+    elif name[:1].isupper():
+        kind = 1
+    else:
+        kind = 2
+    parts = [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name)]
+    return kind, [part for part in parts if part != (1, "")]
+
+
+def test_isort_key_orders_like_ruff() -> None:
+    """The key reproduces RUF022's order on names of every kind, so the test below can fail."""
+    names = ["v10", "DEFAULT_GRACE", "sequence", "SQLiteStateRepository", "v2", "Context", "X2"]
+    assert sorted(names, key=isort_key) == [
+        "DEFAULT_GRACE",
+        "X2",
+        "Context",
+        "SQLiteStateRepository",
+        "sequence",
+        "v2",
+        "v10",
+    ]
+
+
 @pytest.mark.parametrize("module_name", _modules())
 def test_all_is_sorted_and_complete(module_name: str) -> None:
-    """__all__ has no duplicates and names every public (non-underscore) attribute."""
+    """__all__ is in RUF022 order, has no duplicates, and names every public attribute."""
     module = importlib.import_module(module_name)
     exported = list(module.__all__)
-    assert len(exported) == len(set(exported)), "duplicates in __all__"  # ruff RUF022 sorts it
+    assert len(exported) == len(set(exported)), "duplicates in __all__"
+    assert exported == sorted(exported, key=isort_key), "__all__ is not in isort-style order"
     public = {
         name
         for name, value in vars(module).items()

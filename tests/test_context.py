@@ -170,3 +170,32 @@ def test_repr_shows_state() -> None:
     assert repr(ctx) == "<tasker.Context running grace=3s>"
     ctx.stop(StopReason.SHUTDOWN)
     assert repr(ctx) == "<tasker.Context done (shutdown) grace=3s>"
+
+
+def test_listener_on_done_context_is_called_at_once() -> None:
+    """A listener added to a context that is already done runs at once and stays unregistered."""
+    ctx = Context._create()
+    child = ctx.child()
+    ctx.stop(StopReason.SHUTDOWN)
+    heard: list[str] = []
+    child._add_callback(lambda: heard.append("child"))
+    ctx._add_callback(lambda: heard.append("root"))
+    assert heard == ["child", "root"]
+    assert ctx._callbacks is None
+    assert child._callbacks is None
+
+
+def test_listener_hears_done_once() -> None:
+    """A listener fires on the first stop of its context or an ancestor, never again."""
+    root = Context._create()
+    middle = root.child()
+    leaf = middle.child()
+    heard: list[str] = []
+    leaf._add_callback(lambda: heard.append("leaf"))
+    middle._add_callback(lambda: heard.append("middle"))
+    leaf.stop()
+    assert heard == ["leaf"]
+    middle.stop()
+    assert heard == ["leaf", "middle"]
+    root.stop(StopReason.SHUTDOWN)
+    assert heard == ["leaf", "middle"]

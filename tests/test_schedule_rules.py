@@ -120,6 +120,16 @@ def test_cron_day_fields_or_rule() -> None:
     assert any(s.day == 13 and s.weekday() != 4 for s in found)
 
 
+def test_cron_day_of_week_makes_an_impossible_day_of_month_valid() -> None:
+    """``30 2`` never occurs, but with a restricted weekday the OR rule fires on those days."""
+    schedule = Cron("8 10 30 2 sat,sun")
+    found = slots(schedule, utc(2026, 1, 1), 8)
+    assert found[0] == utc(2026, 2, 1, 10, 8)  # a Sunday
+    assert all(s.month == 2 and s.weekday() in (5, 6) for s in found)
+    with pytest.raises(ValueError, match="never occurs"):
+        Cron("8 10 30 2 *")  # the day of month decides alone
+
+
 # -- month end and leap days -----------------------------------------------------------------
 
 
@@ -345,9 +355,72 @@ def test_cron_skips_no_slot_against_brute_force(
     assert found == oracle(expression, zone_name, start, end)
 
 
-def test_cron_is_fast_enough_for_the_hot_path() -> None:
-    """A sanity bound on work: a year of hourly slots resolves without scanning minutes."""
-    schedule = Cron("0 * * * *", tz="Europe/Berlin")
-    found = slots(schedule, utc(2026, 1, 1), 24 * 365)
-    assert len(set(found)) == len(found)
-    assert date(2026, 12, 31) <= found[-1].date() <= date(2027, 1, 1)
+# Day fields as text, each with its meaning spelled out independently of Cron's parser.
+_ALL_DAYS = set(range(1, 32))
+_DOM_FIELDS = {
+    "*": _ALL_DAYS,
+    "*/10": {1, 11, 21, 31},
+    "1-15": set(range(1, 16)),
+    "28-31": {28, 29, 30, 31},
+    "29": {29},
+    "30": {30},
+    "31": {31},
+    "30,31": {30, 31},
+}
+_MONTH_FIELDS = {
+    "*": set(range(1, 13)),
+    "2": {2},
+    "feb": {2},
+    "2,4": {2, 4},
+    "4,6,9,11": {4, 6, 9, 11},
+    "1-12/2": {1, 3, 5, 7, 9, 11},
+}
+_DOW_FIELDS = {"*": set(range(7)), "*/3": {0, 3, 6}, "1-5": {1, 2, 3, 4, 5}, "sat,sun": {0, 6}}
+
+
+def _day_fires(day: date, dom: str, month: str, dow: str) -> bool:
+    """Whether cron fires on ``day``, by the OR rule applied to the fields' spelled-out sets."""
+    if day.month not in _MONTH_FIELDS[month]:
+        return False
+    by_dom = day.day in _DOM_FIELDS[dom]
+    by_dow = (day.weekday() + 1) % 7 in _DOW_FIELDS[dow]
+    if dom.startswith("*") or dow.startswith("*"):
+        return by_dom and by_dow
+    return by_dom or by_dow
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    dom=st.sampled_from(sorted(_DOM_FIELDS)),
+    month=st.sampled_from(sorted(_MONTH_FIELDS)),
+    dow=st.sampled_from(sorted(_DOW_FIELDS)),
+    zone_name=zones,
+    start=moments,
+)
+def test_cron_accepts_exactly_the_expressions_that_fire(
+    dom: str, month: str, dow: str, zone_name: str, start: datetime
+) -> None:
+    """Cron refuses an expression iff no day in 28 years fires; else next_after finds that day."""
+    expression = f"8 10 {dom} {month} {dow}"
+    zone = ZoneInfo(zone_name)
+    local = start.astimezone(zone)
+    # 28 years hold every weekday of every date, Feb 29 included; 10:08 is never in a DST gap.
+    days = (local.date() + timedelta(days=n) for n in range(366 * 28 + 1))
+    firing = (d for d in days if _day_fires(d, dom, month, dow))
+    expected = next(
+        (
+            moment
+            for d in firing
+            if (moment := datetime.combine(d, time(10, 8), tzinfo=zone)) > start
+        ),
+        None,
+    )
+    if expected is None:
+        with pytest.raises(ValueError, match="never occurs"):
+            Cron(expression, tz=zone_name)
+        return
+    fired = Cron(expression, tz=zone_name).next_after(start)
+    assert fired == expected
+    # The minute-by-minute oracle agrees: a slot, and none in the hour before it.
+    window_start = max(start + timedelta(microseconds=1), fired - timedelta(hours=1))
+    assert oracle(expression, zone_name, window_start, fired + timedelta(minutes=1)) == [fired]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import socket
+from datetime import timedelta
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
-from tasker import Context, run, serve_asgi, with_shutdown
+from tasker import Context, Job, ServerStartError, run, serve_asgi, with_shutdown
 
 from .helpers import free_port
 
@@ -123,6 +124,85 @@ def test_with_shutdown_validates() -> None:
         with_shutdown(noop, noop, timeout=-1)
 
 
+def on_done_context(job: Job) -> Job:
+    """A job that waits until its context is done, then hands that done context to ``job``."""
+
+    async def later(ctx: Context) -> None:
+        await ctx.wait()
+        await job(ctx)
+
+    return later
+
+
+async def test_shutdown_runs_when_serve_returns_on_context_done() -> None:
+    """A serve() that returns because the context is done still gets its shutdown, every time."""
+    calls: list[int] = []
+
+    async def serve(ctx: Context) -> None:
+        await ctx.wait()
+
+    async def shutdown() -> None:
+        calls.append(attempt)
+
+    for attempt in range(20):  # the order of wake-ups varied from run to run: repeat
+        await run(with_shutdown(serve, shutdown), shutdown_trigger=anyio.lowlevel.checkpoint)
+        assert calls == list(range(attempt + 1)), f"attempt {attempt}"
+
+
+async def test_context_done_before_start_calls_shutdown_and_raises_its_error() -> None:
+    """With a context already done at the start, shutdown() runs and its failure propagates."""
+
+    async def serve(ctx: Context) -> None:
+        await ctx.wait()
+
+    async def bad_shutdown() -> None:
+        raise RuntimeError("cannot stop")
+
+    job = on_done_context(with_shutdown(serve, bad_shutdown))
+    with anyio.fail_after(5), pytest.raises(RuntimeError, match="cannot stop"):
+        await run(job, shutdown_trigger=anyio.lowlevel.checkpoint)
+
+
+async def test_server_that_stops_only_when_asked_does_not_hang_on_done_context() -> None:
+    """A serve() that ignores its context is asked to stop once, even if ctx was done first."""
+    server = FakeServer()
+    job = on_done_context(with_shutdown(server.serve, server.shutdown, timeout=30))
+    with anyio.fail_after(5):  # the grace period's hard stop must not be what ends it
+        await run(job, shutdown_trigger=anyio.lowlevel.checkpoint, grace=60)
+    assert sorted(server.events) == ["serve", "serve exit", "served", "shutdown"]
+
+
+async def test_serve_returning_by_itself_before_shutdown_skips_it() -> None:
+    """A serve() that returned while the context ran gets no shutdown, even once ctx is done."""
+    calls: list[str] = []
+    stop = anyio.Event()
+
+    async def serve() -> None:
+        calls.append("serve")
+        stop.set()  # the context becomes done only after serve() has returned
+
+    async def shutdown() -> None:
+        calls.append("shutdown")
+
+    await run(with_shutdown(serve, shutdown), shutdown_trigger=stop.wait)
+    assert calls == ["serve"]
+
+
+async def test_serve_and_shutdown_failures_are_raised_together() -> None:
+    """When serve() and shutdown() both fail, neither error is lost: both come in a group."""
+
+    async def serve(ctx: Context) -> None:
+        await ctx.wait()
+        raise OSError("serve broke while stopping")
+
+    async def shutdown() -> None:
+        raise RuntimeError("shutdown broke")
+
+    with pytest.raises(ExceptionGroup) as info:
+        await run(with_shutdown(serve, shutdown), shutdown_trigger=anyio.lowlevel.checkpoint)
+    assert [type(exc) for exc in info.value.exceptions] == [OSError, RuntimeError]
+
+
 # -- real servers -------------------------------------------------------------------------
 
 
@@ -213,3 +293,55 @@ def test_port_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         serve_asgi(slow_app)
     with pytest.raises(ValueError, match="server"):
         serve_asgi(slow_app, port=1, server="gunicorn")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("server", ["auto", "hypercorn"])
+async def test_serve_asgi_on_done_context_returns(server: str, anyio_backend: str) -> None:
+    """serve_asgi handed a context that is already done starts, stops and returns."""
+    port = free_port()
+    job = serve_asgi(slow_app, port=port, host="127.0.0.1", server=server, timeout=5)  # type: ignore[arg-type]
+    with anyio.fail_after(15):  # the grace period's hard stop must not be what ends it
+        await run(on_done_context(job), shutdown_trigger=anyio.lowlevel.checkpoint, grace=60)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(-1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError), ("abc", TypeError)],
+)
+def test_serve_asgi_validates_timeout(timeout: object, error: type[Exception]) -> None:
+    """A bad timeout fails at construction, naming the parameter and showing the value."""
+    with pytest.raises(error, match=r"serve_asgi\(\): timeout .*got"):
+        serve_asgi(slow_app, port=1, timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_serve_asgi_accepts_a_timedelta_timeout() -> None:
+    """Durations are seconds or a timedelta, as everywhere in tasker."""
+    assert serve_asgi(slow_app, port=1, timeout=timedelta(seconds=3)).__name__ == (
+        "serve_asgi(0.0.0.0:1)"
+    )
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_uvicorn_on_trio_is_a_server_start_error(anyio_backend: str) -> None:
+    """Asking for uvicorn on trio fails with tasker's error, which is also a RuntimeError."""
+    port = free_port()
+    job = serve_asgi(slow_app, port=port, host="127.0.0.1", server="uvicorn")
+    with pytest.raises(ServerStartError, match="uvicorn runs on asyncio only") as info:
+        await run(job)
+    assert isinstance(info.value, RuntimeError)
+    assert (info.value.server, info.value.address) == ("uvicorn", f"127.0.0.1:{port}")
+
+
+async def failing_lifespan_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI app whose lifespan startup fails."""
+    assert scope["type"] == "lifespan"
+    await receive()
+    await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_uvicorn_startup_failure_is_a_server_start_error(anyio_backend: str) -> None:
+    """An app whose lifespan startup fails makes the job fail with ServerStartError."""
+    job = serve_asgi(failing_lifespan_app, port=free_port(), host="127.0.0.1", server="uvicorn")
+    with anyio.fail_after(10), pytest.raises(ServerStartError, match="during startup"):
+        await run(job, shutdown_trigger=anyio.sleep_forever)

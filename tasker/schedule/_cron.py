@@ -92,7 +92,9 @@ class Cron:
     (``@midnight``), ``@weekly``, ``@monthly``, ``@yearly`` (``@annually``).
 
     Raises:
-        ValueError: for a malformed expression; the message names the field and the value.
+        ValueError: for a malformed expression; the message names the field and the value. An
+            expression that can never fire (``0 0 30 2 *``) is malformed; one that the
+            day-of-week half of the OR rule makes possible (``0 0 30 2 sat``) is not.
     """
 
     expression: str
@@ -120,7 +122,14 @@ class Cron:
         sets = [_parse_field(part, *spec) for part, spec in zip(parts, _FIELDS, strict=True)]
         minutes, hours, doms, months, dows = sets
         dows = {0 if d == 7 else d for d in dows}
-        if not any(d <= max(calendar.monthrange(2024, m)[1] for m in months) for d in doms):
+        dom_star, dow_star = parts[2].startswith("*"), parts[4].startswith("*")
+        # Only the day of month can make an expression impossible (Feb 30): every month has
+        # every weekday. With both day fields restricted the OR rule applies and the weekdays
+        # alone make it fire, so the check is for a day of month that decides on its own.
+        # 2024 is a leap year: Feb 29 does occur.
+        dom_decides = dom_star or dow_star
+        longest = max(calendar.monthrange(2024, m)[1] for m in months)
+        if dom_decides and not any(d <= longest for d in doms):
             raise ValueError(
                 f"Cron field 'day of month' in {self.expression!r} never occurs in the given months"
             )
@@ -129,8 +138,8 @@ class Cron:
         object.__setattr__(self, "_doms", frozenset(doms))
         object.__setattr__(self, "_months", frozenset(months))
         object.__setattr__(self, "_dows", frozenset(dows))
-        object.__setattr__(self, "_dom_star", parts[2].startswith("*"))
-        object.__setattr__(self, "_dow_star", parts[4].startswith("*"))
+        object.__setattr__(self, "_dom_star", dom_star)
+        object.__setattr__(self, "_dow_star", dow_star)
         object.__setattr__(self, "_zone", parse_zone(self.tz, "Cron"))
 
     def _day_matches(self, day: date) -> bool:
