@@ -2,7 +2,9 @@
 
 ``tasker_pg.scheduler(dsn)`` is a :class:`tasker.Scheduler` whose locks are Postgres
 advisory locks and whose state is a table, so replicas on different machines run each slot
-once. Under trio every entry point raises :class:`AsyncioRequiredError`.
+once; :class:`PostgresQueueBackend` is a task queue on the same database.
+``await tasker_pg.migrate(dsn)`` creates the tables of both. Under trio every entry point
+raises :class:`AsyncioRequiredError`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ from tasker import redact_dsn  # re-exported: it was tasker_pg's before tasker h
 from ._connection import AsyncioRequiredError
 from ._locks import LockKeyCollisionError, PostgresLockerFactory, advisory_key
 from ._queue_backend import PostgresQueueBackend
+from ._schema import migrate
 from ._setup import PostgresScheduler, scheduler
-from ._state import PostgresStateRepository, migrate
-from ._status import LockHolder, ScheduleStatus, format_status, status
+from ._state import PostgresStateRepository
+from ._status import (
+    LockHolder,
+    QueueStatus,
+    ScheduleStatus,
+    WorkerLease,
+    format_status,
+    status,
+)
 
 __all__ = [
     "AsyncioRequiredError",
@@ -24,7 +34,9 @@ __all__ = [
     "PostgresQueueBackend",
     "PostgresScheduler",
     "PostgresStateRepository",
+    "QueueStatus",
     "ScheduleStatus",
+    "WorkerLease",
     "advisory_key",
     "format_status",
     "migrate",

@@ -1,4 +1,7 @@
-"""``python -m tasker_pg migrate|status --dsn ...``: create the tables, show the schedules.
+"""``python -m tasker_pg migrate|status --dsn ...``: create the tables, show the status.
+
+``migrate`` runs :func:`tasker_pg.migrate`; ``status`` prints the schedules (with their
+lock holders) and the queue.
 
 The DSN comes from ``--dsn`` or the ``TASKER_PG_DSN`` environment variable (prefer the
 variable: command lines are visible to other users of the machine). It is never printed
@@ -17,6 +20,7 @@ from tasker import redact_dsn
 
 from ._connection import PoolSource
 from ._queue_backend import PostgresQueueBackend
+from ._schema import migrate
 from ._state import PostgresStateRepository
 from ._status import format_status, status
 
@@ -34,17 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no DSN: give --dsn or set TASKER_PG_DSN")
 
     async def run() -> str:
+        if args.command == "migrate":
+            await migrate(args.dsn, schema=args.schema, table=args.table)
+            return (
+                f"migrated {args.schema}.{args.table} and the queue tables on"
+                f" {redact_dsn(args.dsn)}"
+            )
         source = PoolSource(args.dsn)
         repository = PostgresStateRepository(source, schema=args.schema, table=args.table)
         try:
             queue = PostgresQueueBackend(source, schema=args.schema)
-            if args.command == "migrate":
-                await repository.migrate()
-                await queue.migrate()
-                return (
-                    f"migrated {args.schema}.{args.table} and the queue tables on"
-                    f" {redact_dsn(args.dsn)}"
-                )
             schedules = format_status(await status(repository, namespace=args.namespace))
             return f"{schedules}\n\n{(await queue.status()).format()}"
         finally:

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import socket
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -32,6 +33,7 @@ from tasker import TaskerError, redact_dsn
 from tasker.backends import check_schedule_name as check_name
 
 from ._connection import PoolSource, quote_identifier
+from ._durations import to_seconds
 
 __all__ = ["LockKeyCollisionError", "PostgresLockerFactory", "advisory_key"]
 
@@ -173,15 +175,19 @@ class PostgresLockerFactory:
         dsn_or_pool: a ``postgresql://`` DSN or an asyncpg pool (lock connections are opened
             with the same parameters; they never come from the pool).
         namespace: mixed into every key, so several applications can share a database.
-        schema: where the ``lock_keys`` registry lives (created by ``migrate()``).
-        check_interval: seconds between liveness checks of a held lock's connection (a
-            server restart or ``pg_terminate_backend`` is noticed at once through asyncpg's
-            termination listener; the check catches connections that die silently).
-        check_timeout: seconds a liveness check may take before the lock counts as lost.
+        schema: where the ``lock_keys`` registry lives (created by :func:`tasker_pg.migrate`).
+        check_interval: seconds (or a ``timedelta``) between liveness checks of a held lock's
+            connection (a server restart or ``pg_terminate_backend`` is noticed at once
+            through asyncpg's termination listener; the check catches connections that die
+            silently).
+        check_timeout: seconds (or a ``timedelta``) a liveness check may take before the
+            lock counts as lost.
         idle_connections: how many unlocked connections to keep for reuse.
 
     Raises:
-        ValueError: for a bad DSN, schema or interval.
+        ValueError: for a bad DSN, schema, namespace or ``idle_connections``, or an interval
+            that is not positive.
+        TypeError: for an interval that is not a duration.
         tasker_pg.AsyncioRequiredError: when constructed under trio.
     """
 
@@ -191,8 +197,8 @@ class PostgresLockerFactory:
         *,
         namespace: str = "tasker",
         schema: str = "tasker",
-        check_interval: float = 1.0,
-        check_timeout: float = 5.0,
+        check_interval: float | timedelta = 1.0,
+        check_timeout: float | timedelta = 5.0,
         idle_connections: int = 2,
     ) -> None:
         self._source = (
@@ -200,10 +206,8 @@ class PostgresLockerFactory:
         )
         if not isinstance(namespace, str) or not namespace:
             raise ValueError(f"namespace must be a non-empty string, got {namespace!r}")
-        if not isinstance(check_interval, int | float) or not check_interval > 0:
-            raise ValueError(f"check_interval must be positive, got {check_interval!r}")
-        if not isinstance(check_timeout, int | float) or not check_timeout > 0:
-            raise ValueError(f"check_timeout must be positive, got {check_timeout!r}")
+        self.check_interval = to_seconds(check_interval, "check_interval", positive=True)
+        self.check_timeout = to_seconds(check_timeout, "check_timeout", positive=True)
         if not isinstance(idle_connections, int) or idle_connections < 0:
             raise ValueError(
                 f"idle_connections must be a non-negative int, got {idle_connections!r}"
@@ -211,8 +215,6 @@ class PostgresLockerFactory:
         self.namespace = namespace
         self.schema = schema
         self._keys_table = f"{quote_identifier(schema, 'schema')}.lock_keys"
-        self.check_interval = float(check_interval)
-        self.check_timeout = float(check_timeout)
         #: How lock connections name themselves in ``pg_stat_activity``.
         self.application_name = f"tasker_pg {socket.gethostname()} pid {os.getpid()}"
         self._idle: list[asyncpg.Connection[Any]] = []

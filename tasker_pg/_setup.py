@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
 
@@ -29,13 +28,27 @@ __all__ = ["PostgresScheduler", "scheduler"]
 
 logger = logging.getLogger("tasker_pg")
 
+#: tasker.Scheduler's default ``backend_backoff`` (a frozen value: safe to share), also the
+#: wait between start-up checks of a lock key while the database is down.
+_BACKOFF = Backoff(initial=0.5, maximum=30.0)
+
 
 class PostgresScheduler(tasker.Scheduler):
     """A :class:`tasker.Scheduler` whose locks and state live in Postgres.
 
-    Build it with :func:`scheduler`. Besides the Scheduler's API it has :meth:`migrate` and
-    :meth:`aclose`, and each job from :meth:`with_schedule` first checks, before its loop,
-    that it runs on asyncio and that its name's lock key is not registered to another name.
+    Build it with :func:`scheduler`. Besides the Scheduler's API it has :meth:`migrate`,
+    and each job from :meth:`with_schedule` first checks, before its loop, that it runs on
+    asyncio and that its name's lock key is not registered to another name.
+
+    Args:
+        locker_factory: the advisory locks.
+        repository: the state table.
+        lock_retry: as in :class:`tasker.Scheduler` (seconds or a ``timedelta``).
+        backend_backoff: as in :class:`tasker.Scheduler`.
+
+    Raises:
+        ValueError: for a bad ``lock_retry``.
+        TypeError: for a ``backend_backoff`` that is not a :class:`tasker.Backoff`.
     """
 
     def __init__(
@@ -43,21 +56,24 @@ class PostgresScheduler(tasker.Scheduler):
         *,
         locker_factory: PostgresLockerFactory,
         repository: PostgresStateRepository,
-        **options: Any,
+        lock_retry: float | timedelta = 1.0,
+        backend_backoff: Backoff = _BACKOFF,
     ) -> None:
-        super().__init__(locker_factory=locker_factory, repository=repository, **options)
+        super().__init__(
+            locker_factory=locker_factory,
+            repository=repository,
+            lock_retry=lock_retry,
+            backend_backoff=backend_backoff,
+        )
         self._pg_lockers = locker_factory
         self._pg_repository = repository
-        self._preflight_backoff = Backoff(initial=0.5, maximum=30.0)
+        self._preflight_backoff = _BACKOFF
 
     async def migrate(self) -> None:
-        """Create the state table and the lock-key registry if missing (idempotent)."""
+        """Create every tasker_pg table, if missing: a thin wrapper of :func:`tasker_pg.migrate`
+        with this scheduler's pool, schema and state table (idempotent, safe to run
+        concurrently)."""
         await self._pg_repository.migrate()
-
-    async def aclose(self) -> None:
-        """Close the idle lock connections and the pool this scheduler made from a DSN."""
-        await self._pg_lockers.aclose()
-        await self._pg_repository.aclose()
 
     def with_schedule(
         self,
@@ -121,16 +137,17 @@ def scheduler(
     schema: str = "tasker",
     table: str = "schedule_state",
     namespace: str = "tasker",
-    check_interval: float = 1.0,
-    **options: Any,
+    check_interval: float | timedelta = 1.0,
+    lock_retry: float | timedelta = 1.0,
+    backend_backoff: Backoff = _BACKOFF,
 ) -> PostgresScheduler:
     """A :class:`tasker.Scheduler` whose locks and state live in Postgres.
 
     One line: ``scheduler = tasker_pg.scheduler(os.environ["DATABASE_URL"])``. Run
-    ``await scheduler.migrate()`` (or ``python -m tasker_pg migrate``) once per database,
-    and ``await scheduler.aclose()`` at the end when you gave a DSN. A DSN gets a small pool
-    of its own (created lazily in the running loop); each held lock has a dedicated
-    connection besides it.
+    :func:`tasker_pg.migrate` (or ``await scheduler.migrate()``, or ``python -m tasker_pg
+    migrate``) once per database, and ``await scheduler.aclose()`` at the end when you gave
+    a DSN. A DSN gets a small pool of its own (created lazily in the running loop); each
+    held lock has a dedicated connection besides it.
 
     Args:
         dsn_or_pool: a ``postgresql://`` DSN or an asyncpg pool.
@@ -138,12 +155,18 @@ def scheduler(
         table: the state table's name (likewise).
         namespace: mixed into every advisory lock key, so applications sharing a database
             do not share locks.
-        check_interval: seconds between liveness checks of a held lock's connection.
-        options: passed to :class:`tasker.Scheduler` (``lock_retry``, ``backend_backoff``).
+        check_interval: seconds (or a ``timedelta``) between liveness checks of a held lock's
+            connection.
+        lock_retry: seconds (or a ``timedelta``) before a replica that found a lock busy
+            looks again (as in :class:`tasker.Scheduler`).
+        backend_backoff: the wait between retries while the database is unreachable (as in
+            :class:`tasker.Scheduler`).
 
     Raises:
-        ValueError: for a bad DSN, schema, table, namespace or interval.
-        TypeError: for something that is neither a DSN nor an asyncpg pool.
+        ValueError: for a bad DSN, schema, table, namespace or duration.
+        TypeError: for something that is neither a DSN nor an asyncpg pool, a duration that
+            is neither seconds nor a ``timedelta``, or a ``backend_backoff`` that is not a
+            :class:`tasker.Backoff`.
         tasker_pg.AsyncioRequiredError: when called under trio (asyncpg is asyncio-only).
     """
     source = PoolSource(dsn_or_pool)
@@ -152,5 +175,6 @@ def scheduler(
             source, namespace=namespace, schema=schema, check_interval=check_interval
         ),
         repository=PostgresStateRepository(source, schema=schema, table=table),
-        **options,
+        lock_retry=lock_retry,
+        backend_backoff=backend_backoff,
     )

@@ -1,4 +1,4 @@
-"""Schedule state in a Postgres table, and the migration that creates it."""
+"""Schedule state in a Postgres table (created by :func:`tasker_pg.migrate`)."""
 
 from __future__ import annotations
 
@@ -11,63 +11,32 @@ import asyncpg
 from tasker import ScheduleState
 
 from ._connection import PoolSource, quote_identifier
+from ._durations import to_seconds
+from ._schema import migrate_source
 
-__all__ = ["PostgresStateRepository", "migrate"]
+__all__ = ["PostgresStateRepository"]
 
 _COLUMNS = (
     "name, last_slot, last_started, last_finished, last_error, run_count, failure_count, next_due"
 )
 
 
-async def migrate(
-    pool: asyncpg.Pool, *, schema: str = "tasker", table: str = "schedule_state"
-) -> None:
-    """Create the schema, the state table and the lock-key registry, if missing.
-
-    Idempotent and safe to run from several replicas at once (it holds a transaction-level
-    advisory lock while it works).
-    """
-    q_schema = quote_identifier(schema, "schema")
-    q_table = f"{q_schema}.{quote_identifier(table, 'table')}"
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("select pg_advisory_xact_lock(hashtext('tasker_pg.migrate'))")
-        await conn.execute(f"create schema if not exists {q_schema}")
-        await conn.execute(
-            f"""create table if not exists {q_table} (
-                name text primary key check (length(name) between 1 and 200),
-                last_slot timestamptz not null,
-                last_started timestamptz,
-                last_finished timestamptz,
-                last_error text,
-                run_count bigint not null default 0,
-                failure_count bigint not null default 0,
-                next_due timestamptz,
-                updated_at timestamptz not null default now()
-            )"""
-        )
-        await conn.execute(
-            f"""create table if not exists {q_schema}.lock_keys (
-                key bigint primary key,
-                name text not null
-            )"""
-        )
-
-
 class PostgresStateRepository:
     """:class:`tasker.abc.StateRepository` on a Postgres table.
 
     ``now()`` is the database's clock, so replicas with skewed clocks agree on which slot
-    is due. Call :meth:`migrate` once (or ``python -m tasker_pg migrate``) before use.
+    is due. Run :func:`tasker_pg.migrate` once (or ``python -m tasker_pg migrate``) before use.
 
     Args:
         dsn_or_pool: a ``postgresql://`` DSN or an asyncpg pool.
         schema: the schema (a validated lower-case identifier).
         table: the table name (likewise).
-        clock_resync: seconds between readings of the database clock (see :meth:`now`);
-            0 reads it on every call.
+        clock_resync: seconds (or a ``timedelta``) between readings of the database clock
+            (see :meth:`now`); 0 reads it on every call.
 
     Raises:
-        ValueError: for a bad DSN, schema or table name.
+        ValueError: for a bad DSN, schema or table name, or a negative ``clock_resync``.
+        TypeError: for a ``clock_resync`` that is not a duration.
         tasker_pg.AsyncioRequiredError: when constructed under trio.
     """
 
@@ -77,22 +46,21 @@ class PostgresStateRepository:
         *,
         schema: str = "tasker",
         table: str = "schedule_state",
-        clock_resync: float = 30.0,
+        clock_resync: float | timedelta = 30.0,
     ) -> None:
         self._source = (
             dsn_or_pool if isinstance(dsn_or_pool, PoolSource) else PoolSource(dsn_or_pool)
         )
-        if not isinstance(clock_resync, int | float) or not clock_resync >= 0:
-            raise ValueError(f"clock_resync must be >= 0 seconds, got {clock_resync!r}")
-        self._clock_resync = float(clock_resync)
+        self._clock_resync = to_seconds(clock_resync, "clock_resync")
         self._clock: tuple[datetime, float] | None = None
         self.schema = schema
         self.table = table
         self._table = f"{quote_identifier(schema, 'schema')}.{quote_identifier(table, 'table')}"
 
     async def migrate(self) -> None:
-        """Create the tables this repository and the lock factory need (idempotent)."""
-        await migrate(await self._source.pool(), schema=self.schema, table=self.table)
+        """Create every tasker_pg table, if missing: a thin wrapper of :func:`tasker_pg.migrate`
+        with this repository's pool, schema and table (idempotent, safe to run concurrently)."""
+        await migrate_source(self._source, schema=self.schema, table=self.table)
 
     async def now(self) -> datetime | None:
         """The database clock.

@@ -1,16 +1,28 @@
-"""Status of the schedules stored in Postgres, with the current lock holders."""
+"""Status: the schedules with their lock holders, and the queue's depth and workers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import asyncpg
+
 from tasker import redact_dsn
+from tasker.queue import TaskState
 
 from ._locks import advisory_key
+from ._queue_sql import QueueStatements
 from ._state import PostgresStateRepository
 
-__all__ = ["LockHolder", "ScheduleStatus", "format_status", "status"]
+__all__ = [
+    "LockHolder",
+    "QueueStatus",
+    "ScheduleStatus",
+    "WorkerLease",
+    "format_status",
+    "queue_status",
+    "status",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,3 +136,69 @@ def format_status(rows: list[ScheduleStatus]) -> str:
         for row in table
     ]
     return "\n".join(line.rstrip() for line in lines)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLease:
+    """A worker holding leases: how many tasks, and when its latest lease runs out.
+
+    Attributes:
+        worker: the worker's name (its lease owner id).
+        tasks: how many running tasks it holds.
+        lease_expires_in: seconds until its latest lease ends (negative: expired, the
+            worker stopped responding and its tasks are claimed again).
+    """
+
+    worker: str
+    tasks: int
+    lease_expires_in: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStatus:
+    """What :meth:`tasker_pg.PostgresQueueBackend.status` reports, at one moment of the
+    server's clock.
+
+    Attributes:
+        depth: tasks per queue and state (the state's value, ``"queued"``, ...).
+        oldest_waiting: per queue, the age in seconds of the oldest due queued task.
+        workers: the workers holding leases, by name.
+    """
+
+    depth: dict[str, dict[str, int]]
+    oldest_waiting: dict[str, float]
+    workers: list[WorkerLease]
+
+    def format(self) -> str:
+        """A plain-text report."""
+        lines = ["queue                state       tasks"]
+        for queue in sorted(self.depth):
+            for state, count in sorted(self.depth[queue].items()):
+                lines.append(f"{queue[:20]:20} {state:10} {count:6}")
+        for queue, age in sorted(self.oldest_waiting.items()):
+            lines.append(f"oldest waiting in {queue}: {age:.1f}s")
+        lines.extend(
+            f"worker {lease.worker}: {lease.tasks} task(s), lease ends in"
+            f" {lease.lease_expires_in:.1f}s"
+            for lease in self.workers
+        )
+        return "\n".join(lines)
+
+
+async def queue_status(
+    pool: asyncpg.Pool,
+    sql: QueueStatements,
+    counts: dict[str, dict[TaskState, int]],
+    moment: float,
+) -> QueueStatus:
+    """The queue's status at ``moment`` (the server's clock), given its ``counts``."""
+    oldest = await pool.fetch(sql.oldest_waiting, moment)
+    workers = await pool.fetch(sql.leases)
+    return QueueStatus(
+        depth={q: {s.value: n for s, n in states.items()} for q, states in counts.items()},
+        oldest_waiting={row[0]: moment - row[1] for row in oldest},
+        workers=[
+            WorkerLease(worker=row[0], tasks=row[1], lease_expires_in=row[2] - moment)
+            for row in workers
+        ],
+    )

@@ -97,7 +97,7 @@ def main() -> None:
                 grace=1.0,
             )
         finally:
-            await scheduler.locker_factory.aclose()  # type: ignore[attr-defined]
+            await scheduler.locker_factory.aclose()
             await pool.close()
 
     anyio.run(program)

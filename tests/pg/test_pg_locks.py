@@ -111,8 +111,8 @@ async def test_scheduler_job_sees_lock_lost(pg_dsn: str, schema: str) -> None:
             await admin.execute("select pg_terminate_backend($1)", pid)
     finally:
         await admin.close()
-        await scheduler.locker_factory.aclose()  # type: ignore[attr-defined]
-        await scheduler.repository.aclose()  # type: ignore[attr-defined]
+        await scheduler.locker_factory.aclose()
+        await scheduler.repository.aclose()
     assert reasons[0] is StopReason.LOCK_LOST
     assert scheduler.statistics().runs_interrupted >= 1
 

@@ -46,7 +46,6 @@ def test_contract_state_machine(pg_dsn: str) -> None:
     global LOCAL_DSN
     LOCAL_DSN = pg_dsn
     machine = queue_backend_machine(_fresh_backend)
-    machine.TestCase.settings = machine.TestCase.settings  # keep the shared settings
     try:
         machine.TestCase("runTest").runTest()
     finally:  # one schema per example: leave the shared database as it was
@@ -169,9 +168,9 @@ async def test_listener_reconnects_after_termination(
                 while ran != [1]:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
             with anyio.fail_after(10):
-                while backend._listener is None:  # noqa: ASYNC110 - the worker sets it up
+                while backend._listener.connection is None:  # noqa: ASYNC110 - the worker sets it up
                     await anyio.sleep(0.01)
-            listener = backend._listener
+            listener = backend._listener.connection
             await admin.execute("select pg_terminate_backend($1)", listener.get_server_pid())
             await anyio.sleep(0.3)
             await queue.enqueue("t", 2)

@@ -30,7 +30,8 @@ class TestPostgresContract(SchedulerBackendContract):
 
 
 async def test_migrate_is_idempotent_and_concurrent(pg_dsn: str, schema: str) -> None:
-    """Several concurrent migrations leave one set of tables and no error."""
+    """Several concurrent migrations leave one set of tables and no error (the repository's
+    ``migrate`` wraps ``tasker_pg.migrate``: the queue's tables come with it)."""
     repository = PostgresStateRepository(pg_dsn, schema=schema)
     await asyncio.gather(*(repository.migrate() for _ in range(4)))
     await repository.migrate()
@@ -42,7 +43,13 @@ async def test_migrate_is_idempotent_and_concurrent(pg_dsn: str, schema: str) ->
         )
     finally:
         await conn.close()
-    assert [r[0] for r in tables] == ["lock_keys", "schedule_state"]
+    assert [r[0] for r in tables] == [
+        "lock_keys",
+        "queue_groups",
+        "queue_history",
+        "queue_tasks",
+        "schedule_state",
+    ]
     await repository.aclose()
 
 

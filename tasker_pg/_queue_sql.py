@@ -1,0 +1,329 @@
+"""The queue's statements, built once per backend from its validated, quoted schema.
+
+Design notes:
+
+- Claims lease up to ``limit`` tasks in one statement (``SKIP LOCKED``, so workers never wait
+  on each other; per queue, an ordered scan of the claim index that stops at the limit).
+  A batch of completions is one statement too (``unnest`` of arrays: task rows and history
+  together); :attr:`QueueStatements.finish_claim` does both in one round trip and one
+  snapshot.
+- The text is built from the schema alone, never from a value: every value is a ``$n``
+  parameter. The text of a statement does not change between calls, so asyncpg prepares it
+  once per connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from tasker.backends import TASK_COLUMNS as COLUMNS
+from tasker.backends import task_record_from_row as record_from_row
+from tasker.queue import HistoryEntry, Outcome, TaskRecord, UnstorableRecordError
+
+__all__ = [
+    "COLUMNS",
+    "QueueStatements",
+    "claimed",
+    "history_entries",
+    "outcome_arrays",
+    "unstorable",
+]
+
+# The combined statement claims only when no outcome belongs to a group.
+_UNGROUPED = " where not exists (select from held h where h.group_id is not null)"
+
+_LIVE = "state in ('held', 'queued', 'running')"
+
+
+def outcome_arrays(outcomes: Sequence[Outcome], now: float) -> tuple[list[Any], ...]:
+    """The parameters ``$1`` .. ``$10`` of the completion statement."""
+    return (
+        [o.id for o in outcomes],
+        [o.worker for o in outcomes],
+        [o.kind.value for o in outcomes],
+        [o.result for o in outcomes],
+        [o.result_expires for o in outcomes],
+        [o.error for o in outcomes],
+        [o.traceback for o in outcomes],
+        [o.started_at for o in outcomes],
+        [o.finished_at for o in outcomes],
+        [o.retry_at if o.retry_at is not None else now for o in outcomes],
+    )
+
+
+@contextlib.contextmanager
+def unstorable() -> Iterator[None]:
+    """Translate the server's refusal of a value (SQLSTATE class 22, data exceptions, or 54,
+    program limits such as a row too large) into tasker's ``UnstorableRecordError``: retrying
+    the same outcome fails the same way, so the worker stores it in a reduced form."""
+    try:
+        yield
+    except (asyncpg.exceptions.DataError, asyncpg.exceptions.ProgramLimitExceededError) as exc:
+        raise UnstorableRecordError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _filters(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
+    """A ``where`` clause for the given (column, value) pairs whose value is not None."""
+    args = [value for _, value in pairs if value is not None]
+    columns = [column for column, value in pairs if value is not None]
+    if not columns:
+        return "", []
+    return " where " + " and ".join(f"{c} = ${i}" for i, c in enumerate(columns, 1)), args
+
+
+def claimed(rows: Sequence[Any]) -> list[TaskRecord]:
+    """The claimed tasks of a claim statement's rows, in claim order."""
+    taken = sorted((row for row in rows if row["id"] is not None), key=lambda row: row["rank"])
+    return [record_from_row(row) for row in taken]
+
+
+def history_entries(rows: Sequence[Any]) -> list[HistoryEntry]:
+    """The rows of :meth:`QueueStatements.list_history` as records."""
+    return [
+        HistoryEntry(
+            task_id=r[0],
+            name=r[1],
+            queue=r[2],
+            worker=r[3],
+            attempt=r[4],
+            started_at=r[5],
+            finished_at=r[6],
+            outcome=r[7],
+            error=r[8],
+        )
+        for r in rows
+    ]
+
+
+def _prefixed(alias: str) -> str:
+    return ", ".join(f"{alias}.{column.strip()}" for column in COLUMNS.split(","))
+
+
+class QueueStatements:
+    """The text of every statement the queue backend sends, for one schema.
+
+    Args:
+        schema: the schema, already validated and quoted.
+    """
+
+    def __init__(self, schema: str) -> None:
+        self.tasks = tasks = f"{schema}.queue_tasks"
+        self.groups = groups = f"{schema}.queue_groups"
+        self.history = history = f"{schema}.queue_history"
+        # -- enqueue
+        self.insert = (
+            f"insert into {tasks} (id, name, queue, payload, priority, run_at, state,"  # noqa: S608 - validated identifiers
+            " max_attempts, timeout, unique_key, unique_until, created_at, chain, group_id,"
+            " group_index)"
+            " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            " on conflict (unique_key) where unique_key is not null"
+            f" and {_LIVE} do nothing returning id"
+        )
+        self.latest_with_key = (
+            f"select id, state, unique_until from {tasks} where unique_key = $1"  # noqa: S608
+            f" order by ({_LIVE}) desc, created_at desc"
+            " limit 1"
+        )
+        self.live_with_key = f"select id from {tasks} where unique_key = $1 and {_LIVE}"  # noqa: S608
+        self.insert_group = f"insert into {groups} (id, size, callback) values ($1, $2, $3)"  # noqa: S608
+        self.notify = "select pg_notify($1, $2)"
+        # -- claim, heartbeat, finish
+        self.claim = (
+            f"with{self._claim_ctes(1, '$6')}"  # noqa: S608 - validated identifiers
+            # One row at least: the flag rides on every row, with or without a claim.
+            f" select c.*, f.grouped from (select {self._grouped_expired(1, '$6')}) f"
+            " left join claimed c on true"
+        )
+        self.reap_grouped = (
+            f"update {tasks} set state = 'dead', lease_owner = null,"  # noqa: S608
+            " lease_until = null, finished_at = $2,"
+            " last_error = 'lease expired (the worker stopped responding)'"
+            f" where id in (select id from {tasks} where state = 'running'"
+            " and queue = any($1) and lease_until <= $2 and attempts >= max_attempts"
+            " and group_id is not null and not (id = any($3::text[]))"
+            " order by id for update skip locked) returning id, group_id"
+        )
+        self.heartbeat = (
+            f"update {tasks} set lease_until = $3 where state = 'running'"  # noqa: S608
+            " and lease_owner = $1 and id = any($2) returning id"
+        )
+        self.finish = (
+            f"with{self._finish_ctes()}"  # noqa: S608 - validated identifiers
+            " select id, queue, kind in ('retry', 'released'), group_id is not null from held"
+        )
+        # One snapshot for both parts: a task requeued by an outcome here is claimable by
+        # the next claim, not this one; $16 (the outcomes' own tasks and the caller's
+        # exclusions) is excluded from the claim.
+        self.finish_claim = (
+            f"with{self._finish_ctes()},{self._claim_ctes(11, '$16', _UNGROUPED)}"  # noqa: S608 - validated identifiers
+            f" select c.*, f.grouped, f.requeued, f.grouped_ids from (select"
+            f" {self._grouped_expired(11, '$16')},"
+            " (select array_agg(distinct queue) from held where kind in ('retry', 'released'))"
+            " as requeued,"
+            " (select array_agg(id) from held where group_id is not null) as grouped_ids) f"
+            " left join claimed c on true"
+        )
+        self.finish_all = (
+            f"with{self._finish_ctes(grouped=True)}"  # noqa: S608 - validated identifiers
+            " select id, queue, kind, group_id from held"
+        )
+        # -- groups (in the finishing transaction)
+        self.lock_tasks = f"select from {tasks} where id = any($1) order by id for update"
+        self.lock_groups = f"select id from {groups} where id = any($1) order by id for update"  # noqa: S608
+        self.group_of = f"select group_id from {tasks} where id = $1"  # noqa: S608
+        self.lock_group = f"select 1 from {groups} where id = $1 for update"  # noqa: S608
+        self.group_left = (
+            f"select count(*) from {tasks} where group_id = $1"  # noqa: S608
+            " and state not in ('succeeded', 'dead')"
+        )
+        self.delete_group = f"delete from {groups} where id = $1 returning callback"  # noqa: S608
+        self.group_results = (
+            f"select case when state = 'succeeded' then result end from {tasks}"  # noqa: S608
+            " where group_id = $1 order by group_index"
+        )
+        # -- reading and maintenance
+        self.get = f"select {COLUMNS} from {tasks} where id = $1"  # noqa: S608
+        self.requeue = (
+            f"update {tasks} t set state = 'queued', attempts = 0, run_at = $2,"  # noqa: S608
+            " finished_at = null where id = $1 and state = 'dead' and (unique_key is null"
+            f" or not exists (select 1 from {tasks} o where o.unique_key = t.unique_key"
+            " and o.state in ('held', 'queued', 'running')))"
+        )
+        self.counts = f"select queue, state, count(*) from {tasks} group by queue, state"  # noqa: S608
+        self.next_run_at = (
+            f"select least((select min(run_at) from {tasks} where state = 'queued'"  # noqa: S608
+            f" and queue = any($1)), (select min(lease_until) from {tasks}"
+            " where state = 'running' and queue = any($1)))"
+        )
+        self.purge = f"delete from {tasks} where state = 'succeeded' and result_expires <= $1"  # noqa: S608
+        self.purge_history = f"delete from {history} where finished_at < $1"  # noqa: S608
+        self.oldest_waiting = (
+            f"select queue, min(run_at) from {tasks} where state = 'queued'"  # noqa: S608
+            " and run_at <= $1 group by queue"
+        )
+        self.leases = (
+            f"select lease_owner, count(*), max(lease_until) from {tasks}"  # noqa: S608
+            " where state = 'running' group by lease_owner order by lease_owner"
+        )
+
+    def list_tasks(self, state: str | None, queue: str | None) -> tuple[str, list[object]]:
+        """The listing of tasks, newest first, and its filter arguments (the limit follows).
+
+        One statement per combination of filters: ``($1 is null or state = $1)`` would give
+        a generic plan that cannot use an index for either."""
+        where, args = _filters(("state", state), ("queue", queue))
+        return (
+            f"select {COLUMNS} from {self.tasks}{where}"  # noqa: S608 - validated identifiers
+            f" order by created_at desc limit ${len(args) + 1}"
+        ), args
+
+    def list_history(self, task_id: str | None) -> tuple[str, list[object]]:
+        """The attempts, newest first, and the filter argument (the limit follows)."""
+        where, args = _filters(("task_id", task_id))
+        return (
+            "select task_id, name, queue, worker, attempt, started_at, finished_at, outcome,"  # noqa: S608
+            f" error from {self.history}{where}"
+            f" order by finished_at desc, ctid desc limit ${len(args) + 1}"
+        ), args
+
+    def dispatch(self, *, named: bool) -> str:
+        """Release held tasks: ``$1`` queue, ``$2`` limit, ``$3`` now, ``$4`` the name."""
+        name = " and name = $4" if named else ""
+        return (
+            f"update {self.tasks} set state = 'queued', run_at = least(run_at, $3)"  # noqa: S608
+            f" where id in (select id from {self.tasks} where state = 'held' and queue = $1"
+            f"{name} order by priority desc, created_at limit $2 for update skip locked)"
+        )
+
+    def _claim_ctes(self, first: int, exclude: str, gate: str = "") -> str:
+        """The claim's CTEs; parameters ``$first`` .. ``$first+4`` are queues, now, limit,
+        worker and lease end. ``exclude``: an array parameter of task ids never to take.
+        ``gate``: a ``where`` clause; when it is false nothing is claimed at all."""
+        tasks = self.tasks
+        queues, now, limit, worker, until = (f"${first + i}" for i in range(5))
+        skip = f" and not (id = any({exclude}::text[]))"
+        return (
+            # Expired on their last attempt, outside a group: dead now.
+            f" dead as (update {tasks} set state = 'dead', lease_owner = null,"  # noqa: S608 - validated identifiers
+            f" lease_until = null, finished_at = {now},"
+            " last_error = 'lease expired (the worker stopped responding)'"
+            f" where id in (select id from {tasks} where state = 'running'"
+            f" and queue = any({queues}) and lease_until <= {now}"
+            f" and attempts >= max_attempts and group_id is null{skip}"
+            " for update skip locked) returning id),"
+            # Expired with attempts left first, then due queued tasks. A CTE is read lazily:
+            # the outer limit stops the second scan (and its row locks) once the first filled it.
+            f" expired as (select id from {tasks} where state = 'running'"
+            f" and queue = any({queues}) and lease_until <= {now}"
+            f" and attempts < max_attempts{skip} order by lease_until"
+            f" limit {limit} for update skip locked),"
+            # Per queue, an ordered scan of the claim index that stops at the limit (one
+            # scan over several queues would read and sort every due task).
+            f" due as (select x.id from unnest({queues}::text[]) as q(name), lateral"
+            f" (select id, priority, run_at, created_at from {tasks} where queue = q.name"
+            f" and state = 'queued' and run_at <= {now}{skip}"
+            f" order by priority desc, run_at, created_at limit {limit}"
+            " for update skip locked) x"
+            f" order by x.priority desc, x.run_at, x.created_at limit {limit}),"
+            " picked as (select id, row_number() over () as rank from (select id from expired"
+            f" union all select id from due limit {limit}) c{gate}),"
+            f" claimed as (update {tasks} t set state = 'running', attempts = t.attempts + 1,"
+            f" lease_owner = {worker}, lease_until = {until} from picked p where t.id = p.id"
+            f" returning {_prefixed('t')}, p.rank)"
+        )
+
+    def _grouped_expired(self, first: int, exclude: str) -> str:
+        queues, now = f"${first}", f"${first + 1}"
+        skip = f" and not (id = any({exclude}::text[]))"
+        return (
+            f"exists(select 1 from {self.tasks} where state = 'running'"  # noqa: S608 - validated identifiers
+            f" and queue = any({queues}) and lease_until <= {now}"
+            f" and attempts >= max_attempts and group_id is not null{skip}) as grouped"
+        )
+
+    def _finish_ctes(self, *, grouped: bool = False) -> str:
+        """The completion's CTEs; parameters ``$1`` .. ``$10`` are the outcome arrays.
+
+        Tasks of a group are left alone unless ``grouped`` (the caller then settles the
+        group in the same transaction)."""
+        tasks, history = self.tasks, self.history
+        alone = "" if grouped else " and h.group_id is null"
+        return (
+            " o as (select * from unnest($1::text[], $2::text[], $3::text[],"  # noqa: S608 - validated identifiers
+            " $4::bytea[], $5::float8[], $6::text[], $7::text[], $8::float8[], $9::float8[],"
+            " $10::float8[]) as o(id, worker, kind, result, expires, error, trace, started,"
+            " finished, retry_at)),"
+            # Only the lease holder may report: a slow worker whose lease expired (its
+            # task runs elsewhere now) is ignored.
+            " held as (select t.id, t.name, t.queue, t.attempts, t.group_id, o.worker,"
+            " o.kind, o.result, o.expires, o.error, o.trace, o.started, o.finished,"
+            f" o.retry_at from {tasks} t join o on o.id = t.id"
+            # A lease owner is set exactly while a task is running, so the owner check is
+            # the state check too; it leaves the planner a primary-key lookup per outcome
+            # (``state = 'running'`` would draw it to the lease index and its dead entries).
+            " where t.id = any($1::text[]) and t.lease_owner = o.worker for update of t),"
+            f" done as (update {tasks} t set"
+            " state = case h.kind when 'succeeded' then 'succeeded' when 'dead' then 'dead'"
+            " else 'queued' end,"
+            " lease_owner = null, lease_until = null,"
+            " attempts = case when h.kind = 'released' then t.attempts - 1 else t.attempts end,"
+            " run_at = case when h.kind = 'retry' then h.retry_at else t.run_at end,"
+            " result = case when h.kind = 'succeeded' then h.result else t.result end,"
+            " result_expires = case when h.kind = 'succeeded' then h.expires"
+            " else t.result_expires end,"
+            " last_error = case h.kind when 'succeeded' then null when 'released'"
+            " then t.last_error else h.error end,"
+            " traceback = case h.kind when 'succeeded' then null when 'released'"
+            " then t.traceback else h.trace end,"
+            " finished_at = case when h.kind in ('succeeded', 'dead') then h.finished"
+            " else t.finished_at end"
+            f" from held h where t.id = h.id{alone} returning t.id),"
+            f" written as (insert into {history} (task_id, name, queue, worker, attempt,"
+            " started_at, finished_at, outcome, error)"
+            " select id, name, queue, worker, attempts, started, finished, kind, error"
+            f" from held h where kind <> 'released'{alone})"
+        )

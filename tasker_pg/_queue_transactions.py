@@ -1,0 +1,181 @@
+"""The queue's multi-statement transactions: enqueues, chain steps and group callbacks.
+
+Claims and plain completions are one statement each (``_queue_sql``); what needs several
+statements in one transaction is here, as functions of a connection (or a pool) and the
+backend's :class:`QueueStatements`.
+
+Design notes:
+
+- Unique keys: a partial unique index on live tasks makes the insert itself the check, so
+  two replicas cannot both insert; the window after completion (``unique_until``) is read
+  in the same transaction first.
+- Groups: the last member to finish fires the group's callback. Members finishing in
+  concurrent transactions would each see the other unfinished, so the group's row is
+  locked first, and rows are always locked in id order (tasks, then groups): two workers
+  finishing members of the same groups in opposite orders must not deadlock.
+- ``pg_notify`` is sent inside the transaction: Postgres delivers it at commit, so a worker
+  is never woken for a task it cannot see yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from tasker.backends import LIVE_STATES, callback_from_json, callback_to_json, group_payload
+from tasker.queue import EnqueueResult, GroupSpec, NewTask, Outcome, OutcomeKind
+
+from ._queue_sql import QueueStatements, outcome_arrays
+
+__all__ = ["enqueue_on", "finish_in_transaction", "reap_grouped"]
+
+logger = logging.getLogger("tasker_pg")
+
+# A dedicated connection or one borrowed from a pool (asyncpg's proxy has no common type).
+_Conn = Any
+
+
+async def _insert(conn: _Conn, sql: QueueStatements, task: NewTask) -> bool:
+    """Insert ``task``; False if a live task holds its unique key."""
+    row = await conn.fetchrow(
+        sql.insert,
+        task.id,
+        task.name,
+        task.queue,
+        task.payload,
+        task.priority,
+        task.run_at,
+        "held" if task.held else "queued",
+        task.max_attempts,
+        task.timeout,
+        task.unique_key,
+        task.unique_until,
+        task.created_at,
+        task.chain,
+        task.group_id,
+        task.group_index,
+    )
+    return row is not None
+
+
+async def enqueue_on(
+    conn: _Conn,
+    sql: QueueStatements,
+    channel: str,
+    tasks: Sequence[NewTask],
+    group: GroupSpec | None,
+    now: float,
+) -> list[EnqueueResult]:
+    """Store ``tasks`` (and ``group``'s callback) in the transaction open on ``conn``."""
+    results = []
+    queues = set()
+    for task in tasks:
+        if task.unique_key is not None:
+            row = await conn.fetchrow(sql.latest_with_key, task.unique_key)
+            if row is not None and (row[1] in LIVE_STATES or (row[2] is not None and now < row[2])):
+                results.append(EnqueueResult(id=row[0], deduplicated=True))
+                continue
+        if await _insert(conn, sql, task):
+            results.append(EnqueueResult(id=task.id))
+            queues.add(task.queue)
+        else:  # another replica inserted a live task with this key meanwhile
+            existing = await conn.fetchval(sql.live_with_key, task.unique_key)
+            results.append(EnqueueResult(id=existing, deduplicated=True))
+    if group is not None:
+        await conn.execute(
+            sql.insert_group,
+            group.id,
+            group.size,
+            None if group.callback is None else callback_to_json(group.callback),
+        )
+    for queue in queues:
+        await conn.execute(sql.notify, channel, queue)
+    return results
+
+
+async def finish_in_transaction(
+    pool: asyncpg.Pool,
+    sql: QueueStatements,
+    channel: str,
+    outcomes: Sequence[Outcome],
+    now: float,
+) -> None:
+    """Record outcomes with their follow-ups (a chain's next step) and group callbacks."""
+    by_id = {o.id: o for o in outcomes}
+    queues: set[str] = set()
+    async with pool.acquire() as conn, conn.transaction():
+        # Rows are locked in id order, and groups in id order below (see the module notes).
+        await conn.execute(sql.lock_tasks, sorted(by_id))
+        rows = await conn.fetch(sql.finish_all, *outcome_arrays(outcomes, now))
+        members: dict[str, str] = {}  # finished members of groups: task id -> group id
+        for task_id, queue, kind, group_id in rows:
+            if kind == OutcomeKind.SUCCEEDED.value:
+                for follow_up in by_id[task_id].follow_ups:
+                    await _insert(conn, sql, follow_up)
+                    queues.add(follow_up.queue)
+            if kind in (OutcomeKind.RETRY.value, OutcomeKind.RELEASED.value):
+                queues.add(queue)
+            elif group_id is not None:
+                members[task_id] = group_id
+        await _lock_groups(conn, sql, list(members.values()))
+        for task_id in members:
+            if await _group_member_done(conn, sql, task_id, now):
+                queues.add("*")
+        for queue in queues:
+            await conn.execute(sql.notify, channel, queue)
+
+
+async def reap_grouped(
+    pool: asyncpg.Pool,
+    sql: QueueStatements,
+    channel: str,
+    queues: list[str],
+    now: float,
+    exclude: list[str],
+) -> None:
+    """Settle grouped tasks whose lease expired on their last attempt (never ``exclude``).
+
+    Runs after a claim committed: a failure here is logged, not raised (the claimed
+    tasks must reach their worker); the next claim finds these tasks again.
+    """
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            dead = await conn.fetch(sql.reap_grouped, queues, now, exclude)
+            await _lock_groups(conn, sql, [row[1] for row in dead])
+            fired = False
+            for row in sorted(dead, key=lambda row: str(row[0])):
+                fired |= await _group_member_done(conn, sql, row[0], now)
+            if fired:
+                await conn.execute(sql.notify, channel, "*")
+    except Exception as exc:
+        logger.warning("could not settle expired grouped tasks yet: %s", exc)
+
+
+async def _lock_groups(conn: _Conn, sql: QueueStatements, group_ids: Sequence[str]) -> None:
+    """Lock the callback rows of these groups, in id order (no deadlock between workers)."""
+    if group_ids:
+        await conn.execute(sql.lock_groups, sorted(set(group_ids)))
+
+
+async def _group_member_done(conn: _Conn, sql: QueueStatements, task_id: str, now: float) -> bool:
+    """After ``task_id`` finished: fire its group's callback if it was the last member."""
+    group_id = await conn.fetchval(sql.group_of, task_id)
+    if group_id is None:
+        return False
+    # Lock the group first: two members finishing in concurrent transactions would each
+    # see the other unfinished and neither would fire the callback. After the lock, the
+    # count below (a new statement) sees the other transaction's committed state.
+    if await conn.fetchval(sql.lock_group, group_id) is None:
+        return False  # fired already, or a group without a callback row
+    if await conn.fetchval(sql.group_left, group_id):
+        return False
+    callback = await conn.fetchval(sql.delete_group, group_id)
+    if callback is None:
+        return False
+    results = await conn.fetch(sql.group_results, group_id)
+    payload = group_payload([None if r[0] is None else bytes(r[0]) for r in results])
+    await _insert(conn, sql, callback_from_json(callback, payload, now))
+    return True
