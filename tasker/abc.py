@@ -109,6 +109,10 @@ class LockerFactory(Protocol):
         """Return a locker for ``name``; two lockers for the same name exclude each other."""
         ...
 
+    async def aclose(self) -> None:
+        """Release connections and files; calling it again does nothing."""
+        ...
+
 
 @runtime_checkable
 class StateRepository(Protocol):
@@ -127,7 +131,14 @@ class StateRepository(Protocol):
         ...
 
     async def save(self, state: ScheduleState) -> None:
-        """Store ``state``, replacing the previous state of the same name."""
+        """Store ``state``, replacing the previous state of the same name.
+
+        A cancelled save stored the new state or left the old one.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and files; calling it again does nothing."""
         ...
 
 

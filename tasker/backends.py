@@ -18,7 +18,8 @@ and the helpers they share here.
 from __future__ import annotations
 
 from ._redact import redact_dsn
-from .queue._queue import decode_chain, encode_chain, format_error, storable
+from .queue._chain import decode_chain, encode_chain
+from .queue._failures import format_error, storable
 from .queue._rows import COLUMNS as TASK_COLUMNS
 from .queue._rows import LIVE_STATES, callback_from_json, callback_to_json, group_payload
 from .queue._rows import record_from_row as task_record_from_row

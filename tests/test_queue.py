@@ -470,3 +470,40 @@ async def test_an_immediate_retry_is_one_attempt_at_a_time(backend: QueueBackend
     assert peak == 1
     history = [(h.attempt, h.outcome) for h in reversed(await queue.history(task_id=a_id))]
     assert history == [(1, "retry"), (2, "succeeded")]
+
+
+async def test_a_handler_knows_the_task_it_runs(backend: QueueBackend) -> None:
+    """current_task() gives the id, attempt number, limits and queue; None elsewhere."""
+    from tasker.queue import current_task
+
+    queue = Queue(backend)
+    seen: list[tuple[str, int, int, str, bool, bool]] = []
+
+    @queue.task("flaky", max_attempts=2, backoff=0.01)
+    async def flaky(ctx: Context, payload: None) -> None:
+        task = current_task()
+        assert task is not None
+        seen.append(
+            (
+                task.id,
+                task.attempt,
+                task.max_attempts,
+                task.queue,
+                task.last_attempt,
+                task.lease_lost,
+            )
+        )
+        if task.attempt == 1:
+            raise RuntimeError("first attempt fails")
+
+    assert current_task() is None
+    enqueued = await queue.enqueue("flaky")
+    async with Running(queue):
+        await until(lambda: finished(queue, enqueued.id))
+    assert seen == [
+        (enqueued.id, 1, 2, "default", False, False),
+        (enqueued.id, 2, 2, "default", True, False),
+    ]
+    info = await queue.get(enqueued.id)
+    assert info is not None
+    assert info.created_at > 0

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
+import tasker
 from tasker import Context
 from tasker.abc import QueueCapability
 from tasker.queue import (
@@ -216,3 +217,52 @@ def test_the_capability_table() -> None:
     without_transactions = everything - {QueueCapability.TRANSACTIONAL_ENQUEUE}
     assert SQLiteQueueBackend.capabilities == without_transactions
     assert MemoryQueueBackend.capabilities == without_transactions
+
+
+async def test_the_worker_is_a_job_with_statistics_and_a_repr() -> None:
+    """queue.worker() is a Worker: a job, whose statistics and repr show what it did."""
+    async with Queue(MemoryQueueBackend()) as queue:
+
+        @queue.task("t")
+        async def t(ctx: Context, n: int) -> None: ...
+
+        worker = queue.worker(concurrency=3, worker_id="w-1")
+        assert repr(worker) == (
+            "<tasker.queue.Worker 'w-1' queues=['default'] new running=0/3 completed=0>"
+        )
+        for n in range(4):
+            await queue.enqueue("t", n)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: tasker.run(worker, shutdown_trigger=stop.wait, grace=1))
+            with anyio.fail_after(10):
+                while worker.statistics().completed < 4:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            assert "running" in repr(worker)
+            stop.set()
+        stats = worker.statistics()
+    assert (stats.worker_id, stats.queues, stats.concurrency) == ("w-1", ("default",), 3)
+    assert (stats.completed, stats.running, stats.leases_lost, stats.discarded) == (4, 0, 0, 0)
+    assert stats.stopping
+
+
+async def test_queue_and_scheduler_close_their_stores(tmp_path: Any) -> None:
+    """``async with`` closes the stores; closing twice is fine."""
+    backend = SQLiteQueueBackend(tmp_path / "q.sqlite3")
+    async with Queue(backend) as queue:
+
+        @queue.task("t")
+        async def t(ctx: Context, n: int) -> None: ...
+
+        await queue.enqueue("t", 1)
+        assert _thread_of(backend) is not None
+    assert _thread_of(backend) is None
+    await queue.aclose()
+    async with tasker.Scheduler(state_dir=tmp_path / "state") as scheduler:
+        assert scheduler.statistics().runs_started == 0
+    await scheduler.aclose()
+
+
+def _thread_of(backend: SQLiteQueueBackend) -> object:
+    """The backend's connection thread, if it has one now."""
+    return backend._db._thread

@@ -264,6 +264,9 @@ class LosableFactory:
     def locker(self, name: str) -> LosableLocker:
         return LosableLocker(self.lost)
 
+    async def aclose(self) -> None:
+        pass
+
 
 async def test_lost_lock_stops_the_run_and_keeps_slot_due() -> None:
     """When the lock is lost mid-run the job sees LOCK_LOST and its slot is not recorded."""

@@ -7,6 +7,8 @@ behind :class:`QueueBackend`: in memory, the embedded SQLite default, or Postgre
 
 from __future__ import annotations
 
+import inspect
+
 from ._backend import (
     FinishAndClaim,
     QueueAdministration,
@@ -15,18 +17,12 @@ from ._backend import (
     QueueInspection,
     TransactionalEnqueue,
 )
+from ._chain import Step
+from ._current import RunningTask, current_task
+from ._errors import MissingCapabilityError, PayloadError, UnknownTaskError, UnstorableRecordError
+from ._info import Enqueued, TaskInfo
 from ._memory import MemoryQueueBackend
-from ._queue import (
-    Enqueued,
-    Handler,
-    MissingCapabilityError,
-    PayloadError,
-    Queue,
-    Step,
-    TaskInfo,
-    UnknownTaskError,
-    UnstorableRecordError,
-)
+from ._queue import Handler, Queue
 from ._records import (
     EnqueueResult,
     GroupSpec,
@@ -39,6 +35,7 @@ from ._records import (
 )
 from ._serializer import JSONSerializer, Serializer
 from ._sqlite import SQLiteQueueBackend
+from ._worker import Worker, WorkerStatistics
 
 __all__ = [
     "EnqueueResult",
@@ -59,6 +56,7 @@ __all__ = [
     "QueueBackend",
     "QueueCapability",
     "QueueInspection",
+    "RunningTask",
     "SQLiteQueueBackend",
     "Serializer",
     "Step",
@@ -68,10 +66,13 @@ __all__ = [
     "TransactionalEnqueue",
     "UnknownTaskError",
     "UnstorableRecordError",
+    "Worker",
+    "WorkerStatistics",
+    "current_task",
 ]
 
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type):
+    if isinstance(_obj, type) or inspect.isfunction(_obj):
         _obj.__module__ = __name__
 del _name, _obj

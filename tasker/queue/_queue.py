@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
-import time
-import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from .._backoff import Backoff
-from .._context import Context, to_seconds
-from .._errors import TaskerError
-from .._job import Job, check_job, takes_argument
-from .._redact import redact_dsn
+from .._context import to_seconds
 from ..abc import (
     FinishAndClaim,
     QueueAdministration,
@@ -28,6 +21,13 @@ from ..abc import (
     QueueInspection,
     TransactionalEnqueue,
 )
+from ._chain import Step, encode_chain
+from ._checks import check_int, check_name
+from ._errors import (
+    MissingCapabilityError,
+    UnknownTaskError,
+)
+from ._info import Enqueued, TaskInfo
 from ._records import (
     GroupSpec,
     HistoryEntry,
@@ -35,55 +35,10 @@ from ._records import (
     TaskRecord,
     TaskState,
 )
+from ._registry import Handler, Registry
 from ._serializer import JSONSerializer, Serializer
-
-__all__ = [
-    "Enqueued",
-    "Handler",
-    "MissingCapabilityError",
-    "PayloadError",
-    "Queue",
-    "Step",
-    "TaskInfo",
-    "UnknownTaskError",
-    "UnstorableRecordError",
-]
-
-logger = logging.getLogger("tasker.queue")
-
-#: A task handler: ``async def handler(ctx, payload) -> result`` (result serialisable or None).
-Handler = Callable[[Context, Any], Awaitable[Any]]
-H = TypeVar("H", bound=Handler)
-
-_NAME_LIMIT = 200
-
-#: The priorities every backend stores (a signed 32-bit integer, Postgres ``integer``).
-PRIORITY_MIN = -(2**31)
-PRIORITY_MAX = 2**31 - 1
-#: Characters of a failure's ``"Type: message"`` and of its traceback that are stored.
-ERROR_LIMIT = 2000
-TRACEBACK_LIMIT = 20000
-
-
-class UnknownTaskError(TaskerError, KeyError):
-    """No handler is registered under this task name."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        super().__init__(f"no task handler is registered as {name!r}")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class PayloadError(TaskerError, TypeError):
-    """A payload (or result) the serialiser cannot represent."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        self.name = name
-        self.reason = reason
-        super().__init__(f"payload of task {name!r} cannot be serialised: {reason}")
-
+from ._time import BackendClock
+from ._worker import Worker
 
 #: The protocol each capability with methods of its own must implement.
 _PROTOCOLS: dict[QueueCapability, type] = {
@@ -93,138 +48,11 @@ _PROTOCOLS: dict[QueueCapability, type] = {
     QueueCapability.TRANSACTIONAL_ENQUEUE: TransactionalEnqueue,
 }
 
+__all__ = ["Handler", "Queue"]
 
-class MissingCapabilityError(TaskerError, NotImplementedError):
-    """The queue's backend lacks a capability that a call needs.
+logger = logging.getLogger("tasker.queue")
 
-    Attributes:
-        backend: the backend's repr.
-        capability: the :class:`tasker.abc.QueueCapability` missing.
-        needed_by: what needed it (``"Queue.history()"``).
-    """
-
-    def __init__(self, backend: object, capability: QueueCapability, needed_by: str) -> None:
-        self.backend = repr(backend)
-        self.capability = capability
-        self.needed_by = needed_by
-        super().__init__(
-            f"{needed_by} needs {capability.value}, which the backend {self.backend} does not"
-            f" offer (it declares: {_declared(backend)}); use a backend that declares"
-            f" QueueCapability.{capability.name}"
-        )
-
-
-def _declared(backend: object) -> str:
-    capabilities: frozenset[object] = getattr(backend, "capabilities", frozenset())
-    names = sorted(c.name for c in capabilities if isinstance(c, QueueCapability))
-    return ", ".join(names) or "nothing beyond the core"
-
-
-class UnstorableRecordError(TaskerError, ValueError):
-    """A backend cannot store a record as it was given: its data, not the backend, is at fault.
-
-    Raised by a backend (translated from its driver's data errors) so that the worker knows
-    that retrying the same record fails the same way: the worker then stores the outcome in a
-    reduced form instead of waiting for the backend as in an outage.
-    """
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"the backend cannot store this record: {reason}")
-
-
-def is_data_error(exc: BaseException) -> bool:
-    """Whether ``exc`` says the record is at fault (retrying it unchanged would fail again).
-
-    :class:`UnstorableRecordError`, and the builtin errors of bad values (``ValueError``,
-    ``TypeError``, ``UnicodeError``, ``OverflowError``) that drivers raise when they cannot
-    encode a value; never an ``OSError`` (a connection that failed).
-    """
-    return isinstance(exc, ValueError | TypeError | OverflowError) and not isinstance(exc, OSError)
-
-
-def _check_name(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
-    if len(value) > _NAME_LIMIT or not value.isprintable():
-        raise ValueError(f"{what} must be at most {_NAME_LIMIT} printable characters: {value!r}")
-    return value
-
-
-def _check_int(value: object, what: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        if high is None:
-            raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
-        raise ValueError(f"{what} must be an integer from {low} to {high}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{what} must be an integer from {low} to {high}, got {value!r}")
-    return value
-
-
-def _check_priority(value: object) -> int:
-    return _check_int(value, "priority", PRIORITY_MIN, PRIORITY_MAX)
-
-
-@dataclass(frozen=True, slots=True)
-class _Registration:
-    name: str
-    handler: Handler
-    queue: str
-    max_attempts: int
-    backoff: Backoff
-    timeout: float | None
-    priority: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Enqueued:
-    """The answer to an enqueue: the task's id, and whether an existing task was reused.
-
-    Attributes:
-        id: the id to ask :meth:`Queue.get` about.
-        deduplicated: True when a task with the same unique key was pending (or finished
-            within its window): no new task was created and ``id`` names the existing one.
-    """
-
-    id: str
-    deduplicated: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TaskInfo:
-    """What :meth:`Queue.get` reports about a task.
-
-    Attributes:
-        id, name, queue, state, attempts, max_attempts: as stored.
-        result: the handler's return value once it succeeded (until the result expires).
-        error: ``"Type: message"`` of the last failure, if any.
-        traceback: the last failure's traceback, if any.
-        created_at, finished_at: POSIX timestamps.
-    """
-
-    id: str
-    name: str
-    queue: str
-    state: TaskState
-    attempts: int
-    max_attempts: int
-    result: Any
-    error: str | None
-    traceback: str | None
-    created_at: float
-    finished_at: float | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Step:
-    """One task of a chain or a group, made by :meth:`Queue.step`."""
-
-    name: str
-    payload: Any = None
-    queue: str | None = None
-    priority: int | None = None
-    max_attempts: int | None = None
-    timeout: float | None = None
+H = TypeVar("H", bound=Handler)
 
 
 class Queue:
@@ -289,22 +117,20 @@ class Queue:
             raise MissingCapabilityError(
                 backend, QueueCapability.INSPECTION, "Queue(long_queue_threshold=...)"
             )
-        self._serializer = serializer or JSONSerializer()
-        if not isinstance(self._serializer, Serializer):
+        chosen = serializer or JSONSerializer()
+        if not isinstance(chosen, Serializer):
             raise TypeError(f"Queue: {serializer!r} is not a Serializer (dumps/loads)")
         if long_queue_threshold is not None:
-            _check_int(long_queue_threshold, "long_queue_threshold", 1)
+            check_int(long_queue_threshold, "long_queue_threshold", 1)
         if (long_queue_threshold is None) != (on_long_queue is None):
             raise ValueError("Queue: give both long_queue_threshold and on_long_queue, or neither")
         self.backend = backend
-        self._result_ttl = to_seconds(result_ttl, "result_ttl")
+        self._registry = Registry(chosen, to_seconds(result_ttl, "result_ttl"))
+        self._time = BackendClock(backend)
         self._on_failure = on_failure
         self._long_threshold = long_queue_threshold
         self._on_long_queue = on_long_queue
         self._long_queues: set[str] = set()
-        self._handlers: dict[str, _Registration] = {}
-        # The last reading of the backend's clock, and the monotonic time it was made at.
-        self._clock: tuple[float, float] | None = None
 
     # -- registration --------------------------------------------------------------------
 
@@ -356,117 +182,38 @@ class Queue:
             ValueError: for a duplicate or invalid name, attempts below 1, a bad timeout.
             TypeError: if ``handler`` is not an async function taking (ctx, payload).
         """
-        _check_name(name, "task name")
-        if name in self._handlers:
-            raise ValueError(f"Queue.register(): the task name {name!r} is already registered")
-        check_job(handler, f"Queue.register({name!r})")
-        if takes_argument(handler) and not _takes_two(handler):
-            raise TypeError(f"Queue.register(): handler for {name!r} must take (ctx, payload)")
-        if not isinstance(backoff, Backoff):
-            backoff = Backoff.fixed(to_seconds(backoff, "backoff"))
-        self._handlers[name] = _Registration(
-            name=name,
-            handler=handler,
-            queue=_check_name(queue, "queue"),
-            max_attempts=_check_int(max_attempts, "max_attempts", 1),
+        self._registry.add(
+            name,
+            handler,
+            queue=queue,
+            max_attempts=max_attempts,
             backoff=backoff,
-            timeout=None if timeout is None else to_seconds(timeout, "timeout", allow_zero=False),
-            priority=_check_priority(priority),
+            timeout=timeout,
+            priority=priority,
         )
 
     @property
     def task_names(self) -> list[str]:
         """The registered task names."""
-        return sorted(self._handlers)
+        return sorted(self._registry.handlers)
 
     # -- enqueueing ----------------------------------------------------------------------
+
+    async def _now(self) -> float:
+        return await self._time.now()
+
+    def _new_task(self, name: str, payload: Any, **options: Any) -> NewTask:
+        if options.get("unique_key") is not None:
+            self._require(QueueCapability.UNIQUE_KEYS, "enqueue(unique_key=...)")
+        if options.get("held"):
+            self._require(QueueCapability.ADMINISTRATION, "enqueue(held=True)")
+        return self._registry.new_task(name, payload, **options)
 
     def _require(self, capability: QueueCapability, needed_by: str) -> Any:
         """The backend, if it declares ``capability``; else MissingCapabilityError."""
         if capability not in self.backend.capabilities:
             raise MissingCapabilityError(self.backend, capability, needed_by)
         return self.backend
-
-    async def _now(self) -> float:
-        """The backend's clock; its last reading advanced by the monotonic clock when the
-        backend cannot be asked (a worker never fails for want of the time)."""
-        try:
-            reading = await self.backend.time()
-        except Exception:
-            if self._clock is None:
-                raise
-            last, at = self._clock
-            return last + (time.monotonic() - at)
-        self._clock = (reading, time.monotonic())
-        return reading
-
-    def _serialize(self, name: str, value: Any) -> bytes:
-        try:
-            return self._serializer.dumps(value)
-        except RecursionError as exc:  # before ValueError: a subclass of RuntimeError
-            raise PayloadError(name, "nested too deeply to serialise") from exc
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise PayloadError(name, str(exc)) from exc
-
-    def _new_task(
-        self,
-        name: str,
-        payload: Any,
-        *,
-        now: float,
-        delay: float | timedelta | None = None,
-        at: datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        timeout: float | timedelta | None = None,
-        unique_key: str | None = None,
-        unique_for: float | timedelta | None = None,
-        held: bool = False,
-        chain: bytes | None = None,
-        group: tuple[str, int] | None = None,
-        raw_payload: bytes | None = None,
-    ) -> NewTask:
-        registration = self._handlers.get(name)
-        if registration is None:
-            raise UnknownTaskError(name)
-        if delay is not None and at is not None:
-            raise ValueError("enqueue(): give delay or at, not both")
-        run_at = now
-        if delay is not None:
-            run_at = now + to_seconds(delay, "delay")
-        if at is not None:
-            if at.tzinfo is None or at.utcoffset() is None:
-                raise ValueError(f"enqueue(): at must be an aware datetime, got {at!r}")
-            run_at = at.timestamp()
-        if unique_for is not None and unique_key is None:
-            raise ValueError("enqueue(): unique_for needs a unique_key")
-        if unique_key is not None:
-            _check_name(unique_key, "unique_key")
-            self._require(QueueCapability.UNIQUE_KEYS, "enqueue(unique_key=...)")
-        if held:
-            self._require(QueueCapability.ADMINISTRATION, "enqueue(held=True)")
-        return NewTask(
-            id=uuid.uuid4().hex,
-            name=name,
-            queue=_check_name(queue, "queue") if queue is not None else registration.queue,
-            payload=raw_payload if raw_payload is not None else self._serialize(name, payload),
-            priority=registration.priority if priority is None else _check_priority(priority),
-            run_at=run_at,
-            max_attempts=registration.max_attempts
-            if max_attempts is None
-            else _check_int(max_attempts, "max_attempts", 1),
-            timeout=registration.timeout
-            if timeout is None
-            else to_seconds(timeout, "timeout", allow_zero=False),
-            unique_key=unique_key,
-            unique_until=None if unique_for is None else now + to_seconds(unique_for, "unique_for"),
-            held=held,
-            chain=chain,
-            group_id=group[0] if group else None,
-            group_index=group[1] if group else None,
-            created_at=now,
-        )
 
     async def enqueue(
         self,
@@ -531,7 +278,7 @@ class Queue:
 
     def step(self, name: str, payload: Any = None, **options: Any) -> Step:
         """A task for :meth:`enqueue_chain` or :meth:`enqueue_group`; options as for enqueue."""
-        if name not in self._handlers:
+        if name not in self._registry.handlers:
             raise UnknownTaskError(name)
         return Step(name=name, payload=payload, **options)
 
@@ -559,7 +306,7 @@ class Queue:
                     " payload; it cannot have one of its own"
                 )
         for step in steps:
-            if step.name not in self._handlers:
+            if step.name not in self._registry.handlers:
                 raise UnknownTaskError(step.name)
         rest = encode_chain(steps[1:])
         now = await self._now()
@@ -595,7 +342,7 @@ class Queue:
         if then is not None:
             if then.payload is not None:
                 raise ValueError("enqueue_group(): then receives the results; no payload")
-            if not isinstance(self._serializer, JSONSerializer):
+            if not isinstance(self._registry.serializer, JSONSerializer):
                 raise TypeError("enqueue_group(): a group callback needs the JSON serializer")
         now = await self._now()
         group_id = uuid.uuid4().hex
@@ -640,7 +387,7 @@ class Queue:
         """
         admin = self._require(QueueCapability.ADMINISTRATION, "Queue.dispatch()")
         if limit is not None:
-            _check_int(limit, "limit", 1)
+            check_int(limit, "limit", 1)
         return int(await admin.dispatch(queue, name=name, limit=limit, now=await self._now()))
 
     async def _check_long_queue(self, queue: str) -> None:
@@ -662,7 +409,7 @@ class Queue:
         if record.result is not None and (
             record.result_expires is None or record.result_expires > now
         ):
-            result = self._serializer.loads(record.result)
+            result = self._registry.serializer.loads(record.result)
         return TaskInfo(
             id=record.id,
             name=record.name,
@@ -719,8 +466,9 @@ class Queue:
         lease: float | timedelta = 30.0,
         poll: float | timedelta = 5.0,
         worker_id: str | None = None,
-    ) -> Job:
-        """Return a job that runs tasks from ``queues``, at most ``concurrency`` at a time.
+    ) -> Worker:
+        """Return a :class:`Worker`, a job that runs tasks from ``queues``, at most
+        ``concurrency`` at a time (``worker.statistics()`` tells what it did).
 
         Workers wake up when work is enqueued (the backend's notification) and otherwise at
         the next delayed task or every ``poll`` seconds at most. Each claimed task is leased
@@ -751,33 +499,34 @@ class Queue:
         if not names:
             raise ValueError("Queue.worker(): needs at least one queue")
         for name in names:
-            _check_name(name, "queue")
-        _check_int(concurrency, "concurrency", 1)
+            check_name(name, "queue")
+        check_int(concurrency, "concurrency", 1)
         if worker_id is not None:
-            _check_name(worker_id, "worker_id")
-        from ._worker import Worker
-
+            check_name(worker_id, "worker_id")
         return Worker(
-            self,
+            self.backend,
+            self._registry,
+            self._time,
             names,
             concurrency=concurrency,
             lease=to_seconds(lease, "lease", allow_zero=False),
             poll=to_seconds(poll, "poll", allow_zero=False),
             worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
-        ).job()
+            on_failure=self._on_failure,
+        )
+
+    async def aclose(self) -> None:
+        """Close the backend (its connections, threads and files); idempotent."""
+        await self.backend.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<tasker.queue.Queue tasks={self.task_names} backend={self.backend!r}>"
-
-
-def _takes_two(func: Callable[..., object]) -> bool:
-    import inspect
-
-    try:
-        inspect.signature(func).bind(None, None)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 async def _call_hook(hook: Callable[..., object], *args: Any) -> None:
@@ -789,72 +538,3 @@ async def _call_hook(hook: Callable[..., object], *args: Any) -> None:
             await result
     except Exception:
         logger.exception("queue hook %r failed", hook)
-
-
-def encode_chain(steps: Sequence[Step]) -> bytes | None:
-    """The rest of a chain, as stored with a task (None when nothing follows)."""
-    if not steps:
-        return None
-    return json.dumps(
-        [
-            {
-                "name": s.name,
-                "queue": s.queue,
-                "priority": s.priority,
-                "max_attempts": s.max_attempts,
-                "timeout": s.timeout,
-            }
-            for s in steps
-        ]
-    ).encode()
-
-
-def decode_chain(data: bytes) -> list[Step]:
-    """The rest of a chain, as stored with a task."""
-    return [Step(**item) for item in json.loads(data)]
-
-
-def storable(text: str, limit: int, *, tail: bool = False) -> str:
-    """``text`` in a form every backend stores, capped at ``limit`` characters.
-
-    Lossless where it can be: a lone surrogate (not UTF-8) becomes its ``\\udXXX`` escape
-    and a NUL (refused by Postgres ``text``) becomes ``\\x00``; everything else is kept.
-    ``tail`` keeps the end (a traceback's last frames) instead of the start.
-    """
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) > limit:
-        text = text[-limit:] if tail else text[:limit]
-    return text
-
-
-def _message(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception as failure:  # an exception whose __str__ raises is still reported
-        return f"<str() of the exception failed: {type(failure).__name__}>"
-
-
-def format_error(exc: BaseException) -> tuple[str, str]:
-    """``"Type: message"`` and the formatted traceback of ``exc``, both storable.
-
-    Never raises: an exception whose ``__str__`` fails, or whose text holds lone surrogates,
-    NUL bytes or megabytes, still gives a readable, storable pair. A DSN's or URL's password
-    quoted in either is replaced by ``***`` (:func:`tasker.redact_dsn`): what a queue stores
-    is shown in status output and dashboards.
-    """
-    # Capped before escaping too: a 10 MB message must not be copied and escaped whole.
-    # Redacted before the final cut: a cut-off URL no longer shows where its password ends.
-    text = f"{type(exc).__name__}: {_message(exc)[: ERROR_LIMIT * 2]}"
-    text = storable(redact_dsn(text), ERROR_LIMIT)
-    try:
-        trace = "".join(traceback.format_exception(exc))
-    except Exception as failure:
-        trace = f"<the traceback could not be formatted: {type(failure).__name__}>"
-    if len(trace) > TRACEBACK_LIMIT * 2:
-        trace = trace[-TRACEBACK_LIMIT * 2 :]
-    return text, storable(redact_dsn(trace), TRACEBACK_LIMIT, tail=True)

@@ -3,7 +3,7 @@
 Design notes:
 
 - **Time** is the backend's (``QueueBackend.time()``), never this process's wall clock.
-  Lease *ages* are measured on the local monotonic clock: ``_Attempt.renewed`` is when the
+  Lease *ages* are measured on the local monotonic clock: ``Attempt.renewed`` is when the
   last claim or heartbeat that confirmed the lease was sent.
 - **Fencing.** A lease is lost when a heartbeat says so (another worker took the task) or
   when it could not be renewed for a whole lease (a paused process, an unreachable
@@ -26,39 +26,33 @@ Design notes:
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._backoff import Backoff
 from .._context import Context, StopReason
-from .._job import Job
-from ..abc import QueueCapability
-from ._queue import (
-    ERROR_LIMIT,
-    TaskInfo,
-    decode_chain,
-    encode_chain,
-    format_error,
-    is_data_error,
-)
-from ._records import NewTask, Outcome, OutcomeKind, TaskRecord, TaskState
+from ..abc import QueueBackend, QueueCapability
+from ._attempt import Attempt
+from ._current import RunningTask, _current
+from ._errors import UnknownTaskError
+from ._info import TaskInfo
+from ._outcomes import failure, success
+from ._recording import BACKEND_BACKOFF, Recording
+from ._records import Outcome, OutcomeKind, TaskRecord, TaskState
+from ._registry import Registry
+from ._time import BackendClock
 
-if TYPE_CHECKING:
-    from ._queue import Queue
-
-__all__ = ["Worker"]
+__all__ = ["Worker", "WorkerStatistics"]
 
 logger = logging.getLogger("tasker.queue")
 
-_BACKEND_BACKOFF = Backoff(initial=0.2, maximum=10.0)
 #: How long the shielded hand-back of tasks that never started may take.
 _RELEASE_TIMEOUT = 2.0
 #: The share of the grace period (at most this many seconds) kept for recording outcomes.
@@ -67,52 +61,64 @@ _STOP_MARGIN = 1.0
 _HARD_RELEASE_TIMEOUT = 0.5
 
 
-@dataclass(slots=True, eq=False)
-class _Attempt:
-    """One claimed attempt of a task, as this worker holds it."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerStatistics:
+    """What a :class:`Worker` has done since it started (see :meth:`Worker.statistics`).
 
-    record: TaskRecord
-    #: ``time.monotonic()`` when the last claim or heartbeat confirming the lease was sent.
-    renewed: float
-    ctx: Context | None = None
-    scope: anyio.CancelScope | None = None
-    #: A heartbeat said the lease is gone: the outcome is discarded.
-    lost: bool = False
-    #: The context was stopped with LEASE_LOST (confirmed, or not renewed in time).
-    stopped: bool = False
+    Attributes:
+        worker_id: the id its leases are held under.
+        queues: the queues it claims from.
+        concurrency: its limit of tasks running at once.
+        running: tasks it holds now (running, or their outcome being recorded).
+        completed: outcomes it recorded.
+        leases_lost: leases a heartbeat (or an overdue check) said were gone.
+        discarded: outcomes discarded because their lease was lost.
+        stopping: whether its context is done (it claims nothing more).
+    """
+
+    worker_id: str
+    queues: tuple[str, ...]
+    concurrency: int
+    running: int
+    completed: int
+    leases_lost: int
+    discarded: int
+    stopping: bool
 
 
-def _ascii(text: str | None, limit: int) -> str | None:
-    if text is None:
-        return None
-    return text.encode("ascii", "backslashreplace").decode("ascii")[:limit]
-
-
-class Worker:
-    """One worker: its own id, claims and leases."""
+class Worker(Recording):
+    """A queue worker: a :data:`tasker.Job` (``await worker(ctx)``) with its own id, claims,
+    leases and statistics. Made by :meth:`tasker.queue.Queue.worker`; no public constructor."""
 
     def __init__(
         self,
-        queue: Queue,
+        backend: QueueBackend,
+        registry: Registry,
+        clock: BackendClock,
         queues: list[str],
         *,
         concurrency: int,
         lease: float,
         poll: float,
         worker_id: str,
+        on_failure: Callable[[TaskInfo], object] | None,
     ) -> None:
-        self.queue = queue
-        self.backend = queue.backend
+        self.backend = backend
+        self._registry = registry
+        self._time = clock
+        self._on_failure = on_failure
         self.queues = queues
+        # What log lines call this job (tasker's job_name reads __qualname__).
+        self.__qualname__ = self.__name__ = f"worker({','.join(queues)})"
         self.concurrency = concurrency
         self.lease = lease
         self.poll = poll
         self.worker_id = worker_id
         self._batch = max(1, concurrency // 2)
-        self.running: dict[str, _Attempt] = {}
+        self.running: dict[str, Attempt] = {}
         self.reporting: set[str] = set()
         self._slot_freed = anyio.Event()
-        self._pending_outcomes: list[tuple[Outcome, _Attempt, anyio.Event]] = []
+        self._pending_outcomes: list[tuple[Outcome, Attempt, anyio.Event]] = []
         self._flushing = False
         self.completed = 0
         self.leases_lost = 0
@@ -122,12 +128,12 @@ class Worker:
         # A backend that can record outcomes and claim in one round trip: then a flush
         # also fills the slots its tasks freed, and the claim loop leaves that to it.
         self._finish_and_claim = (
-            queue.backend.finish_and_claim  # type: ignore[attr-defined]
-            if QueueCapability.FINISH_AND_CLAIM in queue.backend.capabilities
+            backend.finish_and_claim  # type: ignore[attr-defined]
+            if QueueCapability.FINISH_AND_CLAIM in backend.capabilities
             else None
         )
         self._ctx: Context | None = None
-        self._send: MemoryObjectSendStream[_Attempt] | None = None
+        self._send: MemoryObjectSendStream[Attempt] | None = None
         # Shutdown deadlines (anyio time), set when the worker's context is done.
         self._cut_at: float | None = None
         self._give_up_at: float | None = None
@@ -138,21 +144,38 @@ class Worker:
         self._claims: anyio.CancelScope | None = None
 
     async def _now(self) -> float:
-        return await self.queue._now()
+        return await self._time.now()
 
-    def job(self) -> Job:
-        async def worker_job(ctx: Context) -> None:
-            await self.run(ctx)
+    async def __call__(self, ctx: Context) -> None:
+        """Run the worker until ``ctx`` is done (see :meth:`tasker.queue.Queue.worker`)."""
+        await self.run(ctx)
 
-        worker_job.__name__ = worker_job.__qualname__ = f"worker({','.join(self.queues)})"
-        return worker_job
+    def statistics(self) -> WorkerStatistics:
+        """A snapshot of the worker's counters."""
+        return WorkerStatistics(
+            worker_id=self.worker_id,
+            queues=tuple(self.queues),
+            concurrency=self.concurrency,
+            running=len(self.running),
+            completed=self.completed,
+            leases_lost=self.leases_lost,
+            discarded=self.discarded,
+            stopping=self._ctx is not None and self._ctx.done,
+        )
+
+    def __repr__(self) -> str:
+        state = "new" if self._ctx is None else "stopping" if self._ctx.done else "running"
+        return (
+            f"<tasker.queue.Worker {self.worker_id!r} queues={self.queues} {state}"
+            f" running={len(self.running)}/{self.concurrency} completed={self.completed}>"
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, ctx: Context) -> None:
         # A fixed pool of runner tasks reads claimed records from a stream: spawning a task
         # per queue task would cost more than the task itself (anyio's start_soon, ~16 us).
-        send, receive = anyio.create_memory_object_stream[_Attempt](math.inf)
+        send, receive = anyio.create_memory_object_stream[Attempt](math.inf)
         self._ctx, self._send = ctx, send
         self._claims = claims = anyio.CancelScope()
         stopping = lambda: self._on_stop(ctx)  # noqa: E731
@@ -217,7 +240,7 @@ class Worker:
 
     # -- claiming --------------------------------------------------------------------------
 
-    async def _claim_loop(self, ctx: Context, send: MemoryObjectSendStream[_Attempt]) -> None:
+    async def _claim_loop(self, ctx: Context, send: MemoryObjectSendStream[Attempt]) -> None:
         backend = self.backend
         outage = 0
         while not ctx.done:
@@ -254,7 +277,7 @@ class Worker:
                         type(exc).__name__,
                         exc,
                     )
-                await ctx.sleep(_BACKEND_BACKOFF.delay(outage))
+                await ctx.sleep(BACKEND_BACKOFF.delay(outage))
                 continue
             finally:
                 self._reserved -= free
@@ -282,7 +305,7 @@ class Worker:
 
     async def _hand_to_runners(self, records: list[TaskRecord], sent: float) -> None:
         """Queue claimed tasks for the runners; after the claim loop closed, hand them back."""
-        attempts = [_Attempt(record, sent) for record in records]
+        attempts = [Attempt(record, sent) for record in records]
         for attempt in attempts:
             # A new attempt of a task whose previous attempt (recorded, its runner not yet
             # resumed) is still listed replaces it: the old entry no longer holds a slot.
@@ -297,7 +320,7 @@ class Worker:
                 await self._release(attempts[index:])
                 return
 
-    async def _release(self, attempts: list[_Attempt]) -> None:
+    async def _release(self, attempts: list[Attempt]) -> None:
         """Hand tasks back uncounted (shielded, bounded); their leases expire otherwise."""
         outcomes = []
         mine = [a for a in attempts if not a.lost]
@@ -385,7 +408,7 @@ class Worker:
             if now - attempt.renewed >= self.lease and task_id not in self.reporting:
                 self._lose(attempt, confirmed=False)
 
-    def _lose(self, attempt: _Attempt, *, confirmed: bool) -> None:
+    def _lose(self, attempt: Attempt, *, confirmed: bool) -> None:
         if confirmed and not attempt.lost:
             attempt.lost = True
             self.leases_lost += 1
@@ -409,7 +432,7 @@ class Worker:
 
     # -- running ---------------------------------------------------------------------------
 
-    async def _runner(self, ctx: Context, receive: MemoryObjectReceiveStream[_Attempt]) -> None:
+    async def _runner(self, ctx: Context, receive: MemoryObjectReceiveStream[Attempt]) -> None:
         async with receive:
             async for attempt in receive:
                 if ctx.done:  # claimed but not started: hand it back at once
@@ -419,7 +442,7 @@ class Worker:
                 else:
                     await self._run_task(ctx, attempt)
 
-    def _forget(self, attempt: _Attempt, when: str) -> None:
+    def _forget(self, attempt: Attempt, when: str) -> None:
         """Drop an attempt whose lease is lost: no outcome is reported for it."""
         self.discarded += 1
         record = attempt.record
@@ -437,10 +460,10 @@ class Worker:
             self.reporting.discard(record.id)
         self._slot_freed.set()
 
-    async def _run_task(self, ctx: Context, attempt: _Attempt) -> None:
-        queue = self.queue
+    async def _run_task(self, ctx: Context, attempt: Attempt) -> None:
+        registry = self._registry
         record = attempt.record
-        registration = queue._handlers.get(record.name)
+        registration = registry.handlers.get(record.name)
         # One reading of the backend's clock per task, at its end; the start is that reading
         # less the monotonic duration.
         began = time.monotonic()
@@ -450,24 +473,40 @@ class Worker:
             scope.deadline = self._cut_at
         attempt.ctx, attempt.scope = child, scope
         outcome: Outcome | None = None
+        token = _current.set(
+            RunningTask(
+                id=record.id,
+                name=record.name,
+                queue=record.queue,
+                attempt=record.attempts,
+                max_attempts=record.max_attempts,
+                enqueued_at=record.created_at,
+                worker=self.worker_id,
+                _ctx=child,
+            )
+        )
         with scope:
             try:
                 if registration is None:
-                    raise LookupError(f"no handler is registered for task {record.name!r}")
-                payload = queue._serializer.loads(record.payload)
+                    raise UnknownTaskError(record.name)
+                payload = registry.serializer.loads(record.payload)
                 if record.timeout is not None:
                     with anyio.fail_after(record.timeout):
                         result = await registration.handler(child, payload)
                 else:
                     result = await registration.handler(child, payload)
-                data = None if result is None else queue._serialize(record.name, result)
+                data = None if result is None else registry.serialize(record.name, result)
                 now = await self._now()
-                outcome = self._success(record, now - (time.monotonic() - began), data, now)
+                outcome = success(
+                    registry, self.worker_id, record, now - (time.monotonic() - began), data, now
+                )
             except Exception as exc:
                 backoff = registration.backoff if registration else None
                 now = await self._now()
                 started = now - (time.monotonic() - began)
-                outcome = self._failure(record, started, exc, backoff, now)
+                outcome = failure(self.worker_id, record, started, exc, backoff, now)
+            finally:
+                _current.reset(token)
         if outcome is None:  # cut off by our own deadline
             if attempt.lost:
                 self._forget(attempt, "after it was cancelled")
@@ -489,7 +528,7 @@ class Worker:
                 del self.running[record.id]
                 self.reporting.discard(record.id)
         self._slot_freed.set()
-        if outcome.kind is OutcomeKind.DEAD and queue._on_failure is not None:
+        if outcome.kind is OutcomeKind.DEAD and self._on_failure is not None:
             # Built from what the worker knows, not read back: a backend without
             # INSPECTION has no ``get``, and this costs no round trip.
             info = TaskInfo(
@@ -506,331 +545,13 @@ class Worker:
                 finished_at=outcome.finished_at,
             )
             try:
-                value: Any = queue._on_failure(info)
+                value: Any = self._on_failure(info)
                 if inspect.isawaitable(value):
                     await value
             except Exception:
                 logger.exception("on_failure hook failed for task %s", record.id)
 
     # -- recording -------------------------------------------------------------------------
-
-    async def _report(self, outcome: Outcome, attempt: _Attempt) -> None:
-        """Record an outcome; outcomes reported meanwhile are flushed together.
-
-        The first reporter drains the batch (shielded: it carries the others' outcomes), so
-        ten tasks finishing together cost one backend call, not ten. Through a backend
-        outage it retries with backoff (the leases keep the tasks meanwhile) until the
-        worker stops.
-        """
-        done = anyio.Event()
-        self._pending_outcomes.append((outcome, attempt, done))
-        if self._flushing:
-            await done.wait()
-            return
-        self._flushing = True
-        scope = anyio.CancelScope(shield=True)
-        self._shielded.add(scope)
-        if self._give_up_at is not None:
-            scope.deadline = self._give_up_at
-        if self._abandoned:
-            scope.cancel()
-        try:
-            with scope:
-                # One turn of the event loop first: tasks that finish in the same turn (a
-                # claimed batch of quick tasks) join this flush instead of waiting for the next.
-                await anyio.lowlevel.checkpoint()
-                while self._pending_outcomes:
-                    batch, self._pending_outcomes = self._pending_outcomes, []
-                    try:
-                        await self._flush([(outcome, attempt) for outcome, attempt, _ in batch])
-                    finally:
-                        for _, _, event in batch:
-                            event.set()
-        finally:
-            self._shielded.discard(scope)
-            self._flushing = False
-            left, self._pending_outcomes = self._pending_outcomes, []
-            for _, _, event in left:
-                event.set()
-            if left:
-                logger.warning(
-                    "worker %s: stopping with %d outcome(s) not recorded (%s); their leases"
-                    " will expire and they will run again",
-                    self.worker_id,
-                    len(left),
-                    ", ".join(outcome.id for outcome, _, _ in left),
-                )
-
-    async def _flush(self, reported: list[tuple[Outcome, _Attempt]]) -> None:
-        reported = [(o, a) for o, a in reported if not self._discarded(a, "when it ended")]
-        outcomes = [outcome for outcome, _ in reported]
-        claimed: list[TaskRecord] = []
-        recorded = False
-        sent = time.monotonic()
-        try:
-            reported = await self._check_overdue(reported)
-            outcomes = [outcome for outcome, _ in reported]
-            if not outcomes:
-                recorded = True
-                return
-            ctx = self._ctx
-            combined = self._finish_and_claim
-            free = 0
-            if combined is not None and ctx is not None and not ctx.done:
-                free = max(0, self._free())
-            if free and combined is not None:
-                self._reserved += free
-                try:
-                    claimed = await combined(
-                        outcomes,
-                        now=await self._now(),
-                        queues=self.queues,
-                        limit=free,
-                        worker=self.worker_id,
-                        lease=self.lease,
-                        exclude=list(self.running),
-                    )
-                    recorded = True
-                except Exception as exc:
-                    # Record alone at once: a backend whose combined call keeps failing
-                    # costs no wait, and a poison outcome is isolated below.
-                    logger.debug("worker %s: finish_and_claim failed: %s", self.worker_id, exc)
-                finally:
-                    self._reserved -= free
-            if not recorded:
-                recorded = await self._record(outcomes)
-        finally:
-            if recorded:
-                self.completed += len(outcomes)
-            else:
-                logger.warning(
-                    "worker %s: stopping with %d outcome(s) not recorded (%s); their leases"
-                    " will expire and they will run again",
-                    self.worker_id,
-                    len(outcomes),
-                    ", ".join(o.id for o in outcomes),
-                )
-            # No longer ours, at once: a heartbeat answered meanwhile no longer lists
-            # them, and must not take them for lost before their runners wake up.
-            for outcome, attempt in reported:
-                if self.running.get(outcome.id) is attempt:  # not a newer claim of the task
-                    del self.running[outcome.id]
-                    self.reporting.discard(outcome.id)
-        if claimed:
-            await self._hand_to_runners(claimed, sent)
-
-    def _discarded(self, attempt: _Attempt, when: str) -> bool:
-        if attempt.lost:
-            self._forget(attempt, when)
-            return True
-        return False
-
-    async def _check_overdue(
-        self, reported: list[tuple[Outcome, _Attempt]]
-    ) -> list[tuple[Outcome, _Attempt]]:
-        """Ask about leases not renewed for a whole lease: report only those still held.
-
-        A worker that was paused past its lease (SIGSTOP, a long GC pause, a suspended
-        machine) may have lost its tasks to another worker while it slept.
-        """
-        now = time.monotonic()
-        overdue = [a for _, a in reported if now - a.renewed >= self.lease]
-        if not overdue:
-            return reported
-        try:
-            held = await self.backend.heartbeat(
-                self.worker_id,
-                [a.record.id for a in overdue],
-                lease=self.lease,
-                now=await self._now(),
-            )
-        except Exception:
-            return reported  # cannot tell: the backend's owner check decides
-        kept = []
-        for outcome, attempt in reported:
-            if attempt in overdue and attempt.record.id not in held:
-                attempt.lost = True
-                self.leases_lost += 1
-                self._forget(attempt, "when it ended")
-            else:
-                attempt.renewed = now
-                kept.append((outcome, attempt))
-        return kept
-
-    async def _record(self, outcomes: list[Outcome]) -> bool:
-        """Record ``outcomes``, isolating any the backend cannot store; False if stopped.
-
-        A batch refused for its data (:func:`is_data_error`: the backend raised
-        ``UnstorableRecordError`` or a bad-value error) is tried one outcome at a time, and an
-        outcome refused alone in ever plainer forms (:meth:`_reduced`). Any other error is an
-        outage: the rest is retried with backoff until the backend is back or the worker's
-        stop deadline passes; an outage never turns an outcome into its reduced form.
-        """
-        pending = outcomes
-        outage = 0
-        while True:
-            try:
-                await self.backend.finish(pending, now=await self._now())
-                break
-            except Exception as exc:
-                error: Exception = exc
-            if is_data_error(error):
-                pending = await self._isolate(pending, error)
-                if not pending:
-                    break
-            outage += 1
-            if outage == 1:
-                logger.warning(
-                    "worker %s: cannot record %d task(s) yet (%s: %s); retrying",
-                    self.worker_id,
-                    len(pending),
-                    type(error).__name__,
-                    error,
-                )
-            delay = _BACKEND_BACKOFF.delay(outage)
-            if self._give_up_at is not None:
-                left = self._give_up_at - anyio.current_time()
-                if left <= 0:
-                    return False
-                delay = min(delay, left)
-            await anyio.sleep(delay)
-        if outage:
-            logger.warning("worker %s: recorded the outcomes held back", self.worker_id)
-        return True
-
-    async def _isolate(self, pending: list[Outcome], error: Exception) -> list[Outcome]:
-        """Record a refused batch one outcome at a time; return what an outage held back."""
-        for index, outcome in enumerate(pending):
-            forms = self._reduced(outcome, error)
-            if len(pending) == 1:
-                forms = forms[1:]  # the original was just refused alone
-            for form in forms:
-                try:
-                    await self.backend.finish([form], now=await self._now())
-                except Exception as exc:
-                    if not is_data_error(exc):
-                        return pending[index:]  # an outage: the rest waits for the backend
-                    error = exc
-                    continue
-                if form is not outcome:
-                    logger.error(
-                        "worker %s: the outcome of task %s could not be stored as it was"
-                        " (%s: %s); stored it in a reduced form",
-                        self.worker_id,
-                        outcome.id,
-                        type(error).__name__,
-                        error,
-                    )
-                break
-            else:
-                logger.error(
-                    "worker %s: no form of the outcome of task %s can be stored (%s: %s); its"
-                    " lease will expire and it will run again",
-                    self.worker_id,
-                    outcome.id,
-                    type(error).__name__,
-                    error,
-                )
-        return []
-
-    def _reduced(self, outcome: Outcome, error: Exception) -> list[Outcome]:
-        """``outcome``, then with its texts in plain ASCII, then a bare dead letter."""
-        plain = dataclasses.replace(
-            outcome,
-            error=_ascii(outcome.error, ERROR_LIMIT),
-            traceback=_ascii(outcome.traceback, ERROR_LIMIT),
-        )
-        reason = _ascii(f"{type(error).__name__}: {error}", 300)
-        note = f"tasker could not store this task's outcome ({reason})"
-        if outcome.kind is OutcomeKind.SUCCEEDED:
-            bare = dataclasses.replace(
-                outcome,
-                kind=OutcomeKind.DEAD,
-                result=None,
-                result_expires=None,
-                follow_ups=(),
-                error=f"{note}; its result was dropped: requeue the task to run it again",
-                traceback=None,
-            )
-        else:
-            bare = dataclasses.replace(outcome, error=note, traceback=None, follow_ups=())
-        return [outcome, plain, bare]
-
-    # -- outcomes --------------------------------------------------------------------------
-
-    def _success(
-        self, record: TaskRecord, started: float, data: bytes | None, now: float
-    ) -> Outcome:
-        queue = self.queue
-        follow_ups: tuple[NewTask, ...] = ()
-        if record.chain is not None:
-            steps = decode_chain(record.chain)
-            head, rest = steps[0], steps[1:]
-            follow_ups = (
-                queue._new_task(
-                    head.name,
-                    None,
-                    now=now,
-                    priority=head.priority,
-                    queue=head.queue,
-                    max_attempts=head.max_attempts,
-                    timeout=head.timeout,
-                    chain=encode_chain(rest),
-                    raw_payload=data if data is not None else queue._serialize(head.name, None),
-                ),
-            )
-        return Outcome(
-            id=record.id,
-            worker=self.worker_id,
-            kind=OutcomeKind.SUCCEEDED,
-            started_at=started,
-            finished_at=now,
-            result=data,
-            result_expires=now + queue._result_ttl,
-            follow_ups=follow_ups,
-        )
-
-    def _failure(
-        self,
-        record: TaskRecord,
-        started: float,
-        exc: Exception,
-        backoff: Backoff | None,
-        now: float,
-    ) -> Outcome:
-        error, trace = format_error(exc)
-        retry_at: float | None = None
-        if record.attempts < record.max_attempts and backoff is not None:
-            delay = backoff.delay(record.attempts)
-            retry_at = now + delay
-            logger.warning(
-                "task %s %s failed (attempt %d of %d), retrying in %.3gs: %s",
-                record.name,
-                record.id,
-                record.attempts,
-                record.max_attempts,
-                delay,
-                error,
-            )
-        else:
-            logger.error(
-                "task %s %s failed its last attempt (%d): %s\n%s",
-                record.name,
-                record.id,
-                record.attempts,
-                error,
-                trace,
-            )
-        return Outcome(
-            id=record.id,
-            worker=self.worker_id,
-            kind=OutcomeKind.DEAD if retry_at is None else OutcomeKind.RETRY,
-            started_at=started,
-            finished_at=now,
-            error=error,
-            traceback=trace,
-            retry_at=retry_at,
-        )
 
 
 async def _wait_either(ctx: Context, wait: Any) -> None:

@@ -92,6 +92,10 @@ class FileLockerFactory:
         check_name(name, "FileLockerFactory.locker")
         return _FileLocker(self.directory / "locks" / _lock_file_name(name), name)
 
+    async def aclose(self) -> None:
+        """Nothing to release: each lock file is closed when its lock is released."""
+        await anyio.lowlevel.checkpoint()
+
     def __repr__(self) -> str:
         return f"FileLockerFactory({str(self.directory)!r})"
 
@@ -138,6 +142,11 @@ class SQLiteStateRepository:
     def close(self) -> None:
         """Close the database connection (it reopens on the next use)."""
         self._db.close()
+
+    async def aclose(self) -> None:
+        """Close the database connection and its thread (both come back on the next use)."""
+        self.close()
+        await anyio.lowlevel.checkpoint()
 
     @staticmethod
     def _get(connection: sqlite3.Connection, name: str) -> ScheduleState | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import anyio
+import anyio.lowlevel
 
 from ._state import ScheduleState, check_name
 
@@ -52,6 +53,10 @@ class MemoryLockerFactory:
         """Return a locker for ``name``."""
         return _MemoryLocker(self, check_name(name, "MemoryLockerFactory.locker"))
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+        await anyio.lowlevel.checkpoint()
+
     def __repr__(self) -> str:
         return f"MemoryLockerFactory(held={sorted(self._held)})"
 
@@ -75,6 +80,10 @@ class MemoryStateRepository:
         """Replace the state of ``state.name``."""
         await anyio.lowlevel.checkpoint()
         self._states[state.name] = state
+
+    async def aclose(self) -> None:
+        """Nothing to release (the states stay until the object is dropped)."""
+        await anyio.lowlevel.checkpoint()
 
     def __repr__(self) -> str:
         return f"MemoryStateRepository(names={sorted(self._states)})"

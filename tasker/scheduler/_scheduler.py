@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 import anyio
 
@@ -257,6 +257,17 @@ class Scheduler:
 
         scheduled_job.__name__ = scheduled_job.__qualname__ = f"scheduled({name!r})"
         return scheduled_job
+
+    async def aclose(self) -> None:
+        """Close the lock factory and the state repository (idempotent)."""
+        await self._lockers.aclose()
+        await self._repository.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def statistics(self) -> SchedulerStatistics:
         """A snapshot of the counters."""

@@ -1,0 +1,158 @@
+"""The registered task handlers, and the tasks built from them (shared by queue and worker).
+
+The :class:`Queue` registers handlers and builds each enqueue's :class:`NewTask` here; its
+workers look handlers up, deserialise payloads, serialise results and build a chain's next
+step here too. Neither reaches into the other's private state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .._backoff import Backoff
+from .._context import Context, to_seconds
+from .._job import check_job, takes_argument
+from ._checks import check_int, check_name, check_priority
+from ._errors import PayloadError, UnknownTaskError
+from ._records import NewTask
+from ._serializer import Serializer
+
+__all__ = ["Handler", "Registration", "Registry"]
+
+#: A task handler: ``async def handler(ctx, payload) -> result`` (result serialisable or None).
+Handler = Callable[[Context, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A handler and the defaults of its enqueues."""
+
+    name: str
+    handler: Handler
+    queue: str
+    max_attempts: int
+    backoff: Backoff
+    timeout: float | None
+    priority: int
+
+
+class Registry:
+    """Handlers by task name, their serialiser and how long results are kept."""
+
+    __slots__ = ("handlers", "result_ttl", "serializer")
+
+    def __init__(self, serializer: Serializer, result_ttl: float) -> None:
+        self.handlers: dict[str, Registration] = {}
+        self.serializer = serializer
+        self.result_ttl = result_ttl
+
+    def add(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        queue: str,
+        max_attempts: int,
+        backoff: Backoff | float | timedelta,
+        timeout: float | timedelta | None,
+        priority: int,
+    ) -> None:
+        """Register ``handler`` under ``name`` (see :meth:`tasker.queue.Queue.register`)."""
+        check_name(name, "task name")
+        if name in self.handlers:
+            raise ValueError(f"Queue.register(): the task name {name!r} is already registered")
+        check_job(handler, f"Queue.register({name!r})")
+        if takes_argument(handler) and not _takes_two(handler):
+            raise TypeError(f"Queue.register(): handler for {name!r} must take (ctx, payload)")
+        if not isinstance(backoff, Backoff):
+            backoff = Backoff.fixed(to_seconds(backoff, "backoff"))
+        self.handlers[name] = Registration(
+            name=name,
+            handler=handler,
+            queue=check_name(queue, "queue"),
+            max_attempts=check_int(max_attempts, "max_attempts", 1),
+            backoff=backoff,
+            timeout=None if timeout is None else to_seconds(timeout, "timeout", allow_zero=False),
+            priority=check_priority(priority),
+        )
+
+    def serialize(self, name: str, value: Any) -> bytes:
+        """``value`` serialised for task ``name``; a value it cannot take is a PayloadError."""
+        try:
+            return self.serializer.dumps(value)
+        except RecursionError as exc:  # before ValueError: a subclass of RuntimeError
+            raise PayloadError(name, "nested too deeply to serialise") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PayloadError(name, str(exc)) from exc
+
+    def new_task(
+        self,
+        name: str,
+        payload: Any,
+        *,
+        now: float,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        unique_key: str | None = None,
+        unique_for: float | timedelta | None = None,
+        held: bool = False,
+        chain: bytes | None = None,
+        group: tuple[str, int] | None = None,
+        raw_payload: bytes | None = None,
+    ) -> NewTask:
+        """The :class:`NewTask` for an enqueue of ``name`` at backend time ``now``: the
+        registration's defaults, with the options given; every option validated here."""
+        registration = self.handlers.get(name)
+        if registration is None:
+            raise UnknownTaskError(name)
+        if delay is not None and at is not None:
+            raise ValueError("enqueue(): give delay or at, not both")
+        run_at = now
+        if delay is not None:
+            run_at = now + to_seconds(delay, "delay")
+        if at is not None:
+            if at.tzinfo is None or at.utcoffset() is None:
+                raise ValueError(f"enqueue(): at must be an aware datetime, got {at!r}")
+            run_at = at.timestamp()
+        if unique_for is not None and unique_key is None:
+            raise ValueError("enqueue(): unique_for needs a unique_key")
+        if unique_key is not None:
+            check_name(unique_key, "unique_key")
+        return NewTask(
+            id=uuid.uuid4().hex,
+            name=name,
+            queue=check_name(queue, "queue") if queue is not None else registration.queue,
+            payload=raw_payload if raw_payload is not None else self.serialize(name, payload),
+            priority=registration.priority if priority is None else check_priority(priority),
+            run_at=run_at,
+            max_attempts=registration.max_attempts
+            if max_attempts is None
+            else check_int(max_attempts, "max_attempts", 1),
+            timeout=registration.timeout
+            if timeout is None
+            else to_seconds(timeout, "timeout", allow_zero=False),
+            unique_key=unique_key,
+            unique_until=None if unique_for is None else now + to_seconds(unique_for, "unique_for"),
+            held=held,
+            chain=chain,
+            group_id=group[0] if group else None,
+            group_index=group[1] if group else None,
+            created_at=now,
+        )
+
+
+def _takes_two(func: Callable[..., object]) -> bool:
+    try:
+        inspect.signature(func).bind(None, None)
+    except (TypeError, ValueError):
+        return False
+    return True
