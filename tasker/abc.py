@@ -305,8 +305,20 @@ class QueueAdministration(Protocol):
         """Release held tasks of ``queue`` (optionally of one name, at most ``limit``)."""
         ...
 
-    async def purge(self, *, now: float, history_before: float | None = None) -> int:
-        """Delete finished tasks whose results expired (and history older than given)."""
+    async def purge(
+        self,
+        *,
+        now: float,
+        history_before: float | None = None,
+        dead_before: float | None = None,
+    ) -> int:
+        """Delete what retention no longer keeps; return how many tasks were deleted.
+
+        Succeeded tasks whose results expired by ``now`` (never one whose unique window is
+        still open, nor a member of a group whose callback has not run), dead tasks that
+        finished before ``dead_before``, and history entries that finished before
+        ``history_before``. Running it from several workers at once is safe.
+        """
         ...
 
 

@@ -370,10 +370,19 @@ class PostgresQueueBackend:
 
         await self._listener.wait(timeout, due_in=due_in)
 
-    async def purge(self, *, now: float, history_before: float | None = None) -> int:
-        """Delete succeeded tasks whose results expired, and old history."""
+    async def purge(
+        self,
+        *,
+        now: float,
+        history_before: float | None = None,
+        dead_before: float | None = None,
+    ) -> int:
+        """Delete what retention no longer keeps (``QueueAdministration.purge``)."""
         pool = await self._source.pool()
-        status = await pool.execute(self._sql.purge, now)
+        # -inf: no dead task finished before it (one statement, one generic plan).
+        status = await pool.execute(
+            self._sql.purge, now, float("-inf") if dead_before is None else dead_before
+        )
         if history_before is not None:
             await pool.execute(self._sql.purge_history, history_before)
         return int(status.split()[-1])

@@ -199,7 +199,15 @@ class QueueStatements:
             f" and queue = any($1)), (select min(lease_until) from {tasks}"
             " where state = 'running' and queue = any($1)))"
         )
-        self.purge = f"delete from {tasks} where state = 'succeeded' and result_expires <= $1"  # noqa: S608
+        # $1 now, $2 the dead tasks' horizon; never a task whose unique window is open, nor a
+        # member of a group whose callback has not been enqueued (its row still exists).
+        self.purge = (
+            f"delete from {tasks} t where ((t.state = 'succeeded' and t.result_expires <= $1)"  # noqa: S608
+            " or (t.state = 'dead' and t.finished_at < $2))"
+            " and (t.unique_until is null or t.unique_until <= $1)"
+            f" and (t.group_id is null or not exists (select from {groups} g"
+            " where g.id = t.group_id))"
+        )
         self.purge_history = f"delete from {history} where finished_at < $1"  # noqa: S608
         self.oldest_waiting = (
             f"select queue, min(run_at) from {tasks} where state = 'queued'"  # noqa: S608

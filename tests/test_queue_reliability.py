@@ -21,7 +21,9 @@ import pytest
 import tasker
 from tasker import Context, StopReason
 from tasker.queue import (
+    GroupSpec,
     MemoryQueueBackend,
+    NewTask,
     Outcome,
     PayloadError,
     Queue,
@@ -699,3 +701,111 @@ async def test_a_write_lock_stall_longer_than_the_lease_hands_no_task_over(
     assert await other.claim(["default"], 1, worker="b", lease=1.0, now=await other.time()) == []
     owner.close()
     other.close()
+
+
+async def test_retention_keeps_the_tables_from_growing(kind: str, tmp_path: Path) -> None:
+    """Workers apply the retention: after waves of tasks, succeeded, dead and history rows
+    stop growing (results expire, dead tasks and history age out)."""
+    from tasker.queue import Retention
+
+    queue = Queue(
+        _backend(kind, tmp_path),
+        result_ttl=0.05,
+        retention=Retention(dead=0.05, history=0.05, every=0.05),
+    )
+
+    @queue.task("ok")
+    async def ok(ctx: Context, n: int) -> int:
+        return n
+
+    @queue.task("bad", max_attempts=1)
+    async def bad(ctx: Context, n: int) -> None:
+        raise RuntimeError("dies")
+
+    sizes = []
+    async with Running(queue):
+        for _wave in range(4):
+            ids = [(await queue.enqueue("ok", n)).id for n in range(30)]
+            ids += [(await queue.enqueue("bad", n)).id for n in range(5)]
+            for task_id in ids:
+                await until(lambda task_id=task_id: _gone_or_finished(queue, task_id))
+            await anyio.sleep(0.4)  # a few purge rounds
+            counts = (await queue.counts()).get("default", {})
+            sizes.append((sum(counts.values()), len(await queue.history(limit=10_000))))
+    # Each wave added 35 tasks and 35 history entries; all of them aged out.
+    assert sizes[-1][0] <= 35, sizes
+    assert sizes[-1][1] <= 35, sizes
+
+
+async def _gone_or_finished(queue: Queue, task_id: str) -> bool:
+    info = await queue.get(task_id)
+    return info is None or info.state in (TaskState.SUCCEEDED, TaskState.DEAD)
+
+
+def test_an_explicit_retention_needs_administration() -> None:
+    """Retention given to a backend that cannot purge is refused when the queue is built."""
+    from tasker.queue import MissingCapabilityError, Retention
+
+    from .test_queue_capabilities import CoreOnly
+
+    Queue(CoreOnly())  # the default retention is skipped
+    with pytest.raises(MissingCapabilityError, match=r"Queue\(retention=\.\.\.\)"):
+        Queue(CoreOnly(), retention=Retention())
+    with pytest.raises(ValueError, match="every"):
+        Retention(every=0)
+
+
+async def check_purge(backend: Any) -> None:
+    """Purge deletes expired successes, old dead tasks and old history, but never a task
+    whose unique window is open nor a member of a group still waiting for its callback."""
+    queue = Queue(backend, result_ttl=1.0, retention=None)
+
+    @queue.task("ok")
+    async def ok(ctx: Context, n: int) -> int:
+        return n
+
+    @queue.task("bad", max_attempts=1)
+    async def bad(ctx: Context, n: int) -> None:
+        raise RuntimeError("dies")
+
+    plain = (await queue.enqueue("ok", 1)).id
+    windowed = (await queue.enqueue("ok", 2, unique_key="w", unique_for=3600)).id
+    dead = (await queue.enqueue("bad", 3)).id
+    # A group held open: one member waits for a manual dispatch, so no callback yet.
+    now = await backend.time()
+    member, waiting = (
+        NewTask(
+            id=f"member-{i}",
+            name="ok",
+            queue="default",
+            payload=b"4",
+            run_at=now,
+            created_at=now,
+            held=held,
+            group_id="g1",
+            group_index=i,
+        )
+        for i, held in enumerate((False, True))
+    )
+    callback = NewTask(
+        id="callback", name="ok", queue="default", payload=b"null", run_at=now, created_at=now
+    )
+    await backend.enqueue(
+        [member, waiting], group=GroupSpec(id="g1", size=2, callback=callback), now=now
+    )
+    async with Running(queue):
+        for task_id in (plain, windowed, dead, member.id):
+            await until(lambda task_id=task_id: finished(queue, task_id))
+    now = await backend.time()
+    deleted = await backend.purge(now=now + 2, history_before=now + 2, dead_before=now + 2)
+    assert deleted == 2
+    assert await queue.get(plain) is None
+    assert await queue.get(dead) is None
+    assert await queue.get(windowed) is not None  # its unique window is open for an hour
+    assert await queue.get(member.id) is not None  # its group still waits for its callback
+    assert await queue.history(limit=100) == []
+
+
+async def test_purge_keeps_open_unique_windows(kind: str, tmp_path: Path) -> None:
+    """check_purge on the memory and SQLite backends."""
+    await check_purge(_backend(kind, tmp_path))

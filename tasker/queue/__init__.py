@@ -33,6 +33,7 @@ from ._records import (
     TaskRecord,
     TaskState,
 )
+from ._retention import Retention
 from ._serializer import JSONSerializer, Serializer
 from ._sqlite import SQLiteQueueBackend
 from ._worker import Worker, WorkerStatistics
@@ -56,6 +57,7 @@ __all__ = [
     "QueueBackend",
     "QueueCapability",
     "QueueInspection",
+    "Retention",
     "RunningTask",
     "SQLiteQueueBackend",
     "Serializer",

@@ -472,15 +472,40 @@ class MemoryQueueBackend:
         """Nothing to release (the tasks stay until the object is dropped)."""
         await anyio.lowlevel.checkpoint()
 
-    async def purge(self, *, now: float, history_before: float | None = None) -> int:
-        """Drop finished tasks whose results expired."""
+    async def purge(
+        self,
+        *,
+        now: float,
+        history_before: float | None = None,
+        dead_before: float | None = None,
+    ) -> int:
+        """Drop what retention no longer keeps (``tasker.abc.QueueAdministration.purge``)."""
         await anyio.lowlevel.checkpoint()
+
+        def unique_open(t: TaskRecord) -> bool:
+            if t.unique_key is None:
+                return False
+            held = self._unique.get(t.unique_key)
+            return held is not None and held[0] == t.id and held[1] is not None and held[1] > now
+
         expired = [
             t.id
             for t in self._tasks.values()
-            if t.state is TaskState.SUCCEEDED
-            and t.result_expires is not None
-            and t.result_expires <= now
+            if (t.group_id is None or t.group_id not in self._groups)
+            and not unique_open(t)
+            and (
+                (
+                    t.state is TaskState.SUCCEEDED
+                    and t.result_expires is not None
+                    and t.result_expires <= now
+                )
+                or (
+                    t.state is TaskState.DEAD
+                    and dead_before is not None
+                    and t.finished_at is not None
+                    and t.finished_at < dead_before
+                )
+            )
         ]
         for task_id in expired:
             del self._tasks[task_id]

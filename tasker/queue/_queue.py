@@ -36,9 +36,13 @@ from ._records import (
     TaskState,
 )
 from ._registry import Handler, Registry
+from ._retention import Retention
 from ._serializer import JSONSerializer, Serializer
 from ._time import BackendClock
 from ._worker import Worker
+
+#: The default retention (a sentinel too: only an explicit one needs ADMINISTRATION).
+_DEFAULT_RETENTION = Retention()
 
 #: The protocol each capability with methods of its own must implement.
 _PROTOCOLS: dict[QueueCapability, type] = {
@@ -69,6 +73,10 @@ class Queue:
         long_queue_threshold: when a queue holds at least this many queued tasks after an
             enqueue, ``on_long_queue(queue, depth)`` is called (once per crossing).
         on_long_queue: the long-queue hook.
+        retention: what is kept of finished tasks and history, applied by the workers
+            (:class:`Retention`; by default dead tasks and history for 7 days, a purge every
+            5 minutes); None never purges. Needs ``QueueCapability.ADMINISTRATION`` when
+            given; the default is skipped on a backend without it.
 
     Time is the backend's (:meth:`QueueBackend.time`): enqueues, claims and leases all use
     its one clock, so a process whose wall clock is off neither steals leases nor starts
@@ -89,6 +97,7 @@ class Queue:
         on_failure: Callable[[TaskInfo], object] | None = None,
         long_queue_threshold: int | None = None,
         on_long_queue: Callable[[str, int], object] | None = None,
+        retention: Retention | None = _DEFAULT_RETENTION,
     ) -> None:
         if backend is None:
             from ._sqlite import SQLiteQueueBackend, default_queue_path
@@ -131,6 +140,19 @@ class Queue:
         self._long_threshold = long_queue_threshold
         self._on_long_queue = on_long_queue
         self._long_queues: set[str] = set()
+        if retention is not None and not isinstance(retention, Retention):
+            raise TypeError(f"Queue: retention must be a Retention or None, got {retention!r}")
+        if (
+            retention is not None
+            and retention is not _DEFAULT_RETENTION
+            and QueueCapability.ADMINISTRATION not in capabilities
+        ):
+            raise MissingCapabilityError(
+                backend, QueueCapability.ADMINISTRATION, "Queue(retention=...)"
+            )
+        if QueueCapability.ADMINISTRATION not in capabilities:
+            retention = None
+        self._retention = retention
 
     # -- registration --------------------------------------------------------------------
 
@@ -513,6 +535,7 @@ class Queue:
             poll=to_seconds(poll, "poll", allow_zero=False),
             worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
             on_failure=self._on_failure,
+            retention=self._retention,
         )
 
     async def aclose(self) -> None:

@@ -381,12 +381,22 @@ class SQLiteQueueBackend:
                     self._data_version = current
                     return
 
-    async def purge(self, *, now: float, history_before: float | None = None) -> int:
-        """Delete succeeded tasks whose results expired, and old history."""
+    async def purge(
+        self,
+        *,
+        now: float,
+        history_before: float | None = None,
+        dead_before: float | None = None,
+    ) -> int:
+        """Delete what retention no longer keeps (``QueueAdministration.purge``)."""
 
         def write(db: sqlite3.Connection, _: object) -> int:
             cursor = db.execute(
-                "delete from tasks where state = 'succeeded' and result_expires <= ?", (now,)
+                "delete from tasks where ((state = 'succeeded' and result_expires <= ?)"
+                " or (state = 'dead' and ? is not null and finished_at < ?))"
+                " and (unique_until is null or unique_until <= ?)"
+                " and (group_id is null or group_id not in (select id from task_groups))",
+                (now, dead_before, dead_before, now),
             )
             if history_before is not None:
                 db.execute("delete from task_history where finished_at < ?", (history_before,))

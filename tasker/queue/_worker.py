@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from ._outcomes import failure, success
 from ._recording import BACKEND_BACKOFF, Recording
 from ._records import Outcome, OutcomeKind, TaskRecord, TaskState
 from ._registry import Registry
+from ._retention import Retention
 from ._time import BackendClock
 
 __all__ = ["Worker", "WorkerStatistics"]
@@ -73,6 +75,7 @@ class WorkerStatistics:
         completed: outcomes it recorded.
         leases_lost: leases a heartbeat (or an overdue check) said were gone.
         discarded: outcomes discarded because their lease was lost.
+        purged: finished tasks its retention runs deleted.
         stopping: whether its context is done (it claims nothing more).
     """
 
@@ -83,6 +86,7 @@ class WorkerStatistics:
     completed: int
     leases_lost: int
     discarded: int
+    purged: int
     stopping: bool
 
 
@@ -102,11 +106,15 @@ class Worker(Recording):
         poll: float,
         worker_id: str,
         on_failure: Callable[[TaskInfo], object] | None,
+        retention: Retention | None = None,
     ) -> None:
         self.backend = backend
         self._registry = registry
         self._time = clock
         self._on_failure = on_failure
+        self._retention = retention
+        self.purged = 0
+        self._maintenance: anyio.CancelScope | None = None
         self.queues = queues
         # What log lines call this job (tasker's job_name reads __qualname__).
         self.__qualname__ = self.__name__ = f"worker({','.join(queues)})"
@@ -160,6 +168,7 @@ class Worker(Recording):
             completed=self.completed,
             leases_lost=self.leases_lost,
             discarded=self.discarded,
+            purged=self.purged,
             stopping=self._ctx is not None and self._ctx.done,
         )
 
@@ -187,6 +196,9 @@ class Worker(Recording):
             async with anyio.create_task_group() as tasks:
                 heartbeat_scope = anyio.CancelScope()
                 tasks.start_soon(self._heartbeat, heartbeat_scope)
+                if self._retention is not None:
+                    self._maintenance = anyio.CancelScope()
+                    tasks.start_soon(self._maintain, self._retention, self._maintenance)
                 for _ in range(self.concurrency):
                     tasks.start_soon(self._runner, ctx, receive.clone())
                 receive.close()
@@ -212,6 +224,8 @@ class Worker(Recording):
         """The worker's context is done: arm the deadlines that end it within its grace."""
         now = anyio.current_time()
         margin = min(_STOP_MARGIN, ctx.grace * 0.2)
+        if self._maintenance is not None:
+            self._maintenance.cancel()  # no purge delays a stop
         self._cut_at = now + ctx.grace - margin
         self._give_up_at = now + ctx.grace - margin * 0.25
         # A claim (or a wait) still held up by the backend when running tasks are cut: give
@@ -365,6 +379,27 @@ class Worker(Recording):
         self._slot_freed.set()
 
     # -- leases ----------------------------------------------------------------------------
+
+    async def _maintain(self, retention: Retention, scope: anyio.CancelScope) -> None:
+        """Apply the queue's retention every ``retention.every`` seconds (spread out)."""
+        with scope:
+            while True:
+                await anyio.sleep(retention.every * (0.5 + random.random() / 2))
+                now = await self._now()
+                try:
+                    deleted = await self.backend.purge(  # type: ignore[attr-defined]
+                        now=now,
+                        history_before=None
+                        if retention.history is None
+                        else now - retention.history,
+                        dead_before=None if retention.dead is None else now - retention.dead,
+                    )
+                except Exception as exc:
+                    logger.warning("worker %s: purge failed (will retry): %s", self.worker_id, exc)
+                    continue
+                self.purged += int(deleted)
+                if deleted:
+                    logger.debug("worker %s: purged %d finished task(s)", self.worker_id, deleted)
 
     async def _heartbeat(self, scope: anyio.CancelScope) -> None:
         with scope:

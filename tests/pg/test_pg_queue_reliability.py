@@ -139,3 +139,10 @@ async def test_the_server_clock_is_extrapolated_when_it_cannot_be_read(
             await fresh.time()
     finally:
         await backend.aclose()
+
+
+async def test_purge_on_postgres(backend: PostgresQueueBackend) -> None:
+    """check_purge on Postgres."""
+    from ..test_queue_reliability import check_purge
+
+    await check_purge(backend)
