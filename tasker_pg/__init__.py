@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from tasker import redact_dsn  # re-exported: it was tasker_pg's before tasker had one
 
-from ._connection import AsyncioRequiredError
-from ._locks import LockKeyCollisionError, PostgresLockerFactory, advisory_key
+from ._errors import AsyncioRequiredError, LockKeyCollisionError
+from ._locks import PostgresLockerFactory, advisory_key
 from ._queue_backend import PostgresQueueBackend
 from ._schema import migrate
 from ._setup import PostgresScheduler, scheduler

@@ -11,7 +11,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import anyio
 import asyncpg
 
-from tasker import RedactingFilter, TaskerError, redact_dsn
+from tasker import RedactingFilter, redact_dsn
+
+from ._errors import AsyncioRequiredError
 
 logger = logging.getLogger("tasker_pg")
 # Every tasker_pg module logs here; driver errors it logs may quote a DSN.
@@ -32,18 +34,6 @@ COMMAND_TIMEOUT = 30.0
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _PORT = re.compile(r"[0-9]*")
-
-
-class AsyncioRequiredError(TaskerError, RuntimeError):
-    """tasker_pg runs on asyncio only: asyncpg, its driver, does not support trio."""
-
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-        super().__init__(
-            f"tasker_pg needs asyncio, but this code runs on {backend}: asyncpg (the Postgres"
-            " driver) is asyncio-only. Run the program with tasker.main(..., backend='asyncio')"
-            " or use the embedded backends on trio"
-        )
 
 
 def check_asyncio() -> None:

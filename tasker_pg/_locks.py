@@ -29,11 +29,12 @@ from typing import Any
 import anyio
 import asyncpg
 
-from tasker import TaskerError, redact_dsn
+from tasker import redact_dsn
 from tasker.backends import check_schedule_name as check_name
 
 from ._connection import PoolSource, quote_identifier
 from ._durations import to_seconds
+from ._errors import LockKeyCollisionError
 
 __all__ = ["LockKeyCollisionError", "PostgresLockerFactory", "advisory_key"]
 
@@ -52,17 +53,6 @@ def advisory_key(namespace: str, name: str) -> int:
     """The 64-bit advisory lock key of ``name`` in ``namespace`` (see the module notes)."""
     digest = hashlib.blake2b(f"{namespace}\x00{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-class LockKeyCollisionError(TaskerError, ValueError):
-    """Two schedule names hash to the same advisory lock key."""
-
-    def __init__(self, key: int, name: str, other: str) -> None:
-        self.key, self.name, self.other = key, name, other
-        super().__init__(
-            f"schedule names {name!r} and {other!r} have the same advisory lock key {key};"
-            " rename one or use another namespace"
-        )
 
 
 class _PostgresLocker:

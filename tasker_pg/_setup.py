@@ -21,7 +21,8 @@ from tasker import Backoff, CatchUp, Context, Job, redact_dsn
 from tasker.schedule import Schedule
 
 from ._connection import PoolSource, check_asyncio
-from ._locks import LockKeyCollisionError, PostgresLockerFactory
+from ._errors import LockKeyCollisionError
+from ._locks import PostgresLockerFactory
 from ._state import PostgresStateRepository
 
 __all__ = ["PostgresScheduler", "scheduler"]

@@ -22,7 +22,7 @@ from ..abc import (
     TransactionalEnqueue,
 )
 from ._chain import Step, encode_chain
-from ._checks import check_int, check_name
+from ._checks import check_int, check_name, check_priority
 from ._errors import (
     MissingCapabilityError,
     UnknownTaskError,
@@ -298,11 +298,34 @@ class Queue:
         await self._check_long_queue(task.queue)
         return Enqueued(id=result.id, deduplicated=result.deduplicated)
 
-    def step(self, name: str, payload: Any = None, **options: Any) -> Step:
-        """A task for :meth:`enqueue_chain` or :meth:`enqueue_group`; options as for enqueue."""
+    def step(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> Step:
+        """A task for :meth:`enqueue_chain` or :meth:`enqueue_group`; options as for enqueue.
+
+        Raises:
+            UnknownTaskError: no handler is registered as ``name``.
+            ValueError: for an option out of range (checked here, not when the step runs).
+        """
         if name not in self._registry.handlers:
             raise UnknownTaskError(name)
-        return Step(name=name, payload=payload, **options)
+        return Step(
+            name=name,
+            payload=payload,
+            queue=None if queue is None else check_name(queue, "queue"),
+            priority=None if priority is None else check_priority(priority),
+            max_attempts=None
+            if max_attempts is None
+            else check_int(max_attempts, "max_attempts", 1),
+            timeout=None if timeout is None else to_seconds(timeout, "timeout", allow_zero=False),
+        )
 
     async def enqueue_chain(self, *steps: Step) -> Enqueued:
         """Enqueue ``steps`` to run one after another, each receiving the previous result.

@@ -149,7 +149,8 @@ class Scheduler:
             ``state_dir``.
         state_dir: the embedded default's directory: ``$TASKER_STATE_DIR`` or ``./.tasker``.
         lock_retry: seconds before a replica that found the lock busy looks again.
-        backend_backoff: the wait between retries while the backend is unreachable.
+        backend_backoff: the wait between retries while the backend is unreachable: a
+            :class:`Backoff`, or a fixed duration (seconds or a ``timedelta``).
 
     Raises:
         ValueError: for only one of ``locker_factory``/``repository``, or a bad duration.
@@ -163,7 +164,7 @@ class Scheduler:
         repository: StateRepository | None = None,
         state_dir: str | Path | None = None,
         lock_retry: float | timedelta = 1.0,
-        backend_backoff: Backoff = Backoff(initial=0.5, maximum=30.0),  # noqa: B008
+        backend_backoff: Backoff | float | timedelta = Backoff(initial=0.5, maximum=30.0),  # noqa: B008
     ) -> None:
         if (locker_factory is None) != (repository is None):
             raise ValueError("Scheduler: give both locker_factory and repository, or neither")
@@ -178,9 +179,14 @@ class Scheduler:
         if not isinstance(repository, StateRepository):
             raise TypeError(f"Scheduler: {repository!r} is not a tasker.abc.StateRepository")
         if not isinstance(backend_backoff, Backoff):
-            raise TypeError(
-                f"Scheduler: backend_backoff must be a Backoff, got {backend_backoff!r}"
-            )
+            if not isinstance(backend_backoff, int | float | timedelta) or isinstance(
+                backend_backoff, bool
+            ):
+                raise TypeError(
+                    "Scheduler: backend_backoff must be a Backoff or a duration, got"
+                    f" {backend_backoff!r}"
+                )
+            backend_backoff = Backoff.fixed(to_seconds(backend_backoff, "backend_backoff"))
         self._lockers = locker_factory
         self._repository = repository
         self._lock_retry = to_seconds(lock_retry, "lock_retry", allow_zero=False)

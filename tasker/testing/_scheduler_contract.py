@@ -56,6 +56,29 @@ class SchedulerBackendContract:
         assert await second.try_lock()
         await second.unlock()
 
+    async def test_lockers_declare_whether_a_lock_can_be_lost(self, backend: Backend) -> None:
+        """``can_be_lost`` is declared (a bool); a lock that cannot be lost never reports
+        itself lost while held."""
+        lockers, _ = backend
+        locker = lockers.locker("contract-declared")
+        assert isinstance(locker.can_be_lost, bool)
+        if locker.can_be_lost:
+            return
+        assert await locker.try_lock()
+        try:
+            with anyio.move_on_after(0.1) as scope:
+                await locker.wait_lost()
+            assert scope.cancelled_caught, "wait_lost returned for a lock that cannot be lost"
+        finally:
+            await locker.unlock()
+
+    async def test_stores_close_and_close_again(self, backend: Backend) -> None:
+        """``aclose()`` on both stores, twice, is fine."""
+        lockers, repository = backend
+        for _ in range(2):
+            await lockers.aclose()
+            await repository.aclose()
+
     async def test_locks_are_per_name(self, backend: Backend) -> None:
         """Holding one name does not block another."""
         lockers, _ = backend
