@@ -6,6 +6,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from .._context import Context, StopReason
+from ._records import TaskRecord
 
 __all__ = ["RunningTask", "current_task"]
 
@@ -44,7 +45,10 @@ class RunningTask:
         return self.attempt >= self.max_attempts
 
 
-_current: ContextVar[RunningTask | None] = ContextVar("tasker_queue_task", default=None)
+#: The running attempt's record, worker id and context (the worker sets it per attempt).
+_current: ContextVar[tuple[TaskRecord, str, Context] | None] = ContextVar(
+    "tasker_queue_task", default=None
+)
 
 
 def current_task() -> RunningTask | None:
@@ -53,4 +57,17 @@ def current_task() -> RunningTask | None:
     The dispatcher of the Go original passes the task's UUID to the function; here a handler
     (or anything it calls) asks for it, e.g. to key a side effect by ``current_task().id``.
     """
-    return _current.get()
+    current = _current.get()
+    if current is None:
+        return None
+    record, worker, ctx = current
+    return RunningTask(
+        id=record.id,
+        name=record.name,
+        queue=record.queue,
+        attempt=record.attempts,
+        max_attempts=record.max_attempts,
+        enqueued_at=record.created_at,
+        worker=worker,
+        _ctx=ctx,
+    )

@@ -41,7 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._context import Context, StopReason
 from ..abc import QueueBackend, QueueCapability
 from ._attempt import Attempt
-from ._current import RunningTask, _current
+from ._current import _current
 from ._errors import UnknownTaskError
 from ._info import TaskInfo
 from ._outcomes import failure, success
@@ -508,18 +508,8 @@ class Worker(Recording):
             scope.deadline = self._cut_at
         attempt.ctx, attempt.scope = child, scope
         outcome: Outcome | None = None
-        token = _current.set(
-            RunningTask(
-                id=record.id,
-                name=record.name,
-                queue=record.queue,
-                attempt=record.attempts,
-                max_attempts=record.max_attempts,
-                enqueued_at=record.created_at,
-                worker=self.worker_id,
-                _ctx=child,
-            )
-        )
+        # What current_task() reports, built only when a handler asks (hot path).
+        token = _current.set((record, self.worker_id, child))
         with scope:
             try:
                 if registration is None:
