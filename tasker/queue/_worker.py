@@ -468,14 +468,28 @@ class Worker(Recording):
     # -- running ---------------------------------------------------------------------------
 
     async def _runner(self, ctx: Context, receive: MemoryObjectReceiveStream[Attempt]) -> None:
+        # One cancel scope per runner, not per attempt (entering one costs more than a
+        # no-op task): a cut or a lost lease sets its deadline while a handler runs; once
+        # it has fired, the runner settles the attempt it cut and starts a fresh scope.
+        running: list[Attempt] = []  # the attempt whose handler runs, if any
         async with receive:
-            async for attempt in receive:
-                if ctx.done:  # claimed but not started: hand it back at once
-                    await self._release([attempt])
-                elif attempt.lost:
-                    self._forget(attempt, "before it started")
-                else:
-                    await self._run_task(ctx, attempt)
+            while True:
+                with anyio.CancelScope() as scope:
+                    async for attempt in receive:
+                        if ctx.done:  # claimed but not started: hand it back at once
+                            await self._release([attempt])
+                        elif attempt.lost:
+                            self._forget(attempt, "before it started")
+                        else:
+                            await self._run_task(ctx, attempt, scope, running)
+                    return  # the stream is closed: the worker is stopping
+                if running:  # its handler was cut off by the deadline set on the scope
+                    cut = running.pop()
+                    if cut.lost:
+                        self._forget(cut, "after it was cancelled")
+                    else:  # the shutdown's, or a lease not renewed in time: hand it back
+                        await self._release([cut])
+                self._slot_freed.set()
 
     def _forget(self, attempt: Attempt, when: str) -> None:
         """Drop an attempt whose lease is lost: no outcome is reported for it."""
@@ -495,7 +509,9 @@ class Worker(Recording):
             self.reporting.discard(record.id)
         self._slot_freed.set()
 
-    async def _run_task(self, ctx: Context, attempt: Attempt) -> None:
+    async def _run_task(
+        self, ctx: Context, attempt: Attempt, scope: anyio.CancelScope, running: list[Attempt]
+    ) -> None:
         registry = self._registry
         record = attempt.record
         registration = registry.handlers.get(record.name)
@@ -503,14 +519,13 @@ class Worker(Recording):
         # less the monotonic duration.
         began = time.monotonic()
         child = ctx.child()
-        scope = anyio.CancelScope()
         if self._cut_at is not None:
             scope.deadline = self._cut_at
         attempt.ctx, attempt.scope = child, scope
-        outcome: Outcome | None = None
+        running.append(attempt)
         # What current_task() reports, built only when a handler asks (hot path).
         token = _current.set((record, self.worker_id, child))
-        with scope:
+        try:
             try:
                 if registration is None:
                     raise UnknownTaskError(record.name)
@@ -530,14 +545,13 @@ class Worker(Recording):
                 now = await self._now()
                 started = now - (time.monotonic() - began)
                 outcome = failure(self.worker_id, record, started, exc, backoff, now)
-            finally:
-                _current.reset(token)
-        if outcome is None:  # cut off by our own deadline
-            if attempt.lost:
-                self._forget(attempt, "after it was cancelled")
-            else:  # the shutdown's, or a lease not renewed in time: hand it back, uncounted
-                await self._release([attempt])
-            return
+        finally:
+            _current.reset(token)
+            attempt.scope = None  # no deadline is set for this attempt any more
+        # The handler is done: nothing of it is left to cut (a deadline that fired just now
+        # cancels the scope anyway, and the runner then starts a fresh one).
+        running.clear()
+        scope.deadline = math.inf
         if attempt.lost:
             self._forget(attempt, "when it ended")
             return
