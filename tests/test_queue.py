@@ -507,3 +507,28 @@ async def test_a_handler_knows_the_task_it_runs(backend: QueueBackend) -> None:
     info = await queue.get(enqueued.id)
     assert info is not None
     assert info.created_at > 0
+
+
+async def check_dispatch_order(backend: QueueBackend) -> None:
+    """dispatch(limit=) releases the highest priorities first, then the oldest."""
+    queue = Queue(backend)
+
+    @queue.task("p")
+    async def p(ctx: Context, n: int) -> None: ...
+
+    ids = [(await queue.enqueue("p", n, priority=n, held=True)).id for n in (0, 3, 1, 3)]
+
+    async def states() -> list[TaskState]:
+        infos = [await queue.get(task_id) for task_id in ids]
+        return [info.state for info in infos if info is not None]
+
+    held, queued = TaskState.HELD, TaskState.QUEUED
+    assert await queue.dispatch("default", limit=1) == 1
+    assert await states() == [held, queued, held, held]  # priority 3, the older one
+    assert await queue.dispatch("default", limit=2) == 2
+    assert await states() == [held, queued, queued, queued]  # then 3, then 1
+
+
+async def test_dispatch_releases_the_highest_priorities_first(backend: QueueBackend) -> None:
+    """check_dispatch_order on the memory and SQLite backends."""
+    await check_dispatch_order(backend)

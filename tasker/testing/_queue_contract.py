@@ -58,6 +58,10 @@ class _Task:
     owner: str | None = None
     lease_until: float | None = None
     history: list[str] = field(default_factory=list)
+    #: When it last became succeeded or dead, and when a success's result expires.
+    finished_at: float | None = None
+    expires: float | None = None
+    order: int = 0
 
 
 def queue_backend_machine(
@@ -86,6 +90,8 @@ def queue_backend_machine(
             #: The capabilities the backend declares: the rules and invariants that need
             #: one run only when it is declared, and then they check it.
             self.caps: frozenset[QueueCapability] = self.backend.capabilities
+            #: History of tasks purged from the model (the backend keeps their history).
+            self.purged_history: dict[str, list[str]] = {}
             self.last_clock = -math.inf
             self.fake_clock_allowed = allow_fake_clock
             self.tasks: dict[str, _Task] = {}
@@ -112,12 +118,21 @@ def queue_backend_machine(
             delay=st.sampled_from([0.0, 0.0, 5.0, 30.0]),
             max_attempts=st.integers(1, 3),
             unique=st.sampled_from([None, None, "k1", "k2"]),
+            held=st.sampled_from([False, False, False, True]),
         )
         def enqueue(
-            self, queue: str, priority: int, delay: float, max_attempts: int, unique: str | None
+            self,
+            queue: str,
+            priority: int,
+            delay: float,
+            max_attempts: int,
+            unique: str | None,
+            held: bool,
         ) -> None:
             if QueueCapability.UNIQUE_KEYS not in self.caps:
                 unique = None
+            if QueueCapability.ADMINISTRATION not in self.caps:
+                held = False
             task_id = f"t{next(self.ids)}"
             new = NewTask(
                 id=task_id,
@@ -128,6 +143,7 @@ def queue_backend_machine(
                 run_at=self.now + delay,
                 max_attempts=max_attempts,
                 unique_key=unique,
+                held=held,
                 created_at=self.now,
             )
             (result,) = self.call("enqueue", [new], now=self.now)
@@ -145,7 +161,14 @@ def queue_backend_machine(
             assert not result.deduplicated
             assert result.id == task_id
             self.tasks[task_id] = _Task(
-                task_id, queue, priority, self.now + delay, max_attempts, unique
+                task_id,
+                queue,
+                priority,
+                self.now + delay,
+                max_attempts,
+                unique,
+                state=TaskState.HELD if held else TaskState.QUEUED,
+                order=next(self.ids),
             )
 
         @rule(
@@ -221,6 +244,7 @@ def queue_backend_machine(
                     stored = self.call("get", t.id)
                     if stored.state is TaskState.DEAD:
                         t.state, t.owner, t.lease_until = TaskState.DEAD, None, None
+                        t.finished_at = self.now
             for record in records:
                 t = self.tasks[record.id]
                 t.state = TaskState.RUNNING
@@ -294,6 +318,7 @@ def queue_backend_machine(
                 started_at=self.now,
                 finished_at=self.now,
                 result=b"1" if kind is OutcomeKind.SUCCEEDED else None,
+                result_expires=self.now + 20 if kind is OutcomeKind.SUCCEEDED else None,
                 error=None if kind is OutcomeKind.SUCCEEDED else "Boom: x",
                 retry_at=self.now + 5 if kind is OutcomeKind.RETRY else None,
             )
@@ -303,9 +328,9 @@ def queue_backend_machine(
                 return  # a worker that does not hold the task is ignored
             t.owner, t.lease_until = None, None
             if kind is OutcomeKind.SUCCEEDED:
-                t.state = TaskState.SUCCEEDED
+                t.state, t.finished_at, t.expires = TaskState.SUCCEEDED, self.now, self.now + 20
             elif kind is OutcomeKind.DEAD:
-                t.state = TaskState.DEAD
+                t.state, t.finished_at = TaskState.DEAD, self.now
             elif kind is OutcomeKind.RETRY:
                 t.state, t.run_at = TaskState.QUEUED, self.now + 5
             else:
@@ -331,6 +356,64 @@ def queue_backend_machine(
             assert self.call("requeue", t.id, now=self.now) is not taken
             if not taken:
                 t.state, t.attempts, t.run_at = TaskState.QUEUED, 0, self.now
+                t.finished_at = None
+
+        @precondition(lambda self: QueueCapability.ADMINISTRATION in self.caps)
+        @rule(
+            queue=st.sampled_from(QUEUES),
+            limit=st.sampled_from([None, 1, 2]),
+            named=st.booleans(),
+        )
+        def dispatch(self, queue: str, limit: int | None, named: bool) -> None:
+            held = [
+                t for t in self.tasks.values() if t.state is TaskState.HELD and t.queue == queue
+            ]
+            count = self.call(
+                "dispatch", queue, name="job" if named else None, limit=limit, now=self.now
+            )
+            assert count == (len(held) if limit is None else min(limit, len(held)))
+            # Which ones: the highest priorities first (ties in any order), found by asking.
+            released = []
+            for t in held:
+                if QueueCapability.INSPECTION in self.caps:
+                    state = self.call("get", t.id).state
+                else:
+                    state = TaskState.QUEUED if limit is None else TaskState.HELD
+                if state is TaskState.QUEUED:
+                    t.state, t.run_at = TaskState.QUEUED, min(t.run_at, self.now)
+                    released.append(t)
+            assert len(released) == count or QueueCapability.INSPECTION not in self.caps
+            kept = [t for t in held if t.state is TaskState.HELD]
+            if released and kept:
+                assert min(t.priority for t in released) >= max(t.priority for t in kept)
+
+        @precondition(lambda self: QueueCapability.ADMINISTRATION in self.caps)
+        @rule(dead_age=st.sampled_from([None, 0.0, 10.0]))
+        def purge(self, dead_age: float | None) -> None:
+            dead_before = None if dead_age is None else self.now - dead_age
+            gone = [
+                t
+                for t in self.tasks.values()
+                if (
+                    t.state is TaskState.SUCCEEDED
+                    and t.expires is not None
+                    and t.expires <= self.now
+                )
+                or (
+                    t.state is TaskState.DEAD
+                    and dead_before is not None
+                    and t.finished_at is not None
+                    and t.finished_at < dead_before
+                )
+            ]
+            deleted = self.call("purge", now=self.now, dead_before=dead_before)
+            assert deleted == len(gone)
+            for t in gone:
+                if t.history:
+                    self.purged_history[t.id] = t.history
+                del self.tasks[t.id]
+                if QueueCapability.INSPECTION in self.caps:
+                    assert self.call("get", t.id) is None
 
         @rule(seconds=st.sampled_from([1.0, 4.0, 6.0, 11.0, 31.0]))
         def time_passes(self, seconds: float) -> None:
@@ -375,7 +458,9 @@ def queue_backend_machine(
             recorded: dict[str, list[str]] = {}
             for entry in reversed(entries):
                 recorded.setdefault(entry.task_id, []).append(entry.outcome)
-            assert recorded == {t.id: t.history for t in self.tasks.values() if t.history}
+            expected = {t.id: t.history for t in self.tasks.values() if t.history}
+            expected.update(self.purged_history)
+            assert recorded == expected
 
     QueueBackendMachine.TestCase.settings = settings(
         max_examples=30, stateful_step_count=25, deadline=None

@@ -146,3 +146,10 @@ async def test_purge_on_postgres(backend: PostgresQueueBackend) -> None:
     from ..test_queue_reliability import check_purge
 
     await check_purge(backend)
+
+
+async def test_dispatch_order_on_postgres(backend: PostgresQueueBackend) -> None:
+    """check_dispatch_order on Postgres."""
+    from ..test_queue import check_dispatch_order
+
+    await check_dispatch_order(backend)
