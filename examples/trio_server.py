@@ -10,11 +10,13 @@ Needs: the ``trio`` and ``asgi`` extras (trio, hypercorn).
 Run: ``PORT=8000 python examples/trio_server.py``, then
 ``curl 'localhost:8000/slow?seconds=3'`` and press Ctrl-C while it runs.
 
-Prints: ``listening on http://127.0.0.1:8000``, ``heartbeat`` every second, ``bye`` at the end.
+Prints: ``listening on http://127.0.0.1:8000`` once the server accepts connections,
+``heartbeat`` every second, ``bye`` at the end.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -53,8 +55,13 @@ def http_job(port: int) -> tasker.Job:
     stop = anyio.Event()
 
     async def serve() -> None:
-        print(f"listening on http://127.0.0.1:{port}", flush=True)
-        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        # hypercorn reports through task_status once its sockets listen: only then is the
+        # address announced (a client that connects on that line is never refused).
+        async with anyio.create_task_group() as tg:
+            await tg.start(
+                functools.partial(hypercorn_serve, app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            )
+            print(f"listening on http://127.0.0.1:{port}", flush=True)
 
     async def shutdown() -> None:
         stop.set()

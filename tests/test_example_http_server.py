@@ -1,4 +1,4 @@
-"""examples/http_server.py in-process: its "listening on" line is a promise a client can rely on."""
+"""The server examples in-process: their "listening on" line is a promise a client can rely on."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import tasker
 from .helpers import ROOT, free_port
 
 
-def load_example() -> ModuleType:
-    """Import examples/http_server.py as a module (examples are scripts, not a package)."""
+def load_example(name: str = "http_server") -> ModuleType:
+    """Import examples/<name>.py as a module (examples are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(
-        "example_http_server", ROOT / "examples" / "http_server.py"
+        f"example_{name}", ROOT / "examples" / f"{name}.py"
     )
     assert spec is not None
     assert spec.loader is not None
@@ -61,6 +61,22 @@ async def test_listening_line_is_printed_once_connections_are_accepted(
 ) -> None:
     """A client that connects as soon as it reads "listening on" is accepted, not refused."""
     example = load_example()
+    port = free_port()
+    probe = ConnectOnAnnouncement(port)
+    monkeypatch.setattr(sys, "stdout", probe)
+    with anyio.fail_after(20):
+        await tasker.run(example.http_job(port), shutdown_trigger=probe.announced.wait)
+    assert probe.outcome == "accepted"
+    assert f"listening on http://127.0.0.1:{port}\n" in probe.getvalue()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # the example runs hypercorn on trio
+async def test_trio_example_announces_only_a_listening_server(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/trio_server.py too: the line comes once hypercorn's sockets listen."""
+    example = load_example("trio_server")
     port = free_port()
     probe = ConnectOnAnnouncement(port)
     monkeypatch.setattr(sys, "stdout", probe)
