@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from tasker.backends import HISTORY_COLUMNS, TASK_INSERT_COLUMNS, history_from_row
 from tasker.backends import TASK_COLUMNS as COLUMNS
 from tasker.backends import task_record_from_row as record_from_row
 from tasker.queue import HistoryEntry, Outcome, TaskRecord, UnstorableRecordError
@@ -83,20 +84,7 @@ def claimed(rows: Sequence[Any]) -> list[TaskRecord]:
 
 def history_entries(rows: Sequence[Any]) -> list[HistoryEntry]:
     """The rows of :meth:`QueueStatements.list_history` as records."""
-    return [
-        HistoryEntry(
-            task_id=r[0],
-            name=r[1],
-            queue=r[2],
-            worker=r[3],
-            attempt=r[4],
-            started_at=r[5],
-            finished_at=r[6],
-            outcome=r[7],
-            error=r[8],
-        )
-        for r in rows
-    ]
+    return [history_from_row(row) for row in rows]
 
 
 def _prefixed(alias: str) -> str:
@@ -116,9 +104,7 @@ class QueueStatements:
         self.history = history = f"{schema}.queue_history"
         # -- enqueue
         self.insert = (
-            f"insert into {tasks} (id, name, queue, payload, priority, run_at, state,"  # noqa: S608 - validated identifiers
-            " max_attempts, timeout, unique_key, unique_until, created_at, chain, group_id,"
-            " group_index)"
+            f"insert into {tasks} ({TASK_INSERT_COLUMNS})"  # noqa: S608 - validated identifiers
             " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
             " on conflict (unique_key) where unique_key is not null"
             f" and {_LIVE} do nothing returning id"
@@ -233,8 +219,7 @@ class QueueStatements:
         """The attempts, newest first, and the filter argument (the limit follows)."""
         where, args = _filters(("task_id", task_id))
         return (
-            "select task_id, name, queue, worker, attempt, started_at, finished_at, outcome,"  # noqa: S608
-            f" error from {self.history}{where}"
+            f"select {HISTORY_COLUMNS} from {self.history}{where}"  # noqa: S608
             f" order by finished_at desc, ctid desc limit ${len(args) + 1}"
         ), args
 

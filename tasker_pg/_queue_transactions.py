@@ -25,7 +25,13 @@ from typing import Any
 
 import asyncpg
 
-from tasker.backends import LIVE_STATES, callback_from_json, callback_to_json, group_payload
+from tasker.backends import (
+    LIVE_STATES,
+    callback_from_json,
+    callback_to_json,
+    group_payload,
+    task_insert_values,
+)
 from tasker.queue import EnqueueResult, GroupSpec, NewTask, Outcome, OutcomeKind
 
 from ._queue_sql import QueueStatements, outcome_arrays
@@ -40,24 +46,7 @@ _Conn = Any
 
 async def _insert(conn: _Conn, sql: QueueStatements, task: NewTask) -> bool:
     """Insert ``task``; False if a live task holds its unique key."""
-    row = await conn.fetchrow(
-        sql.insert,
-        task.id,
-        task.name,
-        task.queue,
-        task.payload,
-        task.priority,
-        task.run_at,
-        "held" if task.held else "queued",
-        task.max_attempts,
-        task.timeout,
-        task.unique_key,
-        task.unique_until,
-        task.created_at,
-        task.chain,
-        task.group_id,
-        task.group_index,
-    )
+    row = await conn.fetchrow(sql.insert, *task_insert_values(task))
     return row is not None
 
 

@@ -14,6 +14,7 @@ import pytest
 import tasker
 from tasker import Context
 from tasker.abc import QueueCapability
+from tasker.backends import record_from_new
 from tasker.queue import (
     EnqueueResult,
     GroupSpec,
@@ -25,7 +26,6 @@ from tasker.queue import (
     Queue,
     SQLiteQueueBackend,
     TaskRecord,
-    TaskState,
 )
 from tasker_pg import PostgresQueueBackend
 
@@ -53,23 +53,7 @@ class CoreOnly:
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
     ) -> list[EnqueueResult]:
         assert group is None
-        for task in tasks:
-            self.queued.append(
-                TaskRecord(
-                    id=task.id,
-                    name=task.name,
-                    queue=task.queue,
-                    payload=task.payload,
-                    priority=task.priority,
-                    run_at=task.run_at,
-                    state=TaskState.QUEUED,
-                    attempts=0,
-                    max_attempts=task.max_attempts,
-                    timeout=task.timeout,
-                    unique_key=None,
-                    created_at=task.created_at,
-                )
-            )
+        self.queued.extend(record_from_new(task) for task in tasks)
         self.work.set()
         return [EnqueueResult(id=t.id) for t in tasks]
 

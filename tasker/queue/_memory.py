@@ -31,7 +31,7 @@ from ._records import (
     TaskRecord,
     TaskState,
 )
-from ._rows import group_payload
+from ._rows import group_payload, record_from_new
 
 __all__ = ["MemoryQueueBackend"]
 
@@ -46,27 +46,6 @@ def replace(record: TaskRecord, **changes: object) -> TaskRecord:
 _FIELDS = tuple(TaskRecord.__dataclass_fields__)
 
 _LIVE = frozenset({TaskState.HELD, TaskState.QUEUED, TaskState.RUNNING})
-
-
-def record_from_new(task: NewTask) -> TaskRecord:
-    """A stored record for a task just enqueued."""
-    return TaskRecord(
-        id=task.id,
-        name=task.name,
-        queue=task.queue,
-        payload=task.payload,
-        priority=task.priority,
-        run_at=task.run_at,
-        state=TaskState.HELD if task.held else TaskState.QUEUED,
-        attempts=0,
-        max_attempts=task.max_attempts,
-        timeout=task.timeout,
-        unique_key=task.unique_key,
-        created_at=task.created_at,
-        chain=task.chain,
-        group_id=task.group_id,
-        group_index=task.group_index,
-    )
 
 
 class MemoryQueueBackend:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ._records import NewTask, TaskRecord, TaskState
+from ._records import HistoryEntry, NewTask, TaskRecord, TaskState
 
 __all__ = [
     "COLUMNS",
@@ -80,3 +80,71 @@ def group_payload(results: Sequence[bytes | None]) -> bytes:
     """The callback payload of a group: a JSON array of the members' JSON results, in order
     (``null`` for a member that died)."""
     return b"[" + b",".join(r if r is not None else b"null" for r in results) + b"]"
+
+
+def record_from_new(task: NewTask) -> TaskRecord:
+    """The record of a task just enqueued (for a store that keeps records, not rows)."""
+    return TaskRecord(
+        id=task.id,
+        name=task.name,
+        queue=task.queue,
+        payload=task.payload,
+        priority=task.priority,
+        run_at=task.run_at,
+        state=TaskState.HELD if task.held else TaskState.QUEUED,
+        attempts=0,
+        max_attempts=task.max_attempts,
+        timeout=task.timeout,
+        unique_key=task.unique_key,
+        created_at=task.created_at,
+        chain=task.chain,
+        group_id=task.group_id,
+        group_index=task.group_index,
+    )
+
+
+#: The columns of an insert of a new task, in the order of :func:`task_insert_values`.
+TASK_INSERT_COLUMNS = (
+    "id, name, queue, payload, priority, run_at, state, max_attempts, timeout, unique_key,"
+    " unique_until, created_at, chain, group_id, group_index"
+)
+
+
+def task_insert_values(task: NewTask) -> tuple[object, ...]:
+    """The values of :data:`TASK_INSERT_COLUMNS` for ``task``."""
+    return (
+        task.id,
+        task.name,
+        task.queue,
+        task.payload,
+        task.priority,
+        task.run_at,
+        "held" if task.held else "queued",
+        task.max_attempts,
+        task.timeout,
+        task.unique_key,
+        task.unique_until,
+        task.created_at,
+        task.chain,
+        task.group_id,
+        task.group_index,
+    )
+
+
+#: The history columns, in the order :func:`history_from_row` reads them.
+HISTORY_COLUMNS = "task_id, name, queue, worker, attempt, started_at, finished_at, outcome, error"
+
+
+def history_from_row(row: Any) -> HistoryEntry:
+    """A :class:`HistoryEntry` from a row of :data:`HISTORY_COLUMNS`."""
+    return HistoryEntry(
+        task_id=row[0],
+        name=row[1],
+        queue=row[2],
+        worker=row[3],
+        attempt=row[4],
+        started_at=row[5],
+        finished_at=row[6],
+        outcome=row[7],
+        error=row[8],
+    )

@@ -38,6 +38,8 @@ from ._records import (
 )
 from ._rows import (
     COLUMNS,
+    HISTORY_COLUMNS,
+    history_from_row,
     record_from_row,
 )
 
@@ -318,25 +320,11 @@ class SQLiteQueueBackend:
 
         def read(db: sqlite3.Connection, _: object) -> list[HistoryEntry]:
             rows = db.execute(
-                "select task_id, name, queue, worker, attempt, started_at, finished_at, outcome,"
-                " error from task_history where (? is null or task_id = ?)"
+                f"select {HISTORY_COLUMNS} from task_history where (? is null or task_id = ?)"  # noqa: S608
                 " order by finished_at desc, rowid desc limit ?",
                 (task_id, task_id, limit),
             ).fetchall()
-            return [
-                HistoryEntry(
-                    task_id=r[0],
-                    name=r[1],
-                    queue=r[2],
-                    worker=r[3],
-                    attempt=r[4],
-                    started_at=r[5],
-                    finished_at=r[6],
-                    outcome=r[7],
-                    error=r[8],
-                )
-                for r in rows
-            ]
+            return [history_from_row(row) for row in rows]
 
         result: list[HistoryEntry] = await self._call(read, write=False)
         return result

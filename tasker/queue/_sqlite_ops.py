@@ -17,10 +17,12 @@ from ._records import EnqueueResult, GroupSpec, NewTask, Outcome, OutcomeKind, T
 from ._rows import (
     COLUMNS,
     LIVE_STATES,
+    TASK_INSERT_COLUMNS,
     callback_from_json,
     callback_to_json,
     group_payload,
     record_from_row,
+    task_insert_values,
 )
 
 __all__ = ["SCHEMA", "claim", "enqueue", "finish", "group_member_done", "heartbeat", "insert"]
@@ -95,26 +97,9 @@ def _shifted_outcome(outcome: Outcome, delta: float) -> Outcome:
 
 def insert(db: sqlite3.Connection, task: NewTask) -> None:
     db.execute(
-        "insert into tasks (id, name, queue, payload, priority, run_at, state,"
-        " max_attempts, timeout, unique_key, unique_until, created_at, chain, group_id,"
-        " group_index) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            task.id,
-            task.name,
-            task.queue,
-            task.payload,
-            task.priority,
-            task.run_at,
-            "held" if task.held else "queued",
-            task.max_attempts,
-            task.timeout,
-            task.unique_key,
-            task.unique_until,
-            task.created_at,
-            task.chain,
-            task.group_id,
-            task.group_index,
-        ),
+        f"insert into tasks ({TASK_INSERT_COLUMNS})"  # noqa: S608 - constant column names
+        " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        task_insert_values(task),
     )
 
 
