@@ -22,10 +22,11 @@ from typing import Any, Literal, TypeAlias
 import anyio
 
 from ._backend import current_backend
+from ._budget import declare_budget
 from ._context import Context, to_seconds
 from ._errors import ServerStartError
 from ._job import Job
-from ._shutdown import DEFAULT_SHUTDOWN_TIMEOUT, with_shutdown
+from ._shutdown import with_shutdown
 
 __all__ = ["ASGIApp", "resolve_port", "serve_asgi"]
 
@@ -75,6 +76,46 @@ class _CancelledRequestFilter(logging.Filter):
 _CANCELLED_REQUESTS = _CancelledRequestFilter()
 
 
+class _InFlight:
+    """The app, wrapped to know which requests are in flight, so that a cut-off names them."""
+
+    __slots__ = ("app", "requests")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.requests: dict[int, tuple[str, float]] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        kind = scope.get("type") if isinstance(scope, dict) else None
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        key = id(scope)
+        method = scope.get("method", "WEBSOCKET")
+        self.requests[key] = (f"{method} {scope.get('path', '?')}", anyio.current_time())
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.requests.pop(key, None)
+
+    def log_cut_off(self, name: str, drain: float) -> None:
+        """Log, by method and path, each request still in flight when the drain ended."""
+        if not self.requests:
+            return
+        now = anyio.current_time()
+        listed = sorted(self.requests.values(), key=lambda request: request[1])
+        shown = ", ".join(f"{what} (running {now - since:.1f}s)" for what, since in listed[:20])
+        more = f" and {len(listed) - 20} more" if len(listed) > 20 else ""
+        logger.warning(
+            "%s: cut off %d request(s) still in flight after its %gs drain: %s%s",
+            name,
+            len(listed),
+            drain,
+            shown,
+            more,
+        )
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -95,21 +136,25 @@ def serve_asgi(
     port: int | None = None,
     host: str = "0.0.0.0",  # noqa: S104 - a service listens on all interfaces by default
     server: Server = "auto",
-    timeout: float | timedelta = DEFAULT_SHUTDOWN_TIMEOUT,
+    timeout: float | timedelta | None = None,
     log_level: str = "info",
 ) -> Job:
     """Return a job that serves the ASGI ``app`` until shutdown, then stops it gracefully.
 
     The server is uvicorn on asyncio and hypercorn on trio (``server="auto"``), or the one
     named. On shutdown it stops accepting connections, lets in-flight requests finish for up
-    to ``timeout`` seconds, then cuts the rest off. The program's signals stay tasker's.
+    to ``timeout`` seconds, then cuts the rest off (and logs each by method and path). The
+    program's signals stay tasker's. Once the socket accepts connections it logs
+    ``listening on http://host:port`` (INFO, logger ``tasker``).
 
     Args:
         app: the ASGI application.
         port: the TCP port; by default the ``PORT`` environment variable.
         host: the address to listen on.
         server: ``"auto"``, ``"uvicorn"`` (asyncio only) or ``"hypercorn"``.
-        timeout: the graceful shutdown deadline, in seconds or as a ``timedelta``.
+        timeout: the graceful shutdown deadline, in seconds or as a ``timedelta``; by
+            default the grace of the program less a margin (see :func:`tasker.with_shutdown`:
+            :func:`tasker.main` rejects a timeout longer than its grace).
         log_level: the server's log level.
 
     - **On error**: a port that cannot be bound, or an app whose lifespan startup fails,
@@ -133,7 +178,8 @@ def serve_asgi(
         raise ValueError(
             f"serve_asgi(): server must be 'auto', 'uvicorn' or 'hypercorn', got {server!r}"
         )
-    timeout_s = to_seconds(timeout, "serve_asgi(): timeout")
+    timeout_s = None if timeout is None else to_seconds(timeout, "serve_asgi(): timeout")
+    name = f"serve_asgi({host}:{bound_port})"
 
     async def asgi_job(ctx: Context) -> None:
         backend = current_backend()
@@ -147,15 +193,25 @@ def serve_asgi(
                     f"{host}:{bound_port}",
                     f"uvicorn runs on asyncio only, not {backend}; use server='hypercorn'",
                 )
-            await _uvicorn_job(app, host, bound_port, timeout_s, log_level)(ctx)
+            await _uvicorn_job(_InFlight(app), host, bound_port, timeout_s, log_level, name)(ctx)
         else:
-            await _hypercorn_job(app, host, bound_port, timeout_s, log_level, backend)(ctx)
+            await _hypercorn_job(
+                _InFlight(app), host, bound_port, timeout_s, log_level, backend, name
+            )(ctx)
 
-    asgi_job.__name__ = asgi_job.__qualname__ = f"serve_asgi({host}:{bound_port})"
+    asgi_job.__name__ = asgi_job.__qualname__ = name
+    if timeout_s is not None:
+        declare_budget(asgi_job, timeout_s, name)
     return asgi_job
 
 
-def _uvicorn_job(app: ASGIApp, host: str, port: int, timeout: float, log_level: str) -> Job:
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _uvicorn_job(
+    app: _InFlight, host: str, port: int, timeout: float | None, log_level: str, name: str
+) -> Job:
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -163,6 +219,11 @@ def _uvicorn_job(app: ASGIApp, host: str, port: int, timeout: float, log_level: 
         def capture_signals(self) -> Iterator[None]:
             # tasker owns the process's signals; see the module docstring.
             yield
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # not when startup gave up (a lifespan error)
+                logger.info("%s: listening on %s", name, _url(host, port))
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="auto")
     instance = _Server(config)
@@ -189,31 +250,36 @@ def _uvicorn_job(app: ASGIApp, host: str, port: int, timeout: float, log_level: 
 
     async def shutdown(ctx: Context) -> None:
         instance.should_exit = True
+        logger.info("%s: shutting down, in-flight requests drain", name)
         # In the last moments before the deadline, ask uvicorn to drop what is left itself,
         # which closes connections more politely than cancelling serve().
         if ctx.deadline is not None:
-            with anyio.move_on_after(max(0.0, ctx.deadline - anyio.current_time() - 0.5)):
+            drain = max(0.0, ctx.deadline - anyio.current_time())
+            with anyio.move_on_after(max(0.0, drain - 0.5)):
                 await finished.wait()
+            if not finished.is_set():
+                app.log_cut_off(name, drain)
             instance.force_exit = True
 
     return with_shutdown(serve, shutdown, timeout=timeout)
 
 
 def _hypercorn_job(
-    app: ASGIApp,
+    app: _InFlight,
     host: str,
     port: int,
-    timeout: float,
+    timeout: float | None,
     log_level: str,
     backend: str,
+    name: str,
 ) -> Job:
     from hypercorn.config import Config
 
     config = Config()
-    config.graceful_timeout = timeout
     config.loglevel = log_level.upper()
     config.accesslog = None
     stop = anyio.Event()
+    finished = anyio.Event()
 
     async def trigger() -> None:
         await stop.wait()
@@ -226,18 +292,37 @@ def _hypercorn_job(
             config.bind = [f"fd://{os.dup(sock.fileno())}"]
         finally:
             sock.close()
-        hypercorn_serve: Callable[..., Awaitable[None]]
-        if backend == "trio":
-            from hypercorn.trio import serve as trio_serve
+        try:
+            if backend == "trio":
+                import trio
+                from hypercorn.trio import serve as trio_serve
 
-            hypercorn_serve = trio_serve
-        else:
-            from hypercorn.asyncio import serve as asyncio_serve
+                async def started(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                    await trio_serve(app, config, shutdown_trigger=trigger, task_status=task_status)
 
-            hypercorn_serve = asyncio_serve
-        await hypercorn_serve(app, config, shutdown_trigger=trigger)
+                async with trio.open_nursery() as nursery:
+                    # hypercorn reports through task_status once its sockets listen.
+                    await nursery.start(started)
+                    logger.info("%s: listening on %s", name, _url(host, port))
+            else:
+                from hypercorn.asyncio import serve as asyncio_serve
 
-    async def shutdown() -> None:
+                # Our socket listens already (connections wait in its backlog).
+                logger.info("%s: listening on %s", name, _url(host, port))
+                await asyncio_serve(app, config, shutdown_trigger=trigger)
+        finally:
+            finished.set()
+
+    async def shutdown(ctx: Context) -> None:
+        # hypercorn reads graceful_timeout when its trigger fires: the drain less the time
+        # it needs to close what is left itself, before serve() would be cancelled.
+        drain = 0.0 if ctx.deadline is None else max(0.0, ctx.deadline - anyio.current_time())
+        config.graceful_timeout = max(0.0, drain - 0.5)
+        logger.info("%s: shutting down, in-flight requests drain", name)
         stop.set()
+        with anyio.move_on_after(config.graceful_timeout):
+            await finished.wait()
+        if not finished.is_set():
+            app.log_cut_off(name, drain)
 
     return with_shutdown(serve, shutdown, timeout=timeout)

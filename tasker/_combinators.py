@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import anyio
 
+from ._budget import inherit_budget
 from ._context import Context, StopReason
 from ._job import Job, check_jobs, job_name
 
@@ -19,6 +20,7 @@ __all__ = ["concurrence", "sequence"]
 def _named(job: Job, name: str, parts: tuple[Job, ...]) -> Job:
     label = f"{name}({', '.join(job_name(part) for part in parts)})"
     job.__name__ = job.__qualname__ = label if len(label) <= 200 else f"{name}(...)"
+    inherit_budget(job, *parts)
     return job
 
 

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_GRACE", "Context", "StopReason", "to_seconds"]
 
-DEFAULT_GRACE = 5.0
+#: The default grace: 25 s, which fits Kubernetes' default ``terminationGracePeriodSeconds``
+#: of 30 s with time to spare for the hard stop and the exit.
+DEFAULT_GRACE = 25.0
 
 
 def to_seconds(value: float | timedelta, name: str, *, allow_zero: bool = True) -> float:

@@ -9,6 +9,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
+from ._budget import inherit_budget
 from ._context import Context
 from ._job import Job, check_job, job_name, takes_argument
 
@@ -74,6 +75,7 @@ def on_error(job: Job, handler: ErrorHandler) -> Job:
             raise result from exc
 
     on_error_job.__name__ = on_error_job.__qualname__ = f"on_error({job_name(job)})"
+    inherit_budget(on_error_job, job)
     return on_error_job
 
 
@@ -111,4 +113,5 @@ def ignore_error(job: Job, *types: type[Exception]) -> Job:
             return
 
     ignore_error_job.__name__ = ignore_error_job.__qualname__ = f"ignore_error({job_name(job)})"
+    inherit_budget(ignore_error_job, job)
     return ignore_error_job

@@ -9,10 +9,12 @@ from typing import Literal
 
 import anyio
 
+from ._budget import check_budget
 from ._clock import SYSTEM_CLOCK
 from ._combinators import concurrence
 from ._context import DEFAULT_GRACE, Context, to_seconds
-from ._job import Job, check_jobs
+from ._job import Job, check_jobs, job_name
+from ._logging import configure_logging, resolve_log_level
 from ._signals import SignalOutcome, check_signals, run_with_signals
 
 __all__ = ["main"]
@@ -29,12 +31,23 @@ def main(
     backend: Literal["asyncio", "trio"] = "asyncio",
     uvloop: bool = False,
     signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+    log_level: str | int | None = None,
 ) -> None:
     """Run ``jobs`` concurrently as a program: start the loop, handle signals, exit cleanly.
 
     The jobs run as :func:`tasker.concurrence` under :func:`tasker.with_signal_notify`: the
     first SIGINT or SIGTERM starts a graceful shutdown, a second one (or the end of the grace
     period) stops the jobs hard. With no jobs, ``main`` returns at once.
+
+    One stop budget: the grace (25 s by default, which fits Kubernetes' default
+    ``terminationGracePeriodSeconds`` of 30 s) is what every part of the program has once a
+    shutdown starts. A server's drain defaults to it (see :func:`tasker.with_shutdown`); one
+    whose ``timeout`` exceeds it is rejected here, naming both values.
+
+    Logging: unless the application configured logging itself (the root logger has a
+    handler), ``main`` adds one that writes the time, level and logger name of each record
+    to stderr, at ``log_level`` (else ``$TASKER_LOG_LEVEL``, else INFO). With logging
+    configured, only an explicit level is applied, to the ``tasker`` loggers.
 
     Exit status: ``main`` returns normally (status 0) when every job returned, including after
     a graceful shutdown. It raises ``SystemExit(1)`` after logging the failure with its
@@ -47,21 +60,32 @@ def main(
         backend: ``"asyncio"`` (default) or ``"trio"``.
         uvloop: on asyncio, run on uvloop (needs the ``uvloop`` extra).
         signals: the signals that start a shutdown.
+        log_level: a level name (``"DEBUG"``, ``"INFO"``, ...) or number; see above.
 
     Raises:
         TypeError: if a job is not an async callable.
-        ValueError: for a bad ``grace``, ``backend`` or signal, or uvloop on trio.
+        ValueError: for a bad ``grace``, ``backend``, signal or log level, uvloop on trio,
+            or a server whose shutdown timeout exceeds ``grace``.
         SystemExit: with a non-zero status on failure or a forced stop.
     """
     program = concurrence(*check_jobs(jobs, "main()"))
     grace_s = to_seconds(grace, "grace")
+    check_budget(program, grace_s, "main()")
     wanted = check_signals(signals, "main()")
     if backend not in ("asyncio", "trio"):
         raise ValueError(f"main(): backend must be 'asyncio' or 'trio', got {backend!r}")
     if uvloop and backend != "asyncio":
         raise ValueError("main(): uvloop=True needs backend='asyncio'")
+    level = resolve_log_level(log_level, "main()")
     if not jobs:
         return
+    configure_logging(level)
+    logger.info(
+        "starting %s on %s (grace %gs)",
+        ", ".join(job_name(job) for job in jobs),
+        "uvloop" if uvloop else backend,
+        grace_s,
+    )
 
     async def entry() -> SignalOutcome:
         ctx = Context._create(grace=grace_s, clock=SYSTEM_CLOCK)
@@ -78,8 +102,9 @@ def main(
         logger.error("program failed: %s", _summary(exc), exc_info=exc)
         raise SystemExit(EXIT_FAILURE) from None
     if outcome.forced and outcome.first_signal is not None:
+        logger.warning("stopped hard: exiting with status %d", 128 + outcome.first_signal)
         raise SystemExit(128 + outcome.first_signal)
-    logger.debug("program stopped cleanly")
+    logger.info("stopped cleanly")
 
 
 def _summary(exc: BaseException) -> str:

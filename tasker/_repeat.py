@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from ._budget import inherit_budget
 from ._context import Context
 from ._job import Job, check_job, job_name
 from .schedule import Interval, Schedule
@@ -60,4 +61,5 @@ def with_repeat(schedule: Schedule, job: Job, *, run_at_start: bool | None = Non
             await job(ctx)
 
     repeat_job.__name__ = repeat_job.__qualname__ = f"with_repeat({schedule!r}, {job_name(job)})"
+    inherit_budget(repeat_job, job)
     return repeat_job

@@ -9,6 +9,7 @@ from datetime import timedelta
 import anyio
 
 from ._backoff import Backoff
+from ._budget import inherit_budget
 from ._context import Context, to_seconds
 from ._errors import RestartLimitError
 from ._job import Job, check_job, job_name
@@ -85,6 +86,7 @@ def with_retry(
             attempt += 1
 
     retry_job.__name__ = retry_job.__qualname__ = f"with_retry({job_name(job)})"
+    inherit_budget(retry_job, job)
     return retry_job
 
 
@@ -154,4 +156,5 @@ def with_restart(
                     return
 
     restart_job.__name__ = restart_job.__qualname__ = f"with_restart({job_name(job)})"
+    inherit_budget(restart_job, job)
     return restart_job

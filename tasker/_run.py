@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+from ._budget import check_budget
 from ._clock import SYSTEM_CLOCK, Clock
 from ._context import DEFAULT_GRACE, Context, StopReason, to_seconds
 from ._job import Job, check_job
@@ -45,6 +46,7 @@ async def run(
     """
     job = check_job(job, "run()")
     grace_s = to_seconds(grace, "grace")
+    check_budget(job, grace_s, "run()")
     if clock is not None and not isinstance(clock, Clock):
         raise TypeError(f"run(): clock must implement tasker.Clock, got {clock!r}")
     ctx = Context._create(grace=grace_s, clock=clock or SYSTEM_CLOCK)

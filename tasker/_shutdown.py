@@ -13,14 +13,13 @@ from datetime import timedelta
 
 import anyio
 
+from ._budget import declare_budget, drain_time
 from ._context import Context, StopReason, to_seconds
 from ._job import Job, job_name, takes_argument
 
-__all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "with_shutdown"]
+__all__ = ["with_shutdown"]
 
 logger = logging.getLogger("tasker")
-
-DEFAULT_SHUTDOWN_TIMEOUT = 25.0
 
 ServeFunc = Callable[..., Awaitable[object]]
 
@@ -37,7 +36,7 @@ def with_shutdown(
     serve: ServeFunc,
     shutdown: ServeFunc,
     *,
-    timeout: float | timedelta = DEFAULT_SHUTDOWN_TIMEOUT,
+    timeout: float | timedelta | None = None,
 ) -> Job:
     """Return a job that runs a server's blocking ``serve`` and stops it with ``shutdown``.
 
@@ -53,10 +52,16 @@ def with_shutdown(
     its blocking point; a server should treat it as "stop as soon as you have started" (as
     uvicorn's ``should_exit`` and hypercorn's shutdown trigger do).
 
-    ``shutdown`` gets a fresh context whose :attr:`~tasker.Context.deadline` is ``timeout``
-    seconds away; ``serve`` is expected to return once the server has stopped. If ``serve``
-    is still running at the deadline (or ``shutdown`` failed), ``serve`` is cancelled. The job
-    never waits longer than ``timeout`` after its context is done.
+    ``shutdown`` gets a fresh context whose :attr:`~tasker.Context.deadline` is the end of the
+    drain; ``serve`` is expected to return once the server has stopped. If ``serve`` is still
+    running at the deadline (or ``shutdown`` failed), ``serve`` is cancelled. The job never
+    waits longer than the drain after its context is done.
+
+    The drain (one stop budget for the whole program): by default (``timeout=None``) the
+    context's grace less a margin (a fifth of it, at most a second), so that a server closes
+    what is still in flight itself before the hard stop cancels it. A ``timeout`` within the
+    grace is kept; :func:`tasker.main` rejects one that exceeds its grace at construction, and
+    one it could not see (inside a combinator of your own) is cut to fit, with a warning.
 
     - **On error**: if ``serve`` fails while the context is running (e.g. it cannot bind its
       port) the job fails at once with that exception, and ``shutdown`` is not called. A
@@ -74,7 +79,7 @@ def with_shutdown(
     """
     run_serve = _adapt(serve, "serve")
     run_shutdown = _adapt(shutdown, "shutdown")
-    timeout_s = to_seconds(timeout, "timeout")
+    timeout_s = None if timeout is None else to_seconds(timeout, "with_shutdown(): timeout")
 
     async def shutdown_job(ctx: Context) -> None:
         serve_scope = anyio.CancelScope()
@@ -107,7 +112,8 @@ def with_shutdown(
             finally:
                 ctx._remove_callback(wake.set)
             if not serve_done.is_set() or done_when_served:
-                deadline = anyio.current_time() + timeout_s
+                drain = drain_time(timeout_s, ctx.grace, shutdown_job)
+                deadline = anyio.current_time() + drain
                 stop_ctx = Context._create(grace=ctx.grace, clock=ctx.clock, deadline=deadline)
                 with anyio.CancelScope(deadline=deadline):
                     try:
@@ -122,7 +128,7 @@ def with_shutdown(
                         logger.warning(
                             "%s did not stop within %gs of shutdown; cancelling it",
                             job_name(serve),
-                            timeout_s,
+                            drain,
                         )
                     serve_scope.cancel()
         if serve_error is not None and shutdown_error is not None:
@@ -135,4 +141,6 @@ def with_shutdown(
             raise shutdown_error
 
     shutdown_job.__name__ = shutdown_job.__qualname__ = f"with_shutdown({job_name(serve)})"
+    if timeout_s is not None:
+        declare_budget(shutdown_job, timeout_s, shutdown_job.__name__)
     return shutdown_job

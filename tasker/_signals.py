@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from ._budget import inherit_budget
 from ._context import Context, StopReason
 from ._errors import SignalInstallError
 from ._job import Job, check_job
@@ -110,4 +111,5 @@ def with_signal_notify(job: Job, *signals: int) -> Job:
     async def signal_notify_job(ctx: Context) -> None:
         await run_with_signals(job, ctx, wanted)
 
+    inherit_budget(signal_notify_job, job)
     return signal_notify_job

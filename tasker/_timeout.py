@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import anyio
 
+from ._budget import inherit_budget
 from ._context import Context, StopReason, to_seconds
 from ._errors import JobTimeoutError
 from ._job import Job, check_job, job_name
@@ -48,4 +49,5 @@ def with_timeout(job: Job, seconds: float | timedelta) -> Job:
             raise JobTimeoutError(limit)
 
     timeout_job.__name__ = timeout_job.__qualname__ = f"with_timeout({job_name(job)}, {limit:g})"
+    inherit_budget(timeout_job, job)
     return timeout_job

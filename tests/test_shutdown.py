@@ -11,7 +11,18 @@ import anyio
 import httpx
 import pytest
 
-from tasker import Context, Job, ServerStartError, run, serve_asgi, with_shutdown
+from tasker import (
+    Context,
+    Job,
+    ServerStartError,
+    concurrence,
+    run,
+    sequence,
+    serve_asgi,
+    with_repeat,
+    with_shutdown,
+)
+from tasker.schedule import Interval
 
 from .helpers import free_port
 
@@ -72,6 +83,57 @@ async def test_stuck_server_is_cancelled_at_deadline(caplog: pytest.LogCaptureFi
     assert server.events == ["serve", "shutdown", "serve exit"]
     assert 0.1 <= anyio.current_time() - started < 5
     assert "did not stop within 0.1s of shutdown" in caplog.text
+
+
+async def test_the_default_drain_is_the_grace_less_its_margin() -> None:
+    """timeout=None: shutdown()'s deadline is the grace less a fifth (at most 1 s) away."""
+    server = FakeServer()
+    before = anyio.current_time()
+    await run(
+        with_shutdown(server.serve, server.shutdown),
+        shutdown_trigger=lambda: anyio.sleep(0.02),
+        grace=2,
+    )
+    assert server.shutdown_deadline is not None
+    assert before + 1.6 <= server.shutdown_deadline < anyio.current_time() + 1.6
+    server = FakeServer()
+    before = anyio.current_time()
+    await run(
+        with_shutdown(server.serve, server.shutdown),
+        shutdown_trigger=lambda: anyio.sleep(0.02),
+        grace=30,
+    )
+    assert server.shutdown_deadline is not None
+    assert before + 29 <= server.shutdown_deadline < anyio.current_time() + 29
+
+
+async def test_a_timeout_beyond_the_grace_is_rejected_by_run_at_construction() -> None:
+    """The budget travels up through tasker's combinators; run() names both values."""
+    server = FakeServer()
+    job = with_repeat(Interval(1), with_shutdown(server.serve, server.shutdown, timeout=40))
+    with pytest.raises(
+        ValueError, match=r"with_shutdown\(FakeServer\.serve\) drains for up to 40s.*grace is 5s"
+    ):
+        await run(sequence(concurrence(job)), grace=5)
+    assert server.events == []
+
+
+async def test_a_hidden_timeout_beyond_the_grace_is_cut_to_fit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Inside a job of the user's own, the budget is unseen: cut to fit, with a warning."""
+    server = FakeServer(stuck=True)
+    inner = with_shutdown(server.serve, server.shutdown, timeout=40)
+
+    async def own(ctx: Context) -> None:
+        await inner(ctx)
+
+    started = anyio.current_time()
+    with caplog.at_level(logging.WARNING, logger="tasker"):
+        await run(own, shutdown_trigger=anyio.lowlevel.checkpoint, grace=1)
+    assert 0.8 <= anyio.current_time() - started < 5
+    assert "its shutdown timeout (40s) exceeds the grace of its context (1s)" in caplog.text
+    assert "did not stop within 0.8s of shutdown" in caplog.text
 
 
 async def test_serve_failure_fails_at_once() -> None:
