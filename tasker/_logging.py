@@ -43,8 +43,8 @@ def resolve_log_level(level: str | int | None, where: str) -> int | None:
 def configure_logging(level: int | None) -> None:
     """Add the default handler if logging is not configured; apply ``level`` if given.
 
-    With logging configured by the application, only an explicit level is applied, to the
-    ``tasker`` loggers alone.
+    With logging configured by the application, only a level asked for (``log_level`` or
+    ``$TASKER_LOG_LEVEL``) is applied, to the ``tasker`` loggers alone.
     """
     root = logging.getLogger()
     if root.handlers:

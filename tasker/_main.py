@@ -47,7 +47,8 @@ def main(
     Logging: unless the application configured logging itself (the root logger has a
     handler), ``main`` adds one that writes the time, level and logger name of each record
     to stderr, at ``log_level`` (else ``$TASKER_LOG_LEVEL``, else INFO). With logging
-    configured, only an explicit level is applied, to the ``tasker`` loggers.
+    configured, only a level asked for (``log_level`` or the variable) is applied, to the
+    ``tasker`` loggers.
 
     Exit status: ``main`` returns normally (status 0) when every job returned, including after
     a graceful shutdown. It raises ``SystemExit(1)`` after logging the failure with its

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -85,3 +86,58 @@ def test_grace_expiry_exits_with_signal_status() -> None:
     assert proc.returncode == 128 + signal.SIGTERM
     assert 0.3 <= time.monotonic() - sent < 10
     assert "did not stop within its 0.3s grace period" in err
+
+
+_LOGGING_PROGRAM = """
+import logging, sys
+import tasker
+
+async def job(ctx):
+    logging.getLogger("tasker.example").debug("a debug line")
+    logging.getLogger("tasker.example").info("an info line")
+
+if sys.argv[1] == "configured":
+    logging.basicConfig(level=logging.WARNING, format="app: %(message)s")
+tasker.main(job, log_level=None if sys.argv[2] == "-" else sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize(
+    ("setup", "level", "env", "shown", "hidden"),
+    [
+        ("default", "-", None, ["INFO    tasker: starting job", "an info line"], ["a debug line"]),
+        ("default", "debug", None, ["a debug line", "an info line"], []),
+        ("default", "-", "WARNING", [], ["an info line", "starting"]),
+        ("default", "-", "DEBUG", ["DEBUG   tasker.example: a debug line"], []),
+        ("configured", "-", "-", [], ["an info line", "starting"]),
+        ("configured", "-", "DEBUG", ["app: a debug line", "app: an info line"], []),
+        ("configured", "INFO", None, ["app: an info line"], ["a debug line"]),
+    ],
+)
+def test_main_configures_logging_unless_the_application_did(
+    setup: str, level: str, env: str | None, shown: list[str], hidden: list[str]
+) -> None:
+    """A default handler with time, level and logger name, at log_level, else
+    $TASKER_LOG_LEVEL, else INFO; an application's own configuration wins (only a level
+    asked for, by log_level or the variable, reaches the tasker loggers)."""
+    extra = {"TASKER_LOG_LEVEL": env if env and env != "-" else ""}
+    proc = python_process(["-c", _LOGGING_PROGRAM, setup, level], env=extra)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    for text in shown:
+        assert text in err, err
+    for text in hidden:
+        assert text not in err, err
+    if setup == "default" and shown:
+        assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", err, re.M), err
+
+
+def test_a_bad_log_level_is_rejected_before_running() -> None:
+    """A level that is not a name or a number fails at once, naming where it came from."""
+    job = Recorder().job("x")
+    with pytest.raises(ValueError, match="log_level must be one of"):
+        tasker.main(job, log_level="LOUD")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TASKER_LOG_LEVEL", "verbose")
+        with pytest.raises(ValueError, match="the TASKER_LOG_LEVEL environment variable"):
+            tasker.main(job)
