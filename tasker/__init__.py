@@ -12,13 +12,14 @@ import contextlib
 # and the families implement tasker.abc's protocols.
 from . import schedule, scheduler  # isort: skip
 from . import abc, queue
-from ._asgi import ASGIApp, serve_asgi
+from ._asgi import ASGIApp, serve_asgi, serve_health
 from ._backoff import Backoff
 from ._clock import Clock, SystemClock
 from ._combinators import concurrence, sequence
 from ._context import DEFAULT_GRACE, Context, StopReason
 from ._error_handling import ErrorHandler, ignore_error, on_error
 from ._errors import (
+    BackendConfigurationError,
     JobTimeoutError,
     RestartLimitError,
     ServerStartError,
@@ -27,6 +28,7 @@ from ._errors import (
 )
 from ._job import Job
 from ._main import main
+from ._readiness import Probe, Readiness, current_readiness, health_app
 from ._redact import RedactingFilter, redact_dsn
 from ._repeat import with_repeat
 from ._retry import with_restart, with_retry
@@ -49,6 +51,7 @@ from .scheduler import (
 __all__ = [
     "DEFAULT_GRACE",
     "ASGIApp",
+    "BackendConfigurationError",
     "Backoff",
     "CatchUp",
     "Clock",
@@ -59,6 +62,8 @@ __all__ = [
     "JobTimeoutError",
     "MemoryLockerFactory",
     "MemoryStateRepository",
+    "Probe",
+    "Readiness",
     "RedactingFilter",
     "RestartLimitError",
     "SQLiteStateRepository",
@@ -72,6 +77,8 @@ __all__ = [
     "TaskerError",
     "abc",
     "concurrence",
+    "current_readiness",
+    "health_app",
     "ignore_error",
     "main",
     "on_error",
@@ -83,6 +90,7 @@ __all__ = [
     "scheduler",
     "sequence",
     "serve_asgi",
+    "serve_health",
     "with_repeat",
     "with_restart",
     "with_retry",

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeAlias
 
@@ -26,9 +27,10 @@ from ._budget import declare_budget
 from ._context import Context, to_seconds
 from ._errors import ServerStartError
 from ._job import Job
+from ._readiness import Probe, optional_probe
 from ._shutdown import with_shutdown
 
-__all__ = ["ASGIApp", "resolve_port", "serve_asgi"]
+__all__ = ["ASGIApp", "resolve_port", "serve_asgi", "serve_health"]
 
 logger = logging.getLogger("tasker")
 
@@ -138,6 +140,7 @@ def serve_asgi(
     server: Server = "auto",
     timeout: float | timedelta | None = None,
     log_level: str = "info",
+    shutdown_delay: float | timedelta = 0.0,
 ) -> Job:
     """Return a job that serves the ASGI ``app`` until shutdown, then stops it gracefully.
 
@@ -156,6 +159,14 @@ def serve_asgi(
             default the grace of the program less a margin (see :func:`tasker.with_shutdown`:
             :func:`tasker.main` rejects a timeout longer than its grace).
         log_level: the server's log level.
+        shutdown_delay: seconds the server goes on serving, listener open, once a shutdown
+            starts, while the program's readiness already says "not ready" (``/readyz``
+            answers 503): the time a load balancer needs to stop routing here before the
+            listener closes (Kubernetes: a few seconds, instead of a ``preStop`` sleep). It
+            is taken from the drain; with ``timeout`` it must fit the grace too.
+
+    Readiness: the server's probe (see :func:`tasker.current_readiness`) is ready once its
+    socket accepts connections.
 
     - **On error**: a port that cannot be bound, or an app whose lifespan startup fails,
       fails the job at once.
@@ -179,9 +190,90 @@ def serve_asgi(
             f"serve_asgi(): server must be 'auto', 'uvicorn' or 'hypercorn', got {server!r}"
         )
     timeout_s = None if timeout is None else to_seconds(timeout, "serve_asgi(): timeout")
+    delay = to_seconds(shutdown_delay, "serve_asgi(): shutdown_delay")
     name = f"serve_asgi({host}:{bound_port})"
 
+    async def hold() -> None:
+        await anyio.sleep(delay)
+
+    job = _serve(app, host, bound_port, server, timeout_s, log_level, name, hold, probe=True)
+    budget = delay + (timeout_s or 0.0)
+    if timeout_s is not None or delay:
+        declare_budget(job, budget, name)
+    return job
+
+
+def serve_health(
+    *,
+    port: int | None = None,
+    host: str = "0.0.0.0",  # noqa: S104 - probes come from outside the pod
+    server: Server = "auto",
+) -> Job:
+    """Return a job that serves ``/livez`` and ``/readyz`` (:data:`tasker.health_app`) on a
+    port of its own, for Kubernetes' probes.
+
+    It is the last part of the program to stop: on shutdown, ``/readyz`` answers 503 at once
+    and keeps answering until every other part that registered a probe (servers, workers,
+    schedulers) has stopped, or the grace is nearly over.
+
+    Args:
+        port: the TCP port; by default the ``HEALTH_PORT`` environment variable.
+        host: the address to listen on.
+        server: as in :func:`serve_asgi`.
+
+    Raises:
+        ValueError: at construction, for a missing or malformed port or an unknown server.
+    """
+    if port is None:
+        raw = os.environ.get("HEALTH_PORT")
+        if raw is None or not raw.strip():
+            raise ValueError(
+                "serve_health(): no port given and the HEALTH_PORT environment variable is not set"
+            )
+        try:
+            port = int(raw.strip(), 10)
+        except ValueError:
+            raise ValueError(
+                f"serve_health(): the HEALTH_PORT environment variable is not a port: {raw!r}"
+            ) from None
+    bound_port = resolve_port(port, "serve_health()")
+    if server not in ("auto", "uvicorn", "hypercorn"):
+        raise ValueError(
+            f"serve_health(): server must be 'auto', 'uvicorn' or 'hypercorn', got {server!r}"
+        )
+    from ._readiness import _CURRENT, health_app
+
+    async def hold() -> None:
+        readiness = _CURRENT.get()
+        if readiness is not None:
+            await readiness.wait_for_probes_closed()
+
+    name = f"serve_health({host}:{bound_port})"
+    return _serve(health_app, host, bound_port, server, None, "warning", name, hold, probe=False)
+
+
+def _serve(
+    app: ASGIApp,
+    host: str,
+    bound_port: int,
+    server: Server,
+    timeout_s: float | None,
+    log_level: str,
+    name: str,
+    hold: Callable[[], Awaitable[None]],
+    *,
+    probe: bool,
+) -> Job:
+
     async def asgi_job(ctx: Context) -> None:
+        plan = _Plan(name, _InFlight(app), hold, optional_probe(name) if probe else None)
+        try:
+            await _run_server(ctx, plan)
+        finally:
+            if plan.probe is not None:
+                plan.probe.close()
+
+    async def _run_server(ctx: Context, plan: _Plan) -> None:
         backend = current_backend()
         chosen = server
         if chosen == "auto":
@@ -193,25 +285,44 @@ def serve_asgi(
                     f"{host}:{bound_port}",
                     f"uvicorn runs on asyncio only, not {backend}; use server='hypercorn'",
                 )
-            await _uvicorn_job(_InFlight(app), host, bound_port, timeout_s, log_level, name)(ctx)
+            await _uvicorn_job(plan, host, bound_port, timeout_s, log_level)(ctx)
         else:
-            await _hypercorn_job(
-                _InFlight(app), host, bound_port, timeout_s, log_level, backend, name
-            )(ctx)
+            await _hypercorn_job(plan, host, bound_port, timeout_s, log_level, backend)(ctx)
 
     asgi_job.__name__ = asgi_job.__qualname__ = name
-    if timeout_s is not None:
-        declare_budget(asgi_job, timeout_s, name)
     return asgi_job
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What a server job shares with its serve and shutdown halves."""
+
+    name: str
+    app: _InFlight
+    #: Awaited when the shutdown starts, before the listener closes (within the drain).
+    hold: Callable[[], Awaitable[None]]
+    probe: Probe | None
+
+    def listening(self, host: str, port: int) -> None:
+        logger.info("%s: listening on %s", self.name, _url(host, port))
+        if self.probe is not None:
+            self.probe.set(True)
+
+    async def holding(self, ctx: Context) -> float:
+        """Run the hold within the drain; the seconds of drain left after it."""
+        if ctx.deadline is None:
+            return 0.0
+        with anyio.move_on_after(max(0.0, ctx.deadline - anyio.current_time() - 0.5)):
+            await self.hold()
+        logger.info("%s: shutting down, in-flight requests drain", self.name)
+        return max(0.0, ctx.deadline - anyio.current_time())
 
 
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _uvicorn_job(
-    app: _InFlight, host: str, port: int, timeout: float | None, log_level: str, name: str
-) -> Job:
+def _uvicorn_job(plan: _Plan, host: str, port: int, timeout: float | None, log_level: str) -> Job:
     import uvicorn
 
     class _Server(uvicorn.Server):
@@ -223,9 +334,9 @@ def _uvicorn_job(
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:  # not when startup gave up (a lifespan error)
-                logger.info("%s: listening on %s", name, _url(host, port))
+                plan.listening(host, port)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="auto")
+    config = uvicorn.Config(plan.app, host=host, port=port, log_level=log_level, lifespan="auto")
     instance = _Server(config)
     finished = anyio.Event()
 
@@ -249,29 +360,27 @@ def _uvicorn_job(
             )
 
     async def shutdown(ctx: Context) -> None:
+        drain = await plan.holding(ctx)
         instance.should_exit = True
-        logger.info("%s: shutting down, in-flight requests drain", name)
         # In the last moments before the deadline, ask uvicorn to drop what is left itself,
         # which closes connections more politely than cancelling serve().
         if ctx.deadline is not None:
-            drain = max(0.0, ctx.deadline - anyio.current_time())
             with anyio.move_on_after(max(0.0, drain - 0.5)):
                 await finished.wait()
             if not finished.is_set():
-                app.log_cut_off(name, drain)
+                plan.app.log_cut_off(plan.name, drain)
             instance.force_exit = True
 
     return with_shutdown(serve, shutdown, timeout=timeout)
 
 
 def _hypercorn_job(
-    app: _InFlight,
+    plan: _Plan,
     host: str,
     port: int,
     timeout: float | None,
     log_level: str,
     backend: str,
-    name: str,
 ) -> Job:
     from hypercorn.config import Config
 
@@ -298,31 +407,32 @@ def _hypercorn_job(
                 from hypercorn.trio import serve as trio_serve
 
                 async def started(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-                    await trio_serve(app, config, shutdown_trigger=trigger, task_status=task_status)
+                    await trio_serve(
+                        plan.app, config, shutdown_trigger=trigger, task_status=task_status
+                    )
 
                 async with trio.open_nursery() as nursery:
                     # hypercorn reports through task_status once its sockets listen.
                     await nursery.start(started)
-                    logger.info("%s: listening on %s", name, _url(host, port))
+                    plan.listening(host, port)
             else:
                 from hypercorn.asyncio import serve as asyncio_serve
 
                 # Our socket listens already (connections wait in its backlog).
-                logger.info("%s: listening on %s", name, _url(host, port))
-                await asyncio_serve(app, config, shutdown_trigger=trigger)
+                plan.listening(host, port)
+                await asyncio_serve(plan.app, config, shutdown_trigger=trigger)
         finally:
             finished.set()
 
     async def shutdown(ctx: Context) -> None:
         # hypercorn reads graceful_timeout when its trigger fires: the drain less the time
         # it needs to close what is left itself, before serve() would be cancelled.
-        drain = 0.0 if ctx.deadline is None else max(0.0, ctx.deadline - anyio.current_time())
+        drain = await plan.holding(ctx)
         config.graceful_timeout = max(0.0, drain - 0.5)
-        logger.info("%s: shutting down, in-flight requests drain", name)
         stop.set()
         with anyio.move_on_after(config.graceful_timeout):
             await finished.wait()
         if not finished.is_set():
-            app.log_cut_off(name, drain)
+            plan.app.log_cut_off(plan.name, drain)
 
     return with_shutdown(serve, shutdown, timeout=timeout)

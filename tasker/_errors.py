@@ -8,6 +8,7 @@ arguments as attributes and builds its own message.
 from __future__ import annotations
 
 __all__ = [
+    "BackendConfigurationError",
     "JobTimeoutError",
     "RestartLimitError",
     "ServerStartError",
@@ -18,6 +19,29 @@ __all__ = [
 
 class TaskerError(Exception):
     """Base class of every exception tasker raises on purpose."""
+
+
+class BackendConfigurationError(TaskerError, RuntimeError):
+    """A backend is set up wrong, so that retrying cannot help: the program stops.
+
+    Raised by the Scheduler and the queue's workers (chained to the driver's error) when a
+    backend error is permanent: tables that were never created, a password the server
+    refuses, a database that does not exist, a permission the role or the process lacks, an
+    unwritable state directory. An outage (a refused connection, a restarting server) is
+    not one: it is retried. :func:`tasker.backends.permanent_fault` decides, in one place
+    for every backend.
+
+    Attributes:
+        component: what stopped (for example ``"Scheduler"`` or ``"worker host:1:ab12cd"``).
+        problem: what is wrong.
+        fix: what to do about it.
+    """
+
+    def __init__(self, component: str, problem: str, fix: str) -> None:
+        self.component = component
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{component}: {problem}; retrying cannot help. Fix: {fix}")
 
 
 class JobTimeoutError(TaskerError, TimeoutError):

@@ -15,6 +15,7 @@ from ._combinators import concurrence
 from ._context import DEFAULT_GRACE, Context, to_seconds
 from ._job import Job, check_jobs, job_name
 from ._logging import configure_logging, resolve_log_level
+from ._readiness import use_readiness
 from ._signals import SignalOutcome, check_signals, run_with_signals
 
 __all__ = ["main"]
@@ -90,6 +91,7 @@ def main(
 
     async def entry() -> SignalOutcome:
         ctx = Context._create(grace=grace_s, clock=SYSTEM_CLOCK)
+        use_readiness(ctx)
         return await run_with_signals(program, ctx, wanted)
 
     options = {"use_uvloop": True} if uvloop else {}

@@ -9,6 +9,8 @@ from ._budget import check_budget
 from ._clock import SYSTEM_CLOCK, Clock
 from ._context import DEFAULT_GRACE, Context, StopReason, to_seconds
 from ._job import Job, check_job
+from ._readiness import reset_readiness as _reset_readiness
+from ._readiness import use_readiness
 from ._stopping import Stopper, run_stoppable
 
 __all__ = ["run"]
@@ -50,13 +52,17 @@ async def run(
     if clock is not None and not isinstance(clock, Clock):
         raise TypeError(f"run(): clock must implement tasker.Clock, got {clock!r}")
     ctx = Context._create(grace=grace_s, clock=clock or SYSTEM_CLOCK)
-    if shutdown_trigger is None:
-        await job(ctx)
-        return
-    trigger = shutdown_trigger
+    token = use_readiness(ctx)
+    try:
+        if shutdown_trigger is None:
+            await job(ctx)
+            return
+        trigger = shutdown_trigger
 
-    async def watch(stopper: Stopper) -> None:
-        await trigger()
-        stopper.soft_stop(StopReason.SHUTDOWN)
+        async def watch(stopper: Stopper) -> None:
+            await trigger()
+            stopper.soft_stop(StopReason.SHUTDOWN)
 
-    await run_stoppable(job, ctx, watch)
+        await run_stoppable(job, ctx, watch)
+    finally:
+        _reset_readiness(token)

@@ -21,6 +21,7 @@ from ._budget import inherit_budget
 from ._context import Context, StopReason
 from ._errors import SignalInstallError
 from ._job import Job, check_job
+from ._readiness import watch_shutdown
 from ._stopping import Stopper, run_stoppable
 
 __all__ = ["DEFAULT_SIGNALS", "SignalOutcome", "run_with_signals", "with_signal_notify"]
@@ -78,7 +79,9 @@ async def run_with_signals(
                         logger.warning("received %s again: stopping now", received.name)
                         stopper.hard_stop()
 
-            stopper = await run_stoppable(job, ctx.child(), watch)
+            child = ctx.child()
+            watch_shutdown(child)  # readiness turns false at the first signal
+            stopper = await run_stoppable(job, child, watch)
             outcome.forced = stopper.forced
     finally:
         for signum, handler in previous.items():

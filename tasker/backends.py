@@ -15,12 +15,22 @@ and the helpers they share here.
   group completes, and :func:`group_payload` builds its payload from the members' results.
 - **Chains**: :func:`encode_chain` / :func:`decode_chain`, the rest of a chain as stored with a
   task.
+- **Durations**: :func:`to_seconds`, an option given as seconds or a ``timedelta`` checked and
+  normalised once, at construction, with the messages tasker's own options give.
 - **Errors**: :func:`format_error` and :func:`storable`, the storable ``"Type: message"`` and
   traceback of a failure; :func:`redact_dsn`, a DSN's or URL's password hidden in any text.
+- **Permanent faults**: :func:`permanent_fault` tells an outage (retried) from an error that
+  retrying cannot fix (the program stops with :class:`tasker.BackendConfigurationError`, the
+  fix in its message); a backend teaches it its driver's errors with
+  :func:`register_fault_classifier`, returning a :class:`PermanentFault`.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from . import _context
+from ._faults import PermanentFault, permanent_fault, register_fault_classifier
 from ._redact import redact_dsn
 from .queue._chain import decode_chain, encode_chain
 from .queue._failures import format_error, storable
@@ -46,6 +56,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "TASK_COLUMNS",
     "TASK_INSERT_COLUMNS",
+    "PermanentFault",
     "callback_from_json",
     "callback_to_json",
     "check_schedule_name",
@@ -54,9 +65,45 @@ __all__ = [
     "format_error",
     "group_payload",
     "history_from_row",
+    "permanent_fault",
     "record_from_new",
     "redact_dsn",
+    "register_fault_classifier",
     "storable",
     "task_insert_values",
     "task_record_from_row",
+    "to_seconds",
 ]
+
+
+def to_seconds(value: float | timedelta, name: str, *, allow_zero: bool = True) -> float:
+    """A duration option in seconds: checked and normalised once, when the object is built.
+
+    The same check, with the same messages, as every duration option of tasker itself
+    (``Scheduler(lock_retry=...)``, ``Queue.step(timeout=...)``), so a backend's options fail
+    the way tasker's do and each message names the option and shows the value.
+
+    Args:
+        value: seconds (an ``int`` or a ``float``, never a ``bool``) or a ``timedelta``.
+        name: the option's name, for the message.
+        allow_zero: whether zero is accepted (``False`` for an interval, which must be
+            positive; ``True`` for, say, "re-read the clock every time").
+
+    Returns:
+        The duration in seconds, as a float.
+
+    Raises:
+        TypeError: for a value that is neither a number nor a ``timedelta`` (a ``str``, a
+            ``bool``).
+        ValueError: for a negative, NaN or infinite duration, or zero when not
+            ``allow_zero``.
+    """
+    return _context.to_seconds(value, name, allow_zero=allow_zero)
+
+
+# Shown under this module in reprs and tracebacks (those tasker itself exports keep "tasker").
+for _name in __all__:
+    _obj = globals()[_name]
+    if callable(_obj) and any(part.startswith("_") for part in _obj.__module__.split(".")):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from tasker import TaskerError
+import asyncpg
 
-__all__ = ["AsyncioRequiredError", "LockKeyCollisionError"]
+from tasker import TaskerError
+from tasker.backends import PermanentFault, register_fault_classifier
+
+__all__ = ["AsyncioRequiredError", "LockKeyCollisionError", "classify_fault"]
+
+#: The command that creates tasker_pg's tables, as every message about missing ones says.
+MIGRATE_HINT = (
+    "run `tasker migrate --dsn postgresql://...` (or `python -m tasker_pg migrate --dsn ...`)"
+    " once against this database, or call `await tasker_pg.migrate(dsn)` before starting"
+)
 
 
 class AsyncioRequiredError(TaskerError, RuntimeError):
@@ -28,3 +37,37 @@ class LockKeyCollisionError(TaskerError, ValueError):
             f"schedule names {name!r} and {other!r} have the same advisory lock key {key};"
             " rename one or use another namespace"
         )
+
+
+@register_fault_classifier
+def classify_fault(exc: BaseException) -> PermanentFault | None:
+    """asyncpg's errors that retrying cannot fix, with their fix (see
+    :func:`tasker.backends.permanent_fault`); an outage or anything else is None."""
+    if not isinstance(exc, asyncpg.PostgresError):
+        return None
+    if isinstance(
+        exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
+        return PermanentFault(
+            f"Postgres refused the login ({exc.sqlstate}: {exc})",
+            "check the user name and password in the DSN (or the role's pg_hba.conf entry)",
+        )
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return PermanentFault(
+            f"the database does not exist ({exc})",
+            "create it (`createdb NAME`) or fix the database name in the DSN",
+        )
+    if isinstance(
+        exc,
+        asyncpg.UndefinedTableError | asyncpg.InvalidSchemaNameError | asyncpg.UndefinedColumnError,
+    ):
+        return PermanentFault(
+            f"tasker_pg's tables are missing or out of date ({exc})", MIGRATE_HINT
+        )
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        return PermanentFault(
+            f"the role lacks a permission ({exc})",
+            "grant the role usage of the schema and access to tasker_pg's tables, or connect"
+            " as their owner",
+        )
+    return None

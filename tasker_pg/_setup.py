@@ -17,7 +17,8 @@ from datetime import timedelta
 import asyncpg
 
 import tasker
-from tasker import Backoff, CatchUp, Context, Job, redact_dsn
+from tasker import BackendConfigurationError, Backoff, CatchUp, Context, Job, redact_dsn
+from tasker.backends import permanent_fault
 from tasker.schedule import Schedule
 
 from ._connection import PoolSource, check_asyncio
@@ -118,8 +119,13 @@ class PostgresScheduler(tasker.Scheduler):
             except LockKeyCollisionError:
                 raise
             except Exception as exc:
-                # Not fatal: the scheduler's loop logs the outage and retries; this check
-                # waits with it so that a collision is still raised, not retried forever.
+                fault = permanent_fault(exc)
+                if fault is not None:  # missing tables, a refused login: retrying cannot help
+                    raise BackendConfigurationError(
+                        f"Scheduler on {self._pg_repository!r}", fault.problem, fault.fix
+                    ) from exc
+                # An outage: the scheduler's loop logs it and retries; this check waits
+                # with it so that a collision is still raised, not retried forever.
                 attempt += 1
                 if attempt == 1:
                     logger.warning(

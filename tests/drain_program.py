@@ -2,7 +2,7 @@
 
 ``python tests/drain_program.py PORT BACKEND``: ``serve_asgi`` of an app whose ``/slow``
 answers after ``?seconds=N``, run by ``tasker.main`` with nothing but the backend given (the
-port is passed through the ``PORT`` variable when PORT is ``env``).
+health server on a port of its own and a shutdown delay when asked).
 """
 
 from __future__ import annotations
@@ -34,11 +34,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def main() -> None:
-    port, backend = sys.argv[1], sys.argv[2]
-    server = tasker.serve_asgi(app, host="127.0.0.1") if port == "env" else None
-    if server is None:
-        server = tasker.serve_asgi(app, host="127.0.0.1", port=int(port))
-    tasker.main(server, backend="trio" if backend == "trio" else "asyncio")
+    """``PORT BACKEND [HEALTH_PORT SHUTDOWN_DELAY]``: the health server and the delay are
+    added only when given."""
+    port, backend = int(sys.argv[1]), sys.argv[2]
+    jobs = []
+    if len(sys.argv) > 3:
+        jobs.append(tasker.serve_health(host="127.0.0.1", port=int(sys.argv[3])))
+        server = tasker.serve_asgi(
+            app, host="127.0.0.1", port=port, shutdown_delay=float(sys.argv[4])
+        )
+    else:
+        server = tasker.serve_asgi(app, host="127.0.0.1", port=port)
+    tasker.main(server, *jobs, backend="trio" if backend == "trio" else "asyncio")
 
 
 if __name__ == "__main__":

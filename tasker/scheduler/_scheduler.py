@@ -26,7 +26,10 @@ import anyio
 
 from .._backoff import Backoff
 from .._context import Context, StopReason, to_seconds
+from .._errors import BackendConfigurationError
+from .._faults import permanent_fault
 from .._job import Job, check_job, job_name
+from .._readiness import Probe, optional_probe
 from .._redact import redact_dsn
 from .._state_dir import default_state_dir
 from .._stopping import Stopper, run_stoppable
@@ -259,7 +262,12 @@ class Scheduler:
         self._entries[name] = entry
 
         async def scheduled_job(ctx: Context) -> None:
-            await self._loop(ctx, entry)
+            probe = optional_probe(f"schedule {name!r}")
+            try:
+                await self._loop(ctx, entry, probe)
+            finally:
+                if probe is not None:
+                    probe.close()
 
         scheduled_job.__name__ = scheduled_job.__qualname__ = f"scheduled({name!r})"
         return scheduled_job
@@ -305,7 +313,7 @@ class Scheduler:
             return state.last_slot
         return self._first_seen.setdefault(entry.name, now)
 
-    async def _loop(self, ctx: Context, entry: _Entry) -> None:
+    async def _loop(self, ctx: Context, entry: _Entry, probe: Probe | None) -> None:
         planned: datetime | None = None
         outage_attempts = 0
         while not ctx.done:
@@ -315,6 +323,8 @@ class Scheduler:
                 if planned is None:
                     state = await self._repository.get(entry.name)
                     planned = entry.schedule.next_after(self._base(entry, state, now))
+                    if probe is not None:  # its backends answered
+                        probe.set(True)
                 if planned > now:
                     delay = (planned - now).total_seconds()
                 else:
@@ -323,8 +333,18 @@ class Scheduler:
                     logger.warning("schedule %r: backend reachable again", entry.name)
                     outage_attempts = 0
             except Exception as exc:
+                fault = permanent_fault(exc)
+                if fault is not None:
+                    logger.error(
+                        "schedule %r: %s; stopping the Scheduler", entry.name, fault.problem
+                    )
+                    raise BackendConfigurationError(
+                        f"Scheduler on {self._repository!r}", fault.problem, fault.fix
+                    ) from exc
                 self._counters.backend_errors += 1
                 outage_attempts += 1
+                if probe is not None:
+                    probe.set(False, f"backend unavailable ({type(exc).__name__})")
                 if outage_attempts == 1:  # once per outage, not once per retry
                     logger.warning(
                         "schedule %r: backend unavailable (%s: %s); retrying with backoff",

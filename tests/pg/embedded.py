@@ -63,9 +63,13 @@ def _unprivileged_user(bin_dir: Path) -> str | None:
 
 
 class EmbeddedPostgres:
-    """A private Postgres on 127.0.0.1:<free port>, trust auth, user and database postgres."""
+    """A private Postgres on 127.0.0.1:<free port>, user and database postgres.
 
-    def __init__(self) -> None:
+    Trust auth, unless a ``password`` is given: then the server asks for it (scram-sha-256).
+    """
+
+    def __init__(self, password: str | None = None) -> None:
+        self.password = password
         self.bin_dir = _bin_dir()
         self.user = _unprivileged_user(self.bin_dir)
         self.directory = Path(tempfile.mkdtemp(prefix="tasker-pg-restart-"))
@@ -76,11 +80,19 @@ class EmbeddedPostgres:
             info = pwd.getpwnam(self.user)
             for path in (self.directory, self.data):
                 os.chown(path, info.pw_uid, info.pw_gid)
+        auth = ["--auth=trust"]
+        if password is not None:
+            secret = self.directory / "pwfile"
+            secret.write_text(password + "\n")
+            if self.user is not None:
+                info = pwd.getpwnam(self.user)
+                os.chown(secret, info.pw_uid, info.pw_gid)
+            auth = ["--auth=scram-sha-256", f"--pwfile={secret}"]
         self._run(
             "initdb",
             "-D",
             str(self.data),
-            "--auth=trust",
+            *auth,
             "-U",
             "postgres",
             "--encoding=utf8",
@@ -89,8 +101,9 @@ class EmbeddedPostgres:
 
     @property
     def dsn(self) -> str:
-        """The server's DSN (database ``postgres``)."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        """The server's DSN (database ``postgres``; with the password, if there is one)."""
+        login = "postgres" if self.password is None else f"postgres:{self.password}"
+        return f"postgresql://{login}@127.0.0.1:{self.port}/postgres"
 
     def _run(self, program: str, *args: str) -> None:
         result = subprocess.run(
