@@ -17,6 +17,7 @@ import re
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -155,8 +156,18 @@ class SQLiteStateRepository:
             " failure_count, next_due from schedule_state where name = ?",
             (name,),
         ).fetchone()
-        if row is None:
-            return None
+        return None if row is None else SQLiteStateRepository._state(row)
+
+    @staticmethod
+    def _all(connection: sqlite3.Connection, _: object) -> list[ScheduleState]:
+        rows = connection.execute(
+            "select name, last_slot, last_started, last_finished, last_error, run_count,"
+            " failure_count, next_due from schedule_state order by name"
+        ).fetchall()
+        return [SQLiteStateRepository._state(row) for row in rows]
+
+    @staticmethod
+    def _state(row: Any) -> ScheduleState:
         last_slot = _from_text(row[1])
         assert last_slot is not None  # the column is not null
         return ScheduleState(
@@ -198,6 +209,10 @@ class SQLiteStateRepository:
     async def get(self, name: str) -> ScheduleState | None:
         """Read the state of ``name`` (in a worker thread)."""
         return await self._db.call(self._get, name, write=False)
+
+    async def all(self) -> list[ScheduleState]:
+        """Every stored state, by name (for status displays)."""
+        return await self._db.call(self._all, None, write=False)
 
     async def save(self, state: ScheduleState) -> None:
         """Write ``state`` in a worker thread; once this returns it survives a crash."""

@@ -209,6 +209,11 @@ class Scheduler:
         """The state backend."""
         return self._repository
 
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        """The registered schedules by name, in registration order (a copy)."""
+        return {name: entry.schedule for name, entry in self._entries.items()}
+
     def with_schedule(
         self,
         name: str,

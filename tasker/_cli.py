@@ -1,0 +1,254 @@
+"""The ``tasker`` command: run jobs, run a queue worker, show the status, migrate.
+
+Built on click (small, stable, and what celery, flask and uvicorn users already know):
+help that reads like prose, typed options with their errors, and ``--json`` output that
+scripts can parse. Every command that runs something runs it as :func:`tasker.main` would:
+signals, the grace, the default logging.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import click
+
+from ._context import DEFAULT_GRACE
+from ._job import Job
+from ._main import main as run_main
+from ._redact import redact_dsn
+
+if TYPE_CHECKING:
+    from ._status import StatusReport
+
+__all__ = ["cli", "format_report", "load"]
+
+_BACKENDS = click.Choice(["asyncio", "trio"])
+
+
+def load(spec: str, what: str, *, module_ok: bool = False) -> Any:
+    """The object ``module:attr`` (attr may be dotted) names, importable from the cwd; with
+    ``module_ok``, a bare ``module`` names the module."""
+    module_name, colon, attr = spec.partition(":")
+    if module_ok and not colon:
+        attr = ""
+    elif not colon or not module_name or not attr:
+        raise click.BadParameter(f"expected module:attribute, got {spec!r}", param_hint=what)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint=what) from exc
+    for part in attr.split(".") if attr else []:
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise click.BadParameter(
+                f"{module_name!r} has no attribute {attr!r}", param_hint=what
+            ) from None
+    return obj
+
+
+def _common(func: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--backend", type=_BACKENDS, default="asyncio", show_default=True),
+            click.option(
+                "--grace",
+                type=click.FloatRange(min=0),
+                default=DEFAULT_GRACE,
+                show_default=True,
+                help="Seconds the jobs have to stop after the first SIGTERM or Ctrl-C.",
+            ),
+            click.option(
+                "--log-level",
+                type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+                default=None,
+                help="Default: $TASKER_LOG_LEVEL, else INFO.",
+            ),
+            click.option(
+                "--health-port",
+                type=click.IntRange(0, 65535),
+                default=None,
+                help="Also serve /livez and /readyz on this port.",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _with_health(jobs: list[Job], health_port: int | None) -> list[Job]:
+    if health_port is None:
+        return jobs
+    from ._asgi import serve_health
+
+    return [*jobs, serve_health(port=health_port)]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tasker-jobs", prog_name="tasker")
+def cli() -> None:
+    """Start, compose, schedule and stop the long-lived parts of a service."""
+
+
+@cli.command()
+@click.argument("target")
+@_common
+def run(
+    target: str, backend: str, grace: float, log_level: str | None, health_port: int | None
+) -> None:
+    """Run the job (or list of jobs) TARGET, given as module:attribute, until a signal.
+
+    Example: tasker run myservice.app:jobs
+    """
+    obj = load(target, "TARGET")
+    jobs = list(obj) if isinstance(obj, list | tuple) else [obj]
+    _main(_with_health(jobs, health_port), backend, grace, log_level)
+
+
+@cli.command()
+@click.argument("target")
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    default=("default",),
+    show_default=True,
+    help="A queue to take tasks from (repeat for several).",
+)
+@click.option("--concurrency", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--lease", type=click.FloatRange(min=0, min_open=True), default=30.0)
+@_common
+def worker(
+    target: str,
+    queues: Sequence[str],
+    concurrency: int,
+    lease: float,
+    backend: str,
+    grace: float,
+    log_level: str | None,
+    health_port: int | None,
+) -> None:
+    """Run a worker for the tasker.queue.Queue TARGET (module:attribute) until a signal.
+
+    On SIGTERM it stops claiming, lets running tasks finish within the grace, and hands the
+    rest back to the queue. Example: tasker worker myservice.tasks:queue --queue emails
+    """
+    from .queue import Queue
+
+    queue = load(target, "TARGET")
+    if not isinstance(queue, Queue):
+        raise click.BadParameter(
+            f"{target!r} is a {type(queue).__name__}, not a tasker.queue.Queue", param_hint="TARGET"
+        )
+    try:
+        job = queue.worker(list(queues), concurrency=concurrency, lease=lease)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _main(_with_health([job], health_port), backend, grace, log_level)
+
+
+def _main(jobs: list[Job], backend: str, grace: float, log_level: str | None) -> None:
+    try:
+        run_main(*jobs, backend=backend, grace=grace, log_level=log_level)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@cli.command()
+@click.option("--dsn", envvar="TASKER_PG_DSN", help="A postgresql:// DSN (or $TASKER_PG_DSN).")
+@click.option("--schema", default="tasker", show_default=True)
+def migrate(dsn: str | None, schema: str) -> None:
+    """Create or update tasker_pg's tables (schedules, lock keys, queue); idempotent.
+
+    The embedded default (SQLite in the state directory) creates its tables itself.
+    """
+    if not dsn:
+        click.echo("the embedded default creates its tables itself: nothing to migrate")
+        return
+    import tasker_pg
+
+    try:
+        anyio.run(functools.partial(tasker_pg.migrate, dsn, schema=schema))
+    except Exception as exc:
+        raise click.ClickException(redact_dsn(f"{type(exc).__name__}: {exc}")) from None
+    click.echo(f"migrated schema {schema} on {redact_dsn(dsn)}")
+
+
+@cli.command()
+@click.option(
+    "--app",
+    "apps",
+    multiple=True,
+    help="module:attr of a Scheduler or Queue, or a module to search for them (repeatable).",
+)
+@click.option("--dsn", envvar="TASKER_PG_DSN", help="Postgres instead of the embedded default.")
+@click.option("--schema", default="tasker", show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(
+    apps: Sequence[str], dsn: str | None, schema: str, state_dir: Path | None, as_json: bool
+) -> None:
+    """Schedules (with their next slot, also those never run), queues, leases.
+
+    With --app, every schedule the application registers is shown, and the queue of each
+    Queue it names; without, what the embedded default (or --dsn) has stored.
+    """
+    from ._status import collect
+
+    loaded = [load(spec, "--app", module_ok=True) for spec in apps]
+    try:
+        report = anyio.run(collect, loaded, dsn, schema, state_dir)
+    except Exception as exc:
+        raise click.ClickException(redact_dsn(f"{type(exc).__name__}: {exc}")) from None
+    if as_json:
+        click.echo(json.dumps(asdict(report), indent=2, default=str))
+        return
+    click.echo(format_report(report))
+
+
+def format_report(report: StatusReport) -> str:
+    """The human-readable tables of a status report."""
+    now = datetime.now(UTC)
+    lines = [f"{'schedule':30} {'next slot':34} {'last run':34} {'runs':>5} {'fails':>5}  lock"]
+    lines.extend(
+        f"{row['name'][:30]:30} {_when(row['next_slot'], now):34}"
+        f" {_when(row['last_started'], now):34} {row['runs']:5} {row['failures']:5}"
+        f"  {row['lock_holder'] or '-'}"
+        for row in report.schedules
+    )
+    if not report.schedules:
+        lines.append("(no schedules)")
+    lines += ["", f"{'queue':20} {'state':10} {'tasks':>7}"]
+    for queue in sorted(report.queues):
+        for state, count in sorted(report.queues[queue].items()):
+            lines.append(f"{queue[:20]:20} {state:10} {count:7}")
+    if not report.queues:
+        lines.append("(no tasks)")
+    for queue, age in sorted(report.oldest_waiting.items()):
+        lines.append(f"oldest waiting in {queue}: {age:.1f}s")
+    lines += ["", f"{'worker':40} {'tasks':>5}  lease ends in"]
+    for row in report.workers:
+        lines.append(f"{row['worker'][:40]:40} {row['tasks']:5}  {row['lease_ends_in']:.1f}s")
+    if not report.workers:
+        lines.append("(no worker holds a lease)")
+    return "\n".join(lines)
+
+
+def _when(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    delta = (moment - now).total_seconds()
+    when = f"in {delta:.0f}s" if delta >= 0 else f"{-delta:.0f}s ago"
+    return f"{moment:%Y-%m-%d %H:%M:%S} ({when})"

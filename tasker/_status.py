@@ -1,0 +1,161 @@
+"""What ``tasker status`` shows, gathered through the public protocols of any backend."""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ._state_dir import default_state_dir
+from .abc import QueueCapability
+from .queue import Queue, TaskState
+from .scheduler import Scheduler
+
+__all__ = ["StatusReport", "collect"]
+
+#: How many queued or running tasks the oldest-wait and lease figures look at, per queue.
+SCAN_LIMIT = 10_000
+
+
+@dataclass
+class StatusReport:
+    """Schedules, queue depths, the oldest wait per queue, and the workers holding leases."""
+
+    schedules: list[dict[str, Any]] = field(default_factory=list)
+    queues: dict[str, dict[str, int]] = field(default_factory=dict)
+    oldest_waiting: dict[str, float] = field(default_factory=dict)
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _found(objects: list[Any]) -> tuple[list[Scheduler], list[Queue]]:
+    schedulers: list[Scheduler] = []
+    queues: list[Queue] = []
+    for obj in objects:
+        candidates = vars(obj).values() if isinstance(obj, types.ModuleType) else [obj]
+        for candidate in candidates:
+            if isinstance(candidate, Scheduler) and candidate not in schedulers:
+                schedulers.append(candidate)
+            elif isinstance(candidate, Queue) and candidate not in queues:
+                queues.append(candidate)
+    return schedulers, queues
+
+
+def _defaults(
+    dsn: str | None, schema: str, state_dir: Path | None
+) -> tuple[list[Scheduler], list[Queue]]:
+    if dsn:
+        import tasker_pg
+
+        return [tasker_pg.scheduler(dsn, schema=schema)], [
+            Queue(tasker_pg.PostgresQueueBackend(dsn, schema=schema))
+        ]
+    from .queue import SQLiteQueueBackend
+
+    directory = state_dir or default_state_dir()
+    queues = []
+    if (directory / "queue.sqlite3").exists():  # status never creates a database
+        queues.append(Queue(SQLiteQueueBackend(directory / "queue.sqlite3")))
+    return [Scheduler(state_dir=directory)], queues
+
+
+async def collect(
+    objects: list[Any], dsn: str | None, schema: str, state_dir: Path | None
+) -> StatusReport:
+    """The status of the Schedulers and Queues in ``objects`` (modules are searched), or of
+    the embedded default (or ``dsn``'s Postgres) when there are none."""
+    schedulers, queues = _found(objects)
+    if not objects:
+        schedulers, queues = _defaults(dsn, schema, state_dir)
+    elif not schedulers and not queues:
+        raise ValueError("--app names no tasker.Scheduler or tasker.queue.Queue")
+    report = StatusReport()
+    try:
+        for scheduler in schedulers:
+            report.schedules += await _schedules(scheduler)
+        for queue in queues:
+            await _queue(queue, report)
+    finally:
+        if not objects:
+            for scheduler in schedulers:
+                await scheduler.aclose()
+            for queue in queues:
+                await queue.aclose()
+    return report
+
+
+async def _schedules(scheduler: Scheduler) -> list[dict[str, Any]]:
+    repository: Any = scheduler.repository
+    registered = scheduler.schedules
+    now: datetime = await repository.now() or datetime.now(UTC)
+    stored = {}
+    if callable(getattr(repository, "all", None)):
+        stored = {state.name: state for state in await repository.all()}
+    else:
+        for name in registered:
+            state = await repository.get(name)
+            if state is not None:
+                stored[name] = state
+    holders = await _lock_holders(repository)
+    rows = []
+    for name in [*registered, *sorted(set(stored) - set(registered))]:
+        state, schedule = stored.get(name), registered.get(name)
+        next_slot: datetime | None
+        if schedule is not None:
+            next_slot = schedule.next_after(state.last_slot if state else now)
+        else:
+            next_slot = state.next_due if state else None
+        rows.append(
+            {
+                "name": name,
+                "registered": schedule is not None,
+                "next_slot": next_slot,
+                "last_slot": state.last_slot if state else None,
+                "last_started": state.last_started if state else None,
+                "last_error": state.last_error if state else None,
+                "runs": state.run_count if state else 0,
+                "failures": state.failure_count if state else 0,
+                "lock_holder": holders.get(name),
+            }
+        )
+    return rows
+
+
+async def _lock_holders(repository: Any) -> dict[str, str]:
+    """Who holds each schedule's lock, where the backend can tell (tasker_pg)."""
+    module = type(repository).__module__.partition(".")[0]
+    if module != "tasker_pg":
+        return {}
+    import tasker_pg
+
+    rows = await tasker_pg.status(repository)
+    return {
+        row.name: f"{row.lock_holder.application_name or 'pid'} ({row.lock_holder.pid})"
+        for row in rows
+        if row.lock_holder is not None
+    }
+
+
+async def _queue(queue: Queue, report: StatusReport) -> None:
+    backend: Any = queue.backend
+    if QueueCapability.INSPECTION not in backend.capabilities:
+        report.queues[f"({type(backend).__name__}: no inspection)"] = {}
+        return
+    now = await backend.time()
+    for name, states in (await backend.counts()).items():
+        depth = report.queues.setdefault(name, {})
+        for state, count in states.items():
+            depth[state.value] = depth.get(state.value, 0) + count
+    for task in await backend.tasks(state=TaskState.QUEUED, limit=SCAN_LIMIT):
+        if task.run_at <= now:
+            age = now - task.run_at
+            report.oldest_waiting[task.queue] = max(report.oldest_waiting.get(task.queue, 0), age)
+    leases: dict[str, dict[str, Any]] = {}
+    for task in await backend.tasks(state=TaskState.RUNNING, limit=SCAN_LIMIT):
+        owner = task.lease_owner or "?"
+        row = leases.setdefault(owner, {"worker": owner, "tasks": 0, "lease_ends_in": -1e9})
+        row["tasks"] += 1
+        if task.lease_until is not None:
+            row["lease_ends_in"] = max(row["lease_ends_in"], task.lease_until - now)
+    report.workers += sorted(leases.values(), key=lambda row: row["worker"])
