@@ -27,7 +27,15 @@ from ._status import format_status, status
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m tasker_pg", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tasker_pg",
+        description=(
+            "Create tasker_pg's tables (migrate) or show the schedules, their lock holders"
+            " and the queue (status). The DSN comes from --dsn or TASKER_PG_DSN (prefer the"
+            " variable: command lines are visible to other users). The `tasker` command does"
+            " the same and more: `tasker migrate --dsn ...`, `tasker status --dsn ...`."
+        ),
+    )
     parser.add_argument("command", choices=["migrate", "status"])
     parser.add_argument("--dsn", default=os.environ.get("TASKER_PG_DSN"))
     parser.add_argument("--schema", default="tasker")
