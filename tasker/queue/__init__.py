@@ -1,6 +1,7 @@
 """Durable background tasks whose workers are tasker jobs.
 
-Register handlers by name, enqueue tasks now, later or held for a manual dispatch, and run
+Register handlers (``@queue.task`` returns a :class:`Task` typed by the handler's payload and
+result), enqueue tasks now, later or held for a manual dispatch, and run
 ``queue.worker(...)`` beside the rest of the program in :func:`tasker.main`. Backends sit
 behind :class:`QueueBackend`: in memory, the embedded SQLite default, or Postgres.
 """
@@ -36,6 +37,7 @@ from ._records import (
 from ._retention import Retention
 from ._serializer import JSONSerializer, Serializer
 from ._sqlite import SQLiteQueueBackend
+from ._task import Task
 from ._worker import Worker, WorkerStatistics
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "SQLiteQueueBackend",
     "Serializer",
     "Step",
+    "Task",
     "TaskInfo",
     "TaskRecord",
     "TaskState",

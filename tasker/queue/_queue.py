@@ -1,66 +1,53 @@
-"""``Queue``: register handlers, enqueue tasks, run workers that are tasker jobs."""
+"""``Queue``: register handlers, enqueue tasks, run workers that are tasker jobs.
+
+The Queue is assembled from one class per concept (see ``_core.py``): this module holds
+construction, registration, enqueueing and workers; chains and groups, inspection and
+administration are inherited from their own modules.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 
 from .._backoff import Backoff
-from .._context import to_seconds
-from ..abc import (
-    FinishAndClaim,
-    QueueAdministration,
-    QueueBackend,
-    QueueCapability,
-    QueueInspection,
-    TransactionalEnqueue,
-)
-from ._chain import Step, encode_chain
-from ._checks import check_int, check_name, check_priority
-from ._errors import (
-    MissingCapabilityError,
-    UnknownTaskError,
-)
+from .._context import Context, to_seconds
+from ..abc import QueueBackend, QueueCapability
+from ._administration import AdministrationMethods
+from ._checks import check_int, check_name
+from ._core import check_backend
+from ._errors import MissingCapabilityError
 from ._info import Enqueued, TaskInfo
-from ._records import (
-    GroupSpec,
-    HistoryEntry,
-    NewTask,
-    TaskRecord,
-    TaskState,
-)
+from ._inspection import InspectionMethods
+from ._long_queue import LongQueueWatch
 from ._registry import Handler, Registry
 from ._retention import Retention
 from ._serializer import JSONSerializer, Serializer
+from ._task import Task, TaskDecorator
 from ._time import BackendClock
 from ._worker import Worker
+from ._workflows import WorkflowMethods
 
 #: The default retention (a sentinel too: only an explicit one needs ADMINISTRATION).
 _DEFAULT_RETENTION = Retention()
 
-#: The protocol each capability with methods of its own must implement.
-_PROTOCOLS: dict[QueueCapability, type] = {
-    QueueCapability.INSPECTION: QueueInspection,
-    QueueCapability.ADMINISTRATION: QueueAdministration,
-    QueueCapability.FINISH_AND_CLAIM: FinishAndClaim,
-    QueueCapability.TRANSACTIONAL_ENQUEUE: TransactionalEnqueue,
-}
-
 __all__ = ["Handler", "Queue"]
 
-logger = logging.getLogger("tasker.queue")
+P = TypeVar("P")
+R = TypeVar("R")
 
-H = TypeVar("H", bound=Handler)
 
-
-class Queue:
+class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
     """Durable background tasks: handlers by name, enqueue now or later, workers as jobs.
+
+    ``@queue.task`` registers a handler and returns its :class:`Task`, which enqueues it
+    and reads its results with the handler's payload and result types;
+    ``queue.enqueue(name, payload)`` does the same by name, untyped.
 
     Args:
         backend: where tasks live (:class:`QueueBackend`); by default the embedded SQLite
@@ -94,7 +81,7 @@ class Queue:
         path: str | os.PathLike[str] | None = None,
         serializer: Serializer | None = None,
         result_ttl: float | timedelta = 86400.0,
-        on_failure: Callable[[TaskInfo], object] | None = None,
+        on_failure: Callable[[TaskInfo[Any]], object] | None = None,
         long_queue_threshold: int | None = None,
         on_long_queue: Callable[[str, int], object] | None = None,
         retention: Retention | None = _DEFAULT_RETENTION,
@@ -105,23 +92,7 @@ class Queue:
             backend = SQLiteQueueBackend(Path(path) if path is not None else default_queue_path())
         elif path is not None:
             raise ValueError("Queue: path is only for the embedded default backend")
-        if not isinstance(backend, QueueBackend):
-            raise TypeError(f"Queue: {backend!r} is not a tasker.queue.QueueBackend")
-        capabilities = backend.capabilities
-        if not isinstance(capabilities, frozenset) or not all(
-            isinstance(c, QueueCapability) for c in capabilities
-        ):
-            raise TypeError(
-                f"Queue: {backend!r}.capabilities must be a frozenset of QueueCapability,"
-                f" got {capabilities!r}"
-            )
-        for capability in sorted(capabilities, key=lambda c: c.name):
-            protocol = _PROTOCOLS.get(capability)
-            if protocol is not None and not isinstance(backend, protocol):
-                raise TypeError(
-                    f"Queue: {backend!r} declares QueueCapability.{capability.name} but does"
-                    f" not implement tasker.abc.{protocol.__name__}"
-                )
+        capabilities = check_backend(backend)
         if long_queue_threshold is not None and QueueCapability.INSPECTION not in capabilities:
             raise MissingCapabilityError(
                 backend, QueueCapability.INSPECTION, "Queue(long_queue_threshold=...)"
@@ -137,9 +108,11 @@ class Queue:
         self._registry = Registry(chosen, to_seconds(result_ttl, "result_ttl"))
         self._time = BackendClock(backend)
         self._on_failure = on_failure
-        self._long_threshold = long_queue_threshold
-        self._on_long_queue = on_long_queue
-        self._long_queues: set[str] = set()
+        self._long_queue = (
+            None
+            if long_queue_threshold is None or on_long_queue is None
+            else LongQueueWatch(long_queue_threshold, on_long_queue)
+        )
         if retention is not None and not isinstance(retention, Retention):
             raise TypeError(f"Queue: retention must be a Retention or None, got {retention!r}")
         if (
@@ -156,26 +129,52 @@ class Queue:
 
     # -- registration --------------------------------------------------------------------
 
+    @overload
+    def task(self, handler: Callable[[Context, P], Awaitable[R]], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, handler: Callable[[Context], Awaitable[R]], /) -> Task[None, R]: ...
+
+    @overload
     def task(
         self,
         name: str | None = None,
+        *,
+        queue: str = ...,
+        max_attempts: int = ...,
+        backoff: Backoff | float | timedelta = ...,
+        timeout: float | timedelta | None = ...,
+        priority: int = ...,
+    ) -> TaskDecorator: ...
+
+    def task(
+        self,
+        name: str | Callable[..., Awaitable[Any]] | None = None,
         *,
         queue: str = "default",
         max_attempts: int = 3,
         backoff: Backoff | float | timedelta = Backoff(initial=1.0, maximum=300.0),  # noqa: B008
         timeout: float | timedelta | None = None,
         priority: int = 0,
-    ) -> Callable[[H], H]:
-        """A decorator that registers an ``async def handler(ctx, payload)``.
+    ) -> Task[Any, Any] | TaskDecorator:
+        """A decorator that registers an ``async def handler(ctx, payload)`` and returns its
+        :class:`Task`, typed by the handler's payload and result.
 
-        The name defaults to the function's qualified name. The options are the defaults of
-        every enqueue of this task; ``backoff`` spaces its retries; ``priority`` is an
-        integer from ``-2**31`` to ``2**31 - 1`` (higher runs first).
+        Bare (``@queue.task``) it registers the handler under its qualified name with the
+        default options; called (``@queue.task("send-email", max_attempts=5)``) it takes a
+        name (by default the function's qualified name) and options. The options are the
+        defaults of every enqueue of this task; ``backoff`` spaces its retries;
+        ``priority`` is an integer from ``-2**31`` to ``2**31 - 1`` (higher runs first). A
+        handler of a task without a payload takes only ``ctx`` (a ``Task[None, R]``).
+
+        Raises:
+            ValueError, TypeError: as :meth:`register`, when the handler is registered.
         """
+        chosen = None if callable(name) else name
 
-        def register(handler: H) -> H:
-            self.register(
-                name or handler.__qualname__,
+        def register(handler: Callable[..., Awaitable[Any]]) -> Task[Any, Any]:
+            return self.register(
+                chosen or handler.__qualname__,
                 handler,
                 queue=queue,
                 max_attempts=max_attempts,
@@ -183,28 +182,58 @@ class Queue:
                 timeout=timeout,
                 priority=priority,
             )
-            return handler
 
-        return register
+        # Bare (``@queue.task``), the first argument is the handler itself.
+        return register(name) if callable(name) else TaskDecorator(register)
+
+    @overload
+    def register(
+        self,
+        name: str,
+        handler: Callable[[Context, P], Awaitable[R]],
+        *,
+        queue: str = ...,
+        max_attempts: int = ...,
+        backoff: Backoff | float | timedelta = ...,
+        timeout: float | timedelta | None = ...,
+        priority: int = ...,
+    ) -> Task[P, R]: ...
+
+    @overload
+    def register(
+        self,
+        name: str,
+        handler: Callable[[Context], Awaitable[R]],
+        *,
+        queue: str = ...,
+        max_attempts: int = ...,
+        backoff: Backoff | float | timedelta = ...,
+        timeout: float | timedelta | None = ...,
+        priority: int = ...,
+    ) -> Task[None, R]: ...
 
     def register(
         self,
         name: str,
-        handler: Handler,
+        handler: Callable[..., Awaitable[Any]],
         *,
         queue: str = "default",
         max_attempts: int = 3,
         backoff: Backoff | float | timedelta = Backoff(initial=1.0, maximum=300.0),  # noqa: B008
         timeout: float | timedelta | None = None,
         priority: int = 0,
-    ) -> None:
-        """Register ``handler`` under ``name`` (see :meth:`task`).
+    ) -> Task[Any, Any]:
+        """Register ``handler`` under ``name`` and return its :class:`Task` (see :meth:`task`).
+
+        ``handler`` may be a :class:`Task` already (the same handler under a second name).
 
         Raises:
             ValueError: for a duplicate or invalid name, attempts below 1, a bad timeout.
-            TypeError: if ``handler`` is not an async function taking (ctx, payload).
+            TypeError: if ``handler`` is not an async function taking (ctx, payload) or (ctx).
         """
-        self._registry.add(
+        if isinstance(handler, Task):
+            handler = handler.__wrapped__
+        registration = self._registry.add(
             name,
             handler,
             queue=queue,
@@ -213,6 +242,7 @@ class Queue:
             timeout=timeout,
             priority=priority,
         )
+        return Task._create(self, registration, handler)
 
     @property
     def task_names(self) -> list[str]:
@@ -220,22 +250,6 @@ class Queue:
         return sorted(self._registry.handlers)
 
     # -- enqueueing ----------------------------------------------------------------------
-
-    async def _now(self) -> float:
-        return await self._time.now()
-
-    def _new_task(self, name: str, payload: Any, **options: Any) -> NewTask:
-        if options.get("unique_key") is not None:
-            self._require(QueueCapability.UNIQUE_KEYS, "enqueue(unique_key=...)")
-        if options.get("held"):
-            self._require(QueueCapability.ADMINISTRATION, "enqueue(held=True)")
-        return self._registry.new_task(name, payload, **options)
-
-    def _require(self, capability: QueueCapability, needed_by: str) -> Any:
-        """The backend, if it declares ``capability``; else MissingCapabilityError."""
-        if capability not in self.backend.capabilities:
-            raise MissingCapabilityError(self.backend, capability, needed_by)
-        return self.backend
 
     async def enqueue(
         self,
@@ -252,7 +266,7 @@ class Queue:
         unique_for: float | timedelta | None = None,
         held: bool = False,
         connection: Any = None,
-    ) -> Enqueued:
+    ) -> Enqueued[Any]:
         """Enqueue task ``name`` with ``payload``, to run now, after ``delay`` or ``at`` a time.
 
         Args:
@@ -272,6 +286,7 @@ class Queue:
         Raises:
             UnknownTaskError: no handler is registered as ``name`` (a ``KeyError``).
             PayloadError: the serialiser cannot represent ``payload`` (a ``TypeError``).
+            TypeError: a payload for a task whose handler takes only ``ctx``.
             ValueError: a negative delay, a naive ``at``, a priority out of range, a bad
                 option.
         """
@@ -295,211 +310,10 @@ class Queue:
         else:
             within = self._require(QueueCapability.TRANSACTIONAL_ENQUEUE, "enqueue(connection=...)")
             (result,) = await within.enqueue_within(connection, [task], now=now)
-        await self._check_long_queue(task.queue)
+        if self._long_queue is not None:
+            inspection = self._require(QueueCapability.INSPECTION, "the long-queue hook")
+            await self._long_queue.check(inspection, task.queue)
         return Enqueued(id=result.id, deduplicated=result.deduplicated)
-
-    def step(
-        self,
-        name: str,
-        payload: Any = None,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        max_attempts: int | None = None,
-        timeout: float | timedelta | None = None,
-    ) -> Step:
-        """A task for :meth:`enqueue_chain` or :meth:`enqueue_group`; options as for enqueue.
-
-        Raises:
-            UnknownTaskError: no handler is registered as ``name``.
-            ValueError: for an option out of range (checked here, not when the step runs).
-        """
-        if name not in self._registry.handlers:
-            raise UnknownTaskError(name)
-        return Step(
-            name=name,
-            payload=payload,
-            queue=None if queue is None else check_name(queue, "queue"),
-            priority=None if priority is None else check_priority(priority),
-            max_attempts=None
-            if max_attempts is None
-            else check_int(max_attempts, "max_attempts", 1),
-            timeout=None if timeout is None else to_seconds(timeout, "timeout", allow_zero=False),
-        )
-
-    async def enqueue_chain(self, *steps: Step) -> Enqueued:
-        """Enqueue ``steps`` to run one after another, each receiving the previous result.
-
-        The first step gets its own payload; every later step gets the result of the step
-        before it as its payload (so later steps take no payload of their own). The next
-        step is enqueued in the same transaction that records its predecessor's success; a
-        step that dies ends the chain.
-
-        Returns:
-            The first step's :class:`Enqueued`.
-
-        Raises:
-            ValueError: for an empty chain or a payload on a later step.
-        """
-        self._require(QueueCapability.WORKFLOWS, "enqueue_chain()")
-        if not steps:
-            raise ValueError("enqueue_chain(): needs at least one step")
-        for later in steps[1:]:
-            if later.payload is not None:
-                raise ValueError(
-                    f"enqueue_chain(): step {later.name!r} gets the previous result as its"
-                    " payload; it cannot have one of its own"
-                )
-        for step in steps:
-            if step.name not in self._registry.handlers:
-                raise UnknownTaskError(step.name)
-        rest = encode_chain(steps[1:])
-        now = await self._now()
-        first = steps[0]
-        task = self._new_task(
-            first.name,
-            first.payload,
-            now=now,
-            priority=first.priority,
-            queue=first.queue,
-            max_attempts=first.max_attempts,
-            timeout=first.timeout,
-            chain=rest,
-        )
-        (result,) = await self.backend.enqueue([task], now=now)
-        return Enqueued(id=result.id)
-
-    async def enqueue_group(
-        self, steps: Sequence[Step], *, then: Step | None = None
-    ) -> list[Enqueued]:
-        """Enqueue ``steps`` to run in parallel; ``then`` runs once all of them finished.
-
-        ``then`` receives the list of the members' results, in order (None for a member
-        that died). It needs the JSON serialiser (the results are joined as a JSON array).
-
-        Raises:
-            ValueError: for an empty group, or a payload on ``then``.
-            TypeError: for a group callback with a non-JSON serialiser.
-        """
-        self._require(QueueCapability.WORKFLOWS, "enqueue_group()")
-        if not steps:
-            raise ValueError("enqueue_group(): needs at least one step")
-        if then is not None:
-            if then.payload is not None:
-                raise ValueError("enqueue_group(): then receives the results; no payload")
-            if not isinstance(self._registry.serializer, JSONSerializer):
-                raise TypeError("enqueue_group(): a group callback needs the JSON serializer")
-        now = await self._now()
-        group_id = uuid.uuid4().hex
-        tasks = [
-            self._new_task(
-                step.name,
-                step.payload,
-                now=now,
-                priority=step.priority,
-                queue=step.queue,
-                max_attempts=step.max_attempts,
-                timeout=step.timeout,
-                group=(group_id, index),
-            )
-            for index, step in enumerate(steps)
-        ]
-        callback = None
-        if then is not None:
-            callback = self._new_task(
-                then.name,
-                None,
-                now=now,
-                priority=then.priority,
-                queue=then.queue,
-                max_attempts=then.max_attempts,
-                timeout=then.timeout,
-                raw_payload=b"null",
-            )
-        group = GroupSpec(id=group_id, size=len(tasks), callback=callback)
-        results = await self.backend.enqueue(tasks, group=group, now=now)
-        return [Enqueued(id=r.id, deduplicated=r.deduplicated) for r in results]
-
-    async def dispatch(
-        self, queue: str = "default", *, name: str | None = None, limit: int | None = None
-    ) -> int:
-        """Release tasks enqueued with ``held=True`` (manual dispatch); return how many.
-
-        Args:
-            queue: the queue to dispatch from.
-            name: only tasks of this name (e.g. one type of task).
-            limit: at most this many (``limit=1`` dispatches a single task).
-        """
-        admin = self._require(QueueCapability.ADMINISTRATION, "Queue.dispatch()")
-        if limit is not None:
-            check_int(limit, "limit", 1)
-        return int(await admin.dispatch(queue, name=name, limit=limit, now=await self._now()))
-
-    async def _check_long_queue(self, queue: str) -> None:
-        if self._long_threshold is None or self._on_long_queue is None:
-            return
-        inspection = self._require(QueueCapability.INSPECTION, "the long-queue hook")
-        depth = (await inspection.counts()).get(queue, {}).get(TaskState.QUEUED, 0)
-        if depth >= self._long_threshold:
-            if queue not in self._long_queues:
-                self._long_queues.add(queue)
-                await _call_hook(self._on_long_queue, queue, depth)
-        else:
-            self._long_queues.discard(queue)
-
-    # -- inspection ----------------------------------------------------------------------
-
-    def _info(self, record: TaskRecord, now: float) -> TaskInfo:
-        result = None
-        if record.result is not None and (
-            record.result_expires is None or record.result_expires > now
-        ):
-            result = self._registry.serializer.loads(record.result)
-        return TaskInfo(
-            id=record.id,
-            name=record.name,
-            queue=record.queue,
-            state=record.state,
-            attempts=record.attempts,
-            max_attempts=record.max_attempts,
-            result=result,
-            error=record.last_error,
-            traceback=record.traceback,
-            created_at=record.created_at,
-            finished_at=record.finished_at,
-        )
-
-    async def get(self, task_id: str) -> TaskInfo | None:
-        """The task's state and, once it succeeded, its result (None if unknown or purged)."""
-        record = await self._require(QueueCapability.INSPECTION, "Queue.get()").get(task_id)
-        return None if record is None else self._info(record, await self._now())
-
-    async def dead(self, *, queue: str | None = None, limit: int = 100) -> list[TaskInfo]:
-        """Dead tasks (failed their last attempt), newest first."""
-        inspection = self._require(QueueCapability.INSPECTION, "Queue.dead()")
-        now = await self._now()
-        records = await inspection.tasks(state=TaskState.DEAD, queue=queue, limit=limit)
-        return [self._info(r, now) for r in records]
-
-    async def requeue(self, task_id: str) -> bool:
-        """Put a dead task back with fresh attempts.
-
-        Returns:
-            False if it is not dead, or a newer live task holds its unique key.
-        """
-        admin = self._require(QueueCapability.ADMINISTRATION, "Queue.requeue()")
-        return bool(await admin.requeue(task_id, now=await self._now()))
-
-    async def counts(self) -> dict[str, dict[str, int]]:
-        """Task counts per queue and state name."""
-        raw = await self._require(QueueCapability.INSPECTION, "Queue.counts()").counts()
-        return {q: {s.value: n for s, n in states.items()} for q, states in raw.items()}
-
-    async def history(self, *, task_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:
-        """Finished attempts (who ran what, when, how long, how it ended), newest first."""
-        inspection = self._require(QueueCapability.INSPECTION, "Queue.history()")
-        entries: list[HistoryEntry] = await inspection.history(task_id=task_id, limit=limit)
-        return entries
 
     # -- workers -------------------------------------------------------------------------
 
@@ -573,14 +387,3 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<tasker.queue.Queue tasks={self.task_names} backend={self.backend!r}>"
-
-
-async def _call_hook(hook: Callable[..., object], *args: Any) -> None:
-    import inspect
-
-    try:
-        result = hook(*args)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        logger.exception("queue hook %r failed", hook)

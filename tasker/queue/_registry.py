@@ -3,10 +3,16 @@
 The :class:`Queue` registers handlers and builds each enqueue's :class:`NewTask` here; its
 workers look handlers up, deserialise payloads, serialise results and build a chain's next
 step here too. Neither reaches into the other's private state.
+
+A handler takes ``(ctx, payload)``, or only ``ctx`` for a task without a payload. The
+registration keeps one calling convention for the worker: a ctx-only handler is stored behind
+an adapter that drops the payload (None, or a chain's previous result), so the worker always
+calls ``handler(ctx, payload)``.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,7 +22,7 @@ from typing import Any
 
 from .._backoff import Backoff
 from .._context import Context, to_seconds
-from .._job import check_job, takes_argument
+from .._job import check_job
 from ._checks import check_int, check_name, check_priority
 from ._errors import PayloadError, UnknownTaskError
 from ._records import NewTask
@@ -30,10 +36,15 @@ Handler = Callable[[Context, Any], Awaitable[Any]]
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """A handler and the defaults of its enqueues."""
+    """A handler and the defaults of its enqueues.
+
+    ``handler`` is called as ``handler(ctx, payload)``: for a ctx-only handler
+    (``takes_payload`` false) it is an adapter that drops the payload.
+    """
 
     name: str
     handler: Handler
+    takes_payload: bool
     queue: str
     max_attempts: int
     backoff: Backoff
@@ -54,32 +65,33 @@ class Registry:
     def add(
         self,
         name: str,
-        handler: Handler,
+        handler: Callable[..., Awaitable[Any]],
         *,
         queue: str,
         max_attempts: int,
         backoff: Backoff | float | timedelta,
         timeout: float | timedelta | None,
         priority: int,
-    ) -> None:
+    ) -> Registration:
         """Register ``handler`` under ``name`` (see :meth:`tasker.queue.Queue.register`)."""
         check_name(name, "task name")
         if name in self.handlers:
             raise ValueError(f"Queue.register(): the task name {name!r} is already registered")
         check_job(handler, f"Queue.register({name!r})")
-        if takes_argument(handler) and not _takes_two(handler):
-            raise TypeError(f"Queue.register(): handler for {name!r} must take (ctx, payload)")
+        takes_payload = _takes_payload(handler, name)
         if not isinstance(backoff, Backoff):
             backoff = Backoff.fixed(to_seconds(backoff, "backoff"))
-        self.handlers[name] = Registration(
+        registration = self.handlers[name] = Registration(
             name=name,
-            handler=handler,
+            handler=handler if takes_payload else _without_payload(handler),
+            takes_payload=takes_payload,
             queue=check_name(queue, "queue"),
             max_attempts=check_int(max_attempts, "max_attempts", 1),
             backoff=backoff,
             timeout=None if timeout is None else to_seconds(timeout, "timeout", allow_zero=False),
             priority=check_priority(priority),
         )
+        return registration
 
     def serialize(self, name: str, value: Any) -> bytes:
         """``value`` serialised for task ``name``; a value it cannot take is a PayloadError."""
@@ -127,6 +139,12 @@ class Registry:
             raise ValueError("enqueue(): unique_for needs a unique_key")
         if unique_key is not None:
             check_name(unique_key, "unique_key")
+        if payload is not None and raw_payload is None and not registration.takes_payload:
+            # The type only: a payload may hold secrets.
+            raise TypeError(
+                f"enqueue(): task {name!r} takes no payload (its handler takes only ctx),"
+                f" got a {type(payload).__name__}"
+            )
         return NewTask(
             id=uuid.uuid4().hex,
             name=name,
@@ -150,9 +168,37 @@ class Registry:
         )
 
 
-def _takes_two(func: Callable[..., object]) -> bool:
+def _without_payload(handler: Callable[[Context], Awaitable[Any]]) -> Handler:
+    """``handler(ctx)`` called as ``(ctx, payload)``, the payload dropped."""
+
+    @functools.wraps(handler)
+    async def without_payload(ctx: Context, payload: Any) -> Any:
+        return await handler(ctx)
+
+    return without_payload
+
+
+def _takes_payload(handler: Callable[..., object], name: str) -> bool:
+    """Whether ``handler`` takes ``(ctx, payload)`` (True) or only ``ctx`` (False).
+
+    A handler that takes neither used to be accepted and then died on every attempt (the
+    worker always passes a ctx): it is refused here, where the mistake is. A callable whose
+    signature cannot be read is called as ``(ctx, payload)``, as it always was.
+    """
     try:
-        inspect.signature(func).bind(None, None)
+        signature = inspect.signature(handler)
     except (TypeError, ValueError):
+        return True
+    if _binds(signature, None, None):
+        return True
+    if _binds(signature, None):
+        return False
+    raise TypeError(f"Queue.register(): handler for {name!r} must take (ctx, payload) or (ctx)")
+
+
+def _binds(signature: inspect.Signature, *arguments: object) -> bool:
+    try:
+        signature.bind(*arguments)
+    except TypeError:
         return False
     return True
