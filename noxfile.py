@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s lint typecheck tests coverage examples bench``.
+"""Developer sessions: ``nox -s lint typecheck tests coverage examples docs bench``.
 
 ``tests`` runs on every Python that pyproject's classifiers claim. nox skips an interpreter
 it cannot find (and says so) unless ``--error-on-missing-interpreters`` is given, which is the
@@ -8,6 +8,8 @@ pyenv, whose shims answer only for the active versions, make them all active fir
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -59,6 +61,22 @@ def examples(session: nox.Session) -> None:
     """Only the tests that run every example as a real process."""
     session.install("-e", ".[dev]")
     session.run("python", "-m", "pytest", "-k", "example", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site, as CI builds it: ``mkdocs build --strict`` (a warning is an
+    error), into the session's temporary directory, so no ``site/`` is left in the tree.
+
+    ``nox -s docs -- serve`` runs ``mkdocs serve`` instead, rebuilding on every save.
+    """
+    session.install("-e", ".[docs]", "ruff")  # mkdocstrings formats signatures with ruff
+    session.env["NO_MKDOCS_2_WARNING"] = "1"  # mkdocs-material's banner, not a finding
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+        return
+    site = Path(session.create_tmp()) / "site"
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(site), *session.posargs)
 
 
 @nox.session(python=PYTHON)
