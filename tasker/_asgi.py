@@ -302,9 +302,11 @@ class _Plan:
     #: Awaited when the shutdown starts, before the listener closes (within the drain).
     hold: Callable[[], Awaitable[None]]
     probe: Probe | None
+    #: The port the socket was bound to (the one asked for, or the one port 0 gave).
+    bound: int = 0
 
     def listening(self, host: str, port: int) -> None:
-        logger.info("%s: listening on %s", self.name, _url(host, port))
+        logger.info("%s: listening on %s", self.name, _url(host, self.bound or port))
         if self.probe is not None:
             self.probe.set(True)
 
@@ -342,6 +344,7 @@ def _uvicorn_job(plan: _Plan, host: str, port: int, timeout: float | None, log_l
 
     async def serve() -> None:
         sock = _bind(host, port)
+        plan.bound = sock.getsockname()[1]
         logging.getLogger("uvicorn.error").addFilter(_CANCELLED_REQUESTS)
         try:
             await instance.serve(sockets=[sock])
@@ -397,6 +400,7 @@ def _hypercorn_job(
         # Bind here so "address in use" is a bare OSError, not one nested in hypercorn's
         # task groups; hypercorn adopts the descriptor through its fd:// binding.
         sock = _bind(host, port)
+        plan.bound = sock.getsockname()[1]
         try:
             config.bind = [f"fd://{os.dup(sock.fileno())}"]
         finally:
