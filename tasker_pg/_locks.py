@@ -31,9 +31,9 @@ import asyncpg
 
 from tasker import redact_dsn
 from tasker.backends import check_schedule_name as check_name
+from tasker.backends import to_seconds
 
 from ._connection import PoolSource, quote_identifier
-from ._durations import to_seconds
 from ._errors import LockKeyCollisionError
 
 __all__ = ["LockKeyCollisionError", "PostgresLockerFactory", "advisory_key"]
@@ -196,8 +196,8 @@ class PostgresLockerFactory:
         )
         if not isinstance(namespace, str) or not namespace:
             raise ValueError(f"namespace must be a non-empty string, got {namespace!r}")
-        self.check_interval = to_seconds(check_interval, "check_interval", positive=True)
-        self.check_timeout = to_seconds(check_timeout, "check_timeout", positive=True)
+        self.check_interval = to_seconds(check_interval, "check_interval", allow_zero=False)
+        self.check_timeout = to_seconds(check_timeout, "check_timeout", allow_zero=False)
         if not isinstance(idle_connections, int) or idle_connections < 0:
             raise ValueError(
                 f"idle_connections must be a non-negative int, got {idle_connections!r}"

@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 
 from tasker.backends import task_record_from_row as record_from_row
+from tasker.backends import to_seconds
 from tasker.queue import (
     EnqueueResult,
     GroupSpec,
@@ -39,7 +40,6 @@ from tasker.queue import (
 
 from ._clock import ServerClock
 from ._connection import PoolSource, quote_identifier
-from ._durations import to_seconds
 from ._listener import Listener
 from ._queue_sql import QueueStatements, claimed, history_entries, outcome_arrays, unstorable
 from ._queue_transactions import enqueue_on, finish_in_transaction, reap_grouped

@@ -9,9 +9,9 @@ from typing import Any
 import asyncpg
 
 from tasker import ScheduleState
+from tasker.backends import to_seconds
 
 from ._connection import PoolSource, quote_identifier
-from ._durations import to_seconds
 from ._schema import migrate_source
 
 __all__ = ["PostgresStateRepository"]

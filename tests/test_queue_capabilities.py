@@ -1,9 +1,11 @@
 """Declared capabilities: a broker-shaped backend with only the core, written on tasker's
-public API alone, runs tasks; whatever it lacks fails with an error naming the backend and
-the capability, at construction when a declaration is false, at the call otherwise."""
+public API alone, passes the contract machine's core rules and runs tasks; whatever it lacks
+fails with an error naming the backend and the capability, at construction when a
+declaration is false, at the call otherwise."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +28,9 @@ from tasker.queue import (
     Queue,
     SQLiteQueueBackend,
     TaskRecord,
+    TaskState,
 )
+from tasker.testing import queue_backend_machine
 from tasker_pg import PostgresQueueBackend
 
 from .test_queue import Running
@@ -35,14 +39,16 @@ pytestmark = pytest.mark.anyio
 
 
 class CoreOnly:
-    """The core protocol and nothing else, as a message broker could offer it: a list of
-    due tasks, leases by worker, no lookups, no unique keys, no chains or groups."""
+    """The core protocol and nothing else, as a message broker could offer it: due tasks by
+    priority, leases by worker that expire, no lookups, no unique keys, no chains or groups,
+    and no knowledge of when delayed work falls due (its waits end at new work or their
+    timeout)."""
 
     capabilities: frozenset[QueueCapability] = frozenset()
 
     def __init__(self) -> None:
-        self.queued: list[TaskRecord] = []
-        self.leased: dict[str, TaskRecord] = {}
+        #: Queued and running tasks; a task leaves when it succeeds or dies.
+        self.tasks: dict[str, TaskRecord] = {}
         self.settled: list[tuple[str, OutcomeKind]] = []
         self.work = anyio.Event()
 
@@ -53,7 +59,8 @@ class CoreOnly:
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
     ) -> list[EnqueueResult]:
         assert group is None
-        self.queued.extend(record_from_new(task) for task in tasks)
+        for task in tasks:
+            self.tasks[task.id] = record_from_new(task)
         self.work.set()
         return [EnqueueResult(id=t.id) for t in tasks]
 
@@ -67,21 +74,58 @@ class CoreOnly:
         now: float,
         exclude: Sequence[str] = (),
     ) -> list[TaskRecord]:
-        taken = [t for t in self.queued if t.queue in queues and t.run_at <= now][:limit]
+        mine = [t for t in self.tasks.values() if t.queue in queues and t.id not in exclude]
+        expired = sorted(
+            (t for t in mine if t.lease_until is not None and t.lease_until <= now),
+            key=lambda t: t.lease_until or 0.0,
+        )
+        taken: list[TaskRecord] = []
+        for record in expired:  # its worker is gone: claimed again, or dead after its last
+            if record.attempts >= record.max_attempts:
+                del self.tasks[record.id]
+                self.settled.append((record.id, OutcomeKind.DEAD))
+            elif len(taken) < limit:
+                taken.append(record)
+        due = [t for t in mine if t.state is TaskState.QUEUED and t.run_at <= now]
+        due.sort(key=lambda t: (-t.priority, t.run_at))  # stable: FIFO among equals
+        taken.extend(due[: limit - len(taken)])
         for record in taken:
-            self.queued.remove(record)
-            self.leased[record.id] = record
-        return taken
+            self.tasks[record.id] = dataclasses.replace(
+                record,
+                state=TaskState.RUNNING,
+                attempts=record.attempts + 1,
+                lease_owner=worker,
+                lease_until=now + lease,
+            )
+        return [self.tasks[t.id] for t in taken]
 
     async def heartbeat(
         self, worker: str, ids: Sequence[str], *, lease: float, now: float
     ) -> set[str]:
-        return {i for i in ids if i in self.leased}
+        held = {i for i in ids if i in self.tasks and self.tasks[i].lease_owner == worker}
+        for task_id in held:
+            self.tasks[task_id] = dataclasses.replace(self.tasks[task_id], lease_until=now + lease)
+        return held
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
         for outcome in outcomes:
-            self.leased.pop(outcome.id, None)
+            record = self.tasks.get(outcome.id)
+            if record is None or record.lease_owner != outcome.worker:
+                continue  # the lease was lost: a newer attempt owns the task
             self.settled.append((outcome.id, outcome.kind))
+            if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.DEAD):
+                del self.tasks[outcome.id]
+                continue
+            retry = outcome.kind is OutcomeKind.RETRY
+            self.tasks[outcome.id] = dataclasses.replace(
+                record,
+                state=TaskState.QUEUED,
+                lease_owner=None,
+                lease_until=None,
+                attempts=record.attempts if retry else record.attempts - 1,
+                run_at=outcome.retry_at if retry and outcome.retry_at else record.run_at,
+            )
+            self.work.set()
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         with anyio.move_on_after(timeout):
@@ -93,6 +137,10 @@ class CoreOnly:
 
     def __repr__(self) -> str:
         return "CoreOnly()"
+
+
+# The same contract machine as every backend: it gets the core rules and no others.
+TestCoreOnlyBackend = queue_backend_machine(CoreOnly).TestCase
 
 
 async def test_a_core_only_backend_runs_tasks() -> None:

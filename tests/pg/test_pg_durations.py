@@ -77,7 +77,7 @@ async def test_clock_resync_takes_a_timedelta(
         (
             lambda dsn: PostgresQueueBackend(dsn, clock_resync=timedelta(seconds=-1)),
             ValueError,
-            r"clock_resync must be >= 0 seconds, got datetime.timedelta\(days=-1",
+            r"clock_resync must be non-negative, got datetime.timedelta\(days=-1",
         ),
         (
             lambda dsn: PostgresStateRepository(dsn, clock_resync="30"),  # type: ignore[arg-type]
@@ -92,7 +92,12 @@ async def test_clock_resync_takes_a_timedelta(
         (
             lambda dsn: PostgresLockerFactory(dsn, check_timeout=float("nan")),
             ValueError,
-            "check_timeout must be a finite number of seconds, got nan",
+            "check_timeout must be finite, got nan",
+        ),
+        (
+            lambda dsn: PostgresQueueBackend(dsn, clock_resync=float("inf")),
+            ValueError,
+            "clock_resync must be finite, got inf",
         ),
         (
             lambda dsn: tasker_pg.scheduler(dsn, check_interval=True),
@@ -109,7 +114,8 @@ async def test_clock_resync_takes_a_timedelta(
 def test_bad_durations_name_the_parameter(
     pg_dsn: str, build: Any, error: type[Exception], message: str
 ) -> None:
-    """A negative, zero (for an interval), NaN or non-duration value fails at construction."""
+    """A negative, zero (for an interval), NaN, infinite or non-duration (bool, str) value
+    fails at construction, with tasker's own message naming the option."""
     with pytest.raises(error, match=message):
         build(pg_dsn)
 

@@ -189,7 +189,7 @@ async def test_now_between_readings_costs_no_query(
     assert sent == []
     assert timedelta(seconds=0.15) < second - first < timedelta(seconds=1)
     assert abs(server - second) < timedelta(milliseconds=50)
-    with pytest.raises(ValueError, match="clock_resync must be >= 0 seconds, got -1"):
+    with pytest.raises(ValueError, match="clock_resync must be non-negative, got -1"):
         PostgresStateRepository(pg_dsn, clock_resync=-1)
 
 

@@ -1,0 +1,146 @@
+"""The in-memory queue backend's state: its records, heaps and groups, and the helpers that
+keep them consistent (``MemoryQueueBackend`` in ``_memory`` builds on it).
+
+New and retried tasks wait in a heap by ``run_at``; a claim moves the due ones into one heap
+per queue ordered by (priority desc, run_at, arrival), so a delayed high-priority task never
+hides a due one. Running tasks sit in a heap by lease expiry. Stale heap entries (a task that
+moved on) are skipped lazily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+from collections.abc import Sequence
+
+import anyio
+
+from .._clock import SYSTEM_CLOCK, Clock
+from ._records import TERMINAL, GroupSpec, HistoryEntry, NewTask, TaskRecord, TaskState
+from ._rows import group_payload, record_from_new
+
+__all__ = ["LIVE", "MemoryState", "replace"]
+
+
+def replace(record: TaskRecord, **changes: object) -> TaskRecord:
+    """``dataclasses.replace`` without its per-call field introspection (hot path)."""
+    fields = {name: getattr(record, name) for name in _FIELDS}
+    fields.update(changes)
+    return TaskRecord(**fields)
+
+
+_FIELDS = tuple(TaskRecord.__dataclass_fields__)
+
+LIVE = frozenset({TaskState.HELD, TaskState.QUEUED, TaskState.RUNNING})
+
+
+class MemoryState:
+    """The stores of the in-memory backend, and how a task moves between them."""
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock = clock or SYSTEM_CLOCK
+        self._tasks: dict[str, TaskRecord] = {}
+        self._unique: dict[str, tuple[str, float | None]] = {}  # key -> (task id, until)
+        self._delayed: list[tuple[float, int, str]] = []
+        self._queued: dict[str, list[tuple[int, float, int, str]]] = {}
+        self._leases: list[tuple[float, int, str]] = []
+        self._groups: dict[str, GroupSpec] = {}
+        self._group_members: dict[str, list[str]] = {}
+        self._history: list[HistoryEntry] = []
+        self._seq = itertools.count()
+        self._work = anyio.Event()
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the backend was built with: what ``time()`` reads and waits follow."""
+        return self._clock
+
+    def _push(self, record: TaskRecord) -> None:
+        heapq.heappush(self._delayed, (record.run_at, next(self._seq), record.id))
+
+    def _promote(self, now: float) -> None:
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            run_at, seq, task_id = heapq.heappop(delayed)
+            record = self._tasks.get(task_id)
+            if record is None or record.state is not TaskState.QUEUED or record.run_at != run_at:
+                continue
+            heap = self._queued.setdefault(record.queue, [])
+            heapq.heappush(heap, (-record.priority, run_at, seq, task_id))
+
+    def _notify(self) -> None:
+        self._work.set()
+        self._work = anyio.Event()
+
+    def _duplicate_of(self, task: NewTask, now: float) -> str | None:
+        if task.unique_key is None:
+            return None
+        existing = self._unique.get(task.unique_key)
+        if existing is None:
+            return None
+        task_id, until = existing
+        record = self._tasks.get(task_id)
+        if record is None:
+            return None
+        if record.state in LIVE or (until is not None and now < until):
+            return task_id
+        return None
+
+    def _store(self, task: NewTask) -> None:
+        record = record_from_new(task)
+        self._tasks[task.id] = record
+        if task.unique_key is not None:
+            self._unique[task.unique_key] = (task.id, task.unique_until)
+        if record.state is TaskState.QUEUED:
+            self._push(record)
+
+    def _die(
+        self,
+        record: TaskRecord,
+        error: str,
+        traceback: str | None,
+        finished_at: float,
+        now: float,
+    ) -> None:
+        self._tasks[record.id] = replace(
+            record,
+            state=TaskState.DEAD,
+            lease_owner=None,
+            lease_until=None,
+            last_error=error,
+            traceback=traceback,
+            finished_at=finished_at,
+        )
+        self._group_member_done(record.id, now)
+
+    def _group_member_done(self, task_id: str, now: float) -> None:
+        record = self._tasks[task_id]
+        if record.group_id is None or record.group_id not in self._groups:
+            return
+        members = [self._tasks[m] for m in self._group_members[record.group_id]]
+        if any(m.state not in TERMINAL for m in members):
+            return
+        group = self._groups.pop(record.group_id)
+        if group.callback is not None:
+            ordered = sorted(members, key=lambda m: m.group_index or 0)
+            payload = group_payload(
+                [m.result if m.state is TaskState.SUCCEEDED else None for m in ordered]
+            )
+            # Due from now, as in the SQL backends: it was never runnable before.
+            self._store(dataclasses.replace(group.callback, payload=payload, run_at=now))
+            self._notify()
+
+    def next_run_at(self, queues: Sequence[str]) -> float | None:
+        """The earliest ``run_at`` of a queued task, or lease expiry of a running one, in
+        ``queues`` (None when there is neither)."""
+        times = [
+            t.lease_until if t.state is TaskState.RUNNING else t.run_at
+            for t in self._tasks.values()
+            if t.queue in queues
+            and (
+                t.state is TaskState.QUEUED
+                or (t.state is TaskState.RUNNING and t.lease_until is not None)
+            )
+        ]
+        return min((t for t in times if t is not None), default=None)
