@@ -16,11 +16,9 @@ Design notes:
 from __future__ import annotations
 
 import logging
-from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 import anyio
 
@@ -30,101 +28,29 @@ from .._errors import BackendConfigurationError
 from .._faults import permanent_fault
 from .._job import Job, check_job, job_name
 from .._readiness import Probe, optional_probe
-from .._redact import redact_dsn
 from .._state_dir import default_state_dir
 from .._stopping import Stopper, run_stoppable
 from ..abc import Locker, LockerFactory, StateRepository
 from ..schedule import Schedule
 from ._embedded import FileLockerFactory, SQLiteStateRepository
+from ._runs import (
+    CatchUp,
+    Counters,
+    Entry,
+    SchedulerStatistics,
+    current_slot,
+    latest_due,
+    next_state,
+    scheduled_slot,
+)
 from ._state import ScheduleState, check_name
 
 __all__ = ["CatchUp", "Scheduler", "SchedulerStatistics", "scheduled_slot"]
 
 logger = logging.getLogger("tasker.scheduler")
 
-CatchUp = Literal["once", "skip"]
-
-_current_slot: ContextVar[datetime | None] = ContextVar("tasker_scheduled_slot", default=None)
-
 #: How long an unlock may take before it is abandoned (it runs shielded from cancellation).
 _UNLOCK_TIMEOUT = 10.0
-
-
-def scheduled_slot() -> datetime | None:
-    """The slot the current scheduled run is for, or None outside a scheduled run.
-
-    A job run by :meth:`Scheduler.with_schedule` can use it to name the period it covers
-    (a nightly report for the slot's date, say).
-    """
-    return _current_slot.get()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SchedulerStatistics:
-    """Counters of a :class:`Scheduler` since it was created (all replicas count their own).
-
-    Attributes:
-        schedules: how many names are registered.
-        runs_started: runs this replica started.
-        runs_succeeded: runs that returned and were recorded as done.
-        runs_failed: runs that raised (their slot stays due and is retried).
-        runs_interrupted: runs stopped by a shutdown or a lost lock (their slot stays due).
-        lock_busy: times a due slot found another replica holding the lock.
-        slots_skipped: catch-ups dropped by ``catch_up="skip"``.
-        backend_errors: failed calls to the lock or state backend.
-    """
-
-    schedules: int
-    runs_started: int
-    runs_succeeded: int
-    runs_failed: int
-    runs_interrupted: int
-    lock_busy: int
-    slots_skipped: int
-    backend_errors: int
-
-
-def latest_due(schedule: Schedule, first: datetime, now: datetime) -> tuple[datetime, bool]:
-    """The latest slot at or before ``now``, given the first due one; and whether any was missed.
-
-    Walking slot by slot after a long outage of a per-second schedule would take millions of
-    steps, so look back from ``now`` with a doubling window first.
-    """
-    if schedule.next_after(first) > now:
-        return first, False
-    back = timedelta(seconds=1)
-    while True:
-        start = now - back
-        if start <= first:
-            candidate = first
-            break
-        candidate = schedule.next_after(start)
-        if candidate <= now:
-            break
-        back *= 2
-    while (following := schedule.next_after(candidate)) <= now:
-        candidate = following
-    return candidate, True
-
-
-@dataclass(slots=True)
-class _Counters:
-    runs_started: int = 0
-    runs_succeeded: int = 0
-    runs_failed: int = 0
-    runs_interrupted: int = 0
-    lock_busy: int = 0
-    slots_skipped: int = 0
-    backend_errors: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    name: str
-    schedule: Schedule
-    job: Job
-    catch_up: CatchUp
-    retry_delay: float
 
 
 class Scheduler:
@@ -194,9 +120,9 @@ class Scheduler:
         self._repository = repository
         self._lock_retry = to_seconds(lock_retry, "lock_retry", allow_zero=False)
         self._backend_backoff = backend_backoff
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._first_seen: dict[str, datetime] = {}
-        self._counters = _Counters()
+        self._counters = Counters()
         self._running: set[str] = set()
 
     @property
@@ -263,7 +189,7 @@ class Scheduler:
             raise ValueError(
                 f"Scheduler.with_schedule(): catch_up must be 'once' or 'skip', got {catch_up!r}"
             )
-        entry = _Entry(name, schedule, job, catch_up, to_seconds(retry_delay, "retry_delay"))
+        entry = Entry(name, schedule, job, catch_up, to_seconds(retry_delay, "retry_delay"))
         self._entries[name] = entry
 
         async def scheduled_job(ctx: Context) -> None:
@@ -313,12 +239,12 @@ class Scheduler:
     async def _now(self, ctx: Context) -> datetime:
         return await self._repository.now() or ctx.clock.now()
 
-    def _base(self, entry: _Entry, state: ScheduleState | None, now: datetime) -> datetime:
+    def _base(self, entry: Entry, state: ScheduleState | None, now: datetime) -> datetime:
         if state is not None:
             return state.last_slot
         return self._first_seen.setdefault(entry.name, now)
 
-    async def _loop(self, ctx: Context, entry: _Entry, probe: Probe | None) -> None:
+    async def _loop(self, ctx: Context, entry: Entry, probe: Probe | None) -> None:
         planned: datetime | None = None
         outage_attempts = 0
         while not ctx.done:
@@ -362,7 +288,7 @@ class Scheduler:
             if delay > 0 and not await ctx.sleep(delay):
                 return
 
-    async def _attempt(self, ctx: Context, entry: _Entry) -> tuple[datetime | None, float]:
+    async def _attempt(self, ctx: Context, entry: Entry) -> tuple[datetime | None, float]:
         """Try to run the due slot; return the next planned slot (or None) and a delay."""
         locker = self._lockers.locker(entry.name)
         if not await locker.try_lock():
@@ -381,7 +307,9 @@ class Scheduler:
                 logger.info(
                     "schedule %r: skipping missed slots from %s to %s", entry.name, first, slot
                 )
-                await self._repository.save(self._next_state(entry, state, now, slot=slot))
+                await self._repository.save(
+                    next_state(entry, self._first_seen.get(entry.name), state, now, slot=slot)
+                )
                 return entry.schedule.next_after(slot), 0.0
             if missed:
                 logger.info(
@@ -398,7 +326,7 @@ class Scheduler:
     async def _run(
         self,
         ctx: Context,
-        entry: _Entry,
+        entry: Entry,
         locker: Locker,
         state: ScheduleState | None,
         slot: datetime,
@@ -417,7 +345,7 @@ class Scheduler:
 
         self._counters.runs_started += 1
         self._running.add(entry.name)
-        token = _current_slot.set(slot)
+        token = current_slot.set(slot)
         child = ctx.child()
         error: Exception | None = None
         try:
@@ -428,7 +356,7 @@ class Scheduler:
         except Exception as exc:
             error = exc
         finally:
-            _current_slot.reset(token)
+            current_slot.reset(token)
             self._running.discard(entry.name)
 
         if lost:
@@ -452,50 +380,26 @@ class Scheduler:
                 exc_info=error,
             )
             await self._repository.save(
-                self._next_state(entry, state, started, finished=finished, error=error, slot=None)
+                next_state(
+                    entry,
+                    self._first_seen.get(entry.name),
+                    state,
+                    started,
+                    finished=finished,
+                    error=error,
+                    slot=None,
+                )
             )
             return None, entry.retry_delay
         await self._repository.save(
-            self._next_state(entry, state, started, finished=finished, slot=slot)
+            next_state(
+                entry,
+                self._first_seen.get(entry.name),
+                state,
+                started,
+                finished=finished,
+                slot=slot,
+            )
         )
         self._counters.runs_succeeded += 1
         return entry.schedule.next_after(slot), 0.0
-
-    def _next_state(
-        self,
-        entry: _Entry,
-        state: ScheduleState | None,
-        started: datetime,
-        *,
-        slot: datetime | None,
-        finished: datetime | None = None,
-        error: Exception | None = None,
-    ) -> ScheduleState:
-        name = entry.name
-        base = state or ScheduleState(name=name, last_slot=self._first_seen[name])
-        last_slot = slot or base.last_slot
-        next_due = entry.schedule.next_after(last_slot)
-        if finished is None:  # a skip: no run happened
-            return ScheduleState(
-                name=name,
-                last_slot=last_slot,
-                next_due=next_due,
-                last_started=base.last_started,
-                last_finished=base.last_finished,
-                last_error=base.last_error,
-                run_count=base.run_count,
-                failure_count=base.failure_count,
-            )
-        return ScheduleState(
-            name=name,
-            last_slot=last_slot,
-            next_due=next_due,
-            last_started=started,
-            last_finished=finished,
-            # Redacted before it is cut: a cut-off URL no longer shows where its password ends.
-            last_error=None
-            if error is None
-            else redact_dsn(f"{type(error).__name__}: {error}")[:2000],
-            run_count=base.run_count + (error is None),
-            failure_count=base.failure_count + (error is not None),
-        )
