@@ -238,11 +238,17 @@ def format_report(report: StatusReport) -> str:
         lines.append("(no tasks)")
     for queue, age in sorted(report.oldest_waiting.items()):
         lines.append(f"oldest waiting in {queue}: {age:.1f}s")
-    lines += ["", f"{'worker':40} {'tasks':>5}  lease ends in"]
+    lines += ["", f"{'worker':36} {'queues':20} {'busy':>9} {'seen':>8} {'leases':>6}  ends in"]
     for row in report.workers:
-        lines.append(f"{row['worker'][:40]:40} {row['tasks']:5}  {row['lease_ends_in']:.1f}s")
+        busy = "-" if row["running"] is None else f"{row['running']}/{row['concurrency']}"
+        seen = "-" if row["last_seen_ago"] is None else f"{row['last_seen_ago']:.0f}s ago"
+        ends = "-" if row["lease_ends_in"] is None else f"{row['lease_ends_in']:.1f}s"
+        queues = ",".join(row["queues"] or []) or "-"
+        lines.append(
+            f"{row['worker'][:36]:36} {queues[:20]:20} {busy:>9} {seen:>8} {row['tasks']:6}  {ends}"
+        )
     if not report.workers:
-        lines.append("(no worker holds a lease)")
+        lines.append("(no worker running)")
     return "\n".join(lines)
 
 

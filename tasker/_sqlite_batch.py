@@ -57,7 +57,9 @@ class _Call:
         self.write = write
         self.result: Any = None
         self.error: Exception | None = None
-        self.done = anyio.Event()
+        #: Answered (``result`` or ``error`` is set). A flag, not an event: callers wait on
+        #: the connection's progress, and an event per call would cost more than its wait.
+        self.done = False
         #: Its caller gave up before the thread ran it: the thread skips it.
         self.withdrawn = False
 
@@ -108,7 +110,8 @@ class BatchedConnection:
         #: Batches sent and not yet run (counted by both threads, under ``_counter``).
         self._in_flight = 0
         self._counter = threading.Lock()
-        self._progress = anyio.Event()
+        #: Set when a batch was answered or the drainer left; made by the first waiter.
+        self._progress: anyio.Event | None = None
         self._thread: _Thread | None = None
 
     def close(self) -> None:
@@ -134,11 +137,13 @@ class BatchedConnection:
         call = _Call(func, arg, write)
         self._pending.append(call)
         try:
-            while not call.done.is_set():
+            while not call.done:
                 if self._pending and not self._draining:
                     await self._drain()  # calls wait to be sent, and nobody sends them
-                else:
-                    await self._progress.wait()  # sent, or being sent: wait for an answer
+                else:  # sent, or being sent: wait for an answer
+                    if self._progress is None:
+                        self._progress = anyio.Event()
+                    await self._progress.wait()
         except BaseException:
             # Given up: a call not yet run never runs (a race with the thread's start of
             # its batch may still let it run, as with any cancelled database call).
@@ -168,8 +173,9 @@ class BatchedConnection:
             self._wake()
 
     def _wake(self) -> None:
-        self._progress.set()
-        self._progress = anyio.Event()
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.set()
 
     def _send(self, batch: _Batch) -> None:
         if self._thread is None or not self._thread.thread.is_alive():
@@ -204,7 +210,7 @@ class BatchedConnection:
 
     def _answered(self, batch: _Batch) -> None:
         for item in batch.calls:
-            item.done.set()
+            item.done = True
         batch.done.set()
         self._wake()
 

@@ -151,11 +151,35 @@ async def _queue(queue: Queue, report: StatusReport) -> None:
         if task.run_at <= now:
             age = now - task.run_at
             report.oldest_waiting[task.queue] = max(report.oldest_waiting.get(task.queue, 0), age)
-    leases: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    if QueueCapability.WORKERS in backend.capabilities:  # idle workers too
+        for worker in await backend.workers(now=now):
+            rows[worker.id] = _worker_row(worker.id) | {
+                "queues": list(worker.queues),
+                "concurrency": worker.concurrency,
+                "running": worker.running,
+                "last_seen_ago": round(now - worker.last_seen, 3),
+            }
     for task in await backend.tasks(state=TaskState.RUNNING, limit=SCAN_LIMIT):
         owner = task.lease_owner or "?"
-        row = leases.setdefault(owner, {"worker": owner, "tasks": 0, "lease_ends_in": -1e9})
+        row = rows.setdefault(owner, _worker_row(owner))
         row["tasks"] += 1
         if task.lease_until is not None:
-            row["lease_ends_in"] = max(row["lease_ends_in"], task.lease_until - now)
-    report.workers += sorted(leases.values(), key=lambda row: row["worker"])
+            ends = round(task.lease_until - now, 3)
+            row["lease_ends_in"] = (
+                ends if row["lease_ends_in"] is None else max(row["lease_ends_in"], ends)
+            )
+    report.workers += sorted(rows.values(), key=lambda row: row["worker"])
+
+
+def _worker_row(worker: str) -> dict[str, Any]:
+    """A worker's status row: registry fields None when the backend keeps no registry."""
+    return {
+        "worker": worker,
+        "queues": None,
+        "concurrency": None,
+        "running": None,
+        "last_seen_ago": None,
+        "tasks": 0,
+        "lease_ends_in": None,
+    }

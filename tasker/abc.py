@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         Outcome,
         TaskRecord,
         TaskState,
+        WorkerInfo,
     )
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "ScheduleState",
     "StateRepository",
     "TransactionalEnqueue",
+    "WorkerRegistry",
 ]
 
 
@@ -166,6 +168,8 @@ class QueueCapability(enum.Enum):
     FINISH_AND_CLAIM = "finish and claim in one call"
     #: Enqueue inside the caller's own database transaction: :class:`TransactionalEnqueue`.
     TRANSACTIONAL_ENQUEUE = "enqueue inside the caller's transaction"
+    #: Know the running workers, idle ones too: :class:`WorkerRegistry`.
+    WORKERS = "a registry of running workers"
 
 
 @runtime_checkable
@@ -363,4 +367,27 @@ class TransactionalEnqueue(Protocol):
         Raises:
             ValueError: if ``connection`` is not inside a transaction.
         """
+        ...
+
+
+@runtime_checkable
+class WorkerRegistry(Protocol):
+    """``QueueCapability.WORKERS``: which workers run, busy or idle (for status displays).
+
+    Nothing depends on it for correctness (leases do that): a worker's calls are best
+    effort, and a failed one is retried at its next heartbeat. A cancelled call leaves the
+    previous entry, or none.
+    """
+
+    async def worker_seen(self, worker: WorkerInfo) -> None:
+        """Insert or replace the entry of ``worker.id``."""
+        ...
+
+    async def worker_gone(self, worker_id: str) -> None:
+        """Remove the entry of ``worker_id`` (a no-op if there is none)."""
+        ...
+
+    async def workers(self, *, now: float) -> list[WorkerInfo]:
+        """The entries whose ``expires_at`` is after ``now``, by id (expired ones may be
+        deleted on the way)."""
         ...

@@ -45,6 +45,7 @@ from ._queue_sql import QueueStatements, claimed, history_entries, outcome_array
 from ._queue_transactions import enqueue_on, finish_in_transaction, reap_grouped
 from ._schema import migrate_source
 from ._status import QueueStatus, queue_status
+from ._workers import WorkerRegistryMethods
 
 __all__ = ["PostgresQueueBackend"]
 
@@ -56,7 +57,7 @@ logger = logging.getLogger("tasker_pg")
 _SERVER_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 
-class PostgresQueueBackend:
+class PostgresQueueBackend(WorkerRegistryMethods):
     """:class:`tasker.queue.QueueBackend` on Postgres (asyncpg, asyncio only).
 
     Declares every capability (:class:`tasker.abc.QueueCapability`). Run

@@ -117,6 +117,21 @@ class QueueStatements:
         self.live_with_key = f"select id from {tasks} where unique_key = $1 and {_LIVE}"  # noqa: S608
         self.insert_group = f"insert into {groups} (id, size, callback) values ($1, $2, $3)"  # noqa: S608
         self.notify = "select pg_notify($1, $2)"
+        # -- the worker registry
+        workers = f"{schema}.queue_workers"
+        self.worker_seen = (
+            f"insert into {workers} (id, queues, concurrency, running, started_at,"  # noqa: S608
+            " last_seen, expires_at) values ($1, $2, $3, $4, $5, $6, $7)"
+            " on conflict (id) do update set queues = excluded.queues,"
+            " concurrency = excluded.concurrency, running = excluded.running,"
+            " last_seen = excluded.last_seen, expires_at = excluded.expires_at"
+        )
+        self.worker_gone = f"delete from {workers} where id = $1"  # noqa: S608
+        self.workers_expire = f"delete from {workers} where expires_at <= $1"  # noqa: S608
+        self.workers = (
+            f"select id, queues, concurrency, running, started_at, last_seen, expires_at"  # noqa: S608
+            f" from {workers} where expires_at > $1 order by id"
+        )
         # -- claim, heartbeat, finish
         self.claim = (
             f"with{self._claim_ctes(1, '$6')}"  # noqa: S608 - validated identifiers
@@ -139,7 +154,8 @@ class QueueStatements:
         )
         self.finish = (
             f"with{self._finish_ctes()}"  # noqa: S608 - validated identifiers
-            " select id, queue, kind in ('retry', 'released'), group_id is not null from held"
+            " select id, queue, kind in ('retry', 'released', 'interrupted'),"
+            " group_id is not null from held"
         )
         # One snapshot for both parts: a task requeued by an outcome here is claimable by
         # the next claim, not this one; $16 (the outcomes' own tasks and the caller's
@@ -148,7 +164,8 @@ class QueueStatements:
             f"with{self._finish_ctes()},{self._claim_ctes(11, '$16', _UNGROUPED)}"  # noqa: S608 - validated identifiers
             f" select c.*, f.grouped, f.requeued, f.grouped_ids from (select"
             f" {self._grouped_expired(11, '$16')},"
-            " (select array_agg(distinct queue) from held where kind in ('retry', 'released'))"
+            " (select array_agg(distinct queue) from held"
+            " where kind in ('retry', 'released', 'interrupted'))"
             " as requeued,"
             " (select array_agg(id) from held where group_id is not null) as grouped_ids) f"
             " left join claimed c on true"
@@ -303,15 +320,16 @@ class QueueStatements:
             " state = case h.kind when 'succeeded' then 'succeeded' when 'dead' then 'dead'"
             " else 'queued' end,"
             " lease_owner = null, lease_until = null,"
-            " attempts = case when h.kind = 'released' then t.attempts - 1 else t.attempts end,"
+            " attempts = case when h.kind in ('released', 'interrupted') then t.attempts - 1"
+            " else t.attempts end,"
             " run_at = case when h.kind = 'retry' then h.retry_at else t.run_at end,"
             " result = case when h.kind = 'succeeded' then h.result else t.result end,"
             " result_expires = case when h.kind = 'succeeded' then h.expires"
             " else t.result_expires end,"
-            " last_error = case h.kind when 'succeeded' then null when 'released'"
-            " then t.last_error else h.error end,"
-            " traceback = case h.kind when 'succeeded' then null when 'released'"
-            " then t.traceback else h.trace end,"
+            " last_error = case when h.kind = 'succeeded' then null"
+            " when h.kind in ('released', 'interrupted') then t.last_error else h.error end,"
+            " traceback = case when h.kind = 'succeeded' then null"
+            " when h.kind in ('released', 'interrupted') then t.traceback else h.trace end,"
             " finished_at = case when h.kind in ('succeeded', 'dead') then h.finished"
             " else t.finished_at end"
             f" from held h where t.id = h.id{alone} returning t.id),"

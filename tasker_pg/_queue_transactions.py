@@ -105,7 +105,11 @@ async def finish_in_transaction(
                 for follow_up in by_id[task_id].follow_ups:
                     await _insert(conn, sql, follow_up)
                     queues.add(follow_up.queue)
-            if kind in (OutcomeKind.RETRY.value, OutcomeKind.RELEASED.value):
+            if kind in (
+                OutcomeKind.RETRY.value,
+                OutcomeKind.RELEASED.value,
+                OutcomeKind.INTERRUPTED.value,
+            ):
                 queues.add(queue)
             elif group_id is not None:
                 members[task_id] = group_id

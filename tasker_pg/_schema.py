@@ -101,6 +101,12 @@ def _queue_ddl(schema: str) -> list[str]:
                     started_at double precision not null, finished_at double precision not null,
                     outcome text not null, error text)""",
         f"create index if not exists queue_history_task on {history} (task_id)",
+        # The worker registry (QueueCapability.WORKERS): idle workers too, for status.
+        f"""create table if not exists {schema}.queue_workers (
+                    id text primary key, queues text[] not null, concurrency integer not null,
+                    running integer not null, started_at double precision not null,
+                    last_seen double precision not null,
+                    expires_at double precision not null)""",
     ]
 
 

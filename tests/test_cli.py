@@ -50,7 +50,7 @@ def test_status_shows_schedules_that_never_ran_and_json_parses(tmp_path: Path) -
     table = completed(tasker_cmd("status", "--app", "tests.cli_app", state=tmp_path))
     assert table.returncode == 0, table.stderr
     assert "nightly" in table.stdout
-    assert "(no worker holds a lease)" in table.stdout
+    assert "(no worker running)" in table.stdout
 
 
 def test_worker_drains_on_sigterm(tmp_path: Path) -> None:
@@ -136,3 +136,37 @@ def test_help_is_plain_prose(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert "``" not in result.stdout
         assert ":func:" not in result.stdout
+
+
+def test_status_shows_an_idle_worker(tmp_path: Path) -> None:
+    """A worker with nothing to do is listed (the registry), then gone once it stopped."""
+    proc = tasker_cmd(
+        "worker", "tests.cli_app:queue", "--queue", "emails", state=tmp_path, wait=False
+    )
+    assert isinstance(proc, subprocess.Popen)
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 20
+        while "ready: worker" not in proc.stderr.readline():
+            assert time.monotonic() < deadline, "the worker never said it was ready"
+        running = json.loads(
+            completed(
+                tasker_cmd("status", "--app", "tests.cli_app:queue", "--json", state=tmp_path)
+            ).stdout
+        )
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    (worker,) = running["workers"]
+    assert worker["queues"] == ["emails"]
+    assert (worker["running"], worker["concurrency"], worker["tasks"]) == (0, 10, 0)
+    stopped = json.loads(
+        completed(
+            tasker_cmd("status", "--app", "tests.cli_app:queue", "--json", state=tmp_path)
+        ).stdout
+    )
+    assert stopped["workers"] == []

@@ -58,7 +58,7 @@ def _unwritable_dir(tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
     return directory, (setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}")
 
 
-@pytest.mark.parametrize("mode", ["embedded"])
+@pytest.mark.parametrize("mode", ["embedded", "sqlite-queue"])
 def test_an_unwritable_state_dir_stops_the_program(tmp_path: Path, mode: str) -> None:
     """Exit 1 within seconds; the message says what is wrong and how to fix it."""
     directory, prefix = _unwritable_dir(tmp_path)

@@ -334,8 +334,11 @@ async def test_shutdown_drains_running_tasks(backend: QueueBackend) -> None:
     assert states == [TaskState.SUCCEEDED] * 3
 
 
-async def test_hard_stop_hands_tasks_back_uncounted(backend: QueueBackend) -> None:
-    """A task cut off at the end of the grace period returns to the queue, uncounted.
+async def test_hard_stop_hands_tasks_back_uncounted(
+    backend: QueueBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task cut off at the end of the grace period returns to the queue, uncounted, with
+    a history row saying it was interrupted and a log line naming it.
 
     The hand-back has the worker's margin (a fifth of the grace, at most a second): with a
     grace of 0.5 s, 100 ms, of which the hand-back may use 75 ms, ample for one write even
@@ -359,6 +362,11 @@ async def test_hard_stop_hands_tasks_back_uncounted(backend: QueueBackend) -> No
     info = await queue.get(task.id)
     assert info is not None
     assert (info.state, info.attempts) == (TaskState.QUEUED, 0)
+    (entry,) = await queue.history(task_id=task.id)
+    assert (entry.outcome, entry.attempt) == ("interrupted", 1)
+    assert entry.error is not None
+    assert entry.error.startswith("interrupted: cut off by the shutdown after ")
+    assert f"task stuck {task.id} (attempt 1) was cut off by the shutdown" in caplog.text
 
 
 async def test_bad_input_fails_early(backend: QueueBackend) -> None:

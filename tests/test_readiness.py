@@ -164,3 +164,23 @@ async def test_a_scheduler_is_ready_once_its_backends_answered() -> None:
         "shutting_down": False,
         "probes": {"schedule 'tick'": "ready"},
     }
+
+
+async def test_a_worker_is_ready_once_it_claims() -> None:
+    """The worker's probe: ready after its first claim, gone when it stops."""
+    from tasker.queue import MemoryQueueBackend, Queue
+
+    queue = Queue(MemoryQueueBackend())
+    reports: list[dict[str, object]] = []
+    worker = queue.worker(poll=0.05)
+
+    async def observe(ctx: Context) -> None:
+        readiness = tasker.current_readiness()
+        with anyio.fail_after(5):
+            await readiness.wait()
+        reports.append(readiness.report())
+
+    await tasker.run(tasker.concurrence(observe, worker), shutdown_trigger=lambda: anyio.sleep(0.3))
+    assert reports == [
+        {"ready": True, "shutting_down": False, "probes": {f"worker {worker.worker_id}": "ready"}}
+    ]

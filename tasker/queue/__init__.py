@@ -17,6 +17,7 @@ from ._backend import (
     QueueCapability,
     QueueInspection,
     TransactionalEnqueue,
+    WorkerRegistry,
 )
 from ._chain import Step
 from ._current import RunningTask, current_task
@@ -33,6 +34,7 @@ from ._records import (
     OutcomeKind,
     TaskRecord,
     TaskState,
+    WorkerInfo,
 )
 from ._retention import Retention
 from ._serializer import JSONSerializer, Serializer
@@ -72,6 +74,8 @@ __all__ = [
     "UnknownTaskError",
     "UnstorableRecordError",
     "Worker",
+    "WorkerInfo",
+    "WorkerRegistry",
     "WorkerStatistics",
     "current_task",
 ]

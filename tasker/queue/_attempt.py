@@ -25,3 +25,5 @@ class Attempt:
     lost: bool = False
     #: The context was stopped with LEASE_LOST (confirmed, or not renewed in time).
     stopped: bool = False
+    #: ``time.monotonic()`` when its handler started (None: never started).
+    began: float | None = None

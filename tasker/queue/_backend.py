@@ -9,6 +9,7 @@ from ..abc import (
     QueueCapability,
     QueueInspection,
     TransactionalEnqueue,
+    WorkerRegistry,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "QueueCapability",
     "QueueInspection",
     "TransactionalEnqueue",
+    "WorkerRegistry",
 ]

@@ -20,6 +20,7 @@ from ..abc import (
     QueueCapability,
     QueueInspection,
     TransactionalEnqueue,
+    WorkerRegistry,
 )
 from ._errors import MissingCapabilityError
 from ._records import NewTask
@@ -34,6 +35,7 @@ _PROTOCOLS: dict[QueueCapability, type] = {
     QueueCapability.ADMINISTRATION: QueueAdministration,
     QueueCapability.FINISH_AND_CLAIM: FinishAndClaim,
     QueueCapability.TRANSACTIONAL_ENQUEUE: TransactionalEnqueue,
+    QueueCapability.WORKERS: WorkerRegistry,
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from ..abc import QueueCapability
 from ._core import QueueCore
 from ._info import TaskInfo
-from ._records import HistoryEntry, TaskRecord, TaskState
+from ._records import HistoryEntry, TaskRecord, TaskState, WorkerInfo
 
 __all__ = ["InspectionMethods"]
 
@@ -65,3 +65,9 @@ class InspectionMethods(QueueCore):
         inspection = self._require(QueueCapability.INSPECTION, "Queue.history()")
         entries: list[HistoryEntry] = await inspection.history(task_id=task_id, limit=limit)
         return entries
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The running workers, idle ones too, by id (``QueueCapability.WORKERS``)."""
+        registry = self._require(QueueCapability.WORKERS, "Queue.workers()")
+        found: list[WorkerInfo] = await registry.workers(now=await self._now())
+        return found

@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 
 from ._memory_state import LIVE, MemoryState, replace
-from ._records import HistoryEntry, TaskRecord, TaskState
+from ._records import HistoryEntry, TaskRecord, TaskState, WorkerInfo
 
 __all__ = ["MemoryAdministration"]
 
@@ -128,3 +128,22 @@ class MemoryAdministration(MemoryState):
         if history_before is not None:
             self._history = [h for h in self._history if h.finished_at >= history_before]
         return len(expired)
+
+    # -- the worker registry -----------------------------------------------------------
+
+    async def worker_seen(self, worker: WorkerInfo) -> None:
+        """Insert or replace ``worker``'s entry."""
+        self._workers[worker.id] = worker
+        await anyio.lowlevel.checkpoint()
+
+    async def worker_gone(self, worker_id: str) -> None:
+        """Remove ``worker_id``'s entry."""
+        self._workers.pop(worker_id, None)
+        await anyio.lowlevel.checkpoint()
+
+    async def workers(self, *, now: float) -> list[WorkerInfo]:
+        """The live entries, by id; expired ones are dropped."""
+        for worker_id in [w.id for w in self._workers.values() if w.expires_at <= now]:
+            del self._workers[worker_id]
+        await anyio.lowlevel.checkpoint()
+        return sorted(self._workers.values(), key=lambda worker: worker.id)

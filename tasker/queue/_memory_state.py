@@ -17,7 +17,15 @@ from collections.abc import Sequence
 import anyio
 
 from .._clock import SYSTEM_CLOCK, Clock
-from ._records import TERMINAL, GroupSpec, HistoryEntry, NewTask, TaskRecord, TaskState
+from ._records import (
+    TERMINAL,
+    GroupSpec,
+    HistoryEntry,
+    NewTask,
+    TaskRecord,
+    TaskState,
+    WorkerInfo,
+)
 from ._rows import group_payload, record_from_new
 
 __all__ = ["LIVE", "MemoryState", "replace"]
@@ -48,6 +56,7 @@ class MemoryState:
         self._groups: dict[str, GroupSpec] = {}
         self._group_members: dict[str, list[str]] = {}
         self._history: list[HistoryEntry] = []
+        self._workers: dict[str, WorkerInfo] = {}
         self._seq = itertools.count()
         self._work = anyio.Event()
 

@@ -1,8 +1,8 @@
 """How a worker records outcomes: batched flushes, poison isolation, a bounded stop.
 
-A mixin of :class:`tasker.queue.Worker` (the state it uses is declared below): the worker
-runs tasks and holds leases; this part gets their outcomes into the backend. See the design
-notes of ``tasker.queue._worker``.
+A mixin of :class:`tasker.queue.Worker` (see ``tasker.queue._worker_state``): the other
+parts run tasks and hold leases; this one gets their outcomes into the backend. See the
+design notes of ``tasker.queue._worker``.
 """
 
 from __future__ import annotations
@@ -10,23 +10,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
 
 import anyio
 
-from .._backoff import Backoff
-from .._context import Context
-from ..abc import QueueBackend
 from ._attempt import Attempt
 from ._errors import is_data_error
 from ._failures import ERROR_LIMIT
 from ._records import Outcome, OutcomeKind, TaskRecord
+from ._worker_state import BACKEND_BACKOFF, WorkerState
 
-__all__ = ["BACKEND_BACKOFF", "Recording"]
+__all__ = ["Recording"]
 
 logger = logging.getLogger("tasker.queue")
-
-BACKEND_BACKOFF = Backoff(initial=0.2, maximum=10.0)
 
 
 def _ascii(text: str | None, limit: int) -> str | None:
@@ -35,37 +30,8 @@ def _ascii(text: str | None, limit: int) -> str | None:
     return text.encode("ascii", "backslashreplace").decode("ascii")[:limit]
 
 
-class Recording:
-    """Outcome recording for the worker (a mixin: the worker provides the state below)."""
-
-    backend: QueueBackend
-    worker_id: str
-    queues: list[str]
-    lease: float
-    running: dict[str, Attempt]
-    reporting: set[str]
-    completed: int
-    leases_lost: int
-    _ctx: Context | None
-    _reserved: int
-    _finish_and_claim: Any
-    _pending_outcomes: list[tuple[Outcome, Attempt, anyio.Event]]
-    _flushing: bool
-    _shielded: set[anyio.CancelScope]
-    _give_up_at: float | None
-    _abandoned: bool
-
-    async def _now(self) -> float:
-        raise NotImplementedError
-
-    def _free(self) -> int:
-        raise NotImplementedError
-
-    def _forget(self, attempt: Attempt, when: str) -> None:
-        raise NotImplementedError
-
-    async def _hand_to_runners(self, records: list[TaskRecord], sent: float) -> None:
-        raise NotImplementedError
+class Recording(WorkerState):
+    """Outcome recording: one flush at a time carries every outcome reported meanwhile."""
 
     async def _report(self, outcome: Outcome, attempt: Attempt) -> None:
         """Record an outcome; outcomes reported meanwhile are flushed together.
@@ -75,9 +41,13 @@ class Recording:
         outage it retries with backoff (the leases keep the tasks meanwhile) until the
         worker stops.
         """
-        done = anyio.Event()
-        self._pending_outcomes.append((outcome, attempt, done))
+        self._pending_outcomes.append((outcome, attempt))
         if self._flushing:
+            # One event per batch, not per reporter: it is set when the flush of the
+            # outcomes pending now ends.
+            done = self._pending_done
+            if done is None:
+                done = self._pending_done = anyio.Event()
             await done.wait()
             return
         self._flushing = True
@@ -89,40 +59,56 @@ class Recording:
             scope.cancel()
         try:
             with scope:
-                # One turn of the event loop first: tasks that finish in the same turn (a
-                # claimed batch of quick tasks) join this flush instead of waiting for the next.
-                await anyio.lowlevel.checkpoint()
+                # One turn of the event loop first, while another handler may finish in it
+                # (a claimed batch of quick tasks): it joins this flush instead of waiting
+                # for the next. When every attempt held is being recorded, none can.
+                if len(self.running) > len(self.reporting):
+                    await anyio.lowlevel.checkpoint()
                 while self._pending_outcomes:
                     batch, self._pending_outcomes = self._pending_outcomes, []
+                    done, self._pending_done = self._pending_done, None
                     try:
-                        await self._flush([(outcome, attempt) for outcome, attempt, _ in batch])
+                        await self._flush(batch)
                     finally:
-                        for _, _, event in batch:
-                            event.set()
+                        if done is not None:
+                            done.set()
         finally:
             self._shielded.discard(scope)
             self._flushing = False
             left, self._pending_outcomes = self._pending_outcomes, []
-            for _, _, event in left:
-                event.set()
+            done, self._pending_done = self._pending_done, None
+            if done is not None:
+                done.set()
             if left:
                 logger.warning(
                     "worker %s: stopping with %d outcome(s) not recorded (%s); their leases"
                     " will expire and they will run again",
                     self.worker_id,
                     len(left),
-                    ", ".join(outcome.id for outcome, _, _ in left),
+                    ", ".join(outcome.id for outcome, _ in left),
                 )
 
-    async def _flush(self, reported: list[tuple[Outcome, Attempt]]) -> None:
-        reported = [(o, a) for o, a in reported if not self._discarded(a, "when it ended")]
+    async def _flush(self, batch: list[tuple[Outcome, Attempt]]) -> None:
+        # One monotonic reading serves the overdue check and the claim's lease age: nothing
+        # awaits between them.
+        sent = time.monotonic()
+        lease = self.lease
+        reported: list[tuple[Outcome, Attempt]] = []
+        overdue = False
+        for outcome, attempt in batch:
+            if attempt.lost:
+                self._forget(attempt, "when it ended")
+                continue
+            reported.append((outcome, attempt))
+            if sent - attempt.renewed >= lease:
+                overdue = True
         outcomes = [outcome for outcome, _ in reported]
         claimed: list[TaskRecord] = []
         recorded = False
-        sent = time.monotonic()
         try:
-            reported = await self._check_overdue(reported)
-            outcomes = [outcome for outcome, _ in reported]
+            if overdue:
+                reported = await self._check_overdue(reported, sent)
+                outcomes = [outcome for outcome, _ in reported]
             if not outcomes:
                 recorded = True
                 return
@@ -136,11 +122,11 @@ class Recording:
                 try:
                     claimed = await combined(
                         outcomes,
-                        now=await self._now(),
+                        now=await self._time.now(),
                         queues=self.queues,
                         limit=free,
                         worker=self.worker_id,
-                        lease=self.lease,
+                        lease=lease,
                         exclude=list(self.running),
                     )
                     recorded = True
@@ -165,50 +151,13 @@ class Recording:
                 )
             # No longer ours, at once: a heartbeat answered meanwhile no longer lists
             # them, and must not take them for lost before their runners wake up.
+            running = self.running
             for outcome, attempt in reported:
-                if self.running.get(outcome.id) is attempt:  # not a newer claim of the task
-                    del self.running[outcome.id]
+                if running.get(outcome.id) is attempt:  # not a newer claim of the task
+                    del running[outcome.id]
                     self.reporting.discard(outcome.id)
         if claimed:
             await self._hand_to_runners(claimed, sent)
-
-    def _discarded(self, attempt: Attempt, when: str) -> bool:
-        if attempt.lost:
-            self._forget(attempt, when)
-            return True
-        return False
-
-    async def _check_overdue(
-        self, reported: list[tuple[Outcome, Attempt]]
-    ) -> list[tuple[Outcome, Attempt]]:
-        """Ask about leases not renewed for a whole lease: report only those still held.
-
-        A worker that was paused past its lease (SIGSTOP, a long GC pause, a suspended
-        machine) may have lost its tasks to another worker while it slept.
-        """
-        now = time.monotonic()
-        overdue = [a for _, a in reported if now - a.renewed >= self.lease]
-        if not overdue:
-            return reported
-        try:
-            held = await self.backend.heartbeat(
-                self.worker_id,
-                [a.record.id for a in overdue],
-                lease=self.lease,
-                now=await self._now(),
-            )
-        except Exception:
-            return reported  # cannot tell: the backend's owner check decides
-        kept = []
-        for outcome, attempt in reported:
-            if attempt in overdue and attempt.record.id not in held:
-                attempt.lost = True
-                self.leases_lost += 1
-                self._forget(attempt, "when it ended")
-            else:
-                attempt.renewed = now
-                kept.append((outcome, attempt))
-        return kept
 
     async def _record(self, outcomes: list[Outcome]) -> bool:
         """Record ``outcomes``, isolating any the backend cannot store; False if stopped.
@@ -223,7 +172,7 @@ class Recording:
         outage = 0
         while True:
             try:
-                await self.backend.finish(pending, now=await self._now())
+                await self.backend.finish(pending, now=await self._time.now())
                 break
             except Exception as exc:
                 error: Exception = exc
@@ -259,7 +208,7 @@ class Recording:
                 forms = forms[1:]  # the original was just refused alone
             for form in forms:
                 try:
-                    await self.backend.finish([form], now=await self._now())
+                    await self.backend.finish([form], now=await self._time.now())
                 except Exception as exc:
                     if not is_data_error(exc):
                         return pending[index:]  # an outage: the rest waits for the backend

@@ -19,6 +19,7 @@ __all__ = [
     "OutcomeKind",
     "TaskRecord",
     "TaskState",
+    "WorkerInfo",
 ]
 
 
@@ -116,8 +117,12 @@ class OutcomeKind(enum.Enum):
     RETRY = "retry"
     #: Failed its last attempt.
     DEAD = "dead"
-    #: Cut off by a shutdown: back to the queue, the attempt not counted.
+    #: Handed back before it started (a stopping worker's claims): back to the queue, the
+    #: attempt not counted, no history row.
     RELEASED = "released"
+    #: Cut off by a shutdown while it ran: back to the queue, the attempt not counted, and a
+    #: history row (``outcome="interrupted"``) saying so.
+    INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,3 +161,30 @@ class HistoryEntry:
     def duration(self) -> float:
         """Seconds the attempt took."""
         return self.finished_at - self.started_at
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """A running worker as the registry knows it (``QueueCapability.WORKERS``).
+
+    A worker says it is alive when it starts and at every heartbeat (every ``lease / 3``),
+    busy or idle, and says goodbye when it stops. One that stops saying anything (killed)
+    drops out once ``expires_at`` passes.
+
+    Attributes:
+        id: the worker's id (its lease owner name).
+        queues: the queues it takes tasks from.
+        concurrency: how many tasks it runs at most.
+        running: how many it ran at its last heartbeat.
+        started_at: when it started (backend clock).
+        last_seen: its last heartbeat (backend clock).
+        expires_at: when it counts as gone without a newer heartbeat (backend clock).
+    """
+
+    id: str
+    queues: tuple[str, ...]
+    concurrency: int
+    running: int
+    started_at: float
+    last_seen: float
+    expires_at: float

@@ -42,6 +42,7 @@ from ._rows import (
     history_from_row,
     record_from_row,
 )
+from ._sqlite_workers import SQLiteWorkerRegistry
 
 __all__ = ["SQLiteQueueBackend", "default_queue_path"]
 
@@ -59,7 +60,7 @@ def default_queue_path() -> Path:
     return default_state_dir() / "queue.sqlite3"
 
 
-class SQLiteQueueBackend:
+class SQLiteQueueBackend(SQLiteWorkerRegistry):
     """Tasks in a SQLite file (WAL): durable across restarts, shared by local processes.
 
     Declares every capability but ``TRANSACTIONAL_ENQUEUE``.
@@ -216,15 +217,9 @@ class SQLiteQueueBackend:
         """:meth:`finish`, then :meth:`claim` (never of ``outcomes`` or ``exclude``), in one
         transaction."""
         skip = list(dict.fromkeys([*exclude, *(o.id for o in outcomes)]))
-        anchor = self._anchor
-
-        def both(db: sqlite3.Connection, _: object) -> tuple[bool, list[TaskRecord]]:
-            notify = ops.finish(db, (list(outcomes), now, anchor))
-            claimed = ops.claim(db, (list(queues), limit, worker, lease, now, skip, anchor))
-            return notify, claimed
-
+        arg = (list(outcomes), now, list(queues), limit, worker, lease, skip, self._anchor)
         try:
-            notify, claimed = await self._call(both)
+            notify, claimed = await self._call(ops.finish_and_claim, arg)
         except sqlite3.DataError as exc:  # a value too big for SQLite: it fails every time
             raise UnstorableRecordError(f"{type(exc).__name__}: {exc}") from exc
         if notify:

@@ -20,7 +20,7 @@ from .embedded import EmbeddedPostgres
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("mode", ["pg-scheduler"])
+@pytest.mark.parametrize("mode", ["pg-scheduler", "pg-queue"])
 def test_a_database_never_migrated_stops_the_program_and_says_migrate(
     pg_dsn: str, mode: str
 ) -> None:
@@ -32,7 +32,7 @@ def test_a_database_never_migrated_stops_the_program_and_says_migrate(
     assert "tasker migrate --dsn" in err, err
 
 
-@pytest.mark.parametrize("mode", ["pg-scheduler"])
+@pytest.mark.parametrize("mode", ["pg-scheduler", "pg-queue"])
 def test_a_refused_password_stops_the_program_without_showing_it(mode: str) -> None:
     """A server with password auth, the wrong password: exit 1, the fix named, no password."""
     secret = f"right-{uuid.uuid4().hex[:8]}"

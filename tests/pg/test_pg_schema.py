@@ -18,7 +18,14 @@ from tasker_pg import PostgresLockerFactory, PostgresQueueBackend, PostgresState
 
 pytestmark = pytest.mark.anyio
 
-ALL_TABLES = ["lock_keys", "queue_groups", "queue_history", "queue_tasks", "schedule_state"]
+ALL_TABLES = [
+    "lock_keys",
+    "queue_groups",
+    "queue_history",
+    "queue_tasks",
+    "queue_workers",
+    "schedule_state",
+]
 
 
 async def _tables(dsn: str, schema: str) -> list[str]:

@@ -33,8 +33,11 @@ async def test_migrate_is_idempotent_and_concurrent(pg_dsn: str, schema: str) ->
     """Several concurrent migrations leave one set of tables and no error (the repository's
     ``migrate`` wraps ``tasker_pg.migrate``: the queue's tables come with it)."""
     repository = PostgresStateRepository(pg_dsn, schema=schema)
-    await asyncio.gather(*(repository.migrate() for _ in range(4)))
-    await repository.migrate()
+    try:
+        await asyncio.gather(*(repository.migrate() for _ in range(4)))
+        await repository.migrate()
+    finally:
+        await repository.aclose()
     conn = await asyncpg.connect(pg_dsn)
     try:
         tables = await conn.fetch(
@@ -48,9 +51,9 @@ async def test_migrate_is_idempotent_and_concurrent(pg_dsn: str, schema: str) ->
         "queue_groups",
         "queue_history",
         "queue_tasks",
+        "queue_workers",
         "schedule_state",
     ]
-    await repository.aclose()
 
 
 @pytest.mark.parametrize(

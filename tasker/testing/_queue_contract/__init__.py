@@ -12,9 +12,9 @@ twice), dispatch, requeue, purge, waiting for work and the passing of time (leas
 checking every answer against the model (``_model``). Each capability is checked when the
 backend declares it (``QueueBackend.capabilities``), and a backend that declares fewer gets
 fewer rules: lookups after every step (``INSPECTION``), requeue, held tasks and purge
-(``ADMINISTRATION``), unique keys, chains and groups (``WORKFLOWS``), and
-``finish_and_claim``. The backend's coroutines run on an event loop in a helper thread
-(anyio's blocking portal), on ``anyio_backend``.
+(``ADMINISTRATION``), unique keys, chains and groups (``WORKFLOWS``), ``finish_and_claim``,
+and the worker registry (``WORKERS``: ``_registry``). The backend's coroutines run on an
+event loop in a helper thread (anyio's blocking portal), on ``anyio_backend``.
 
 The rules, one module per part of the contract: the core protocol (``_core``: claims in
 priority, then FIFO, order), the administration and inspection capabilities (``_admin``:
@@ -45,6 +45,7 @@ from hypothesis.stateful import RuleBasedStateMachine
 from ._admin import AdminRules
 from ._base import MachineConfig
 from ._core import CoreRules
+from ._registry import RegistryRules
 from ._waiting import WaitRules
 from ._workflows import WorkflowRules
 
@@ -69,7 +70,7 @@ def queue_backend_machine(
         that pytest collects.
     """
 
-    class QueueBackendMachine(WaitRules, WorkflowRules, AdminRules, CoreRules):
+    class QueueBackendMachine(RegistryRules, WaitRules, WorkflowRules, AdminRules, CoreRules):
         config = MachineConfig(
             make_backend=make_backend,
             anyio_backend=anyio_backend,

@@ -1,0 +1,128 @@
+"""How a worker keeps its leases: heartbeats, and fencing when one is lost or overdue.
+
+A mixin of :class:`tasker.queue.Worker` (see ``tasker.queue._worker_state``). Lease *ages*
+are measured on the local monotonic clock: ``Attempt.renewed`` is when the last claim or
+heartbeat that confirmed the lease was sent. A lease is lost when a heartbeat says so
+(another worker took the task), and may be lost when it was not renewed for a whole lease
+(a paused process, an unreachable backend): either way the attempt's context is stopped
+with ``StopReason.LEASE_LOST`` and cut off after its grace period, and its outcome is
+reported only if a heartbeat confirms the lease first (:meth:`Leases._check_overdue`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+
+from .._context import StopReason
+from ._attempt import Attempt
+from ._records import Outcome
+from ._worker_state import WorkerState
+
+__all__ = ["Leases"]
+
+logger = logging.getLogger("tasker.queue")
+
+
+class Leases(WorkerState):
+    """Heartbeats, and what the worker does with a lease it lost or could not renew."""
+
+    async def _heartbeat(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            while True:
+                await anyio.sleep(self.lease / 3)
+                await self._renew()
+
+    async def _renew(self) -> None:
+        sent_to = {i: a for i, a in self.running.items() if not a.lost}
+        if not sent_to:
+            return
+        sent = time.monotonic()
+        held: set[str] | None = None
+        # A heartbeat that hangs (a connection gone silent) is a failed one: the next check
+        # must still find the overdue leases.
+        with anyio.move_on_after(self.lease / 3):
+            try:
+                held = await self.backend.heartbeat(
+                    self.worker_id, list(sent_to), lease=self.lease, now=await self._time.now()
+                )
+            except Exception as exc:
+                logger.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+        if held is None:
+            self._stop_overdue()
+            return
+        for task_id, attempt in sent_to.items():
+            # Only attempts sent and still ours can be lost: one recorded meanwhile has left
+            # ``running`` (or is being recorded), one claimed meanwhile was not asked about.
+            if self.running.get(task_id) is not attempt or task_id in self.reporting:
+                continue
+            if task_id in held:
+                attempt.renewed = sent
+            else:
+                self._lose(attempt, confirmed=True)
+        self._stop_overdue()
+
+    def _stop_overdue(self) -> None:
+        """Stop tasks whose lease was not renewed for a whole lease: it may be gone."""
+        now = time.monotonic()
+        for task_id, attempt in list(self.running.items()):
+            if now - attempt.renewed >= self.lease and task_id not in self.reporting:
+                self._lose(attempt, confirmed=False)
+
+    def _lose(self, attempt: Attempt, *, confirmed: bool) -> None:
+        if confirmed and not attempt.lost:
+            attempt.lost = True
+            self.leases_lost += 1
+        if attempt.stopped or attempt.ctx is None or attempt.scope is None:
+            return  # stopped already, or not started: the runner checks ``lost`` first
+        attempt.stopped = True
+        record = attempt.record
+        logger.warning(
+            "worker %s: %s the lease on task %s %s (attempt %d); stopping it: another worker"
+            " may run it now",
+            self.worker_id,
+            "lost" if confirmed else "could not renew",
+            record.name,
+            record.id,
+            record.attempts,
+        )
+        attempt.ctx.stop(StopReason.LEASE_LOST)
+        attempt.scope.deadline = min(
+            attempt.scope.deadline, anyio.current_time() + attempt.ctx.grace
+        )
+
+    async def _check_overdue(
+        self, reported: list[tuple[Outcome, Attempt]], now: float
+    ) -> list[tuple[Outcome, Attempt]]:
+        """Ask about leases not renewed for a whole lease by ``now`` (``time.monotonic()``);
+        return the outcomes of those still held, and forget the others.
+
+        A worker that was paused past its lease (SIGSTOP, a long GC pause, a suspended
+        machine) may have lost its tasks to another worker while it slept. When the backend
+        cannot tell, the outcomes are all kept: its owner check on the report decides.
+        """
+        overdue = [a for _, a in reported if now - a.renewed >= self.lease]
+        if not overdue:
+            return reported
+        try:
+            held = await self.backend.heartbeat(
+                self.worker_id,
+                [a.record.id for a in overdue],
+                lease=self.lease,
+                now=await self._time.now(),
+            )
+        except Exception:
+            return reported  # cannot tell: the backend's owner check decides
+        kept = []
+        for outcome, attempt in reported:
+            if attempt in overdue:
+                if attempt.record.id not in held:
+                    attempt.lost = True
+                    self.leases_lost += 1
+                    self._forget(attempt, "when it ended")
+                    continue
+                attempt.renewed = now
+            kept.append((outcome, attempt))
+        return kept
