@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import anyio
 
+from .._clock import SystemClock
 from ..abc import QueueCapability
 from ._memory_admin import MemoryAdministration
 from ._memory_state import replace
@@ -266,6 +267,10 @@ class MemoryQueueBackend(MemoryAdministration):
         if due is not None and due <= self._clock.now().timestamp():
             await anyio.lowlevel.checkpoint()
             return
+        if due is not None and isinstance(self._clock, SystemClock):
+            # The system clock runs with anyio's: one timeout covers both (no extra task).
+            timeout = min(timeout, max(0.0, due - self._clock.now().timestamp()))
+            due = None
         with anyio.move_on_after(timeout):
             if due is None:
                 await work.wait()
