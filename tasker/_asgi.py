@@ -33,19 +33,21 @@ logger = logging.getLogger("tasker")
 Server = Literal["auto", "uvicorn", "hypercorn"]
 
 
-def resolve_port(port: int | None, where: str = "serve_asgi()") -> int:
-    """Return ``port``, or the ``PORT`` environment variable, validated (0 to 65535)."""
+def resolve_port(port: int | None, where: str = "serve_asgi()", env: str = "PORT") -> int:
+    """Return ``port``, or the ``env`` environment variable, validated (0 to 65535)."""
     if port is None:
-        raw = os.environ.get("PORT")
+        raw = os.environ.get(env)
         if raw is None or not raw.strip():
-            raise ValueError(f"{where}: no port given and the PORT environment variable is not set")
+            raise ValueError(
+                f"{where}: no port given and the {env} environment variable is not set"
+            )
         try:
             port = int(raw.strip(), 10)
         except ValueError:
             raise ValueError(
-                f"{where}: the PORT environment variable is not a port number: {raw!r}"
+                f"{where}: the {env} environment variable is not a port number: {raw!r}"
             ) from None
-        source = "PORT environment variable"
+        source = f"{env} environment variable"
     else:
         source = "port"
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -145,19 +147,7 @@ def serve_health(
     Raises:
         ValueError: at construction, for a missing or malformed port or an unknown server.
     """
-    if port is None:
-        raw = os.environ.get("HEALTH_PORT")
-        if raw is None or not raw.strip():
-            raise ValueError(
-                "serve_health(): no port given and the HEALTH_PORT environment variable is not set"
-            )
-        try:
-            port = int(raw.strip(), 10)
-        except ValueError:
-            raise ValueError(
-                f"serve_health(): the HEALTH_PORT environment variable is not a port: {raw!r}"
-            ) from None
-    bound_port = resolve_port(port, "serve_health()")
+    bound_port = resolve_port(port, "serve_health()", env="HEALTH_PORT")
     if server not in ("auto", "uvicorn", "hypercorn"):
         raise ValueError(
             f"serve_health(): server must be 'auto', 'uvicorn' or 'hypercorn', got {server!r}"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ._errors import BackendConfigurationError
 
-__all__ = ["PermanentFault", "permanent_fault", "register_fault_classifier"]
+__all__ = ["PermanentFault", "permanent_fault", "raise_if_permanent", "register_fault_classifier"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,14 @@ def permanent_fault(exc: BaseException) -> PermanentFault | None:
         if fault is not None:
             return fault
     return None
+
+
+def raise_if_permanent(exc: BaseException, component: str) -> None:
+    """Raise :class:`tasker.BackendConfigurationError` (chained to ``exc``) for ``component``
+    if ``exc`` is a permanent fault (see :func:`permanent_fault`); return for an outage."""
+    fault = permanent_fault(exc)
+    if fault is not None:
+        raise BackendConfigurationError(component, fault.problem, fault.fix) from exc
 
 
 def _related(exc: BaseException, depth: int = 0) -> Iterator[BaseException]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import types
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,11 +125,9 @@ async def _schedules(scheduler: Scheduler) -> list[dict[str, Any]]:
 
 async def _lock_holders(repository: Any) -> dict[str, str]:
     """Who holds each schedule's lock, where the backend can tell (tasker_pg)."""
-    module = type(repository).__module__.partition(".")[0]
-    if module != "tasker_pg":
+    tasker_pg: Any = sys.modules.get("tasker_pg")  # loaded if the repository is one of its
+    if tasker_pg is None or not isinstance(repository, tasker_pg.PostgresStateRepository):
         return {}
-    import tasker_pg
-
     rows = await tasker_pg.status(repository)
     return {
         row.name: f"{row.lock_holder.application_name or 'pid'} ({row.lock_holder.pid})"

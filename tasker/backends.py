@@ -21,8 +21,8 @@ and the helpers they share here.
   traceback of a failure; :func:`redact_dsn`, a DSN's or URL's password hidden in any text.
 - **Permanent faults**: :func:`permanent_fault` tells an outage (retried) from an error that
   retrying cannot fix (the program stops with :class:`tasker.BackendConfigurationError`, the
-  fix in its message); a backend teaches it its driver's errors with
-  :func:`register_fault_classifier`, returning a :class:`PermanentFault`.
+  fix in its message, which :func:`raise_if_permanent` raises); a backend teaches it its
+  driver's errors with :func:`register_fault_classifier`, returning a :class:`PermanentFault`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 from . import _context
-from ._faults import PermanentFault, permanent_fault, register_fault_classifier
+from ._faults import (
+    PermanentFault,
+    permanent_fault,
+    raise_if_permanent,
+    register_fault_classifier,
+)
 from ._redact import redact_dsn
 from .queue._chain import decode_chain, encode_chain
 from .queue._failures import format_error, storable
@@ -66,6 +71,7 @@ __all__ = [
     "group_payload",
     "history_from_row",
     "permanent_fault",
+    "raise_if_permanent",
     "record_from_new",
     "redact_dsn",
     "register_fault_classifier",

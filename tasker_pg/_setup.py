@@ -17,8 +17,8 @@ from datetime import timedelta
 import asyncpg
 
 import tasker
-from tasker import BackendConfigurationError, Backoff, CatchUp, Context, Job, redact_dsn
-from tasker.backends import permanent_fault
+from tasker import Backoff, CatchUp, Context, Job, redact_dsn
+from tasker.backends import raise_if_permanent
 from tasker.schedule import Schedule
 
 from ._connection import PoolSource, check_asyncio
@@ -119,11 +119,8 @@ class PostgresScheduler(tasker.Scheduler):
             except LockKeyCollisionError:
                 raise
             except Exception as exc:
-                fault = permanent_fault(exc)
-                if fault is not None:  # missing tables, a refused login: retrying cannot help
-                    raise BackendConfigurationError(
-                        f"Scheduler on {self._pg_repository!r}", fault.problem, fault.fix
-                    ) from exc
+                # Missing tables, a refused login: retrying cannot help.
+                raise_if_permanent(exc, f"Scheduler on {self._pg_repository!r}")
                 # An outage: the scheduler's loop logs it and retries; this check waits
                 # with it so that a collision is still raised, not retried forever.
                 attempt += 1

@@ -8,29 +8,13 @@ health server on a port of its own and a shutdown delay when asked).
 from __future__ import annotations
 
 import sys
-from typing import Any
-
-import anyio
+from pathlib import Path
 
 import tasker
 
-
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """``/`` answers at once; ``/slow?seconds=N`` after N seconds."""
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
-    body = b"hello\n"
-    if scope["path"] == "/slow":
-        query = dict(
-            part.split("=", 1) for part in scope["query_string"].decode().split("&") if "=" in part
-        )
-        await anyio.sleep(float(query.get("seconds", "1")))
-        body = b"slow hello\n"
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": body})
+# The example's app: ``/`` answers at once, ``/slow?seconds=N`` after N seconds.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from http_server import app
 
 
 def main() -> None:

@@ -17,8 +17,7 @@ from typing import Any
 import anyio
 
 from .._context import Context
-from .._errors import BackendConfigurationError
-from .._faults import permanent_fault
+from .._faults import raise_if_permanent
 from ._attempt import Attempt
 from ._records import TaskRecord
 from ._worker_state import BACKEND_BACKOFF, WorkerState
@@ -62,12 +61,8 @@ class Claims(WorkerState):
                 if self._probe is not None and not self._probe.ready:
                     self._probe.set(True)  # it claims
             except Exception as exc:
-                fault = permanent_fault(exc)
-                if fault is not None:  # missing tables, a refused login: retrying cannot help
-                    logger.error("worker %s: %s; stopping", self.worker_id, fault.problem)
-                    raise BackendConfigurationError(
-                        f"worker {self.worker_id} on {self.backend!r}", fault.problem, fault.fix
-                    ) from exc
+                # Missing tables, a refused login: retrying cannot help.
+                raise_if_permanent(exc, f"worker {self.worker_id} on {self.backend!r}")
                 if self._probe is not None:
                     self._probe.set(False, f"backend unavailable ({type(exc).__name__})")
                 outage += 1

@@ -15,6 +15,7 @@ import time
 
 import anyio
 
+from .._budget import grace_margin
 from .._context import Context
 from ._attempt import Attempt
 from ._records import Outcome, OutcomeKind
@@ -26,8 +27,6 @@ logger = logging.getLogger("tasker.queue")
 
 #: How long the shielded hand-back of tasks that never started may take.
 _RELEASE_TIMEOUT = 2.0
-#: The share of the grace period (at most this many seconds) kept for recording outcomes.
-_STOP_MARGIN = 1.0
 #: After a hard stop: the last hand-back's budget.
 _HARD_RELEASE_TIMEOUT = 0.5
 
@@ -39,7 +38,8 @@ class Stopping(WorkerState):
         """The worker's context is done: arm the deadlines that end it within its grace."""
         self._stopping = True
         now = anyio.current_time()
-        margin = min(_STOP_MARGIN, ctx.grace * 0.2)
+        # The same margin a server keeps to close what is left itself (tasker._budget).
+        margin = grace_margin(ctx.grace)
         if self._maintenance is not None:
             self._maintenance.cancel()  # no purge delays a stop
         self._cut_at = now + ctx.grace - margin

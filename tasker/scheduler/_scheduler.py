@@ -24,8 +24,7 @@ import anyio
 
 from .._backoff import Backoff
 from .._context import Context, StopReason, to_seconds
-from .._errors import BackendConfigurationError
-from .._faults import permanent_fault
+from .._faults import raise_if_permanent
 from .._job import Job, check_job, job_name
 from .._readiness import Probe, optional_probe
 from .._state_dir import default_state_dir
@@ -264,14 +263,7 @@ class Scheduler:
                     logger.warning("schedule %r: backend reachable again", entry.name)
                     outage_attempts = 0
             except Exception as exc:
-                fault = permanent_fault(exc)
-                if fault is not None:
-                    logger.error(
-                        "schedule %r: %s; stopping the Scheduler", entry.name, fault.problem
-                    )
-                    raise BackendConfigurationError(
-                        f"Scheduler on {self._repository!r}", fault.problem, fault.fix
-                    ) from exc
+                raise_if_permanent(exc, f"Scheduler on {self._repository!r}")
                 self._counters.backend_errors += 1
                 outage_attempts += 1
                 if probe is not None:
@@ -379,18 +371,7 @@ class Scheduler:
                 entry.retry_delay,
                 exc_info=error,
             )
-            await self._repository.save(
-                next_state(
-                    entry,
-                    self._first_seen.get(entry.name),
-                    state,
-                    started,
-                    finished=finished,
-                    error=error,
-                    slot=None,
-                )
-            )
-            return None, entry.retry_delay
+        # A failed run leaves its slot due (slot=None): it is retried after retry_delay.
         await self._repository.save(
             next_state(
                 entry,
@@ -398,8 +379,11 @@ class Scheduler:
                 state,
                 started,
                 finished=finished,
-                slot=slot,
+                error=error,
+                slot=None if error is not None else slot,
             )
         )
+        if error is not None:
+            return None, entry.retry_delay
         self._counters.runs_succeeded += 1
         return entry.schedule.next_after(slot), 0.0
