@@ -297,7 +297,14 @@ def check(fault: Fault) -> dict[str, object]:
     ids_by_n = {n: task_id for task_id, n in fault.ids.items()}
     for n in by_stopped:
         if any(pid != stopped for pid, _, end in fault.runs[n] if end is not None):
-            assert stopped_tag not in fault.success_worker[ids_by_n[n]], n
+            assert stopped_tag not in fault.success_worker[ids_by_n[n]], (
+                n,
+                fault.runs[n],
+                fault.success_worker[ids_by_n[n]],
+                stopped,
+                killed,
+                fault.pids,
+            )
     # And it said so: a stale attempt found out is logged as discarded.
     discarded = fault.stderr["w2"].count("discarded the outcome")
     if by_stopped:
