@@ -1,10 +1,10 @@
 """A queue worker process for the fault tests: ``python tests/queue_fault_worker.py ...``.
 
 ``--backend sqlite:PATH`` or ``--backend pg:DSN`` (with ``--schema``). Each run of a task
-appends ``start <n> <pid> <t>`` and, when its work is done, ``end <n> <pid> <t>`` to
-``--out`` (one O_APPEND write each; ``t`` is ``CLOCK_MONOTONIC``, shared by every process of
-the machine). ``--skew S`` sets this process's wall clock S seconds ahead: ``time.time`` and
-the datetimes tasker's system clock reads.
+appends ``start <n> <pid> <t> <attempt>`` and, when its work is done, ``end <n> <pid> <t>
+<attempt>`` to ``--out`` (one O_APPEND write each; ``t`` is ``CLOCK_MONOTONIC``, shared by
+every process of the machine). ``--skew S`` sets this process's wall clock S seconds ahead:
+``time.time`` and the datetimes tasker's system clock reads.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import anyio
 
 import tasker
 import tasker._clock
-from tasker.queue import Queue, QueueBackend, SQLiteQueueBackend
+from tasker.queue import Queue, QueueBackend, SQLiteQueueBackend, current_task
 
 
 def _skew(seconds: float) -> None:
@@ -48,7 +48,10 @@ def build(backend: QueueBackend, out: str) -> Queue:
     queue = Queue(backend)
 
     def record(event: str, n: int) -> None:
-        line = f"{event} {n} {os.getpid()} {time.clock_gettime(time.CLOCK_MONOTONIC):.6f}\n"
+        running = current_task()
+        attempt = 0 if running is None else running.attempt
+        now = time.clock_gettime(time.CLOCK_MONOTONIC)
+        line = f"{event} {n} {os.getpid()} {now:.6f} {attempt}\n"
         fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode())

@@ -58,6 +58,10 @@ class Fault:
     states: dict[str, int] = field(default_factory=dict)
     successes: Counter[str] = field(default_factory=Counter)
     success_worker: dict[str, str] = field(default_factory=dict)
+    #: Per task id, the attempt whose success was recorded.
+    success_attempt: dict[str, int] = field(default_factory=dict)
+    #: Per task number, the highest attempt a worker started.
+    latest_attempt: dict[int, int] = field(default_factory=dict)
     ids: dict[str, int] = field(default_factory=dict)
     returncodes: dict[str, int | None] = field(default_factory=dict)
     stderr: dict[str, str] = field(default_factory=dict)
@@ -72,14 +76,26 @@ def _mono() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
+def _lines(out: Path) -> list[list[str]]:
+    return [
+        line.split()
+        for path in sorted(out.glob("out-*.txt"))
+        for line in path.read_text().splitlines()
+    ]
+
+
 def _read(out: Path) -> list[tuple[str, int, int, float]]:
     """Every worker's events, from the files ``out-*.txt``."""
-    events = []
-    for path in sorted(out.glob("out-*.txt")):
-        for line in path.read_text().splitlines():
-            event, n, pid, t = line.split()
-            events.append((event, int(n), int(pid), float(t)))
-    return events
+    return [(event, int(n), int(pid), float(t)) for event, n, pid, t, _ in _lines(out)]
+
+
+def _latest_attempts(out: Path) -> dict[int, int]:
+    """Per task, the highest attempt number any worker started."""
+    latest: dict[int, int] = {}
+    for event, n, _, _, attempt in _lines(out):
+        if event == "start":
+            latest[int(n)] = max(latest.get(int(n), 0), int(attempt))
+    return latest
 
 
 def _runs(
@@ -209,6 +225,7 @@ async def run_faults(
             if entry.outcome == "succeeded":
                 fault.successes[entry.task_id] += 1
                 fault.success_worker[entry.task_id] = entry.worker
+                fault.success_attempt[entry.task_id] = entry.attempt
     finally:
         for name, proc in procs.items():
             if name != "w0" and proc.poll() is None:
@@ -224,6 +241,7 @@ async def run_faults(
             fault.stderr[name] = err
         await _close(queue)
     fault.runs = _runs(_read(out))
+    fault.latest_attempt = _latest_attempts(out)
     return fault
 
 
@@ -291,20 +309,22 @@ def check(fault: Fault) -> dict[str, object]:
     for n in range(TASKS, TASKS + DELAYED):
         first = min(start for _, start, _ in fault.runs[n])
         assert first >= fault.enqueued_delayed_at + DELAY - 0.05, (n, first)
-    # The stopped worker's stale outcomes were discarded: none of the tasks it ran twice
-    # is recorded as its success.
-    stopped_tag = f":{stopped}:"
+    # Fencing: a task's recorded success is its latest claim's, never a stale attempt's (the
+    # stopped worker's, whose lease lapsed while it was stopped). The stopped worker's own
+    # success is right when it claimed the task after resuming, e.g. because the worker
+    # running it could not record its outcome in time (the stopped process held SQLite's
+    # write lock) and so lost the lease.
     ids_by_n = {n: task_id for task_id, n in fault.ids.items()}
-    for n in by_stopped:
-        if any(pid != stopped for pid, _, end in fault.runs[n] if end is not None):
-            assert stopped_tag not in fault.success_worker[ids_by_n[n]], (
-                n,
-                fault.runs[n],
-                fault.success_worker[ids_by_n[n]],
-                stopped,
-                killed,
-                fault.pids,
-            )
+    for n in range(TASKS + DELAYED):
+        task_id = ids_by_n[n]
+        assert fault.success_attempt[task_id] == fault.latest_attempt[n], (
+            n,
+            fault.runs[n],
+            fault.success_worker[task_id],
+            fault.success_attempt[task_id],
+            fault.latest_attempt[n],
+            fault.pids,
+        )
     # And it said so: a stale attempt found out is logged as discarded.
     discarded = fault.stderr["w2"].count("discarded the outcome")
     if by_stopped:

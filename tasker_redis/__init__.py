@@ -1,0 +1,22 @@
+"""tasker_redis: the task queue and the Scheduler's backends on Redis, on coredis (asyncio
+and trio).
+
+:class:`RedisQueueBackend` is a :class:`tasker.queue.QueueBackend` with every capability
+but transactional enqueue. Needs Redis 6.2 or newer; there is nothing to migrate.
+"""
+
+from __future__ import annotations
+
+from . import _errors  # registers the fault classifier
+from ._connection import MIN_VERSION
+from ._queue_backend import RedisQueueBackend
+
+__all__ = ["MIN_VERSION", "RedisQueueBackend"]
+
+del _errors
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith(f"{__name__}._"):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,664 @@
+-- tasker_redis: the queue's scripts. Every change to more than one key is one script, so
+-- a crash between its steps never leaves a task half moved.
+--
+-- This prelude is put before each script's one-line body (see _scripts.py). ARGV[1] is the
+-- key prefix, "{namespace}:", and KEYS[1] one key of it (so that a cluster routes the call
+-- to the namespace's slot: every key shares its hash tag). Names (queues, ids, unique keys)
+-- arrive as arguments and are only ever joined to that prefix.
+--
+-- Keys (P is the prefix):
+--   P t:<id>          hash: one task (field names as TaskRecord's; a missing field is None)
+--   P r:<prio>:<q>    zset: queued tasks of queue q and priority prio, scored by run_at
+--   P p:<q>           zset: the priorities that q has ready sets for
+--   P l:<q>           zset: running tasks of q, scored by lease expiry
+--   P h:<q>           zset: held tasks of q, scored by created_at
+--   P w:<q>           stream: one entry per change that may make work claimable in q
+--   P u:<key>         string: the id of the task that last took the unique key
+--   P g:<id>          hash: a group (size, done, and its callback's fields as c:<field>)
+--   P gm:<id>         list: the group's member ids
+--   P n               hash: task counts, field "<queue>\0<state>"
+--   P all             zset: every task, scored by created_at (listings, newest first)
+--   P exp             zset: succeeded tasks with a result expiry, scored by it
+--   P dead            zset: dead tasks, scored by finished_at
+--   P hist            stream: finished attempts, capped
+--   P wk / P wx       hash / zset: the worker registry (entries; their expiries)
+--
+-- Times and priorities are passed as strings and stored as they came: a float never goes
+-- through a Lua number on its way into a hash (Lua's tostring keeps 14 digits only).
+
+local P = ARGV[1]
+local HISTORY_CAP = tonumber(ARGV[2])
+local pos = 3
+local function arg()
+  local value = ARGV[pos]
+  pos = pos + 1
+  return value
+end
+
+local N, ALL, EXP, DEAD, HIST = P .. 'n', P .. 'all', P .. 'exp', P .. 'dead', P .. 'hist'
+local function tkey(id) return P .. 't:' .. id end
+local function rkey(prio, q) return P .. 'r:' .. prio .. ':' .. q end
+local function pkey(q) return P .. 'p:' .. q end
+local function lkey(q) return P .. 'l:' .. q end
+local function hkey(q) return P .. 'h:' .. q end
+local function wkey(q) return P .. 'w:' .. q end
+local function ukey(k) return P .. 'u:' .. k end
+local function gkey(g) return P .. 'g:' .. g end
+local function gmkey(g) return P .. 'gm:' .. g end
+
+local LIVE = {held = true, queued = true, running = true}
+local WAKE = {}
+
+local function count(q, state, delta)
+  redis.call('HINCRBY', N, q .. '\0' .. state, delta)
+end
+
+-- A record sent as "<n>" then n field/value pairs: the table, and the flat pairs (for HSET).
+local function record_arg()
+  local n = tonumber(arg())
+  local t, flat = {}, {}
+  for _ = 1, n do
+    local field, value = arg(), arg()
+    t[field] = value
+    flat[#flat + 1] = field
+    flat[#flat + 1] = value
+  end
+  return t, flat
+end
+
+local function ready(id, q, prio, run_at)
+  redis.call('ZADD', rkey(prio, q), run_at, id)
+  redis.call('ZADD', pkey(q), prio, prio)
+  WAKE[q] = true
+end
+
+local function wake_all()
+  for q in pairs(WAKE) do
+    redis.call('XADD', wkey(q), 'MAXLEN', '~', 100, '*', 'e', '1')
+  end
+end
+
+-- Store a new task (its fields as sent: state "queued" or "held", attempts 0).
+local function store(t, flat)
+  redis.call('HSET', tkey(t.id), unpack(flat))
+  redis.call('ZADD', ALL, t.created_at, t.id)
+  count(t.queue, t.state, 1)
+  if t.state == 'queued' then
+    ready(t.id, t.queue, t.priority, t.run_at)
+  else
+    redis.call('ZADD', hkey(t.queue), t.created_at, t.id)
+  end
+  if t.unique_key then
+    redis.call('SET', ukey(t.unique_key), t.id)
+  end
+end
+
+-- The task holding unique key k at now (live, or finished inside its window), or nil.
+local function unique_holder(k, now)
+  local holder = redis.call('GET', ukey(k))
+  if not holder then return nil end
+  local found = redis.call('HMGET', tkey(holder), 'state', 'unique_until')
+  if not found[1] then return nil end
+  if LIVE[found[1]] then return holder end
+  if found[2] and tonumber(now) < tonumber(found[2]) then return holder end
+  return nil
+end
+
+local function history(id, f, worker, started_at, finished_at, outcome, err)
+  local entry = {'task_id', id, 'name', f.name, 'queue', f.queue, 'worker', worker,
+    'attempt', f.attempts, 'started_at', started_at, 'finished_at', finished_at,
+    'outcome', outcome}
+  if err then
+    entry[#entry + 1] = 'error'
+    entry[#entry + 1] = err
+  end
+  if HISTORY_CAP > 0 then
+    redis.call('XADD', HIST, 'MAXLEN', '~', HISTORY_CAP, '*', unpack(entry))
+  else
+    redis.call('XADD', HIST, '*', unpack(entry))
+  end
+end
+
+local TASK_FIELDS = {'state', 'queue', 'name', 'priority', 'run_at', 'attempts',
+  'max_attempts', 'lease_owner', 'group_id', 'last_error', 'traceback'}
+
+local function fields(id)
+  local values = redis.call('HMGET', tkey(id), unpack(TASK_FIELDS))
+  if not values[1] then return nil end
+  local f = {}
+  for i, name in ipairs(TASK_FIELDS) do
+    if values[i] then f[name] = values[i] end
+  end
+  return f
+end
+
+local group_member_done
+
+-- A task dies: its last attempt failed, or its lease expired on the last one.
+local function die(id, f, err, traceback, finished_at, now)
+  local key = tkey(id)
+  redis.call('HSET', key, 'state', 'dead', 'last_error', err, 'finished_at', finished_at)
+  if traceback then
+    redis.call('HSET', key, 'traceback', traceback)
+    redis.call('HDEL', key, 'lease_owner', 'lease_until')
+  else
+    redis.call('HDEL', key, 'lease_owner', 'lease_until', 'traceback')
+  end
+  redis.call('ZREM', lkey(f.queue), id)
+  redis.call('ZADD', DEAD, finished_at, id)
+  count(f.queue, f.state, -1)
+  count(f.queue, 'dead', 1)
+  group_member_done(f.group_id, now)
+end
+
+-- A group member reached succeeded or dead: when the last one does, the callback is
+-- enqueued (due now) with the members' results in index order, exactly once.
+group_member_done = function(gid, now)
+  if not gid then return end
+  local g = gkey(gid)
+  if redis.call('EXISTS', g) == 0 then return end
+  local done = redis.call('HINCRBY', g, 'done', 1)
+  if done < tonumber(redis.call('HGET', g, 'size')) then return end
+  local members = redis.call('LRANGE', gmkey(gid), 0, -1)
+  local entries = {}
+  for _, member in ipairs(members) do
+    local m = redis.call('HMGET', tkey(member), 'group_index', 'state', 'result')
+    local result = 'null'
+    if m[2] == 'succeeded' and m[3] then result = m[3] end
+    entries[#entries + 1] = {tonumber(m[1]) or 0, result}
+  end
+  table.sort(entries, function(a, b) return a[1] < b[1] end)
+  local results = {}
+  for i, entry in ipairs(entries) do results[i] = entry[2] end
+  local spec = redis.call('HGETALL', g)
+  local t, flat = {}, {}
+  for i = 1, #spec, 2 do
+    local name = spec[i]
+    if string.sub(name, 1, 2) == 'c:' then
+      name = string.sub(name, 3)
+      t[name] = spec[i + 1]
+      flat[#flat + 1] = name
+      flat[#flat + 1] = spec[i + 1]
+    end
+  end
+  redis.call('DEL', g, gmkey(gid))
+  if t.id then
+    t.payload, t.run_at, t.state = '[' .. table.concat(results, ',') .. ']', now, 'queued'
+    for _, pair in ipairs({{'payload', t.payload}, {'run_at', now}, {'state', 'queued'},
+        {'attempts', '0'}}) do
+      flat[#flat + 1] = pair[1]
+      flat[#flat + 1] = pair[2]
+    end
+    store(t, flat)
+  end
+end
+
+-- Lease a task to worker: running, one more attempt.
+local function lease(id, f, worker, expiry, q)
+  local key = tkey(id)
+  redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HSET', key, 'state', 'running', 'lease_owner', worker, 'lease_until', expiry)
+  redis.call('ZADD', lkey(q), expiry, id)
+  if f.state ~= 'running' then
+    count(q, f.state, -1)
+    count(q, 'running', 1)
+  end
+  return redis.call('HGETALL', key)
+end
+
+-- Claim up to limit tasks of queues: expired leases first (dead instead on their last
+-- attempt), then queued tasks due by now, highest priority first, then oldest run_at.
+local function claim(now, limit, worker, expiry, queues, exclude)
+  local claimed = {}
+  local nowv = tonumber(now)
+  for _, q in ipairs(queues) do
+    local skip = 0
+    while #claimed < limit do
+      local expired = redis.call('ZRANGE', lkey(q), '-inf', now, 'BYSCORE', 'LIMIT', skip,
+        limit - #claimed)
+      if #expired == 0 then break end
+      for _, id in ipairs(expired) do
+        if exclude[id] then
+          skip = skip + 1
+        else
+          local f = fields(id)
+          if not f or f.state ~= 'running' then
+            redis.call('ZREM', lkey(q), id)
+          elseif tonumber(f.attempts) >= tonumber(f.max_attempts) then
+            die(id, f, 'lease expired (the worker stopped responding)', nil, now, now)
+          else
+            claimed[#claimed + 1] = lease(id, f, worker, expiry, q)
+          end
+        end
+      end
+    end
+  end
+  if #claimed >= limit then return claimed end
+  -- The ready sets of every queue, highest priority first.
+  local levels, by_prio = {}, {}
+  for _, q in ipairs(queues) do
+    local prios = redis.call('ZRANGE', pkey(q), 0, -1)
+    for _, prio in ipairs(prios) do
+      if not by_prio[prio] then
+        by_prio[prio] = {}
+        levels[#levels + 1] = prio
+      end
+      table.insert(by_prio[prio], q)
+    end
+  end
+  table.sort(levels, function(a, b) return tonumber(a) > tonumber(b) end)
+  local nexclude = exclude.n
+  for _, prio in ipairs(levels) do
+    if #claimed >= limit then break end
+    local candidates = {}
+    local want = limit - #claimed + nexclude
+    for _, q in ipairs(by_prio[prio]) do
+      local key = rkey(prio, q)
+      local due = redis.call('ZRANGE', key, '-inf', now, 'BYSCORE', 'LIMIT', 0, want,
+        'WITHSCORES')
+      for i = 1, #due, 2 do
+        if not exclude[due[i]] then
+          candidates[#candidates + 1] = {tonumber(due[i + 1]), due[i], q, key}
+        end
+      end
+    end
+    table.sort(candidates, function(a, b) return a[1] < b[1] end)
+    for _, c in ipairs(candidates) do
+      if #claimed >= limit then break end
+      local id, q, key = c[2], c[3], c[4]
+      redis.call('ZREM', key, id)
+      local f = fields(id)
+      if f and f.state == 'queued' then
+        claimed[#claimed + 1] = lease(id, f, worker, expiry, q)
+      end
+    end
+    for _, q in ipairs(by_prio[prio]) do
+      if redis.call('ZCARD', rkey(prio, q)) == 0 then
+        redis.call('ZREM', pkey(q), prio)
+      end
+    end
+  end
+  return claimed
+end
+
+-- Record one outcome (sent as a record, then its follow-ups) if its worker still holds the
+-- task; otherwise (the lease was lost to a newer attempt) it changes nothing.
+local function finish_one(now, o)
+  local nfollow = tonumber(arg())
+  local follow = {}
+  for i = 1, nfollow do
+    local t, flat = record_arg()
+    follow[i] = {t, flat}
+  end
+  local id = o.id
+  local f = fields(id)
+  if not f or f.state ~= 'running' or f.lease_owner ~= o.worker then return end
+  local kind = o.kind
+  if kind ~= 'released' then
+    history(id, f, o.worker, o.started_at, o.finished_at, kind, o.error)
+  end
+  local key = tkey(id)
+  if kind == 'succeeded' then
+    redis.call('HSET', key, 'state', 'succeeded', 'finished_at', o.finished_at)
+    redis.call('HDEL', key, 'lease_owner', 'lease_until', 'last_error', 'traceback', 'result',
+      'result_expires')
+    if o.result then redis.call('HSET', key, 'result', o.result) end
+    if o.result_expires then
+      redis.call('HSET', key, 'result_expires', o.result_expires)
+      redis.call('ZADD', EXP, o.result_expires, id)
+    end
+    redis.call('ZREM', lkey(f.queue), id)
+    count(f.queue, 'running', -1)
+    count(f.queue, 'succeeded', 1)
+    for _, pair in ipairs(follow) do store(pair[1], pair[2]) end
+    group_member_done(f.group_id, now)
+  elseif kind == 'dead' then
+    die(id, f, o.error or 'failed', o.traceback, o.finished_at, now)
+  else
+    local run_at = f.run_at
+    if kind == 'retry' then
+      if o.retry_at then run_at = o.retry_at end
+      redis.call('HDEL', key, 'last_error', 'traceback')
+      if o.error then redis.call('HSET', key, 'last_error', o.error) end
+      if o.traceback then redis.call('HSET', key, 'traceback', o.traceback) end
+    else
+      redis.call('HINCRBY', key, 'attempts', -1)
+    end
+    redis.call('HSET', key, 'state', 'queued', 'run_at', run_at)
+    redis.call('HDEL', key, 'lease_owner', 'lease_until')
+    redis.call('ZREM', lkey(f.queue), id)
+    count(f.queue, 'running', -1)
+    count(f.queue, 'queued', 1)
+    ready(id, f.queue, f.priority, run_at)
+  end
+end
+
+local function finish_all(now)
+  local n = tonumber(arg())
+  for _ = 1, n do
+    local o = record_arg()
+    finish_one(now, o)
+  end
+end
+
+local function claim_args()
+  local limit, worker, expiry = tonumber(arg()), arg(), arg()
+  local queues = {}
+  for i = 1, tonumber(arg()) do queues[i] = arg() end
+  local exclude = {n = 0}
+  for _ = 1, tonumber(arg()) do
+    exclude[arg()] = true
+    exclude.n = exclude.n + 1
+  end
+  return limit, worker, expiry, queues, exclude
+end
+
+-- The earliest run_at of a queued task or lease expiry of a running one in queues (or
+-- false), then each queue's last wake-up entry id (for XREAD to wait after).
+local function next_due(queues)
+  local best = nil
+  local best_text = false
+  local function consider(entry)
+    if entry[2] then
+      local value = tonumber(entry[2])
+      if best == nil or value < best then
+        best, best_text = value, entry[2]
+      end
+    end
+  end
+  local ids = {}
+  for i, q in ipairs(queues) do
+    for _, prio in ipairs(redis.call('ZRANGE', pkey(q), 0, -1)) do
+      consider(redis.call('ZRANGE', rkey(prio, q), 0, 0, 'WITHSCORES'))
+    end
+    consider(redis.call('ZRANGE', lkey(q), 0, 0, 'WITHSCORES'))
+    local last = redis.call('XREVRANGE', wkey(q), '+', '-', 'COUNT', 1)
+    if last[1] then ids[i] = last[1][1] else ids[i] = '0-0' end
+  end
+  return {best_text, ids}
+end
+
+-- The scripts' bodies (see _scripts.py) call these.
+
+local function enqueue_main()
+  local now = arg()
+  local out, ids = {}, {}
+  for i = 1, tonumber(arg()) do
+    local t, flat = record_arg()
+    local holder = nil
+    if t.unique_key then holder = unique_holder(t.unique_key, now) end
+    if holder then
+      out[i] = {holder, 1}
+    else
+      store(t, flat)
+      out[i] = {t.id, 0}
+    end
+    ids[i] = t.id
+  end
+  if arg() == '1' then
+    local gid, size = arg(), arg()
+    local _, callback = record_arg()
+    local g = gkey(gid)
+    local spec = {'size', size, 'done', 0}
+    for i = 1, #callback, 2 do
+      spec[#spec + 1] = 'c:' .. callback[i]
+      spec[#spec + 1] = callback[i + 1]
+    end
+    redis.call('HSET', g, unpack(spec))
+    redis.call('RPUSH', gmkey(gid), unpack(ids))
+  end
+  wake_all()
+  return out
+end
+
+local function claim_main(with_finish)
+  local now = arg()
+  if with_finish then finish_all(now) end
+  local claimed = claim(now, claim_args())
+  wake_all()
+  return claimed
+end
+
+local function finish_main()
+  finish_all(arg())
+  wake_all()
+  return 1
+end
+
+local function heartbeat_main()
+  local worker, expiry = arg(), arg()
+  local held = {}
+  for i = pos, #ARGV do
+    local id = ARGV[i]
+    local v = redis.call('HMGET', tkey(id), 'state', 'lease_owner', 'queue')
+    if v[1] == 'running' and v[2] == worker then
+      redis.call('HSET', tkey(id), 'lease_until', expiry)
+      redis.call('ZADD', lkey(v[3]), expiry, id)
+      held[#held + 1] = id
+    end
+  end
+  return held
+end
+
+local function rest()
+  local values = {}
+  for i = pos, #ARGV do values[#values + 1] = ARGV[i] end
+  return values
+end
+
+local function next_due_main()
+  return next_due(rest())
+end
+
+-- A dead task back in its queue with its attempts reset (1), or 0: not dead, or a newer
+-- live task holds its unique key.
+local function requeue_main()
+  local id, now = arg(), arg()
+  local f = fields(id)
+  if not f or f.state ~= 'dead' then return 0 end
+  local key = tkey(id)
+  local k = redis.call('HGET', key, 'unique_key')
+  if k then
+    local holder = redis.call('GET', ukey(k))
+    if holder and holder ~= id then
+      local state = redis.call('HGET', tkey(holder), 'state')
+      if state and LIVE[state] then return 0 end
+    end
+    redis.call('SET', ukey(k), id)
+    redis.call('HDEL', key, 'unique_until')
+  end
+  redis.call('HSET', key, 'state', 'queued', 'attempts', 0, 'run_at', now)
+  redis.call('HDEL', key, 'finished_at')
+  redis.call('ZREM', DEAD, id)
+  count(f.queue, 'dead', -1)
+  count(f.queue, 'queued', 1)
+  if f.group_id and redis.call('EXISTS', gkey(f.group_id)) == 1 then
+    redis.call('HINCRBY', gkey(f.group_id), 'done', -1)
+  end
+  ready(id, f.queue, f.priority, now)
+  wake_all()
+  return 1
+end
+
+-- Release held tasks of a queue (of one name when given), highest priority first, then the
+-- oldest; due at once unless their run_at is later.
+local function dispatch_main()
+  local q, name, limit, now = arg(), arg(), tonumber(arg()), arg()
+  local chosen = {}
+  for _, id in ipairs(redis.call('ZRANGE', hkey(q), 0, -1)) do
+    local v = redis.call('HMGET', tkey(id), 'name', 'priority', 'created_at', 'run_at', 'state')
+    if v[5] == 'held' and (name == '' or v[1] == name) then
+      chosen[#chosen + 1] = {id, tonumber(v[2]), tonumber(v[3]), v[4], v[2]}
+    else
+      if v[5] ~= 'held' then redis.call('ZREM', hkey(q), id) end
+    end
+  end
+  table.sort(chosen, function(a, b)
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return a[3] < b[3]
+  end)
+  local released = 0
+  for _, c in ipairs(chosen) do
+    if limit >= 0 and released >= limit then break end
+    local run_at = c[4]
+    if tonumber(now) < tonumber(run_at) then run_at = now end
+    redis.call('HSET', tkey(c[1]), 'state', 'queued', 'run_at', run_at)
+    redis.call('ZREM', hkey(q), c[1])
+    count(q, 'held', -1)
+    count(q, 'queued', 1)
+    ready(c[1], q, c[5], run_at)
+    released = released + 1
+  end
+  wake_all()
+  return released
+end
+
+local function delete_task(id)
+  local key = tkey(id)
+  local v = redis.call('HMGET', key, 'queue', 'state', 'unique_key')
+  if v[3] and redis.call('GET', ukey(v[3])) == id then redis.call('DEL', ukey(v[3])) end
+  redis.call('DEL', key)
+  redis.call('ZREM', ALL, id)
+  redis.call('ZREM', EXP, id)
+  redis.call('ZREM', DEAD, id)
+  if v[1] then count(v[1], v[2], -1) end
+end
+
+-- Whether retention must keep a finished task: its unique window is open, or it is a member
+-- of a group whose callback has not run.
+local function kept(id, now)
+  local v = redis.call('HMGET', tkey(id), 'unique_key', 'unique_until', 'group_id')
+  if v[1] and v[2] and redis.call('GET', ukey(v[1])) == id
+      and tonumber(v[2]) > tonumber(now) then
+    return true
+  end
+  return v[3] and redis.call('EXISTS', gkey(v[3])) == 1
+end
+
+local PURGE_CHUNK = 500
+
+-- One chunk of retention: {tasks deleted, whether there is more to do}.
+local function purge_main()
+  local now, history_before, dead_before = arg(), arg(), arg()
+  local deleted, more = 0, 0
+  local function sweep(index, state, upto)
+    local skip = 0
+    while true do
+      local ids = redis.call('ZRANGE', index, '-inf', upto, 'BYSCORE', 'LIMIT', skip, 100)
+      if #ids == 0 then return end
+      for _, id in ipairs(ids) do
+        if redis.call('HGET', tkey(id), 'state') ~= state then
+          redis.call('ZREM', index, id)
+        elseif kept(id, now) then
+          skip = skip + 1
+        else
+          delete_task(id)
+          deleted = deleted + 1
+        end
+      end
+      if deleted >= PURGE_CHUNK then
+        more = 1
+        return
+      end
+    end
+  end
+  sweep(EXP, 'succeeded', now)
+  if dead_before ~= '' and more == 0 then sweep(DEAD, 'dead', '(' .. dead_before) end
+  if history_before ~= '' and more == 0 then
+    local cutoff = tonumber(history_before)
+    local horizon = (cutoff + 3600) * 1000
+    local start = '-'
+    while true do
+      local entries = redis.call('XRANGE', HIST, start, '+', 'COUNT', 200)
+      if #entries == 0 then break end
+      local removed = 0
+      for _, entry in ipairs(entries) do
+        local values = entry[2]
+        for i = 1, #values, 2 do
+          if values[i] == 'finished_at' then
+            if tonumber(values[i + 1]) < cutoff then
+              redis.call('XDEL', HIST, entry[1])
+              removed = removed + 1
+            end
+            break
+          end
+        end
+      end
+      local last = entries[#entries][1]
+      local ms = tonumber(string.match(last, '^(%d+)'))
+      if removed == 0 and ms > horizon then break end
+      start = '(' .. last
+      if removed >= PURGE_CHUNK then
+        more = 1
+        break
+      end
+    end
+  end
+  return {deleted, more}
+end
+
+-- Tasks newest first, of one state and queue when given ('' for any), as HGETALL arrays.
+local function tasks_main()
+  local state, q, limit = arg(), arg(), tonumber(arg())
+  local found = {}
+  local start = 0
+  while #found < limit do
+    local ids = redis.call('ZREVRANGE', ALL, start, start + 199)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do
+      local v = redis.call('HMGET', tkey(id), 'state', 'queue')
+      if v[1] and (state == '' or v[1] == state) and (q == '' or v[2] == q) then
+        found[#found + 1] = redis.call('HGETALL', tkey(id))
+        if #found >= limit then break end
+      end
+    end
+    start = start + 200
+  end
+  return found
+end
+
+-- Finished attempts newest first (of one task when given), as field/value arrays.
+local function history_main()
+  local id, limit = arg(), tonumber(arg())
+  local found = {}
+  local start = '+'
+  while #found < limit do
+    local entries = redis.call('XREVRANGE', HIST, start, '-', 'COUNT', 500)
+    if #entries == 0 then break end
+    for _, entry in ipairs(entries) do
+      local values = entry[2]
+      if id == '' or values[2] == id then
+        found[#found + 1] = values
+        if #found >= limit then break end
+      end
+    end
+    start = '(' .. entries[#entries][1]
+  end
+  return found
+end
+
+local function worker_seen_main()
+  local id, info, expires_at = arg(), arg(), arg()
+  redis.call('HSET', P .. 'wk', id, info)
+  redis.call('ZADD', P .. 'wx', expires_at, id)
+  return 1
+end
+
+local function worker_gone_main()
+  local id = arg()
+  redis.call('HDEL', P .. 'wk', id)
+  redis.call('ZREM', P .. 'wx', id)
+  return 1
+end
+
+local function workers_main()
+  local now = arg()
+  local gone = redis.call('ZRANGE', P .. 'wx', '-inf', now, 'BYSCORE')
+  if #gone > 0 then
+    redis.call('HDEL', P .. 'wk', unpack(gone))
+    redis.call('ZREM', P .. 'wx', unpack(gone))
+  end
+  local ids = redis.call('ZRANGE', P .. 'wx', '(' .. now, '+inf', 'BYSCORE')
+  if #ids == 0 then return {} end
+  return redis.call('HMGET', P .. 'wk', unpack(ids))
+end
