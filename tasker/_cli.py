@@ -194,22 +194,41 @@ def migrate(dsn: str | None, schema: str) -> None:
     help="module:attr of a Scheduler or Queue, or a module to search for them (repeatable).",
 )
 @click.option("--dsn", envvar="TASKER_PG_DSN", help="Postgres instead of the embedded default.")
-@click.option("--schema", default="tasker", show_default=True)
+@click.option("--schema", default="tasker", show_default=True, help="The Postgres schema.")
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar="TASKER_REDIS_URL",
+    help="A redis:// URL: Redis instead of the embedded default (or $TASKER_REDIS_URL).",
+)
+@click.option("--namespace", default="tasker", show_default=True, help="The Redis namespace.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(
-    apps: Sequence[str], dsn: str | None, schema: str, state_dir: Path | None, as_json: bool
+    apps: Sequence[str],
+    dsn: str | None,
+    schema: str,
+    redis_url: str | None,
+    namespace: str,
+    state_dir: Path | None,
+    as_json: bool,
 ) -> None:
     """Schedules (with their next slot, also those never run), queues, leases.
 
     With --app, every schedule the application registers is shown, and the queue of each
-    Queue it names; without, what the embedded default (or --dsn) has stored.
+    Queue it names; without, what the embedded default (or --dsn's Postgres, or --redis's
+    Redis) has stored.
     """
-    from ._status import collect
+    from ._status import Source, collect
 
+    if dsn and redis_url:
+        raise click.UsageError("give --dsn or --redis, not both")
     loaded = [load(spec, "--app", module_ok=True) for spec in apps]
+    source = Source(
+        dsn=dsn, schema=schema, redis_url=redis_url, namespace=namespace, state_dir=state_dir
+    )
     try:
-        report = anyio.run(collect, loaded, dsn, schema, state_dir)
+        report = anyio.run(collect, loaded, source)
     except Exception as exc:
         raise click.ClickException(redact_dsn(f"{type(exc).__name__}: {exc}")) from None
     if as_json:

@@ -14,7 +14,7 @@ from .abc import QueueCapability
 from .queue import Queue, TaskState
 from .scheduler import Scheduler
 
-__all__ = ["StatusReport", "collect"]
+__all__ = ["Source", "StatusReport", "collect"]
 
 #: How many queued or running tasks the oldest-wait and lease figures look at, per queue.
 SCAN_LIMIT = 10_000
@@ -43,32 +43,46 @@ def _found(objects: list[Any]) -> tuple[list[Scheduler], list[Queue]]:
     return schedulers, queues
 
 
-def _defaults(
-    dsn: str | None, schema: str, state_dir: Path | None
-) -> tuple[list[Scheduler], list[Queue]]:
-    if dsn:
+@dataclass(frozen=True, kw_only=True)
+class Source:
+    """Where ``tasker status`` looks without ``--app``: Postgres (``dsn``), Redis
+    (``redis_url``) or the embedded default (``state_dir``)."""
+
+    dsn: str | None = None
+    schema: str = "tasker"
+    redis_url: str | None = None
+    namespace: str = "tasker"
+    state_dir: Path | None = None
+
+
+def _defaults(source: Source) -> tuple[list[Scheduler], list[Queue]]:
+    if source.dsn:
         import tasker_pg
 
-        return [tasker_pg.scheduler(dsn, schema=schema)], [
-            Queue(tasker_pg.PostgresQueueBackend(dsn, schema=schema))
+        return [tasker_pg.scheduler(source.dsn, schema=source.schema)], [
+            Queue(tasker_pg.PostgresQueueBackend(source.dsn, schema=source.schema))
+        ]
+    if source.redis_url:
+        import tasker_redis
+
+        return [tasker_redis.scheduler(source.redis_url, namespace=source.namespace)], [
+            Queue(tasker_redis.RedisQueueBackend(source.redis_url, namespace=source.namespace))
         ]
     from .queue import SQLiteQueueBackend
 
-    directory = state_dir or default_state_dir()
+    directory = source.state_dir or default_state_dir()
     queues = []
     if (directory / "queue.sqlite3").exists():  # status never creates a database
         queues.append(Queue(SQLiteQueueBackend(directory / "queue.sqlite3")))
     return [Scheduler(state_dir=directory)], queues
 
 
-async def collect(
-    objects: list[Any], dsn: str | None, schema: str, state_dir: Path | None
-) -> StatusReport:
+async def collect(objects: list[Any], source: Source | None = None) -> StatusReport:
     """The status of the Schedulers and Queues in ``objects`` (modules are searched), or of
-    the embedded default (or ``dsn``'s Postgres) when there are none."""
+    ``source`` (the embedded default, Postgres or Redis) when there are none."""
     schedulers, queues = _found(objects)
     if not objects:
-        schedulers, queues = _defaults(dsn, schema, state_dir)
+        schedulers, queues = _defaults(source or Source())
     elif not schedulers and not queues:
         raise ValueError("--app names no tasker.Scheduler or tasker.queue.Queue")
     report = StatusReport()
@@ -124,7 +138,12 @@ async def _schedules(scheduler: Scheduler) -> list[dict[str, Any]]:
 
 
 async def _lock_holders(repository: Any) -> dict[str, str]:
-    """Who holds each schedule's lock, where the backend can tell (tasker_pg)."""
+    """Who holds each schedule's lock, where the backend can tell: a repository with a
+    ``lock_holders()`` method (tasker_redis), or tasker_pg's."""
+    holders = getattr(repository, "lock_holders", None)
+    if callable(holders):
+        found: dict[str, str] = await holders()
+        return found
     tasker_pg: Any = sys.modules.get("tasker_pg")  # loaded if the repository is one of its
     if tasker_pg is None or not isinstance(repository, tasker_pg.PostgresStateRepository):
         return {}

@@ -3,15 +3,30 @@ and trio).
 
 :class:`RedisQueueBackend` is a :class:`tasker.queue.QueueBackend` with every capability
 but transactional enqueue. Needs Redis 6.2 or newer; there is nothing to migrate.
+
+``tasker_redis.scheduler(url)`` is a :class:`tasker.Scheduler` whose locks are keys with a
+TTL and a fencing number (:class:`RedisLockerFactory`, :func:`fencing_token`) and whose
+state is a hash (:class:`RedisStateRepository`), so replicas on different machines run
+each slot once.
 """
 
 from __future__ import annotations
 
 from . import _errors  # registers the fault classifier
 from ._connection import MIN_VERSION
+from ._locks import RedisLockerFactory, fencing_token
 from ._queue_backend import RedisQueueBackend
+from ._setup import scheduler
+from ._state import RedisStateRepository
 
-__all__ = ["MIN_VERSION", "RedisQueueBackend"]
+__all__ = [
+    "MIN_VERSION",
+    "RedisLockerFactory",
+    "RedisQueueBackend",
+    "RedisStateRepository",
+    "fencing_token",
+    "scheduler",
+]
 
 del _errors
 

@@ -190,7 +190,7 @@ class RedisSource:
         version = str(info.get("redis_version", "0"))
         self.server_version = version
         if _version(version) < MIN_VERSION:
-            minimum = ".".join(map(str, MIN_VERSION))
+            minimum = ".".join(map(str, MIN_VERSION)).removesuffix(".0")
             raise BackendConfigurationError(
                 "tasker_redis",
                 f"the Redis server at {redact_dsn(self.url)} is version {version}, older"

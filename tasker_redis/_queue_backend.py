@@ -78,6 +78,9 @@ class RedisQueueBackend:
             namespaces on one server never meet. 1 to 64 letters, digits, ``_.-``.
         history_limit: the finished attempts kept in the history stream (approximately:
             trimmed as it grows); 0 keeps all until :meth:`purge`.
+        batch_size: the most tasks one claim takes (the seed's ``BatchSize``); by default a
+            claim fills every free slot of the worker. A small batch spreads long tasks
+            more evenly across many workers.
         clock_resync: seconds (or a ``timedelta``) between readings of the server's clock;
             0 reads it every time.
         ssl_context: the TLS context for ``rediss://`` (default: verify the server with
@@ -98,6 +101,7 @@ class RedisQueueBackend:
         *,
         namespace: str = "tasker",
         history_limit: int = 100_000,
+        batch_size: int | None = None,
         clock_resync: float | timedelta = 30.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -107,6 +111,11 @@ class RedisQueueBackend:
         if history_limit < 0:
             raise ValueError(f"history_limit must be >= 0, got {history_limit}")
         self.history_limit = history_limit
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
+        self.batch_size = batch_size
         self._source = RedisSource(url, ssl_context=ssl_context, client_name="tasker-queue")
         self._clock = ServerClock(to_seconds(clock_resync, "clock_resync"))
         self._prefix = "{" + namespace + "}:"
@@ -162,6 +171,8 @@ class RedisQueueBackend:
         exclude: Sequence[str] = (),
     ) -> list[TaskRecord]:
         """Lease due tasks, expired leases first (never those in ``exclude``)."""
+        if self.batch_size is not None:
+            limit = min(limit, self.batch_size)
         if limit <= 0 or not queues:
             return []
         args = [repr(float(now)), *_claim_args(queues, limit, worker, now + lease, exclude)]
@@ -183,6 +194,8 @@ class RedisQueueBackend:
         args: list[Any] = [repr(float(now)), str(len(outcomes))]
         for outcome in outcomes:
             encode_outcome(outcome, args)
+        if self.batch_size is not None:
+            limit = min(limit, self.batch_size)
         skip = [*exclude, *(o.id for o in outcomes)]
         args += _claim_args(queues, max(limit, 0), worker, now + lease, skip)
         return [decode_record(flat) for flat in await self._run("finish_and_claim", args)]

@@ -49,8 +49,51 @@ local function gmkey(g) return P .. 'gm:' .. g end
 local LIVE = {held = true, queued = true, running = true}
 local WAKE = {}
 
+-- Changes to counts and to sorted sets are collected and made once per key at the end of a
+-- script (or before a claim reads the sets): a redis.call costs more than the command.
+local COUNTS, ZADDS, ZREMS, READY_KEYS = {}, {}, {}, {}
+
 local function count(q, state, delta)
-  redis.call('HINCRBY', N, q .. '\0' .. state, delta)
+  local field = q .. '\0' .. state
+  COUNTS[field] = (COUNTS[field] or 0) + delta
+end
+
+local function zadd(key, score, member)
+  local list = ZADDS[key]
+  if not list then
+    list = {}
+    ZADDS[key] = list
+  end
+  list[#list + 1] = score
+  list[#list + 1] = member
+end
+
+local function zrem(key, member)
+  local list = ZREMS[key]
+  if not list then
+    list = {}
+    ZREMS[key] = list
+  end
+  list[#list + 1] = member
+end
+
+local function call_chunked(command, key, list, step)
+  for i = 1, #list, step do
+    redis.call(command, key, unpack(list, i, math.min(i + step - 1, #list)))
+  end
+end
+
+-- Make the collected set changes: removals first (no script removes and adds one member of
+-- one set), then additions; a ready set left empty leaves its queue's priorities.
+local function flush_sets()
+  for key, list in pairs(ZREMS) do call_chunked('ZREM', key, list, 1000) end
+  for key, list in pairs(ZADDS) do call_chunked('ZADD', key, list, 1000) end
+  for key, where in pairs(READY_KEYS) do
+    if ZREMS[key] and redis.call('ZCARD', key) == 0 then
+      redis.call('ZREM', pkey(where[1]), where[2])
+    end
+  end
+  ZADDS, ZREMS, READY_KEYS = {}, {}, {}
 end
 
 -- A record sent as "<n>" then n field/value pairs: the table, and the flat pairs (for HSET).
@@ -67,26 +110,33 @@ local function record_arg()
 end
 
 local function ready(id, q, prio, run_at)
-  redis.call('ZADD', rkey(prio, q), run_at, id)
-  redis.call('ZADD', pkey(q), prio, prio)
+  zadd(rkey(prio, q), run_at, id)
+  zadd(pkey(q), prio, prio)
   WAKE[q] = true
 end
 
+-- The end of every script that changes tasks: the collected changes, then the wake-ups.
 local function wake_all()
+  flush_sets()
+  for field, delta in pairs(COUNTS) do
+    if delta ~= 0 then redis.call('HINCRBY', N, field, delta) end
+  end
+  COUNTS = {}
   for q in pairs(WAKE) do
     redis.call('XADD', wkey(q), 'MAXLEN', '~', 100, '*', 'e', '1')
   end
+  WAKE = {}
 end
 
 -- Store a new task (its fields as sent: state "queued" or "held", attempts 0).
 local function store(t, flat)
   redis.call('HSET', tkey(t.id), unpack(flat))
-  redis.call('ZADD', ALL, t.created_at, t.id)
+  zadd(ALL, t.created_at, t.id)
   count(t.queue, t.state, 1)
   if t.state == 'queued' then
     ready(t.id, t.queue, t.priority, t.run_at)
   else
-    redis.call('ZADD', hkey(t.queue), t.created_at, t.id)
+    zadd(hkey(t.queue), t.created_at, t.id)
   end
   if t.unique_key then
     redis.call('SET', ukey(t.unique_key), t.id)
@@ -120,7 +170,7 @@ local function history(id, f, worker, started_at, finished_at, outcome, err)
 end
 
 local TASK_FIELDS = {'state', 'queue', 'name', 'priority', 'run_at', 'attempts',
-  'max_attempts', 'lease_owner', 'group_id', 'last_error', 'traceback'}
+  'max_attempts', 'lease_owner', 'group_id'}
 
 local function fields(id)
   local values = redis.call('HMGET', tkey(id), unpack(TASK_FIELDS))
@@ -144,8 +194,8 @@ local function die(id, f, err, traceback, finished_at, now)
   else
     redis.call('HDEL', key, 'lease_owner', 'lease_until', 'traceback')
   end
-  redis.call('ZREM', lkey(f.queue), id)
-  redis.call('ZADD', DEAD, finished_at, id)
+  zrem(lkey(f.queue), id)
+  zadd(DEAD, finished_at, id)
   count(f.queue, f.state, -1)
   count(f.queue, 'dead', 1)
   group_member_done(f.group_id, now)
@@ -193,24 +243,44 @@ group_member_done = function(gid, now)
   end
 end
 
--- Lease a task to worker: running, one more attempt.
-local function lease(id, f, worker, expiry, q)
+-- Lease a task to worker: running, one more attempt; its record as HGETALL gives it.
+-- (now_zadd: the lease set is written at once, for the expired-lease scan that reads it.)
+local function lease(id, worker, expiry, q, now_zadd)
   local key = tkey(id)
-  redis.call('HINCRBY', key, 'attempts', 1)
-  redis.call('HSET', key, 'state', 'running', 'lease_owner', worker, 'lease_until', expiry)
-  redis.call('ZADD', lkey(q), expiry, id)
-  if f.state ~= 'running' then
-    count(q, f.state, -1)
+  local flat = redis.call('HGETALL', key)
+  local at = {}
+  for i = 1, #flat, 2 do at[flat[i]] = i + 1 end
+  local state = flat[at.state]
+  local attempts = tostring(tonumber(flat[at.attempts] or '0') + 1)
+  redis.call('HSET', key, 'state', 'running', 'attempts', attempts, 'lease_owner', worker,
+    'lease_until', expiry)
+  for _, pair in ipairs({{'state', 'running'}, {'attempts', attempts}, {'lease_owner', worker},
+      {'lease_until', expiry}}) do
+    local i = at[pair[1]]
+    if i then
+      flat[i] = pair[2]
+    else
+      flat[#flat + 1] = pair[1]
+      flat[#flat + 1] = pair[2]
+    end
+  end
+  if now_zadd then
+    redis.call('ZADD', lkey(q), expiry, id)
+  else
+    zadd(lkey(q), expiry, id)
+  end
+  if state ~= 'running' then
+    count(q, state, -1)
     count(q, 'running', 1)
   end
-  return redis.call('HGETALL', key)
+  return flat
 end
 
 -- Claim up to limit tasks of queues: expired leases first (dead instead on their last
 -- attempt), then queued tasks due by now, highest priority first, then oldest run_at.
 local function claim(now, limit, worker, expiry, queues, exclude)
+  flush_sets()
   local claimed = {}
-  local nowv = tonumber(now)
   for _, q in ipairs(queues) do
     local skip = 0
     while #claimed < limit do
@@ -227,13 +297,14 @@ local function claim(now, limit, worker, expiry, queues, exclude)
           elseif tonumber(f.attempts) >= tonumber(f.max_attempts) then
             die(id, f, 'lease expired (the worker stopped responding)', nil, now, now)
           else
-            claimed[#claimed + 1] = lease(id, f, worker, expiry, q)
+            claimed[#claimed + 1] = lease(id, worker, expiry, q, true)
           end
         end
       end
     end
   end
   if #claimed >= limit then return claimed end
+  flush_sets()  -- a group callback that a death above enqueued may be claimed now
   -- The ready sets of every queue, highest priority first.
   local levels, by_prio = {}, {}
   for _, q in ipairs(queues) do
@@ -266,16 +337,9 @@ local function claim(now, limit, worker, expiry, queues, exclude)
     for _, c in ipairs(candidates) do
       if #claimed >= limit then break end
       local id, q, key = c[2], c[3], c[4]
-      redis.call('ZREM', key, id)
-      local f = fields(id)
-      if f and f.state == 'queued' then
-        claimed[#claimed + 1] = lease(id, f, worker, expiry, q)
-      end
-    end
-    for _, q in ipairs(by_prio[prio]) do
-      if redis.call('ZCARD', rkey(prio, q)) == 0 then
-        redis.call('ZREM', pkey(q), prio)
-      end
+      zrem(key, id)
+      READY_KEYS[key] = {q, prio}
+      claimed[#claimed + 1] = lease(id, worker, expiry, q, false)
     end
   end
   return claimed
@@ -299,15 +363,24 @@ local function finish_one(now, o)
   end
   local key = tkey(id)
   if kind == 'succeeded' then
-    redis.call('HSET', key, 'state', 'succeeded', 'finished_at', o.finished_at)
-    redis.call('HDEL', key, 'lease_owner', 'lease_until', 'last_error', 'traceback', 'result',
-      'result_expires')
-    if o.result then redis.call('HSET', key, 'result', o.result) end
-    if o.result_expires then
-      redis.call('HSET', key, 'result_expires', o.result_expires)
-      redis.call('ZADD', EXP, o.result_expires, id)
+    local set = {'state', 'succeeded', 'finished_at', o.finished_at}
+    local gone = {'lease_owner', 'lease_until', 'last_error', 'traceback'}
+    if o.result then
+      set[#set + 1] = 'result'
+      set[#set + 1] = o.result
+    else
+      gone[#gone + 1] = 'result'
     end
-    redis.call('ZREM', lkey(f.queue), id)
+    if o.result_expires then
+      set[#set + 1] = 'result_expires'
+      set[#set + 1] = o.result_expires
+      zadd(EXP, o.result_expires, id)
+    else
+      gone[#gone + 1] = 'result_expires'
+    end
+    redis.call('HSET', key, unpack(set))
+    redis.call('HDEL', key, unpack(gone))
+    zrem(lkey(f.queue), id)
     count(f.queue, 'running', -1)
     count(f.queue, 'succeeded', 1)
     for _, pair in ipairs(follow) do store(pair[1], pair[2]) end
@@ -326,7 +399,7 @@ local function finish_one(now, o)
     end
     redis.call('HSET', key, 'state', 'queued', 'run_at', run_at)
     redis.call('HDEL', key, 'lease_owner', 'lease_until')
-    redis.call('ZREM', lkey(f.queue), id)
+    zrem(lkey(f.queue), id)
     count(f.queue, 'running', -1)
     count(f.queue, 'queued', 1)
     ready(id, f.queue, f.priority, run_at)

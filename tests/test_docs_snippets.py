@@ -11,6 +11,9 @@ says how, when a block is more than a program that runs and ends by itself:
   job fails, 143 for one stopped hard after SIGTERM).
 - ``<!-- test: postgres -->``: ``DATABASE_URL`` names a fresh database on the tests'
   Postgres server (found as ``tests/pg/conftest.py`` finds it), dropped afterwards.
+- ``<!-- test: redis -->``: ``REDIS_URL`` names a database of its own (10 to 14, flushed
+  before and after) on the tests' Redis server (found as ``tests/redis/conftest.py`` finds
+  it).
 - ``<!-- test: pytest -->``: the block is a test module, run with ``python -m pytest``.
 - ``<!-- test: timeout=N -->``: seconds the block may take (default 60).
 - ``<!-- test: skip reason="..." -->``: not run; only for a block that cannot run at all.
@@ -50,13 +53,26 @@ from .helpers import ROOT, free_port
 # The Postgres tests' way of finding a server (TASKER_TEST_DSN, 127.0.0.1:5432, pgserver), as
 # a fixture of this module too; asked for only when a postgres block runs.
 from .pg.conftest import pg_dsn  # noqa: F401
+from .redis.conftest import redis_url  # noqa: F401
 
 #: Where the blocks are: the README and every page of the docs site.
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)")
 _MARKER = re.compile(r"^\s*<!--\s*test:(?P<options>.*?)-->\s*$")
-_OPTIONS = {"sigterm-after", "exit", "postgres", "pytest", "timeout", "skip", "reason", "output"}
+_OPTIONS = {
+    "sigterm-after",
+    "exit",
+    "postgres",
+    "redis",
+    "pytest",
+    "timeout",
+    "skip",
+    "reason",
+    "output",
+}
+#: The Redis databases the blocks marked ``redis`` get, one each.
+_REDIS_DATABASES = range(10, 15)
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,7 @@ class Block:
 
     @property
     def slow(self) -> bool:
-        return any(key in self.options for key in ("sigterm-after", "postgres", "pytest"))
+        return any(key in self.options for key in ("sigterm-after", "postgres", "redis", "pytest"))
 
 
 def _parse_marker(text: str, where: str) -> dict[str, str]:
@@ -183,7 +199,9 @@ def _catches_sigterm(pid: int) -> bool | None:
     return bool(int(match[1], 16) >> (signal.SIGTERM - 1) & 1)
 
 
-def run_block(block: Block, directory: Path, database_url: str | None) -> Run:
+def run_block(
+    block: Block, directory: Path, database_url: str | None, redis: str | None = None
+) -> Run:
     """Run ``block`` in ``directory`` as its options say; never raises for the block's sake."""
     script = directory / ("test_snippet.py" if "pytest" in block.options else "snippet.py")
     script.write_text(block.code, encoding="utf-8")
@@ -194,6 +212,8 @@ def run_block(block: Block, directory: Path, database_url: str | None) -> Run:
     env["PORT"] = str(free_port())
     if database_url is not None:
         env["DATABASE_URL"] = database_url
+    if redis is not None:
+        env["REDIS_URL"] = redis
     args = [sys.executable, script.name]
     if "pytest" in block.options:
         args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", script.name]
@@ -264,6 +284,19 @@ def check(block: Block, run: Run) -> list[str]:
     return problems
 
 
+def _flush(url: str) -> None:
+    """Empty the Redis database ``url`` names."""
+    import anyio
+    import coredis
+
+    async def flush() -> None:
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(url)
+        async with client:
+            await client.flushdb()
+
+    anyio.run(flush)
+
+
 class Runner:
     """Starts the selected blocks together in threads; hands out each one's result."""
 
@@ -274,6 +307,7 @@ class Runner:
         self._futures: dict[str, Future[Run]] = {}
         self._admin_dsn: str | None = None
         self._databases: list[str] = []
+        self._redis_urls: list[str] = []
         wanted = set()
         for item in request.session.items:
             callspec = getattr(item, "callspec", None)
@@ -292,11 +326,20 @@ class Runner:
             if self._admin_dsn is None:  # here, not in a thread: fixtures belong to pytest
                 self._admin_dsn = str(self._request.getfixturevalue("pg_dsn"))
             admin_dsn = self._admin_dsn
-        self._futures[block.id] = self._pool.submit(self._run, block, directory, admin_dsn)
+        redis = None
+        if "redis" in block.options:
+            base = str(self._request.getfixturevalue("redis_url"))
+            taken = len(self._redis_urls)
+            if taken >= len(_REDIS_DATABASES):
+                raise ValueError(f"more than {len(_REDIS_DATABASES)} blocks marked redis")
+            redis = urlunsplit(urlsplit(base)._replace(path=f"/{_REDIS_DATABASES[taken]}"))
+            self._redis_urls.append(redis)
+            _flush(redis)
+        self._futures[block.id] = self._pool.submit(self._run, block, directory, admin_dsn, redis)
 
-    def _run(self, block: Block, directory: Path, admin_dsn: str | None) -> Run:
+    def _run(self, block: Block, directory: Path, admin_dsn: str | None, redis: str | None) -> Run:
         database_url = None if admin_dsn is None else self._database(admin_dsn)
-        return run_block(block, directory, database_url)
+        return run_block(block, directory, database_url, redis)
 
     def _database(self, admin_dsn: str) -> str:
         """A fresh database on the tests' Postgres server, for one block."""
@@ -324,6 +367,8 @@ class Runner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        for url in self._redis_urls:
+            _flush(url)
         if not self._databases or self._admin_dsn is None:
             return
         import asyncio

@@ -1,0 +1,233 @@
+"""The Redis queue backend's own behaviour: options, wake-ups, idle cost, namespaces, a
+whole queue on asyncio and trio, and its checks of the server."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import coredis
+import pytest
+
+import tasker
+from tasker import BackendConfigurationError
+from tasker.queue import NewTask, Queue
+from tasker_redis import RedisQueueBackend
+
+from .servers import PrivateRedis
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _task(task_id: str, *, queue: str = "default", run_at: float, priority: int = 0) -> NewTask:
+    return NewTask(
+        id=task_id,
+        name="t",
+        queue=queue,
+        payload=b"null",
+        priority=priority,
+        run_at=run_at,
+        max_attempts=3,
+        created_at=run_at,
+    )
+
+
+def test_options_are_checked_at_construction() -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        RedisQueueBackend("postgresql://u:secret@h/db")
+    with pytest.raises(ValueError, match="namespace"):
+        RedisQueueBackend("redis://h", namespace="a{b}")
+    with pytest.raises(ValueError, match="namespace"):
+        RedisQueueBackend("redis://h", namespace="")
+    with pytest.raises(ValueError, match="batch_size"):
+        RedisQueueBackend("redis://h", batch_size=0)
+    with pytest.raises(ValueError, match="history_limit"):
+        RedisQueueBackend("redis://h", history_limit=-1)
+    with pytest.raises(TypeError, match="clock_resync"):
+        RedisQueueBackend("redis://h", clock_resync="soon")  # type: ignore[arg-type]
+
+
+def test_the_password_is_never_shown() -> None:
+    backend = RedisQueueBackend("redis://user:s3cr3t-pw@127.0.0.1:1/0")
+    assert "s3cr3t-pw" not in repr(backend)
+    with pytest.raises(ValueError, match="redis://") as caught:
+        RedisQueueBackend("http://user:s3cr3t-pw@host/")
+    assert "s3cr3t-pw" not in str(caught.value)
+
+
+async def test_a_whole_queue_runs_on_redis(redis_url: str, namespace: str) -> None:
+    """Enqueue, a worker, results, history and counts, end to end (asyncio and trio)."""
+    queue = Queue(RedisQueueBackend(redis_url, namespace=namespace))
+    seen: list[int] = []
+
+    @queue.task("double", max_attempts=2, backoff=0.01)
+    async def double(ctx: tasker.Context, n: int) -> int:
+        if n == 3 and not seen.count(3):
+            seen.append(n)
+            raise ValueError("once")
+        seen.append(n)
+        return n * 2
+
+    async with queue:
+        handles = [await double.enqueue(n) for n in range(5)]
+        done = anyio.Event()
+
+        async def until_done() -> None:
+            while (await queue.counts()).get("default", {}).get("succeeded", 0) < 5:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(until_done)
+            tg.start_soon(
+                lambda: tasker.run(queue.worker(concurrency=3), shutdown_trigger=done.wait)
+            )
+        results = [await double.get(handle.id) for handle in handles]
+        assert [r.result if r else None for r in results] == [0, 2, 4, 6, 8]
+        history = await queue.history(task_id=handles[3].id)
+        assert [h.outcome for h in history] == ["succeeded", "retry"]
+        assert sorted(seen) == [0, 1, 2, 3, 3, 4]
+
+
+async def test_an_enqueue_wakes_an_idle_wait_at_once(redis_url: str, namespace: str) -> None:
+    waiter = RedisQueueBackend(redis_url, namespace=namespace)
+    producer = RedisQueueBackend(redis_url, namespace=namespace)
+    try:
+        now = await producer.time()
+        await waiter.wait_for_work(["default"], 0.01)  # connected, nothing due
+        woke: list[float] = []
+
+        async def wait() -> None:
+            await waiter.wait_for_work(["default"], 30)
+            woke.append(time.monotonic())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.sleep(0.3)
+            assert not woke, "woke with nothing to do"
+            sent = time.monotonic()
+            await producer.enqueue([_task("a", run_at=now)], now=now)
+            with anyio.fail_after(5):
+                while not woke:  # noqa: ASYNC110 - the wait is the code under test
+                    await anyio.sleep(0.001)
+        assert woke[0] - sent < 0.5
+        # Another queue's enqueue does not wake it.
+        async with anyio.create_task_group() as tg:
+            tg.cancel_scope.deadline = anyio.current_time() + 0.5
+            claimed = await waiter.claim(["default"], 1, worker="w", lease=30, now=now)
+            assert [t.id for t in claimed] == ["a"]
+            tg.start_soon(wait)
+            await anyio.sleep(0.1)
+            await producer.enqueue([_task("b", queue="other", run_at=now)], now=now)
+            await anyio.sleep(0.2)
+            assert len(woke) == 1, "an enqueue on another queue woke it"
+    finally:
+        await waiter.aclose()
+        await producer.aclose()
+
+
+async def test_a_wait_ends_when_a_delayed_task_falls_due(redis_url: str, namespace: str) -> None:
+    backend = RedisQueueBackend(redis_url, namespace=namespace)
+    try:
+        now = await backend.time()
+        await backend.enqueue([_task("later", run_at=now + 0.4)], now=now)
+        started = time.monotonic()
+        await backend.wait_for_work(["default"], 30)
+        waited = time.monotonic() - started
+        assert 0.25 < waited < 2.0, waited
+        assert await backend.next_run_at(["default"]) == pytest.approx(now + 0.4)
+    finally:
+        await backend.aclose()
+
+
+async def test_namespaces_never_meet(redis_url: str, namespace: str) -> None:
+    one = RedisQueueBackend(redis_url, namespace=namespace)
+    other = RedisQueueBackend(redis_url, namespace=namespace + "-2")
+    try:
+        now = await one.time()
+        await one.enqueue([_task("x", run_at=now)], now=now)
+        assert await other.claim(["default"], 5, worker="w", lease=30, now=now) == []
+        assert await other.get("x") is None
+        assert await other.counts() == {}
+        assert [t.id for t in await one.claim(["default"], 5, worker="w", lease=30, now=now)] == [
+            "x"
+        ]
+    finally:
+        await one.aclose()
+        await other.aclose()
+        client: coredis.Redis[bytes] = coredis.Redis.from_url(redis_url)
+        async with client:
+            keys = [k async for k in client.scan_iter(match="{" + namespace + "-2}:*")]
+            if keys:
+                await client.delete(keys)
+
+
+async def test_batch_size_caps_a_claim(redis_url: str, namespace: str) -> None:
+    backend = RedisQueueBackend(redis_url, namespace=namespace, batch_size=2)
+    try:
+        now = await backend.time()
+        await backend.enqueue([_task(f"t{i}", run_at=now) for i in range(5)], now=now)
+        assert len(await backend.claim(["default"], 10, worker="w", lease=30, now=now)) == 2
+        taken = await backend.finish_and_claim(
+            [], now=now, queues=["default"], limit=10, worker="w", lease=30
+        )
+        assert len(taken) == 2
+    finally:
+        await backend.aclose()
+
+
+async def test_an_idle_worker_sends_nothing_but_its_blocking_read() -> None:
+    """On a private server (nobody else's commands): a worker idle for 2 s, with a poll of
+    30 s, has sent its one script and one XREAD and nothing since."""
+    server = PrivateRedis()
+    server.start()
+    try:
+        queue = Queue(RedisQueueBackend(server.url), retention=None)
+
+        @queue.task("t")
+        async def t(ctx: tasker.Context, payload: Any) -> None:
+            pass
+
+        admin: coredis.Redis[bytes] = coredis.Redis.from_url(server.url)
+        async with admin, queue, anyio.create_task_group() as tg:
+            stop = anyio.Event()
+            tg.start_soon(
+                lambda: tasker.run(queue.worker(poll=30, lease=90), shutdown_trigger=stop.wait)
+            )
+            await anyio.sleep(1.0)  # started, claimed nothing, announced itself, waiting
+            await admin.config_resetstat()
+            await anyio.sleep(2.0)
+            stats = await admin.info("commandstats")
+            stop.set()
+        calls = {
+            name.removeprefix("cmdstat_"): int(value["calls"])
+            for name, value in stats.items()
+            if name.startswith("cmdstat_") and isinstance(value, dict)
+        }
+        calls.pop("config|resetstat", None)
+        calls.pop("info", None)
+        assert sum(calls.values()) == 0, calls
+    finally:
+        server.cleanup()
+
+
+async def test_a_server_too_old_stops_with_the_minimum(
+    redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def old_info(self: Any, *sections: Any) -> dict[str, Any]:
+        return {"redis_version": "6.0.16"}
+
+    monkeypatch.setattr(coredis.Redis, "info", old_info)
+    backend = RedisQueueBackend(redis_url, namespace=namespace)
+    try:
+        with pytest.raises(BackendConfigurationError, match=r"6\.0\.16.*6\.2") as caught:
+            await backend.time()
+        assert "6.2 or newer" in caught.value.fix
+    finally:
+        await backend.aclose()
