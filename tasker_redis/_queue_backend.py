@@ -51,12 +51,14 @@ from tasker.queue import (
 
 from ._connection import RedisSource, ServerClock, check_namespace
 from ._scripts import (
+    RECORD_FIELDS,
     Scripts,
     decode_history,
     decode_record,
     encode_group,
     encode_outcome,
     encode_task,
+    pack,
 )
 
 __all__ = ["RedisQueueBackend"]
@@ -121,6 +123,7 @@ class RedisQueueBackend:
         self._prefix = "{" + namespace + "}:"
         self._key = self._prefix + "n"
         self._scripts: Scripts | None = None
+        self._cap = str(history_limit)
 
     def __repr__(self) -> str:
         return f"RedisQueueBackend({redact_dsn(self._source.url)!r}, namespace={self.namespace!r})"
@@ -132,7 +135,7 @@ class RedisQueueBackend:
         scripts = self._scripts
         if scripts is None or scripts.client is not client:
             scripts = self._scripts = Scripts(client)
-        return await scripts.run(name, self._key, [self._prefix, str(self.history_limit), *args])
+        return await scripts.run(name, self._key, [self._prefix, self._cap, pack(args)])
 
     # -- time ------------------------------------------------------------------------------
 
@@ -254,10 +257,10 @@ class RedisQueueBackend:
     async def get(self, task_id: str) -> TaskRecord | None:
         """Return a task by id, or None."""
         client = await self._source.client()
-        flat = await client.hgetall(self._prefix + "t:" + task_id)
-        if not flat:
+        values = await client.hmget(self._prefix + "t:" + task_id, RECORD_FIELDS)
+        if values[0] is None:
             return None
-        return decode_record([value for pair in flat.items() for value in pair])
+        return decode_record(values)
 
     async def tasks(
         self, *, state: TaskState | None = None, queue: str | None = None, limit: int = 100

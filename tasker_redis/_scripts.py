@@ -18,6 +18,7 @@ import coredis
 from tasker.queue import GroupSpec, HistoryEntry, NewTask, Outcome, TaskRecord, TaskState
 
 __all__ = [
+    "RECORD_FIELDS",
     "SCRIPTS",
     "Scripts",
     "decode_history",
@@ -25,6 +26,7 @@ __all__ = [
     "encode_group",
     "encode_outcome",
     "encode_task",
+    "pack",
 ]
 
 _PRELUDE = resources.files(__package__).joinpath("queue.lua").read_text(encoding="utf-8")
@@ -161,35 +163,69 @@ def _float(value: bytes | None) -> float | None:
     return None if value is None else float(value)
 
 
-def decode_record(flat: Sequence[bytes]) -> TaskRecord:
-    """A :class:`TaskRecord` from a task hash's ``HGETALL`` (a flat field/value list)."""
-    it = iter(flat)
-    f: dict[bytes, bytes] = dict(zip(it, it, strict=True))
-    group_index = f.get(b"group_index")
+#: The fields of a task record as the scripts return it (``RECORD`` in ``queue.lua``).
+RECORD_FIELDS = (
+    "id",
+    "name",
+    "queue",
+    "payload",
+    "priority",
+    "run_at",
+    "state",
+    "attempts",
+    "max_attempts",
+    "timeout",
+    "unique_key",
+    "created_at",
+    "lease_owner",
+    "lease_until",
+    "result",
+    "result_expires",
+    "last_error",
+    "traceback",
+    "finished_at",
+    "chain",
+    "group_id",
+    "group_index",
+)
+
+
+def decode_record(v: Sequence[bytes | None]) -> TaskRecord:
+    """A :class:`TaskRecord` from a task hash's values of :data:`RECORD_FIELDS`, in order."""
+    group_index = v[21]
     return TaskRecord(
-        id=f[b"id"].decode(),
-        name=f[b"name"].decode(),
-        queue=f[b"queue"].decode(),
-        payload=f.get(b"payload", b""),
-        priority=int(f[b"priority"]),
-        run_at=float(f[b"run_at"]),
-        state=TaskState(f[b"state"].decode()),
-        attempts=int(f.get(b"attempts", b"0")),
-        max_attempts=int(f[b"max_attempts"]),
-        timeout=_float(f.get(b"timeout")),
-        unique_key=_text(f.get(b"unique_key")),
-        created_at=float(f[b"created_at"]),
-        lease_owner=_text(f.get(b"lease_owner")),
-        lease_until=_float(f.get(b"lease_until")),
-        result=f.get(b"result"),
-        result_expires=_float(f.get(b"result_expires")),
-        last_error=_text(f.get(b"last_error")),
-        traceback=_text(f.get(b"traceback")),
-        finished_at=_float(f.get(b"finished_at")),
-        chain=f.get(b"chain"),
-        group_id=_text(f.get(b"group_id")),
+        id=v[0].decode(),  # type: ignore[union-attr]
+        name=v[1].decode(),  # type: ignore[union-attr]
+        queue=v[2].decode(),  # type: ignore[union-attr]
+        payload=v[3] or b"",
+        priority=int(v[4]),  # type: ignore[arg-type]
+        run_at=float(v[5]),  # type: ignore[arg-type]
+        state=TaskState(v[6].decode()),  # type: ignore[union-attr]
+        attempts=int(v[7] or b"0"),
+        max_attempts=int(v[8]),  # type: ignore[arg-type]
+        timeout=_float(v[9]),
+        unique_key=_text(v[10]),
+        created_at=float(v[11]),  # type: ignore[arg-type]
+        lease_owner=_text(v[12]),
+        lease_until=_float(v[13]),
+        result=v[14],
+        result_expires=_float(v[15]),
+        last_error=_text(v[16]),
+        traceback=_text(v[17]),
+        finished_at=_float(v[18]),
+        chain=v[19],
+        group_id=_text(v[20]),
         group_index=None if group_index is None else int(group_index),
     )
+
+
+def pack(items: Sequence[str | bytes]) -> bytes:
+    """``items`` as one argument: each as ``b"<length>:<bytes>"`` (the scripts unpack it)."""
+    out = []
+    for item in items:
+        data = item if isinstance(item, bytes) else item.encode()
+        out.append(b"%d:%b" % (len(data), data))
+    return b"".join(out)
 
 
 def decode_history(flat: Sequence[bytes]) -> HistoryEntry:

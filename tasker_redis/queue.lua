@@ -2,7 +2,8 @@
 -- a crash between its steps never leaves a task half moved.
 --
 -- This prelude is put before each script's one-line body (see _scripts.py). ARGV[1] is the
--- key prefix, "{namespace}:", and KEYS[1] one key of it (so that a cluster routes the call
+-- key prefix, "{namespace}:", ARGV[2] the history cap, ARGV[3] the packed arguments, and
+-- KEYS[1] one key of the prefix (so that a cluster routes the call
 -- to the namespace's slot: every key shares its hash tag). Names (queues, ids, unique keys)
 -- arrive as arguments and are only ever joined to that prefix.
 --
@@ -28,12 +29,32 @@
 
 local P = ARGV[1]
 local HISTORY_CAP = tonumber(ARGV[2])
-local pos = 3
+
+-- The arguments come packed in ARGV[3] as "<length>:<bytes>" items, one after the other
+-- (a few hundred arguments cost the client more one by one than in one string).
+local ARGS = {}
+do
+  local blob, i, n = ARGV[3], 1, #ARGV[3]
+  while i <= n do
+    local colon = string.find(blob, ':', i, true)
+    local length = tonumber(string.sub(blob, i, colon - 1))
+    ARGS[#ARGS + 1] = string.sub(blob, colon + 1, colon + length)
+    i = colon + length + 1
+  end
+end
+local pos = 1
 local function arg()
-  local value = ARGV[pos]
+  local value = ARGS[pos]
   pos = pos + 1
   return value
 end
+
+-- A task's record, as the client decodes it: these fields in this order (false if unset).
+local RECORD = {'id', 'name', 'queue', 'payload', 'priority', 'run_at', 'state', 'attempts',
+  'max_attempts', 'timeout', 'unique_key', 'created_at', 'lease_owner', 'lease_until',
+  'result', 'result_expires', 'last_error', 'traceback', 'finished_at', 'chain', 'group_id',
+  'group_index'}
+local R_STATE, R_ATTEMPTS, R_OWNER, R_UNTIL = 7, 8, 13, 14
 
 local N, ALL, EXP, DEAD, HIST = P .. 'n', P .. 'all', P .. 'exp', P .. 'dead', P .. 'hist'
 local function tkey(id) return P .. 't:' .. id end
@@ -243,27 +264,18 @@ group_member_done = function(gid, now)
   end
 end
 
--- Lease a task to worker: running, one more attempt; its record as HGETALL gives it.
+-- Lease a task to worker: running, one more attempt; its record (RECORD's fields).
 -- (now_zadd: the lease set is written at once, for the expired-lease scan that reads it.)
 local function lease(id, worker, expiry, q, now_zadd)
   local key = tkey(id)
-  local flat = redis.call('HGETALL', key)
-  local at = {}
-  for i = 1, #flat, 2 do at[flat[i]] = i + 1 end
-  local state = flat[at.state]
-  local attempts = tostring(tonumber(flat[at.attempts] or '0') + 1)
+  local flat = redis.call('HMGET', key, unpack(RECORD))
+  local state = flat[R_STATE]
+  if not state then return nil end  -- gone (never, while the sets agree with the tasks)
+  local attempts = tostring(tonumber(flat[R_ATTEMPTS] or '0') + 1)
   redis.call('HSET', key, 'state', 'running', 'attempts', attempts, 'lease_owner', worker,
     'lease_until', expiry)
-  for _, pair in ipairs({{'state', 'running'}, {'attempts', attempts}, {'lease_owner', worker},
-      {'lease_until', expiry}}) do
-    local i = at[pair[1]]
-    if i then
-      flat[i] = pair[2]
-    else
-      flat[#flat + 1] = pair[1]
-      flat[#flat + 1] = pair[2]
-    end
-  end
+  flat[R_STATE], flat[R_ATTEMPTS], flat[R_OWNER], flat[R_UNTIL] = 'running', attempts, worker,
+    expiry
   if now_zadd then
     redis.call('ZADD', lkey(q), expiry, id)
   else
@@ -339,7 +351,8 @@ local function claim(now, limit, worker, expiry, queues, exclude)
       local id, q, key = c[2], c[3], c[4]
       zrem(key, id)
       READY_KEYS[key] = {q, prio}
-      claimed[#claimed + 1] = lease(id, worker, expiry, q, false)
+      local record = lease(id, worker, expiry, q, false)
+      if record then claimed[#claimed + 1] = record end
     end
   end
   return claimed
@@ -501,8 +514,8 @@ end
 local function heartbeat_main()
   local worker, expiry = arg(), arg()
   local held = {}
-  for i = pos, #ARGV do
-    local id = ARGV[i]
+  for i = pos, #ARGS do
+    local id = ARGS[i]
     local v = redis.call('HMGET', tkey(id), 'state', 'lease_owner', 'queue')
     if v[1] == 'running' and v[2] == worker then
       redis.call('HSET', tkey(id), 'lease_until', expiry)
@@ -515,7 +528,7 @@ end
 
 local function rest()
   local values = {}
-  for i = pos, #ARGV do values[#values + 1] = ARGV[i] end
+  for i = pos, #ARGS do values[#values + 1] = ARGS[i] end
   return values
 end
 
@@ -670,7 +683,7 @@ local function purge_main()
   return {deleted, more}
 end
 
--- Tasks newest first, of one state and queue when given ('' for any), as HGETALL arrays.
+-- Tasks newest first, of one state and queue when given ('' for any), as records.
 local function tasks_main()
   local state, q, limit = arg(), arg(), tonumber(arg())
   local found = {}
@@ -681,7 +694,7 @@ local function tasks_main()
     for _, id in ipairs(ids) do
       local v = redis.call('HMGET', tkey(id), 'state', 'queue')
       if v[1] and (state == '' or v[1] == state) and (q == '' or v[2] == q) then
-        found[#found + 1] = redis.call('HGETALL', tkey(id))
+        found[#found + 1] = redis.call('HMGET', tkey(id), unpack(RECORD))
         if #found >= limit then break end
       end
     end
