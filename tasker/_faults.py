@@ -6,14 +6,17 @@ database, a missing permission, an unwritable state directory) does not, so retr
 would only hide it: they stop the program instead, with the fix in the message.
 
 The core recognises the faults of the standard library (permissions on files, SQLite's
-read-only or unopenable database). A backend recognises its driver's own by registering a
-classifier with :func:`register_fault_classifier` (``tasker_pg`` does, for asyncpg).
+read-only or unopenable database, a server's TLS certificate that does not verify). A
+backend recognises its driver's own by registering a classifier with
+:func:`register_fault_classifier` (``tasker_pg`` does, for asyncpg; ``tasker_redis`` for
+coredis).
 """
 
 from __future__ import annotations
 
 import errno
 import sqlite3
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -88,6 +91,15 @@ def _related(exc: BaseException, depth: int = 0) -> Iterator[BaseException]:
 
 
 def _builtin(error: BaseException) -> PermanentFault | None:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return PermanentFault(
+            f"the server's TLS certificate was not accepted ({error.verify_message or error})",
+            "give the client the CA that signed it (tasker_redis: ssl_context="
+            "ssl.create_default_context(cafile=...); Postgres: sslrootcert= in the DSN), or"
+            " give the server a certificate for the host name the URL uses",
+        )
+    if isinstance(error, ssl.SSLError):
+        return None  # other TLS errors: a handshake cut short is an outage like any other
     if isinstance(error, OSError) and error.errno in _PERMISSION_ERRNOS:
         where = f" on {error.filename}" if error.filename else ""
         return PermanentFault(

@@ -12,7 +12,8 @@ and it never shares a connection (or a client library) with the tool it measures
   hold for every tool whatever its client, and they include the commands a Lua script or
   Redis Function runs (under their own names; the ``evalsha``/``fcall`` is one more).
   They are server-wide: a window also notes the other clients that were active on other
-  databases (``foreign``), whose commands the counts would include.
+  databases, and the other databases whose keys changed (``foreign``): the counts would
+  include their commands. Read-only clients that came and went within a window go unseen.
 - :func:`peer_args` and :func:`emit`: the peers' command line and their one line of JSON.
 
 A peer script runs as ``python PEER.py URL throughput TASKS CONCURRENCY`` (enqueue TASKS
@@ -144,15 +145,24 @@ class Probe:
             raise ValueError("refusing to FLUSHDB database 0: give a url with another /db")
         self.command("FLUSHDB")
 
-    def commandstats(self) -> Counter[str]:
-        """``INFO commandstats`` as calls per command name."""
+    def commandstats(self) -> tuple[Counter[str], dict[str, str]]:
+        """``INFO commandstats keyspace`` (one command, Redis 7): calls per command name,
+        and each database's ``keys=...,expires=...`` line."""
         calls: Counter[str] = Counter()
-        for line in self.text("INFO", "commandstats").splitlines():
+        keyspace: dict[str, str] = {}
+        try:
+            text = self.text("INFO", "commandstats", "keyspace")
+        except RedisError:  # before Redis 7: one section per INFO
+            text = self.text("INFO", "commandstats")
+        for line in text.splitlines():
             if line.startswith("cmdstat_"):
                 name, _, values = line[len("cmdstat_") :].partition(":")
                 fields = dict(item.split("=", 1) for item in values.split(","))
                 calls[name] = int(fields["calls"])
-        return calls
+            elif line.startswith("db") and ":" in line:
+                db, _, values = line.partition(":")
+                keyspace[db] = values.rpartition(",avg_ttl=")[0]
+        return calls, keyspace
 
     def clients(self) -> list[dict[str, str]]:
         """``CLIENT LIST``, one dict of fields per connection."""
@@ -174,6 +184,8 @@ class Window:
     seconds: float
     #: Other connections (another database's) active during the window: counts may include them.
     foreign: list[str]
+    #: The server's counters went backwards (someone ran ``CONFIG RESETSTAT``): no count.
+    reset: bool = False
 
     @property
     def total(self) -> int:
@@ -184,7 +196,12 @@ class Window:
         return sum(n for name, n in self.commands.items() if name in SCRIPT_CALLS)
 
     def as_json(self) -> dict[str, Any]:
-        return {"commands": dict(self.commands), "seconds": self.seconds, "foreign": self.foreign}
+        return {
+            "commands": dict(self.commands),
+            "seconds": self.seconds,
+            "foreign": self.foreign,
+            "reset": self.reset,
+        }
 
 
 class Meter:
@@ -193,14 +210,15 @@ class Meter:
     def __init__(self, url: str) -> None:
         self.probe = Probe(url)
         self._before: Counter[str] = Counter()
+        self._keyspace: dict[str, str] = {}
         self._started = 0.0
 
     def start(self) -> None:
-        self._before = self.probe.commandstats()
+        self._before, self._keyspace = self.probe.commandstats()
         self._started = time.perf_counter()
 
     def stop(self) -> Window:
-        after = self.probe.commandstats()
+        after, keyspace = self.probe.commandstats()
         seconds = time.perf_counter() - self._started
         delta = Counter(after)
         delta.subtract(self._before)
@@ -212,7 +230,18 @@ class Meter:
             and c.get("db") != str(self.probe.url.db)
             and float(c.get("idle", "0")) < seconds
         ]
-        return Window(commands=+delta, seconds=seconds, foreign=foreign)
+        # A client that came and went within the window is not in CLIENT LIST; the keys it
+        # changed in its own database still show.
+        ours = f"db{self.probe.url.db}"
+        foreign += [
+            f"{db}: {self._keyspace.get(db, 'no keys')} -> {keyspace.get(db, 'no keys')}"
+            for db in sorted(set(keyspace) | set(self._keyspace))
+            if db != ours and keyspace.get(db) != self._keyspace.get(db)
+        ]
+        reset = any(n < 0 for n in delta.values())
+        if reset:
+            foreign.append("INFO commandstats went backwards (CONFIG RESETSTAT?)")
+        return Window(commands=+delta, seconds=seconds, foreign=foreign, reset=reset)
 
     def close(self) -> None:
         self.probe.close()

@@ -33,9 +33,7 @@ GROUP = "raw"
 BATCH = 100
 
 
-async def consume(
-    client: redis.Redis, handler: Any, block_ms: int, stop: asyncio.Event
-) -> None:
+async def consume(client: redis.Redis, handler: Any, block_ms: int, stop: asyncio.Event) -> None:
     pending: list[bytes] = []
     while not stop.is_set():
         async with client.pipeline(transaction=False) as pipe:

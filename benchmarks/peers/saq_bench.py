@@ -61,7 +61,9 @@ async def throughput(url: str, tasks: int, concurrency: int) -> dict[str, Any]:
     meter = Meter(url)
     meter.start()
     started = time.perf_counter()
-    worker = Worker(queue, functions=[("noop", noop)], concurrency=concurrency, after_process=after_process)
+    worker = Worker(
+        queue, functions=[("noop", noop)], concurrency=concurrency, after_process=after_process
+    )
     runner = asyncio.create_task(worker.start())
     await asyncio.wait_for(all_recorded.wait(), 600)
     await worker.stop()

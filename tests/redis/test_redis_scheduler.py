@@ -25,17 +25,11 @@ from tasker.schedule import Interval
 from tasker.testing import SchedulerBackendContract
 from tasker_redis import RedisLockerFactory, RedisStateRepository
 
-from .servers import PrivateRedis
+from .servers import COREDIS_FAILED_CONNECT, PrivateRedis
 
 pytestmark = pytest.mark.anyio
 
-#: coredis 6.9 leaves a connection's memory streams unclosed when the connect itself fails
-#: (``BaseConnection.run`` enters them only after ``_connect()``), so each refused
-#: reconnect while a server is down warns when the garbage collector takes them. Only the
-#: tests that take a server away ignore it, and they collect before they end.
-_COREDIS_FAILED_CONNECT = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <function MemoryObject:pytest.PytestUnraisableExceptionWarning"
-)
+_COREDIS_FAILED_CONNECT = COREDIS_FAILED_CONNECT
 
 Backend = tuple[RedisLockerFactory, RedisStateRepository]
 
