@@ -680,6 +680,7 @@ local function purge_main()
       end
     end
   end
+  wake_all()  -- the counts of what was deleted
   return {deleted, more}
 end
 
