@@ -8,9 +8,16 @@ but transactional enqueue. Needs Redis 6.2 or newer; there is nothing to migrate
 TTL and a fencing number (:class:`RedisLockerFactory`, :func:`fencing_token`) and whose
 state is a hash (:class:`RedisStateRepository`), so replicas on different machines run
 each slot once.
+
+Logging: tasker_redis logs under ``tasker_redis``. The driver's own logger, ``coredis``,
+reports every dropped connection and script reload at INFO (what tasker's workers and
+Scheduler already report once per outage); unless the program set its level, it is set
+to WARNING here.
 """
 
 from __future__ import annotations
+
+import logging
 
 from . import _errors  # registers the fault classifier
 from ._connection import MIN_VERSION
@@ -29,6 +36,9 @@ __all__ = [
 ]
 
 del _errors
+
+if logging.getLogger("coredis").level == logging.NOTSET:
+    logging.getLogger("coredis").setLevel(logging.WARNING)
 
 for _name in __all__:
     _obj = globals()[_name]

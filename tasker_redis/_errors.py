@@ -29,7 +29,8 @@ def classify_fault(exc: BaseException) -> PermanentFault | None:
         return PermanentFault(
             f"the Redis user lacks a permission ({text})",
             "grant the user the commands and keys tasker_redis uses, e.g."
-            " `ACL SETUSER <user> +@all ~{tasker}:*` (for the namespace tasker)",
+            " `ACL SETUSER <user> on +@all ~{<namespace>}:*` (`~{tasker}:*` for the default"
+            " namespace)",
         )
     if isinstance(exc, errors.UnknownCommandError | errors.CommandNotSupportedError) or (
         "unknown command" in text

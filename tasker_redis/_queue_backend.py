@@ -34,6 +34,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import coredis.exceptions
 
 from tasker import redact_dsn
 from tasker.backends import to_seconds
@@ -153,12 +154,21 @@ class RedisQueueBackend:
     async def enqueue(
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
     ) -> list[EnqueueResult]:
-        """Store tasks (and their group) in one script; unique keys deduplicate."""
+        """Store tasks (and their group) in one script; unique keys deduplicate.
+
+        Sent again once when the connection drops before the reply (a server restart, a
+        killed connection): the script stores nothing twice, since a task whose id is
+        stored already means that the first send was applied, whole.
+        """
         args: list[Any] = [repr(float(now)), str(len(tasks))]
         for task in tasks:
             encode_task(task, args)
         encode_group(group, args)
-        reply = await self._run("enqueue", args)
+        try:
+            reply = await self._run("enqueue", args)
+        except coredis.exceptions.ConnectionError as exc:
+            logger.debug("enqueue: the connection dropped (%s); sending it again", exc)
+            reply = await self._run("enqueue", args)
         return [
             EnqueueResult(id=task_id.decode(), deduplicated=bool(dedup)) for task_id, dedup in reply
         ]

@@ -264,13 +264,14 @@ group_member_done = function(gid, now)
   end
 end
 
--- Lease a task to worker: running, one more attempt; its record (RECORD's fields).
+-- Lease a task in state expected to worker: running, one more attempt; its record
+-- (RECORD's fields), or nil if it is not in that state (a stale set entry: never leased).
 -- (now_zadd: the lease set is written at once, for the expired-lease scan that reads it.)
-local function lease(id, worker, expiry, q, now_zadd)
+local function lease(id, expected, worker, expiry, q, now_zadd)
   local key = tkey(id)
   local flat = redis.call('HMGET', key, unpack(RECORD))
   local state = flat[R_STATE]
-  if not state then return nil end  -- gone (never, while the sets agree with the tasks)
+  if state ~= expected then return nil end
   local attempts = tostring(tonumber(flat[R_ATTEMPTS] or '0') + 1)
   redis.call('HSET', key, 'state', 'running', 'attempts', attempts, 'lease_owner', worker,
     'lease_until', expiry)
@@ -309,7 +310,7 @@ local function claim(now, limit, worker, expiry, queues, exclude)
           elseif tonumber(f.attempts) >= tonumber(f.max_attempts) then
             die(id, f, 'lease expired (the worker stopped responding)', nil, now, now)
           else
-            claimed[#claimed + 1] = lease(id, worker, expiry, q, true)
+            claimed[#claimed + 1] = lease(id, 'running', worker, expiry, q, true)
           end
         end
       end
@@ -351,7 +352,7 @@ local function claim(now, limit, worker, expiry, queues, exclude)
       local id, q, key = c[2], c[3], c[4]
       zrem(key, id)
       READY_KEYS[key] = {q, prio}
-      local record = lease(id, worker, expiry, q, false)
+      local record = lease(id, 'queued', worker, expiry, q, false)
       if record then claimed[#claimed + 1] = record end
     end
   end
@@ -466,22 +467,34 @@ end
 
 -- The scripts' bodies (see _scripts.py) call these.
 
+-- Store new tasks (and their group). A task whose id is stored already was stored by an
+-- earlier run of this same enqueue (the client sent it again after a lost reply): the
+-- script is atomic, so that run stored the whole batch, group included, and this one
+-- changes nothing.
 local function enqueue_main()
   local now = arg()
   local out, ids = {}, {}
+  local replay = false
   for i = 1, tonumber(arg()) do
     local t, flat = record_arg()
     local holder = nil
-    if t.unique_key then holder = unique_holder(t.unique_key, now) end
-    if holder then
-      out[i] = {holder, 1}
-    else
-      store(t, flat)
+    if redis.call('EXISTS', tkey(t.id)) == 1 then
+      replay = true
       out[i] = {t.id, 0}
+    else
+      if t.unique_key then holder = unique_holder(t.unique_key, now) end
+      if holder then
+        out[i] = {holder, 1}
+      elseif not replay then
+        store(t, flat)
+        out[i] = {t.id, 0}
+      else
+        out[i] = {t.id, 0}
+      end
     end
     ids[i] = t.id
   end
-  if arg() == '1' then
+  if arg() == '1' and not replay then
     local gid, size = arg(), arg()
     local _, callback = record_arg()
     local g = gkey(gid)

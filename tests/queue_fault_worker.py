@@ -1,10 +1,11 @@
 """A queue worker process for the fault tests: ``python tests/queue_fault_worker.py ...``.
 
-``--backend sqlite:PATH`` or ``--backend pg:DSN`` (with ``--schema``). Each run of a task
-appends ``start <n> <pid> <t> <attempt>`` and, when its work is done, ``end <n> <pid> <t>
-<attempt>`` to ``--out`` (one O_APPEND write each; ``t`` is ``CLOCK_MONOTONIC``, shared by
-every process of the machine). ``--skew S`` sets this process's wall clock S seconds ahead:
-``time.time`` and the datetimes tasker's system clock reads.
+``--backend sqlite:PATH``, ``--backend pg:DSN`` (with ``--schema``) or ``--backend
+redis:URL`` (with ``--namespace``). Each run of a task appends ``start <n> <pid> <t>
+<attempt>`` and, when its work is done, ``end <n> <pid> <t> <attempt>`` to ``--out`` (one
+O_APPEND write each; ``t`` is ``CLOCK_MONOTONIC``, shared by every process of the machine).
+``--skew S`` sets this process's wall clock S seconds ahead: ``time.time`` and the
+datetimes tasker's system clock reads.
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ def _skew(seconds: float) -> None:
     tasker._clock.datetime = Skewed  # type: ignore[attr-defined]
 
 
-def backend_for(spec: str, schema: str) -> QueueBackend:
+def backend_for(spec: str, schema: str, namespace: str = "tasker") -> QueueBackend:
     """The backend a ``--backend`` spec names."""
     kind, _, where = spec.partition(":")
     if kind == "sqlite":
         return SQLiteQueueBackend(where)
+    if kind == "redis":
+        from tasker_redis import RedisQueueBackend
+
+        return RedisQueueBackend(where, namespace=namespace)
     from tasker_pg import PostgresQueueBackend
 
     return PostgresQueueBackend(where, schema=schema)
@@ -101,6 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", required=True)
     parser.add_argument("--schema", default="tasker")
+    parser.add_argument("--namespace", default="tasker")
     parser.add_argument("--out", required=True)
     parser.add_argument("--skew", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=5)
@@ -109,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.skew:
         _skew(args.skew)
-    queue = build(backend_for(args.backend, args.schema), args.out)
+    queue = build(backend_for(args.backend, args.schema, args.namespace), args.out)
     print("ready", flush=True)
     worker = queue.worker(concurrency=args.concurrency, lease=args.lease, poll=0.5)
     tasker.main(worker, grace=10, backend=args.loop)

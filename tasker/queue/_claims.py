@@ -109,6 +109,9 @@ class Claims(WorkerState):
             try:
                 await self.backend.wait_for_work(self.queues, self.poll)
             except Exception as exc:
+                # A fault retrying cannot fix (a user not allowed the wait's command) stops
+                # the worker; an outage is the claim loop's to report, and is waited out.
+                raise_if_permanent(exc, f"worker {self.worker_id} on {self.backend!r}")
                 logger.debug("worker %s: wait_for_work failed: %s", self.worker_id, exc)
                 await anyio.sleep(min(self.poll, 1.0))
 

@@ -3,6 +3,7 @@ whole queue on asyncio and trio, and its checks of the server."""
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -12,10 +13,10 @@ import pytest
 
 import tasker
 from tasker import BackendConfigurationError
-from tasker.queue import NewTask, Queue
+from tasker.queue import GroupSpec, NewTask, Outcome, OutcomeKind, Queue, TaskState
 from tasker_redis import RedisQueueBackend
 
-from .servers import PrivateRedis
+from .servers import COREDIS_FAILED_CONNECT, PrivateRedis
 
 pytestmark = pytest.mark.anyio
 
@@ -231,3 +232,105 @@ async def test_a_server_too_old_stops_with_the_minimum(
         assert "6.2 or newer" in caught.value.fix
     finally:
         await backend.aclose()
+
+
+async def test_a_stale_ready_entry_never_leases_a_finished_task(
+    redis_url: str, namespace: str, redis_client: coredis.Redis[bytes]
+) -> None:
+    """A ready-set entry left behind (a script stopped by an error before its deferred set
+    changes) is dropped by the next claim, never taken for a queued task."""
+    backend = RedisQueueBackend(redis_url, namespace=namespace)
+    try:
+        now = await backend.time()
+        await backend.enqueue([_task("t1", run_at=now)], now=now)
+        (claimed,) = await backend.claim(["default"], 1, worker="w", lease=30, now=now)
+        outcome = Outcome(
+            id="t1",
+            worker="w",
+            kind=OutcomeKind.SUCCEEDED,
+            started_at=now,
+            finished_at=now,
+            result=b"1",
+        )
+        await backend.finish([outcome], now=now)
+        prefix = "{" + namespace + "}:"
+        await redis_client.zadd(prefix + "r:0:default", {"t1": now - 1})
+        await redis_client.zadd(prefix + "p:default", {"0": 0})
+        assert await backend.claim(["default"], 1, worker="w2", lease=30, now=now) == []
+        record = await backend.get("t1")
+        assert record is not None
+        assert record.state is TaskState.SUCCEEDED
+        assert record.attempts == claimed.attempts == 1
+        assert await backend.counts() == {"default": {TaskState.SUCCEEDED: 1}}
+        assert await redis_client.zcard(prefix + "r:0:default") == 0
+    finally:
+        await backend.aclose()
+
+
+async def test_an_enqueue_sent_twice_stores_once(redis_url: str, namespace: str) -> None:
+    """The same enqueue again (a retry after a lost reply) changes nothing: no second task,
+    no second group, so the callback still runs once."""
+    backend = RedisQueueBackend(redis_url, namespace=namespace)
+    try:
+        now = await backend.time()
+        members = [
+            NewTask(
+                id=f"m{i}",
+                name="t",
+                queue="default",
+                payload=b"1",
+                run_at=now,
+                created_at=now,
+                group_id="g",
+                group_index=i,
+            )
+            for i in range(2)
+        ]
+        callback = NewTask(
+            id="cb", name="t", queue="default", payload=b"", run_at=now, created_at=now
+        )
+        group = GroupSpec(id="g", size=2, callback=callback)
+        first = await backend.enqueue(members, group=group, now=now)
+        again = await backend.enqueue(members, group=group, now=now)
+        assert first == again
+        assert await backend.counts() == {"default": {TaskState.QUEUED: 2}}
+        claimed = await backend.claim(["default"], 5, worker="w", lease=30, now=now)
+        done = [
+            Outcome(
+                id=t.id,
+                worker="w",
+                kind=OutcomeKind.SUCCEEDED,
+                started_at=now,
+                finished_at=now,
+                result=b"1",
+            )
+            for t in claimed
+        ]
+        await backend.finish(done, now=now)
+        await backend.enqueue(members, group=group, now=now)  # after the group fired, too
+        assert await backend.counts() == {"default": {TaskState.SUCCEEDED: 2, TaskState.QUEUED: 1}}
+        (fired,) = await backend.claim(["default"], 5, worker="w", lease=30, now=now)
+        assert fired.id == "cb"
+        assert fired.payload == b"[1,1]"
+    finally:
+        await backend.aclose()
+
+
+@COREDIS_FAILED_CONNECT
+async def test_an_enqueue_after_a_server_restart_succeeds() -> None:
+    """The pooled connection died with the server; the first enqueue after the restart
+    goes through (sent again on a new connection) instead of failing."""
+    server = PrivateRedis()
+    server.start()
+    backend = RedisQueueBackend(server.url)
+    try:
+        now = await backend.time()
+        await backend.enqueue([_task("before", run_at=now)], now=now)
+        server.restart()
+        results = await backend.enqueue([_task("after", run_at=now)], now=now)
+        assert [r.id for r in results] == ["after"]
+        assert {t.id for t in await backend.tasks()} == {"before", "after"}
+    finally:
+        await backend.aclose()
+        server.cleanup()
+        gc.collect()  # the driver's leftovers warn here, where it is ignored
