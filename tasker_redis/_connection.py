@@ -7,7 +7,9 @@ Design notes:
   whatever task calls it (a request handler enqueues, a worker claims). So the client is
   entered and exited by one host task that the source starts on first use, outside any
   caller's task group: an asyncio task, or a trio system task. ``aclose()`` stops it; if
-  the event loop ends first, the loop's own shutdown cancels it.
+  the event loop ends first, the loop's own shutdown cancels it. Used from another event
+  loop later (a program that runs several, one after the other), the source starts a new
+  client in that one.
 - Commands are not retried by the driver (``NoRetryPolicy``): a script that claims or
   finishes is not idempotent, and a repeat after a lost reply would claim twice. The
   callers (the worker, the Scheduler) retry outages themselves.
@@ -48,6 +50,44 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+def _close_streams_after_a_failed_connect() -> None:
+    """coredis 6.9 creates a connection's six memory streams when the connection is made and
+    closes them only once it connected: a failed connect (a server down, a refused TLS
+    certificate) leaves them to the garbage collector, which warns (``ResourceWarning:
+    Unclosed <MemoryObject...>``) for every attempt. A connection is never run twice, so
+    closing them when ``run`` returns, whichever way, is what coredis means to do."""
+    try:
+        from coredis.connection._base import BaseConnection
+    except ImportError:  # pragma: no cover - a coredis that moved it: nothing to mend
+        return
+    original = BaseConnection.run
+    if getattr(original, "_tasker_closes_streams", False):
+        return
+
+    async def run(self: Any, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await original(self, task_status=task_status)
+        finally:
+            for name in _CONNECTION_STREAMS:
+                stream = getattr(self, name, None)
+                if stream is not None:
+                    stream.close()
+
+    run._tasker_closes_streams = True  # type: ignore[attr-defined]
+    BaseConnection.run = run  # type: ignore[method-assign]
+
+
+_CONNECTION_STREAMS = (
+    "_write_buffer_in",
+    "_write_buffer_out",
+    "_push_message_buffer_in",
+    "_push_message_buffer_out",
+    "_streamed_message_buffer_in",
+    "_streamed_message_buffer_out",
+)
+_close_streams_after_a_failed_connect()
+
+
 def check_url(url: object) -> str:
     """``url`` if it is a Redis URL tasker_redis can use, else a ``ValueError`` naming it
     (its password hidden)."""
@@ -77,6 +117,17 @@ def _version(text: str) -> tuple[int, ...]:
         digits = re.match(r"\d+", part)
         parts.append(int(digits.group()) if digits else 0)
     return tuple(parts)
+
+
+def _running_loop() -> object:
+    """What identifies the running event loop: asyncio's loop, or trio's token."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token()
+    import asyncio
+
+    return asyncio.get_running_loop()
 
 
 class RedisSource:
@@ -111,6 +162,7 @@ class RedisSource:
         self._checked = False
         self._host: Any = None  # the asyncio task, kept referenced
         self._lock = anyio.Lock()
+        self._loop: object = None  # the event loop (asyncio) or trio token of the client
         self.server_version = ""
 
     def __repr__(self) -> str:
@@ -125,16 +177,32 @@ class RedisSource:
             coredis.exceptions.ConnectionError, OSError: the server cannot be reached now.
         """
         client = self._client
-        if client is not None and self._checked and self._failure is None:
+        loop = _running_loop()
+        if (
+            client is not None
+            and self._checked
+            and self._failure is None
+            and self._loop is loop
+            and not (self._stopped is not None and self._stopped.is_set())
+        ):
             return client
+        if self._loop is not loop:
+            # First use, or another event loop than the one the client runs in (a loop that
+            # ended without cancelling its tasks, or a program that runs several loops one
+            # after the other): start afresh in this one; the old client is left to its loop.
+            self._loop, self._lock = loop, anyio.Lock()
+            self._client, self._checked, self._stop, self._stopped = None, False, None, None
         async with self._lock:
-            if self._client is None or self._failure is not None:
+            stopped = self._stopped is not None and self._stopped.is_set()
+            if self._client is None or self._failure is not None or stopped:
                 await self._start()
-            assert self._client is not None
+            client = self._client
+            if client is None:
+                raise coredis.exceptions.ConnectionError(f"{self!r} was closed while it connected")
             if not self._checked:
-                await self._check(self._client)
+                await self._check(client)
                 self._checked = True
-            return self._client
+            return client
 
     async def _start(self) -> None:
         kwargs: dict[str, Any] = {

@@ -9,10 +9,13 @@
 --
 -- Keys (P is the prefix):
 --   P t:<id>          hash: one task (field names as TaskRecord's; a missing field is None)
---   P r:<prio>:<q>    zset: queued tasks of queue q and priority prio, scored by run_at
+--   P r:<prio>:<q>    zset: queued tasks of queue q and priority prio, scored by run_at;
+--                     members "<created_at, fixed width><id>" (FIFO among equal run_at)
 --   P p:<q>           zset: the priorities that q has ready sets for
 --   P l:<q>           zset: running tasks of q, scored by lease expiry
---   P h:<q>           zset: held tasks of q, scored by created_at
+--   P h:<prio>:<q>    zset: held tasks of q and priority prio, scored by created_at
+--   P hp:<q>          zset: the priorities that q has held sets for
+--   P th:<id>         list: the task's history entry ids (its timeline)
 --   P w:<q>           stream: one entry per change that may make work claimable in q
 --   P u:<key>         string: the id of the task that last took the unique key
 --   P g:<id>          hash: a group (size, done, and its callback's fields as c:<field>)
@@ -61,7 +64,9 @@ local function tkey(id) return P .. 't:' .. id end
 local function rkey(prio, q) return P .. 'r:' .. prio .. ':' .. q end
 local function pkey(q) return P .. 'p:' .. q end
 local function lkey(q) return P .. 'l:' .. q end
-local function hkey(q) return P .. 'h:' .. q end
+local function hkey(prio, q) return P .. 'h:' .. prio .. ':' .. q end
+local function hpkey(q) return P .. 'hp:' .. q end
+local function thkey(id) return P .. 'th:' .. id end
 local function wkey(q) return P .. 'w:' .. q end
 local function ukey(k) return P .. 'u:' .. k end
 local function gkey(g) return P .. 'g:' .. g end
@@ -130,8 +135,15 @@ local function record_arg()
   return t, flat
 end
 
-local function ready(id, q, prio, run_at)
-  zadd(rkey(prio, q), run_at, id)
+-- A ready set's member: the enqueue time, fixed width, then the id, so that tasks due at the
+-- same moment come out in the order they were enqueued (FIFO), not by id.
+local MEMBER_ID = 21
+local function member(created_at, id)
+  return string.format('%020.6f', tonumber(created_at)) .. id
+end
+
+local function ready(id, q, prio, run_at, created_at)
+  zadd(rkey(prio, q), run_at, member(created_at, id))
   zadd(pkey(q), prio, prio)
   WAKE[q] = true
 end
@@ -155,9 +167,10 @@ local function store(t, flat)
   zadd(ALL, t.created_at, t.id)
   count(t.queue, t.state, 1)
   if t.state == 'queued' then
-    ready(t.id, t.queue, t.priority, t.run_at)
+    ready(t.id, t.queue, t.priority, t.run_at, t.created_at)
   else
-    zadd(hkey(t.queue), t.created_at, t.id)
+    zadd(hkey(t.priority, t.queue), t.created_at, t.id)
+    zadd(hpkey(t.queue), t.priority, t.priority)
   end
   if t.unique_key then
     redis.call('SET', ukey(t.unique_key), t.id)
@@ -183,15 +196,17 @@ local function history(id, f, worker, started_at, finished_at, outcome, err)
     entry[#entry + 1] = 'error'
     entry[#entry + 1] = err
   end
+  local entry_id
   if HISTORY_CAP > 0 then
-    redis.call('XADD', HIST, 'MAXLEN', '~', HISTORY_CAP, '*', unpack(entry))
+    entry_id = redis.call('XADD', HIST, 'MAXLEN', '~', HISTORY_CAP, '*', unpack(entry))
   else
-    redis.call('XADD', HIST, '*', unpack(entry))
+    entry_id = redis.call('XADD', HIST, '*', unpack(entry))
   end
+  redis.call('RPUSH', thkey(id), entry_id)  -- the task's own timeline
 end
 
 local TASK_FIELDS = {'state', 'queue', 'name', 'priority', 'run_at', 'attempts',
-  'max_attempts', 'lease_owner', 'group_id'}
+  'max_attempts', 'lease_owner', 'group_id', 'created_at'}
 
 local function fields(id)
   local values = redis.call('HMGET', tkey(id), unpack(TASK_FIELDS))
@@ -341,16 +356,20 @@ local function claim(now, limit, worker, expiry, queues, exclude)
       local due = redis.call('ZRANGE', key, '-inf', now, 'BYSCORE', 'LIMIT', 0, want,
         'WITHSCORES')
       for i = 1, #due, 2 do
-        if not exclude[due[i]] then
-          candidates[#candidates + 1] = {tonumber(due[i + 1]), due[i], q, key}
+        local id = string.sub(due[i], MEMBER_ID)
+        if not exclude[id] then
+          candidates[#candidates + 1] = {tonumber(due[i + 1]), id, q, key, due[i]}
         end
       end
     end
-    table.sort(candidates, function(a, b) return a[1] < b[1] end)
+    table.sort(candidates, function(a, b)
+      if a[1] ~= b[1] then return a[1] < b[1] end
+      return a[5] < b[5]  -- the same run_at: the first enqueued first
+    end)
     for _, c in ipairs(candidates) do
       if #claimed >= limit then break end
       local id, q, key = c[2], c[3], c[4]
-      zrem(key, id)
+      zrem(key, c[5])
       READY_KEYS[key] = {q, prio}
       local record = lease(id, 'queued', worker, expiry, q, false)
       if record then claimed[#claimed + 1] = record end
@@ -416,7 +435,7 @@ local function finish_one(now, o)
     zrem(lkey(f.queue), id)
     count(f.queue, 'running', -1)
     count(f.queue, 'queued', 1)
-    ready(id, f.queue, f.priority, run_at)
+    ready(id, f.queue, f.priority, run_at, f.created_at)
   end
 end
 
@@ -504,7 +523,7 @@ local function enqueue_main()
       spec[#spec + 1] = callback[i + 1]
     end
     redis.call('HSET', g, unpack(spec))
-    redis.call('RPUSH', gmkey(gid), unpack(ids))
+    call_chunked('RPUSH', gmkey(gid), ids, 1000)
   end
   wake_all()
   return out
@@ -574,39 +593,49 @@ local function requeue_main()
   if f.group_id and redis.call('EXISTS', gkey(f.group_id)) == 1 then
     redis.call('HINCRBY', gkey(f.group_id), 'done', -1)
   end
-  ready(id, f.queue, f.priority, now)
+  ready(id, f.queue, f.priority, now, f.created_at)
   wake_all()
   return 1
 end
 
 -- Release held tasks of a queue (of one name when given), highest priority first, then the
--- oldest; due at once unless their run_at is later.
+-- oldest; due at once unless their run_at is later. Held tasks wait in one set per priority
+-- by enqueue time, so a dispatch reads what it releases (and, with a name, the held tasks
+-- of other names it passes on the way), not the whole backlog.
 local function dispatch_main()
   local q, name, limit, now = arg(), arg(), tonumber(arg()), arg()
-  local chosen = {}
-  for _, id in ipairs(redis.call('ZRANGE', hkey(q), 0, -1)) do
-    local v = redis.call('HMGET', tkey(id), 'name', 'priority', 'created_at', 'run_at', 'state')
-    if v[5] == 'held' and (name == '' or v[1] == name) then
-      chosen[#chosen + 1] = {id, tonumber(v[2]), tonumber(v[3]), v[4], v[2]}
-    else
-      if v[5] ~= 'held' then redis.call('ZREM', hkey(q), id) end
-    end
-  end
-  table.sort(chosen, function(a, b)
-    if a[2] ~= b[2] then return a[2] > b[2] end
-    return a[3] < b[3]
-  end)
+  local levels = redis.call('ZRANGE', hpkey(q), 0, -1)
+  table.sort(levels, function(a, b) return tonumber(a) > tonumber(b) end)
   local released = 0
-  for _, c in ipairs(chosen) do
+  for _, prio in ipairs(levels) do
+    local key = hkey(prio, q)
+    local start = 0
+    while limit < 0 or released < limit do
+      local ids = redis.call('ZRANGE', key, start, start + 199)
+      if #ids == 0 then break end
+      local moved = 0
+      for _, id in ipairs(ids) do
+        if limit >= 0 and released >= limit then break end
+        local v = redis.call('HMGET', tkey(id), 'name', 'run_at', 'state', 'created_at')
+        if v[3] ~= 'held' then
+          redis.call('ZREM', key, id)  -- stale
+          moved = moved + 1
+        elseif name == '' or v[1] == name then
+          local run_at = v[2]
+          if tonumber(now) < tonumber(run_at) then run_at = now end
+          redis.call('HSET', tkey(id), 'state', 'queued', 'run_at', run_at)
+          redis.call('ZREM', key, id)
+          count(q, 'held', -1)
+          count(q, 'queued', 1)
+          ready(id, q, prio, run_at, v[4])
+          released = released + 1
+          moved = moved + 1
+        end
+      end
+      start = start + #ids - moved
+    end
+    if redis.call('ZCARD', key) == 0 then redis.call('ZREM', hpkey(q), prio) end
     if limit >= 0 and released >= limit then break end
-    local run_at = c[4]
-    if tonumber(now) < tonumber(run_at) then run_at = now end
-    redis.call('HSET', tkey(c[1]), 'state', 'queued', 'run_at', run_at)
-    redis.call('ZREM', hkey(q), c[1])
-    count(q, 'held', -1)
-    count(q, 'queued', 1)
-    ready(c[1], q, c[5], run_at)
-    released = released + 1
   end
   wake_all()
   return released
@@ -616,7 +645,7 @@ local function delete_task(id)
   local key = tkey(id)
   local v = redis.call('HMGET', key, 'queue', 'state', 'unique_key')
   if v[3] and redis.call('GET', ukey(v[3])) == id then redis.call('DEL', ukey(v[3])) end
-  redis.call('DEL', key)
+  redis.call('DEL', key, thkey(id))
   redis.call('ZREM', ALL, id)
   redis.call('ZREM', EXP, id)
   redis.call('ZREM', DEAD, id)
@@ -667,10 +696,11 @@ local function purge_main()
     local cutoff = tonumber(history_before)
     local horizon = (cutoff + 3600) * 1000
     local start = '-'
+    local removed = 0
     while true do
       local entries = redis.call('XRANGE', HIST, start, '+', 'COUNT', 200)
       if #entries == 0 then break end
-      local removed = 0
+      local before = removed
       for _, entry in ipairs(entries) do
         local values = entry[2]
         for i = 1, #values, 2 do
@@ -685,7 +715,7 @@ local function purge_main()
       end
       local last = entries[#entries][1]
       local ms = tonumber(string.match(last, '^(%d+)'))
-      if removed == 0 and ms > horizon then break end
+      if removed == before and ms > horizon then break end
       start = '(' .. last
       if removed >= PURGE_CHUNK then
         more = 1
@@ -721,6 +751,17 @@ end
 local function history_main()
   local id, limit = arg(), tonumber(arg())
   local found = {}
+  if id ~= '' then  -- the task's own timeline, newest first (entries trimmed since: gone)
+    local ids = redis.call('LRANGE', thkey(id), 0, -1)
+    for i = #ids, 1, -1 do
+      local entry = redis.call('XRANGE', HIST, ids[i], ids[i])
+      if entry[1] then
+        found[#found + 1] = entry[1][2]
+        if #found >= limit then break end
+      end
+    end
+    return found
+  end
   local start = '+'
   while #found < limit do
     local entries = redis.call('XREVRANGE', HIST, start, '-', 'COUNT', 500)
@@ -753,12 +794,18 @@ end
 
 local function workers_main()
   local now = arg()
-  local gone = redis.call('ZRANGE', P .. 'wx', '-inf', now, 'BYSCORE')
-  if #gone > 0 then
-    redis.call('HDEL', P .. 'wk', unpack(gone))
-    redis.call('ZREM', P .. 'wx', unpack(gone))
+  local wk, wx = P .. 'wk', P .. 'wx'
+  while true do  -- the expired entries, a thousand at a time
+    local gone = redis.call('ZRANGE', wx, '-inf', now, 'BYSCORE', 'LIMIT', 0, 1000)
+    if #gone == 0 then break end
+    redis.call('HDEL', wk, unpack(gone))
+    redis.call('ZREM', wx, unpack(gone))
   end
-  local ids = redis.call('ZRANGE', P .. 'wx', '(' .. now, '+inf', 'BYSCORE')
-  if #ids == 0 then return {} end
-  return redis.call('HMGET', P .. 'wk', unpack(ids))
+  local ids = redis.call('ZRANGE', wx, '(' .. now, '+inf', 'BYSCORE')
+  local found = {}
+  for i = 1, #ids, 1000 do
+    local values = redis.call('HMGET', wk, unpack(ids, i, math.min(i + 999, #ids)))
+    for j = 1, #values do found[#found + 1] = values[j] end
+  end
+  return found
 end

@@ -14,17 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
-__all__ = ["COREDIS_FAILED_CONNECT", "PrivateRedis", "answers", "free_port"]
-
-#: coredis 6.9 leaves a connection's memory streams unclosed when the connect itself fails
-#: (``BaseConnection.run`` enters them only after ``_connect()``), so each refused
-#: connect warns when the garbage collector takes them. Only the tests that take a server
-#: away (or refuse its certificate) ignore it, and they collect before they end.
-COREDIS_FAILED_CONNECT = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <function MemoryObject:pytest.PytestUnraisableExceptionWarning"
-)
+__all__ = ["PrivateRedis", "answers", "free_port"]
 
 
 def free_port() -> int:

@@ -362,7 +362,6 @@ def collect_garbage() -> Iterator[None]:
 # Connection makes them in __init__ and closes them only in run() once connected): each
 # claim while the server is down warns when the garbage collector gets to it. The test
 # collects in its teardown, under this filter, so that no later test meets the warnings.
-@pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning")
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 @pytest.mark.usefixtures("collect_garbage")
 async def test_a_blocked_wait_survives_restart_and_client_kill(
@@ -567,7 +566,9 @@ NASTY = [
 ]
 
 #: What a key of the namespace may look like after the prefix (see queue.lua's key list).
-_KEY_SHAPE = re.compile(r"(n|all|exp|dead|hist|wk|wx|(t|p|l|h|w|u|g|gm):.+|r:-?\d+:.+)", re.S)
+_KEY_SHAPE = re.compile(
+    r"(n|all|exp|dead|hist|wk|wx|(t|p|l|hp|th|w|u|g|gm):.+|(r|h):-?\d+:.+)", re.S
+)
 
 
 async def _keyspace(client: coredis.Redis[bytes]) -> dict[bytes, bytes | None]:
