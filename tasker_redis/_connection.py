@@ -36,11 +36,12 @@ import coredis.exceptions
 import sniffio
 from coredis.retry import NoRetryPolicy
 
-from tasker import BackendConfigurationError, redact_dsn
+from tasker import BackendConfigurationError, RedactingFilter, redact_dsn
 
 __all__ = ["MIN_VERSION", "RedisSource", "ServerClock", "check_namespace", "check_url"]
 
 logger = logging.getLogger("tasker_redis")
+logger.addFilter(RedactingFilter())  # a driver error that quotes a URL is cleaned too
 
 #: The oldest Redis the scripts run on (``ZRANGE ... BYSCORE LIMIT``, ``XADD ... MINID``,
 #: ``SET ... GET``; script effects replication, the default since 5.0).
