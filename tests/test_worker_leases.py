@@ -63,3 +63,49 @@ async def test_an_outcome_after_a_pause_past_the_lease_is_checked_first(
     else:
         assert (stats.completed, stats.discarded, stats.leases_lost) == (1, 0, 0)
         assert (info.state, info.result) == (TaskState.SUCCEEDED, "done")
+
+
+class HeartbeatOutage(MemoryQueueBackend):
+    """Heartbeats fail while ``down`` is set (claims and outcomes still work)."""
+
+    down = False
+
+    async def heartbeat(
+        self, worker: str, ids: Sequence[str], *, lease: float, now: float
+    ) -> set[str]:
+        if self.down:
+            raise ConnectionError("the server is gone")
+        return await super().heartbeat(worker, ids, lease=lease, now=now)
+
+
+async def test_a_heartbeat_outage_is_logged_once_and_its_end_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Several heartbeats in a row fail: one warning for the outage (the rest at DEBUG),
+    and one when they go through again."""
+    backend = HeartbeatOutage()
+    queue = Queue(backend, retention=None)
+    release = anyio.Event()
+
+    @queue.task("slow", max_attempts=1)
+    async def slow(ctx: Context, payload: None) -> None:
+        await release.wait()
+
+    await slow.enqueue(None)
+    worker = queue.worker(lease=1.5, poll=1)  # a heartbeat every 0.5 s
+    caplog.set_level(logging.DEBUG, logger="tasker.queue")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: tasker.run(worker, shutdown_trigger=release.wait))
+        await anyio.sleep(0.7)  # claimed, and renewed once
+        backend.down = True
+        await anyio.sleep(1.1)  # two heartbeats fail
+        backend.down = False
+        await anyio.sleep(0.8)  # the next goes through
+        release.set()
+    failed = [r for r in caplog.records if "heartbeat failed" in r.getMessage()]
+    assert [r.levelno for r in failed][:1] == [logging.WARNING]
+    assert sum(r.levelno == logging.WARNING for r in failed) == 1, failed
+    assert len(failed) >= 2, [r.getMessage() for r in failed]
+    again = [r for r in caplog.records if "heartbeats go through again" in r.getMessage()]
+    assert len(again) == 1, again
+    assert again[0].levelno == logging.WARNING

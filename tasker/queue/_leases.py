@@ -41,6 +41,7 @@ class Leases(WorkerState):
             return
         sent = time.monotonic()
         held: set[str] | None = None
+        error: object = f"no answer within {self.lease / 3:g} s"
         # A heartbeat that hangs (a connection gone silent) is a failed one: the next check
         # must still find the overdue leases.
         with anyio.move_on_after(self.lease / 3):
@@ -49,10 +50,22 @@ class Leases(WorkerState):
                     self.worker_id, list(sent_to), lease=self.lease, now=await self._time.now()
                 )
             except Exception as exc:
-                logger.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+                error = exc
         if held is None:
+            self._heartbeat_failures += 1
+            if self._heartbeat_failures == 1:  # once per outage, not per heartbeat
+                logger.warning("worker %s: heartbeat failed: %s", self.worker_id, error)
+            else:
+                logger.debug("worker %s: heartbeat failed again: %s", self.worker_id, error)
             self._stop_overdue()
             return
+        if self._heartbeat_failures:
+            logger.warning(
+                "worker %s: heartbeats go through again (after %d failed)",
+                self.worker_id,
+                self._heartbeat_failures,
+            )
+            self._heartbeat_failures = 0
         for task_id, attempt in sent_to.items():
             # Only attempts sent and still ours can be lost: one recorded meanwhile has left
             # ``running`` (or is being recorded), one claimed meanwhile was not asked about.

@@ -69,6 +69,8 @@ class WorkerState:
         self.poll = poll
         self.worker_id = worker_id
         self._batch = max(1, concurrency // 2)
+        # Heartbeats failed in a row (an outage is logged once, and its end once).
+        self._heartbeat_failures = 0
         # Claimed attempts by task id: running, queued for a runner, or being recorded.
         self.running: dict[str, Attempt] = {}
         # Those of ``running`` whose handler returned: their outcome is being recorded.
