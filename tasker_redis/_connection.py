@@ -267,10 +267,6 @@ class RedisSource:
                 f"upgrade the server to Redis {minimum} or newer",
             )
 
-    async def run(self, call: Callable[[coredis.Redis[bytes]], Awaitable[Any]]) -> Any:
-        """``call(client)``, with the client started first."""
-        return await call(await self.client())
-
     async def aclose(self) -> None:
         """Stop the host task and close the connections; calling it again does nothing."""
         stop, stopped = self._stop, self._stopped

@@ -53,7 +53,7 @@ from tasker.queue import (
 from ._connection import RedisSource, ServerClock, check_namespace
 from ._scripts import (
     RECORD_FIELDS,
-    Scripts,
+    SCRIPT_TEXTS,
     decode_history,
     decode_record,
     encode_group,
@@ -61,6 +61,7 @@ from ._scripts import (
     encode_task,
     pack,
 )
+from ._shared import ScriptSet
 
 __all__ = ["RedisQueueBackend"]
 
@@ -122,8 +123,8 @@ class RedisQueueBackend:
         self._source = RedisSource(url, ssl_context=ssl_context, client_name="tasker-queue")
         self._clock = ServerClock(to_seconds(clock_resync, "clock_resync"))
         self._prefix = "{" + namespace + "}:"
-        self._key = self._prefix + "n"
-        self._scripts: Scripts | None = None
+        self._keys = [self._prefix + "n"]  # KEYS[1]: routes a call to the namespace's slot
+        self._scripts = ScriptSet(self._source, SCRIPT_TEXTS)
         self._cap = str(history_limit)
 
     def __repr__(self) -> str:
@@ -132,11 +133,7 @@ class RedisQueueBackend:
     # -- plumbing ------------------------------------------------------------------------
 
     async def _run(self, name: str, args: list[Any]) -> Any:
-        client = await self._source.client()
-        scripts = self._scripts
-        if scripts is None or scripts.client is not client:
-            scripts = self._scripts = Scripts(client)
-        return await scripts.run(name, self._key, [self._prefix, self._cap, pack(args)])
+        return await self._scripts.run(name, self._keys, [self._prefix, self._cap, pack(args)])
 
     # -- time ------------------------------------------------------------------------------
 
@@ -259,7 +256,6 @@ class RedisQueueBackend:
 
     async def aclose(self) -> None:
         """Close the connections; calling it again does nothing."""
-        self._scripts = None
         await self._source.aclose()
 
     # -- inspection ----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The queue's Lua scripts (``queue.lua``: a shared prelude, then one line per script), and
 how Python values travel to them and back.
 
-Each script is the prelude plus a one-line body, sent once per connection pool
+Each script is the prelude plus a one-line body, run by a :class:`~._shared.ScriptSet`
 (``EVALSHA``, reloaded by the driver if the server lost its script cache in a restart).
 Records travel as ``n`` followed by n field/value pairs of the fields that are set; a
 float is sent as ``repr(float)`` (exact both ways) and stored as it came.
@@ -13,14 +13,12 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-import coredis
-
 from tasker.queue import GroupSpec, HistoryEntry, NewTask, Outcome, TaskRecord, TaskState
 
 __all__ = [
     "RECORD_FIELDS",
     "SCRIPTS",
-    "Scripts",
+    "SCRIPT_TEXTS",
     "decode_history",
     "decode_record",
     "encode_group",
@@ -51,18 +49,8 @@ SCRIPTS = {
 }
 
 
-class Scripts:
-    """The scripts registered on one client (``scripts.claim(...)`` runs one)."""
-
-    def __init__(self, client: coredis.Redis[bytes]) -> None:
-        self.client = client
-        self._scripts = {
-            name: client.register_script(_PRELUDE + "\n" + body) for name, body in SCRIPTS.items()
-        }
-
-    async def run(self, name: str, key: str, args: Sequence[Any]) -> Any:
-        """Run script ``name`` with ``KEYS[1] = key`` (the namespace's slot) and ``args``."""
-        return await self._scripts[name](keys=[key], args=args)
+#: Script name -> its whole source (the prelude, then the body), for a ``ScriptSet``.
+SCRIPT_TEXTS = {name: _PRELUDE + "\n" + body for name, body in SCRIPTS.items()}
 
 
 def _f(value: float) -> str:
