@@ -19,7 +19,9 @@ from tasker_pg import PostgresQueueBackend
 
 pytestmark = pytest.mark.anyio
 
-LOCAL_DSN = os.environ.get("TASKER_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+LOCAL_DSN = os.environ.get(
+    "TASKER_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test?sslmode=disable"
+)
 
 
 _MACHINE_SCHEMAS: list[str] = []
