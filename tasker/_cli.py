@@ -201,7 +201,22 @@ def migrate(dsn: str | None, schema: str) -> None:
     envvar="TASKER_REDIS_URL",
     help="A redis:// URL: Redis instead of the embedded default (or $TASKER_REDIS_URL).",
 )
-@click.option("--namespace", default="tasker", show_default=True, help="The Redis namespace.")
+@click.option(
+    "--nats",
+    "nats_url",
+    envvar="TASKER_NATS_URL",
+    help="A nats:// URL: NATS JetStream instead of the embedded default (or $TASKER_NATS_URL).",
+)
+@click.option(
+    "--nats-creds",
+    "nats_credentials",
+    envvar="TASKER_NATS_CREDS",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A NATS .creds file (or $TASKER_NATS_CREDS).",
+)
+@click.option(
+    "--namespace", default="tasker", show_default=True, help="The Redis or NATS namespace."
+)
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(
@@ -209,6 +224,8 @@ def status(
     dsn: str | None,
     schema: str,
     redis_url: str | None,
+    nats_url: str | None,
+    nats_credentials: Path | None,
     namespace: str,
     state_dir: Path | None,
     as_json: bool,
@@ -216,16 +233,24 @@ def status(
     """Schedules (with their next slot, also those never run), queues, leases.
 
     With --app, every schedule the application registers is shown, and the queue of each
-    Queue it names; without, what the embedded default (or --dsn's Postgres, or --redis's
-    Redis) has stored.
+    Queue it names; without, what the embedded default (or --dsn's Postgres, --redis's
+    Redis, --nats's NATS) has stored.
     """
     from ._status import Source, collect
 
-    if dsn and redis_url:
-        raise click.UsageError("give --dsn or --redis, not both")
+    if sum(1 for given in (dsn, redis_url, nats_url) if given) > 1:
+        raise click.UsageError("give one of --dsn, --redis and --nats")
+    if nats_credentials is not None and not nats_url:
+        raise click.UsageError("--nats-creds needs --nats")
     loaded = [load(spec, "--app", module_ok=True) for spec in apps]
     source = Source(
-        dsn=dsn, schema=schema, redis_url=redis_url, namespace=namespace, state_dir=state_dir
+        dsn=dsn,
+        schema=schema,
+        redis_url=redis_url,
+        nats_url=nats_url,
+        nats_credentials=nats_credentials,
+        namespace=namespace,
+        state_dir=state_dir,
     )
     try:
         report = anyio.run(collect, loaded, source)

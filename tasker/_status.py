@@ -46,11 +46,14 @@ def _found(objects: list[Any]) -> tuple[list[Scheduler], list[Queue]]:
 @dataclass(frozen=True, kw_only=True)
 class Source:
     """Where ``tasker status`` looks without ``--app``: Postgres (``dsn``), Redis
-    (``redis_url``) or the embedded default (``state_dir``)."""
+    (``redis_url``), NATS (``nats_url``, with ``nats_credentials``) or the embedded default
+    (``state_dir``)."""
 
     dsn: str | None = None
     schema: str = "tasker"
     redis_url: str | None = None
+    nats_url: str | None = None
+    nats_credentials: Path | None = None
     namespace: str = "tasker"
     state_dir: Path | None = None
 
@@ -68,6 +71,13 @@ def _defaults(source: Source) -> tuple[list[Scheduler], list[Queue]]:
         return [tasker_redis.scheduler(source.redis_url, namespace=source.namespace)], [
             Queue(tasker_redis.RedisQueueBackend(source.redis_url, namespace=source.namespace))
         ]
+    if source.nats_url:
+        import tasker_nats
+
+        scheduler = tasker_nats.scheduler(
+            source.nats_url, namespace=source.namespace, credentials=source.nats_credentials
+        )
+        return [scheduler], []
     from .queue import SQLiteQueueBackend
 
     directory = source.state_dir or default_state_dir()
