@@ -14,6 +14,9 @@ says how, when a block is more than a program that runs and ends by itself:
 - ``<!-- test: redis -->``: ``REDIS_URL`` names a database of its own (10 to 14, flushed
   before and after) on the tests' Redis server (found as ``tests/redis/conftest.py`` finds
   it).
+- ``<!-- test: nats -->``: ``NATS_URL`` names a NATS server of the block's own (a private
+  ``nats-server`` with JetStream, as ``tests/nats/servers.py`` starts them), stopped
+  afterwards.
 - ``<!-- test: pytest -->``: the block is a test module, run with ``python -m pytest``.
 - ``<!-- test: timeout=N -->``: seconds the block may take (default 60).
 - ``<!-- test: skip reason="..." -->``: not run; only for a block that cannot run at all.
@@ -49,6 +52,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from .helpers import ROOT, free_port
+from .nats.servers import PrivateNats
 
 # The Postgres tests' way of finding a server (TASKER_TEST_DSN, 127.0.0.1:5432, pgserver), as
 # a fixture of this module too; asked for only when a postgres block runs.
@@ -65,6 +69,7 @@ _OPTIONS = {
     "exit",
     "postgres",
     "redis",
+    "nats",
     "pytest",
     "timeout",
     "skip",
@@ -93,7 +98,9 @@ class Block:
 
     @property
     def slow(self) -> bool:
-        return any(key in self.options for key in ("sigterm-after", "postgres", "redis", "pytest"))
+        return any(
+            key in self.options for key in ("sigterm-after", "postgres", "redis", "nats", "pytest")
+        )
 
 
 def _parse_marker(text: str, where: str) -> dict[str, str]:
@@ -200,7 +207,11 @@ def _catches_sigterm(pid: int) -> bool | None:
 
 
 def run_block(
-    block: Block, directory: Path, database_url: str | None, redis: str | None = None
+    block: Block,
+    directory: Path,
+    database_url: str | None,
+    redis: str | None = None,
+    nats: str | None = None,
 ) -> Run:
     """Run ``block`` in ``directory`` as its options say; never raises for the block's sake."""
     script = directory / ("test_snippet.py" if "pytest" in block.options else "snippet.py")
@@ -214,6 +225,8 @@ def run_block(
         env["DATABASE_URL"] = database_url
     if redis is not None:
         env["REDIS_URL"] = redis
+    if nats is not None:
+        env["NATS_URL"] = nats
     args = [sys.executable, script.name]
     if "pytest" in block.options:
         args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", script.name]
@@ -308,6 +321,7 @@ class Runner:
         self._admin_dsn: str | None = None
         self._databases: list[str] = []
         self._redis_urls: list[str] = []
+        self._nats_servers: list[PrivateNats] = []
         wanted = set()
         for item in request.session.items:
             callspec = getattr(item, "callspec", None)
@@ -335,11 +349,26 @@ class Runner:
             redis = urlunsplit(urlsplit(base)._replace(path=f"/{_REDIS_DATABASES[taken]}"))
             self._redis_urls.append(redis)
             _flush(redis)
-        self._futures[block.id] = self._pool.submit(self._run, block, directory, admin_dsn, redis)
+        nats = None
+        if "nats" in block.options:
+            server = PrivateNats()
+            self._nats_servers.append(server)
+            server.start()
+            nats = server.url
+        self._futures[block.id] = self._pool.submit(
+            self._run, block, directory, admin_dsn, redis, nats
+        )
 
-    def _run(self, block: Block, directory: Path, admin_dsn: str | None, redis: str | None) -> Run:
+    def _run(
+        self,
+        block: Block,
+        directory: Path,
+        admin_dsn: str | None,
+        redis: str | None,
+        nats: str | None,
+    ) -> Run:
         database_url = None if admin_dsn is None else self._database(admin_dsn)
-        return run_block(block, directory, database_url, redis)
+        return run_block(block, directory, database_url, redis, nats)
 
     def _database(self, admin_dsn: str) -> str:
         """A fresh database on the tests' Postgres server, for one block."""
@@ -369,6 +398,8 @@ class Runner:
         self._pool.shutdown(wait=True)
         for url in self._redis_urls:
             _flush(url)
+        for server in self._nats_servers:
+            server.close()
         if not self._databases or self._admin_dsn is None:
             return
         import asyncio
