@@ -195,6 +195,7 @@ class NatsSource:
         "_client",
         "_connect_timeout",
         "_credentials",
+        "_denied",
         "_js",
         "_lock",
         "_loop",
@@ -242,6 +243,7 @@ class NatsSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
         self._version: tuple[int, int, int] | None = None
+        self._denied: str | None = None
 
     def __repr__(self) -> str:
         return f"NatsSource({self.url!r})"
@@ -280,6 +282,23 @@ class NatsSource:
                 self._client, self._js = await self._connect()
             return self._js
 
+    def raise_if_denied(self) -> None:
+        """Raise the permission the server refused since the connection was made, if any.
+
+        A refused subject makes nats-py's request wait out its timeout (an outage, to the
+        caller) while the server's reason reaches only the error callback: the backends
+        call this before each operation, so the next one fails with the fix instead.
+
+        Raises:
+            tasker_nats.NatsSetupError: the user lacks a permission (permanent).
+        """
+        if self._denied is not None:
+            raise NatsSetupError(
+                f"the NATS user lacks a permission ({self._denied})",
+                "allow the user to publish to `$JS.API.>` and to the namespace's subjects"
+                " (`$KV.<namespace>_*.>`), and to subscribe to `_INBOX.>`",
+            )
+
     async def client(self) -> Client:
         """The connection itself (see :meth:`jetstream`)."""
         await self.jetstream()
@@ -293,6 +312,13 @@ class NatsSource:
         fatal = asyncio.Event()  # the first connect met an error retrying cannot fix
 
         async def on_error(exc: Exception) -> None:
+            if "permissions violation" in str(exc).lower():
+                # The server refuses a subject: the request waits out its timeout, and only
+                # this callback says why. The next call raises it (see raise_if_denied).
+                if self._denied is None:
+                    logger.error("NATS refused a permission: %s", redact_dsn(str(exc)))
+                self._denied = redact_dsn(str(exc))
+                return
             if state["connecting"]:
                 failures.append(exc)
                 if _is_login_refused(exc) or isinstance(exc, _ssl.SSLCertVerificationError):
@@ -359,6 +385,9 @@ class NatsSource:
             js = client.jetstream(timeout=5.0)
             try:
                 await js.account_info()
+            except nats.errors.TimeoutError:
+                self.raise_if_denied()  # a refused subject waits out the timeout
+                raise
             except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
                 raise NatsSetupError(
                     f"JetStream is not enabled on the NATS server at {self.url}",

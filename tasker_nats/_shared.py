@@ -67,6 +67,7 @@ class Bucket:
     async def get(self) -> tuple[nats.js.JetStreamContext, KeyValue]:
         """The JetStream context and the bucket on the current connection."""
         js = await self.source.jetstream()
+        self.source.raise_if_denied()
         cached = self._cached
         if cached is not None and cached[0] is js:
             return cached

@@ -410,6 +410,7 @@ class PrivateNats:
         nkey_users: list[str] | None = None,
         tls: TlsFiles | None = None,
         operator_mode: OperatorSetup | None = None,
+        extra_config: str = "",
     ) -> None:
         if token is not None and (users or nkey_users):
             raise ValueError("token= cannot be combined with users= or nkey_users=")
@@ -428,6 +429,8 @@ class PrivateNats:
         config = self._config(
             users=users, token=token, nkey_users=nkey_users, tls=tls, operator_mode=operator_mode
         )
+        if extra_config:  # verbatim server configuration, for what the options lack
+            config += extra_config.rstrip("\n") + "\n"
         self.config_path: Path | None = None
         if config:
             self.config_path = self.dir / "nats-server.conf"

@@ -245,3 +245,38 @@ def test_trio_is_refused_with_the_reason() -> None:
     assert "trio" in str(caught.value)
     assert permanent_fault(caught.value) is not None
     assert isinstance(caught.value, tasker.TaskerError)
+
+
+async def test_a_missing_permission_fails_fast_with_the_fix() -> None:
+    """A user who may not touch the lock bucket: the refused subject would only time out
+    (nats-py hears the reason in its error callback alone); the next call raises it."""
+    config = """
+authorization {
+  users: [
+    {user: app, password: "pa55-w0rd", permissions: {
+      publish: {allow: ["$JS.API.>", "$KV.allowed_schedules.>"]},
+      subscribe: {allow: ["_INBOX.>"]}}}
+  ]
+}
+"""
+    with PrivateNats(extra_config=config) as server:
+        lockers = tasker_nats.NatsLockerFactory(
+            server.url.replace("://", "://app:pa55-w0rd@"), namespace="denied"
+        )
+        locker = lockers.locker("nightly")
+        started = time.monotonic()
+        first = None
+        try:
+            await locker.try_lock()
+        except Exception as exc:  # the first refused publish times out: an outage
+            first = exc
+        assert first is not None
+        assert permanent_fault(first) is None
+        with pytest.raises(NatsSetupError) as caught:
+            await locker.try_lock()  # the next one knows why
+        assert time.monotonic() - started < 15
+        assert "lacks a permission" in str(caught.value)
+        assert "$KV.<namespace>_*.>" in str(caught.value)
+        assert "pa55-w0rd" not in str(caught.value)
+        assert permanent_fault(caught.value) is not None
+        await lockers.aclose()
