@@ -17,6 +17,7 @@ from . import _errors  # registers the fault classifier
 from ._connection import MIN_VERSION, NatsSource
 from ._errors import AsyncioRequiredError, NatsSetupError
 from ._locks import NatsLockerFactory, fencing_token
+from ._queue_backend import NatsQueueBackend
 from ._setup import scheduler
 from ._state import NatsStateRepository
 
@@ -24,6 +25,7 @@ __all__ = [
     "MIN_VERSION",
     "AsyncioRequiredError",
     "NatsLockerFactory",
+    "NatsQueueBackend",
     "NatsSetupError",
     "NatsSource",
     "NatsStateRepository",

@@ -450,10 +450,10 @@ class ServerClock:
     """The NATS server's clock, read every ``resync`` seconds and advanced in between by the
     local monotonic clock (never the local wall clock).
 
-    NATS has no ``TIME`` command: a reading publishes an empty message to ``subject`` of
-    ``stream`` and asks the server when it stored it. The server stored it somewhere in the
-    publish's round trip, so of two readings the one with the shorter round trip is kept,
-    and placed at its middle.
+    NATS has no ``TIME`` command: a reading publishes an empty message to ``<subject>.0``
+    and ``<subject>.1`` of ``stream`` and asks the server when it stored the one whose
+    round trip was shorter; the server stored it somewhere in that round trip, so the
+    reading is placed at its middle.
     """
 
     __slots__ = ("_clock", "_resync", "_stream", "_subject")
@@ -474,9 +474,9 @@ class ServerClock:
         if self._clock is None or local - self._clock[1] >= self._resync:
             try:
                 best: tuple[float, int, float] | None = None  # (round trip, seq, middle)
-                for _ in range(2):
+                for turn in range(2):  # two subjects: a stream may keep one message each
                     before = time.monotonic()
-                    ack = await js.publish(self._subject, b"")
+                    ack = await js.publish(f"{self._subject}.{turn}", b"")
                     after = time.monotonic()
                     if best is None or after - before < best[0]:
                         best = (after - before, ack.seq, (before + after) / 2)

@@ -1,0 +1,870 @@
+"""The NATS JetStream queue backend: a record per task, changed by compare-and-set.
+
+Design notes:
+
+- **One stream per namespace**, ``<namespace>_queue`` (subjects ``<namespace>.queue.>``,
+  one message per subject kept, direct gets, file storage): the task records
+  (``t.<id>``), the worker registry (``w.<id>``) and the clock. Each record is one
+  message; its revision (stream sequence) is the version every change expects
+  (``Nats-Expected-Last-Subject-Sequence``), so two workers can never both take a task, and
+  a late report from a worker whose lease expired (the record moved on) changes nothing.
+  History is a second stream, ``<namespace>_history``, capped at ``history_limit``
+  messages, one per finished attempt, on the task's subject.
+- **Why not AckWait and** ``nak(delay)``: a JetStream consumer delivers in append order and
+  times leases and delays on the server's real clock. tasker's queue promises the claim
+  order "highest priority, then oldest ``run_at``" across the queues a worker serves (a
+  retried, released or dispatched task re-enters with an older ``run_at``), and compares
+  leases and due times with the ``now`` it is given, on the backend's one clock (so tests
+  move time, and a worker with a wrong clock neither steals leases nor starts tasks
+  early). So the records are the truth, and each process keeps a view of them, indexed
+  for claims (``_view``), fed by an ordered consumer.
+- **Claims** take the view's candidates (expired leases first, then due tasks in claim
+  order) and write them all at once, each expecting the revision the view holds; a write
+  that finds another revision (another worker was first) is dropped and the record read
+  again. **Finishing**, **heartbeats** and **administration** are the same: read the
+  record (from the view), compute the change, write it expecting its revision.
+- **Several writes that must happen together** (the tasks of one enqueue) are one atomic
+  batch (NATS 2.12+); on 2.11 they are written one by one (see ``enqueue``).
+- **Wake-ups**: the view's consumer sees every change; a waiting worker wakes when a task
+  becomes queued or running, or at the view's next due time.
+- **Time** is the server's: the time it stored a message on the ``clock`` subject, read
+  every ``clock_resync`` seconds and advanced by the local monotonic clock in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import nats.errors
+import nats.js
+import nats.js.api
+import nats.js.errors
+
+from tasker.backends import record_from_new, to_seconds
+from tasker.queue import (
+    EnqueueResult,
+    GroupSpec,
+    HistoryEntry,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    QueueCapability,
+    TaskRecord,
+    TaskState,
+    UnstorableRecordError,
+    WorkerInfo,
+)
+
+from ._codec import (
+    decode_history,
+    decode_record,
+    decode_worker,
+    encode_history,
+    encode_record,
+    encode_worker,
+)
+from ._connection import (
+    NatsSource,
+    ServerClock,
+    check_asyncio,
+    check_namespace,
+    decode_key,
+    encode_key,
+)
+from ._shared import KV_DEL, KV_OP, is_wrong_last_sequence, source_of
+from ._view import View
+
+__all__ = ["NatsQueueBackend"]
+
+logger = logging.getLogger("tasker_nats")
+
+_EXPECTED = "Nats-Expected-Last-Subject-Sequence"
+#: How long a deletion's marker is kept (real time): a view that was away longer than this
+#: may keep a deleted task until it is rebuilt.
+_TOMBSTONE_TTL = "24h"
+#: Rounds of a claim that lost races before it returns what it has.
+_CLAIM_ROUNDS = 4
+#: Rounds of a finish or heartbeat whose write met a newer revision of the same owner's task.
+_WRITE_ROUNDS = 4
+#: The most messages of one atomic batch (the server's limit).
+_BATCH_LIMIT = 1000
+_LEASE_EXPIRED = "lease expired (the worker stopped responding)"
+
+
+def _replace(record: TaskRecord, **changes: Any) -> TaskRecord:
+    fields = {name: getattr(record, name) for name in _FIELDS}
+    fields.update(changes)
+    return TaskRecord(**fields)
+
+
+_FIELDS = tuple(TaskRecord.__dataclass_fields__)
+
+
+class NatsQueueBackend:
+    """:class:`tasker.queue.QueueBackend` on NATS JetStream (nats-py; asyncio only; see the
+    module notes and the NATS guide).
+
+    Declares ``INSPECTION``, ``ADMINISTRATION``, ``FINISH_AND_CLAIM`` and ``WORKERS``.
+    Needs NATS server 2.11 or newer with JetStream; nothing to migrate: the streams are
+    created on first use.
+
+    Args:
+        url_or_source: ``nats://[user:password@]host[:port]`` (several comma-separated),
+            ``tls://`` for TLS; or a :class:`NatsSource` to share a connection.
+        namespace: names the streams (``<namespace>_queue``, ``<namespace>_history``) and
+            their subjects: queues of two namespaces on one server never meet. 1 to 64
+            letters, digits, ``_`` or ``-``.
+        history_limit: the finished attempts the history stream keeps (the oldest go
+            first); 0 keeps all until :meth:`purge`.
+        replicas: the streams' replicas when tasker_nats creates them (3 in a cluster).
+        clock_resync: seconds (or a ``timedelta``) between readings of the server's clock.
+        credentials: a ``.creds`` file (with a URL).
+        nkey_seed: a file holding a user's nkey seed (with a URL).
+        token: a token (with a URL).
+        tls: the TLS context (with a URL).
+
+    Raises:
+        ValueError: for a bad URL, namespace, limit or duration.
+        TypeError: for an option of the wrong type.
+    """
+
+    capabilities: frozenset[QueueCapability] = frozenset(
+        {
+            QueueCapability.INSPECTION,
+            QueueCapability.ADMINISTRATION,
+            QueueCapability.FINISH_AND_CLAIM,
+            QueueCapability.WORKERS,
+        }
+    )
+
+    def __init__(
+        self,
+        url_or_source: str | Sequence[str] | NatsSource,
+        *,
+        namespace: str = "tasker",
+        history_limit: int = 100_000,
+        replicas: int = 1,
+        clock_resync: float | timedelta = 30.0,
+        credentials: str | os.PathLike[str] | None = None,
+        nkey_seed: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.namespace = check_namespace(namespace)
+        if isinstance(history_limit, bool) or not isinstance(history_limit, int):
+            raise TypeError(f"history_limit must be an int, got {history_limit!r}")
+        if history_limit < 0:
+            raise ValueError(f"history_limit must be >= 0, got {history_limit}")
+        self.history_limit = history_limit
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 5:
+            raise ValueError(f"replicas must be an int from 1 to 5, got {replicas!r}")
+        self.replicas = replicas
+        resync = to_seconds(clock_resync, "clock_resync")
+        self._source = source_of(
+            url_or_source,
+            tls,
+            "tasker-queue",
+            credentials=credentials,
+            nkey_seed=nkey_seed,
+            token=token,
+        )
+        self.stream = f"{self.namespace}_queue"
+        self.history_stream = f"{self.namespace}_history"
+        self._prefix = f"{self.namespace}.queue."
+        self._history_prefix = f"{self.namespace}.history."
+        self._clock = ServerClock(self.stream, self._prefix + "clock", resync=resync)
+        self._lock: asyncio.Lock | None = None
+        self._state: _Connected | None = None
+
+    def __repr__(self) -> str:
+        return f"NatsQueueBackend({self._source.url!r}, namespace={self.namespace!r})"
+
+    # -- the connection, the streams and the view ----------------------------------------
+
+    async def _connected(self) -> _Connected:
+        check_asyncio()
+        js = await self._source.jetstream()
+        self._source.raise_if_denied()
+        state = self._state
+        if state is not None and state.js is js:
+            await state.synced.wait()
+            return state
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock = asyncio.Lock()
+            self._lock_loop = loop
+        async with self._lock:
+            state = self._state
+            if state is None or state.js is not js:
+                if state is not None:
+                    await state.close()
+                state = self._state = await self._connect(js)
+        await state.synced.wait()
+        return state
+
+    _lock_loop: asyncio.AbstractEventLoop | None = None
+
+    async def _connect(self, js: nats.js.JetStreamContext) -> _Connected:
+        atomic = (self._source.server_version or (0, 0, 0)) >= (2, 12, 0)
+        await self._ensure_stream(
+            nats.js.api.StreamConfig(
+                name=self.stream,
+                subjects=[self._prefix + ">"],
+                max_msgs_per_subject=1,
+                allow_direct=True,
+                allow_msg_ttl=True,
+                allow_atomic=atomic or None,
+                discard=nats.js.api.DiscardPolicy.OLD,
+                num_replicas=self.replicas,
+                storage=nats.js.api.StorageType.FILE,
+            ),
+            js,
+        )
+        await self._ensure_stream(
+            nats.js.api.StreamConfig(
+                name=self.history_stream,
+                subjects=[self._history_prefix + ">"],
+                max_msgs=self.history_limit or -1,
+                allow_direct=True,
+                discard=nats.js.api.DiscardPolicy.OLD,
+                num_replicas=self.replicas,
+                storage=nats.js.api.StorageType.FILE,
+            ),
+            js,
+        )
+        client = await self._source.client()
+        state = _Connected(js, client)
+        view = state.view
+        task_prefix = self._prefix + "t."
+
+        async def on_message(msg: Any) -> None:
+            metadata = msg.metadata
+            sequence = metadata.sequence.stream
+            task_id = decode_key(msg.subject[len(task_prefix) :])
+            headers = msg.headers or {}
+            if headers.get(KV_OP) == KV_DEL or not msg.data:
+                view.apply(task_id, sequence, None)
+            else:
+                view.apply(task_id, sequence, decode_record(msg.data))
+            view.passed(sequence)
+            if metadata.num_pending == 0:
+                state.synced.set()
+
+        state.subscription = await js.subscribe(
+            task_prefix + ">",
+            stream=self.stream,
+            cb=on_message,
+            ordered_consumer=True,
+            idle_heartbeat=2.0,
+            flow_control=True,
+            deliver_policy=nats.js.api.DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        info = await state.subscription.consumer_info()
+        if info.num_pending == 0 and not info.delivered.stream_seq:
+            state.synced.set()  # nothing to replay
+        return state
+
+    async def _ensure_stream(
+        self, config: nats.js.api.StreamConfig, js: nats.js.JetStreamContext
+    ) -> None:
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(config)
+
+    def _subject(self, task_id: str) -> str:
+        return self._prefix + "t." + encode_key(task_id)
+
+    async def _write(
+        self, state: _Connected, record: TaskRecord, expected: int, *, msg_id: str | None = None
+    ) -> int | None:
+        """Write ``record`` if its subject is still at revision ``expected`` (0: new);
+        return its new revision, or None if another write came first."""
+        headers = {_EXPECTED: str(expected)}
+        if msg_id is not None:
+            headers["Nats-Msg-Id"] = msg_id
+        try:
+            ack = await state.js.publish(
+                self._subject(record.id), encode_record(record), headers=headers
+            )
+        except nats.js.errors.APIError as exc:
+            if is_wrong_last_sequence(exc):
+                return None
+            raise
+        except nats.errors.MaxPayloadError as exc:
+            raise UnstorableRecordError(
+                f"the record exceeds the server's max payload ({exc})"
+            ) from None
+        state.view.apply(record.id, ack.seq, record)
+        return ack.seq
+
+    async def _delete(self, state: _Connected, task_id: str, expected: int) -> bool:
+        headers = {_EXPECTED: str(expected), KV_OP: KV_DEL, "Nats-TTL": _TOMBSTONE_TTL}
+        try:
+            ack = await state.js.publish(self._subject(task_id), b"", headers=headers)
+        except nats.js.errors.APIError as exc:
+            if is_wrong_last_sequence(exc):
+                return False
+            raise
+        state.view.apply(task_id, ack.seq, None)
+        return True
+
+    async def _read(self, state: _Connected, task_id: str) -> tuple[int, TaskRecord] | None:
+        """The stored record of ``task_id`` and its revision (None: there is none); the view
+        learns it too."""
+        try:
+            msg = await state.js.get_msg(self.stream, subject=self._subject(task_id), direct=True)
+        except nats.js.errors.NotFoundError:
+            held = state.view.records.get(task_id)
+            if held is not None:
+                state.view.apply(task_id, held[0] + 1, None)  # gone from the stream
+            return None
+        assert msg.seq is not None
+        if (msg.headers or {}).get(KV_OP) == KV_DEL or not msg.data:
+            state.view.apply(task_id, msg.seq, None)
+            return None
+        record = decode_record(msg.data)
+        state.view.apply(task_id, msg.seq, record)
+        return msg.seq, record
+
+    async def _current(self, state: _Connected, task_id: str) -> tuple[int, TaskRecord] | None:
+        held = state.view.records.get(task_id)
+        return held if held is not None else await self._read(state, task_id)
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    async def time(self) -> float:
+        """The server's clock, in POSIX seconds (see :class:`ServerClock`)."""
+        check_asyncio()
+        js = await self._source.jetstream()
+        self._source.raise_if_denied()
+        state = self._state
+        if state is None or state.js is not js:
+            state = await self._connected()
+        return await self._clock.read(js)
+
+    async def enqueue(
+        self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
+    ) -> list[EnqueueResult]:
+        """Store ``tasks``: one new record each (a resend after a lost reply stores nothing
+        twice: ``Nats-Msg-Id``). Several tasks are one atomic batch on NATS 2.12 and newer
+        (all stored or none), up to 1,000 a batch; on 2.11 they are stored one by one."""
+        if group is not None:
+            raise NotImplementedError("groups need QueueCapability.WORKFLOWS")
+        state = await self._connected()
+        records = [record_from_new(task) for task in tasks]
+        version = self._source.server_version or (0, 0, 0)
+        if len(records) > 1 and version >= (2, 12, 0):
+            for start in range(0, len(records), _BATCH_LIMIT):
+                await self._create_batch(state, records[start : start + _BATCH_LIMIT])
+        else:
+            await asyncio.gather(*(self._write(state, r, 0, msg_id=f"t:{r.id}") for r in records))
+            # None: the id exists (a resend whose first try was stored): stored all the same.
+        return [EnqueueResult(id=task.id) for task in tasks]
+
+    async def _create_batch(self, state: _Connected, records: list[TaskRecord]) -> None:
+        batch = uuid.uuid4().hex
+        client = state.client
+        last = len(records)
+        for index, record in enumerate(records, 1):
+            headers = {
+                "Nats-Batch-Id": batch,
+                "Nats-Batch-Sequence": str(index),
+                _EXPECTED: "0",
+                "Nats-Msg-Id": f"t:{record.id}",
+            }
+            data = encode_record(record)
+            if index < last:
+                await client.publish(self._subject(record.id), data, headers=headers)
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            reply = await client.request(
+                self._subject(record.id), data, headers=headers, timeout=10.0
+            )
+            answer = json.loads(reply.data)
+            error = answer.get("error")
+            if error is not None:
+                if error.get("err_code") in (10071, 10164):
+                    # An id exists already: a resend of a batch that was stored. Store each
+                    # one that is missing by itself.
+                    await asyncio.gather(
+                        *(self._write(state, r, 0, msg_id=f"t:{r.id}") for r in records)
+                    )
+                    return
+                raise nats.js.errors.APIError.from_error(error)
+            sequence = int(answer["seq"])
+            for offset, stored in enumerate(reversed(records)):
+                state.view.apply(stored.id, sequence - offset, stored)
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        now: float,
+        exclude: Sequence[str] = (),
+    ) -> list[TaskRecord]:
+        """Lease up to ``limit`` due tasks of ``queues``: expired leases first (a task whose
+        last attempt's lease expired dies instead), then by priority and ``run_at``."""
+        state = await self._connected()
+        return await self._claim(state, queues, limit, worker, lease, now, frozenset(exclude))
+
+    async def _claim(
+        self,
+        state: _Connected,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+        now: float,
+        exclude: frozenset[str],
+    ) -> list[TaskRecord]:
+        view = state.view
+        expired_claims: list[TaskRecord] = []
+        due_claims: list[TaskRecord] = []
+        skip = set(exclude)
+        for _ in range(_CLAIM_ROUNDS):
+            wanted = limit - len(expired_claims) - len(due_claims)
+            if wanted <= 0:
+                break
+            frozen = frozenset(skip)
+            expired = view.expired(queues, now, frozen)
+            dying = [(rev, r) for rev, r in expired if r.attempts >= r.max_attempts]
+            reclaim = [(rev, r) for rev, r in expired if r.attempts < r.max_attempts][:wanted]
+            due = view.due(queues, now, frozen | {r.id for _, r in reclaim}, wanted - len(reclaim))
+            if not (dying or reclaim or due):
+                break
+            leased_until = now + lease
+            writes = [
+                self._write(state, _die(r, _LEASE_EXPIRED, None, now), rev) for rev, r in dying
+            ]
+            planned = [
+                (
+                    kind,
+                    _replace(
+                        r,
+                        state=TaskState.RUNNING,
+                        attempts=r.attempts + 1,
+                        lease_owner=worker,
+                        lease_until=leased_until,
+                    ),
+                    rev,
+                )
+                for kind, group in (("expired", reclaim), ("due", due))
+                for rev, r in group
+            ]
+            writes += [self._write(state, record, rev) for _, record, rev in planned]
+            results = await asyncio.gather(*writes)
+            lost = [r.id for (_, r), done in zip(dying, results, strict=False) if done is None]
+            for (kind, record, _), done in zip(planned, results[len(dying) :], strict=True):
+                skip.add(record.id)
+                if done is None:
+                    lost.append(record.id)
+                elif kind == "expired":
+                    expired_claims.append(record)
+                else:
+                    due_claims.append(record)
+            if not lost:
+                continue
+            # Another worker wrote these first: learn what they are now, then look again.
+            await asyncio.gather(*(self._read(state, task_id) for task_id in lost))
+            for task_id in lost:
+                skip.discard(task_id)
+        due_claims.sort(key=lambda r: (-r.priority, r.run_at, r.created_at, r.id))
+        return expired_claims + due_claims
+
+    async def heartbeat(
+        self, worker: str, ids: Sequence[str], *, lease: float, now: float
+    ) -> set[str]:
+        """Extend ``worker``'s leases on ``ids``; return the ids it still holds."""
+        state = await self._connected()
+        until = now + lease
+
+        async def extend(task_id: str) -> bool:
+            for _ in range(_WRITE_ROUNDS):
+                current = await self._current(state, task_id)
+                if current is None:
+                    return False
+                revision, record = current
+                if record.state is not TaskState.RUNNING or record.lease_owner != worker:
+                    return False
+                if await self._write(state, _replace(record, lease_until=until), revision):
+                    return True
+                await self._read(state, task_id)
+            return False
+
+        held = await asyncio.gather(*(extend(task_id) for task_id in ids))
+        return {task_id for task_id, ok in zip(ids, held, strict=True) if ok}
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        """Record how claimed tasks ended, with their history; an outcome for a task the
+        worker no longer holds is ignored."""
+        state = await self._connected()
+        await asyncio.gather(*(self._finish(state, outcome, now) for outcome in outcomes))
+
+    async def _finish(self, state: _Connected, outcome: Outcome, now: float) -> None:
+        if outcome.follow_ups:
+            raise NotImplementedError("chains need QueueCapability.WORKFLOWS")
+        for _ in range(_WRITE_ROUNDS):
+            current = await self._current(state, outcome.id)
+            if current is None:
+                return
+            revision, record = current
+            if record.state is not TaskState.RUNNING or record.lease_owner != outcome.worker:
+                return  # the lease was lost: a newer attempt owns the task
+            written = await self._write(state, _settled(record, outcome), revision)
+            if written is None:
+                await self._read(state, outcome.id)
+                continue
+            if outcome.kind is not OutcomeKind.RELEASED:
+                await self._record_history(state, record, outcome, written)
+            return
+
+    async def _record_history(
+        self, state: _Connected, record: TaskRecord, outcome: Outcome, revision: int
+    ) -> None:
+        entry = HistoryEntry(
+            task_id=record.id,
+            name=record.name,
+            queue=record.queue,
+            worker=outcome.worker,
+            attempt=record.attempts,
+            started_at=outcome.started_at,
+            finished_at=outcome.finished_at,
+            outcome=outcome.kind.value,
+            error=outcome.error,
+        )
+        await state.js.publish(
+            self._history_prefix + encode_key(record.id),
+            encode_history(entry),
+            # The revision the outcome was stored at: unique per change, the same on a resend.
+            headers={"Nats-Msg-Id": f"h:{record.id}:{revision}"},
+        )
+
+    async def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        *,
+        now: float,
+        queues: Sequence[str],
+        limit: int,
+        worker: str,
+        lease: float,
+        exclude: Sequence[str] = (),
+    ) -> list[TaskRecord]:
+        """:meth:`finish`, then :meth:`claim` (never of ``outcomes`` or ``exclude``)."""
+        state = await self._connected()
+        await asyncio.gather(*(self._finish(state, outcome, now) for outcome in outcomes))
+        skip = frozenset(exclude).union(o.id for o in outcomes)
+        return await self._claim(state, queues, limit, worker, lease, now, skip)
+
+    async def next_run_at(self, queues: Sequence[str]) -> float | None:
+        """The earliest ``run_at`` of a queued task, or lease expiry of a running one, in
+        ``queues``, as this process's view knows it."""
+        state = await self._connected()
+        return state.view.next_run_at(queues)
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a task of any queue becomes queued or running (the view's consumer
+        sees it), at the next due time of ``queues``, or after ``timeout`` seconds."""
+        state = await self._connected()
+        work = state.view.work
+        due = state.view.next_run_at(queues)
+        if due is not None:
+            wait = due - await self.time()
+            if wait <= 0:
+                await asyncio.sleep(0)
+                return
+            timeout = min(timeout, wait)
+        with anyio.move_on_after(timeout):
+            await work.wait()
+
+    async def aclose(self) -> None:
+        """Stop the view's consumer and close the connection; calling it again does
+        nothing."""
+        state, self._state = self._state, None
+        if state is not None:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:  # pragma: no cover
+                running = None
+            if running is not None and state.loop is running:
+                await state.close()
+        await self._source.aclose()
+
+    # -- inspection ------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The stored task with this id (read from the server), or None."""
+        state = await self._connected()
+        found = await self._read(state, task_id)
+        return None if found is None else found[1]
+
+    async def tasks(
+        self, *, state: TaskState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, optionally of one state and queue (from this process's
+        view: what other processes wrote in the last milliseconds may be missing)."""
+        connected = await self._connected()
+        found = [
+            record
+            for _, record in connected.view.records.values()
+            if (state is None or record.state is state) and (queue is None or record.queue == queue)
+        ]
+        found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return found[:limit]
+
+    async def counts(self) -> dict[str, dict[TaskState, int]]:
+        """Task counts per queue and state (from this process's view)."""
+        state = await self._connected()
+        return state.view.counts()
+
+    async def history(self, *, task_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:
+        """Finished attempts, newest first (all of one task, or the last ``limit``)."""
+        state = await self._connected()
+        if task_id is not None:
+            messages = await self._direct_batch(
+                state, self.history_stream, 1, self._history_prefix + encode_key(task_id), None
+            )
+        else:
+            info = await state.js.stream_info(self.history_stream)
+            last = info.state.last_seq
+            start = max(info.state.first_seq, last - limit + 1, 1)
+            messages = await self._direct_batch(
+                state, self.history_stream, start, self._history_prefix + ">", limit
+            )
+        entries = [decode_history(data) for _, _, data in messages]
+        return entries[::-1][:limit]
+
+    async def _direct_batch(
+        self, state: _Connected, stream: str, start: int, subjects: str, limit: int | None
+    ) -> list[tuple[str, int, bytes]]:
+        """The messages of ``stream`` on ``subjects`` from sequence ``start`` (all of them,
+        or up to ``limit``), by batched direct gets: (subject, sequence, data)."""
+        client = state.client
+        found: list[tuple[str, int, bytes]] = []
+        inbox = client.new_inbox()
+        subscription = await client.subscribe(inbox)
+        try:
+            while limit is None or len(found) < limit:
+                batch = 1000 if limit is None else min(1000, limit - len(found))
+                request = {"seq": start, "batch": batch, "next_by_subj": subjects}
+                await client.publish(
+                    f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
+                )
+                more = False
+                while True:
+                    msg = await subscription.next_msg(timeout=5.0)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status is None:
+                        sequence = int(headers["Nats-Sequence"])
+                        found.append((headers["Nats-Subject"], sequence, msg.data))
+                        start = sequence + 1
+                        continue
+                    if status == "204":  # end of this batch
+                        more = int(headers.get("Nats-Num-Pending", "0")) > 0
+                    break  # 404: nothing (more)
+                if not more:
+                    break
+        finally:
+            await subscription.unsubscribe()
+        return found
+
+    # -- administration --------------------------------------------------------------------
+
+    async def requeue(self, task_id: str, *, now: float) -> bool:
+        """Put a dead task back in its queue with its attempts reset."""
+        state = await self._connected()
+        for _ in range(_WRITE_ROUNDS):
+            current = await self._read(state, task_id)
+            if current is None or current[1].state is not TaskState.DEAD:
+                return False
+            revision, record = current
+            queued = _replace(
+                record, state=TaskState.QUEUED, attempts=0, run_at=now, finished_at=None
+            )
+            if await self._write(state, queued, revision):
+                return True
+        return False
+
+    async def dispatch(
+        self, queue: str, *, name: str | None = None, limit: int | None = None, now: float
+    ) -> int:
+        """Release held tasks of ``queue`` (of one name, at most ``limit``), highest
+        priority first, then the oldest."""
+        state = await self._connected()
+        held = [(rev, r) for rev, r in state.view.held(queue) if name is None or r.name == name]
+        if limit is not None:
+            held = held[:limit]
+        written = await asyncio.gather(
+            *(
+                self._write(
+                    state, _replace(r, state=TaskState.QUEUED, run_at=min(r.run_at, now)), rev
+                )
+                for rev, r in held
+            )
+        )
+        return sum(1 for revision in written if revision is not None)
+
+    async def purge(
+        self,
+        *,
+        now: float,
+        history_before: float | None = None,
+        dead_before: float | None = None,
+    ) -> int:
+        """Delete succeeded tasks whose results expired and dead tasks that finished before
+        ``dead_before``; history entries that finished before ``history_before`` (from the
+        oldest on: the history is kept in finishing order). Returns the tasks deleted."""
+        state = await self._connected()
+        expired = [
+            (revision, record)
+            for revision, record in list(state.view.records.values())
+            if (
+                record.state is TaskState.SUCCEEDED
+                and record.result_expires is not None
+                and record.result_expires <= now
+            )
+            or (
+                record.state is TaskState.DEAD
+                and dead_before is not None
+                and record.finished_at is not None
+                and record.finished_at < dead_before
+            )
+        ]
+        deleted = await asyncio.gather(
+            *(self._delete(state, record.id, revision) for revision, record in expired)
+        )
+        if history_before is not None:
+            await self._purge_history(state, history_before)
+        return sum(1 for ok in deleted if ok)
+
+    async def _purge_history(self, state: _Connected, before: float) -> None:
+        info = await state.js.stream_info(self.history_stream)
+        start = info.state.first_seq
+        keep_from: int | None = None
+        while keep_from is None:
+            messages = await self._direct_batch(
+                state, self.history_stream, start, self._history_prefix + ">", 500
+            )
+            if not messages:
+                keep_from = info.state.last_seq + 1
+                break
+            for _, sequence, data in messages:
+                if decode_history(data).finished_at >= before:
+                    keep_from = sequence
+                    break
+            else:
+                start = messages[-1][1] + 1
+        if keep_from > info.state.first_seq:
+            await state.js.purge_stream(self.history_stream, seq=keep_from)
+
+    # -- the worker registry ---------------------------------------------------------------
+
+    def _worker_subject(self, worker_id: str) -> str:
+        return self._prefix + "w." + encode_key(worker_id)
+
+    async def worker_seen(self, worker: WorkerInfo) -> None:
+        """Insert or replace ``worker``'s entry (deleted by the server a day after its last
+        change if nobody does it earlier)."""
+        state = await self._connected()
+        await state.js.publish(
+            self._worker_subject(worker.id), encode_worker(worker), headers={"Nats-TTL": "24h"}
+        )
+
+    async def worker_gone(self, worker_id: str) -> None:
+        """Remove ``worker_id``'s entry."""
+        state = await self._connected()
+        await state.js.purge_stream(self.stream, subject=self._worker_subject(worker_id))
+
+    async def workers(self, *, now: float) -> list[WorkerInfo]:
+        """The entries whose ``expires_at`` is after ``now``, by id (expired ones are
+        deleted on the way)."""
+        state = await self._connected()
+        messages = await self._direct_batch(state, self.stream, 1, self._prefix + "w.>", None)
+        found = []
+        for subject, _, data in messages:
+            if not data:
+                continue
+            worker = decode_worker(data)
+            if worker.expires_at > now:
+                found.append(worker)
+            else:
+                await state.js.purge_stream(self.stream, subject=subject)
+        return sorted(found, key=lambda w: w.id)
+
+
+def _die(record: TaskRecord, error: str, traceback: str | None, finished_at: float) -> TaskRecord:
+    return _replace(
+        record,
+        state=TaskState.DEAD,
+        lease_owner=None,
+        lease_until=None,
+        last_error=error,
+        traceback=traceback,
+        finished_at=finished_at,
+    )
+
+
+def _settled(record: TaskRecord, outcome: Outcome) -> TaskRecord:
+    """``record`` as ``outcome`` leaves it (as the memory backend does)."""
+    kind = outcome.kind
+    if kind is OutcomeKind.SUCCEEDED:
+        return _replace(
+            record,
+            state=TaskState.SUCCEEDED,
+            lease_owner=None,
+            lease_until=None,
+            result=outcome.result,
+            result_expires=outcome.result_expires,
+            last_error=None,
+            traceback=None,
+            finished_at=outcome.finished_at,
+        )
+    if kind is OutcomeKind.DEAD:
+        return _die(record, outcome.error or "failed", outcome.traceback, outcome.finished_at)
+    retry = kind is OutcomeKind.RETRY
+    return _replace(
+        record,
+        state=TaskState.QUEUED,
+        lease_owner=None,
+        lease_until=None,
+        attempts=record.attempts if retry else record.attempts - 1,
+        run_at=outcome.retry_at if retry and outcome.retry_at is not None else record.run_at,
+        last_error=outcome.error if retry else record.last_error,
+        traceback=outcome.traceback if retry else record.traceback,
+    )
+
+
+class _Connected:
+    """What the backend holds for one connection: the JetStream context, the view and its
+    consumer."""
+
+    def __init__(self, js: nats.js.JetStreamContext, client: Any) -> None:
+        self.js = js
+        self.client = client
+        self.view = View()
+        self.synced = asyncio.Event()
+        self.subscription: Any = None
+        self.loop = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        subscription, self.subscription = self.subscription, None
+        if subscription is not None:
+            try:
+                await subscription.unsubscribe()
+            except Exception as exc:  # pragma: no cover - a connection already gone
+                logger.debug("stopping the view's consumer failed: %s", exc)
