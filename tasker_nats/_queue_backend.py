@@ -34,6 +34,7 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ import nats.js
 import nats.js.api
 import nats.js.errors
 
-from tasker.backends import record_from_new, to_seconds
+from tasker.backends import group_payload, record_from_new, to_seconds
 from tasker.queue import (
     EnqueueResult,
     GroupSpec,
@@ -66,9 +67,11 @@ from tasker.queue import (
 
 from ._codec import (
     decode_history,
+    decode_new_task,
     decode_record,
     decode_worker,
     encode_history,
+    encode_new_task,
     encode_record,
     encode_worker,
 )
@@ -80,14 +83,17 @@ from ._connection import (
     decode_key,
     encode_key,
 )
+from ._errors import NatsSetupError
 from ._shared import KV_DEL, KV_OP, is_wrong_last_sequence, source_of
 from ._view import View
 
-__all__ = ["NatsQueueBackend"]
+__all__ = ["QUEUE_MIN_VERSION", "NatsQueueBackend"]
 
 logger = logging.getLogger("tasker_nats")
 
 _EXPECTED = "Nats-Expected-Last-Subject-Sequence"
+#: The oldest NATS server the queue runs on: atomic batches came in 2.12.
+QUEUE_MIN_VERSION = (2, 12, 0)
 #: How long a deletion's marker is kept (real time): a view that was away longer than this
 #: may keep a deleted task until it is rebuilt.
 _TOMBSTONE_TTL = "24h"
@@ -98,6 +104,8 @@ _WRITE_ROUNDS = 4
 #: The most messages of one atomic batch (the server's limit).
 _BATCH_LIMIT = 1000
 _LEASE_EXPIRED = "lease expired (the worker stopped responding)"
+#: The states in which a task holds its unique key.
+_LIVE = frozenset({TaskState.HELD, TaskState.QUEUED, TaskState.RUNNING})
 
 
 def _replace(record: TaskRecord, **changes: Any) -> TaskRecord:
@@ -113,9 +121,10 @@ class NatsQueueBackend:
     """:class:`tasker.queue.QueueBackend` on NATS JetStream (nats-py; asyncio only; see the
     module notes and the NATS guide).
 
-    Declares ``INSPECTION``, ``ADMINISTRATION``, ``FINISH_AND_CLAIM`` and ``WORKERS``.
-    Needs NATS server 2.11 or newer with JetStream; nothing to migrate: the streams are
-    created on first use.
+    Declares every capability (:class:`tasker.abc.QueueCapability`) but
+    ``TRANSACTIONAL_ENQUEUE`` (NATS has no transaction a caller's other writes could share).
+    Needs NATS server 2.12 or newer with JetStream (atomic batches); nothing to migrate:
+    the streams are created on first use.
 
     Args:
         url_or_source: ``nats://[user:password@]host[:port]`` (several comma-separated),
@@ -137,14 +146,9 @@ class NatsQueueBackend:
         TypeError: for an option of the wrong type.
     """
 
-    capabilities: frozenset[QueueCapability] = frozenset(
-        {
-            QueueCapability.INSPECTION,
-            QueueCapability.ADMINISTRATION,
-            QueueCapability.FINISH_AND_CLAIM,
-            QueueCapability.WORKERS,
-        }
-    )
+    capabilities: frozenset[QueueCapability] = frozenset(QueueCapability) - {
+        QueueCapability.TRANSACTIONAL_ENQUEUE
+    }
 
     def __init__(
         self,
@@ -214,7 +218,13 @@ class NatsQueueBackend:
     _lock_loop: asyncio.AbstractEventLoop | None = None
 
     async def _connect(self, js: nats.js.JetStreamContext) -> _Connected:
-        atomic = (self._source.server_version or (0, 0, 0)) >= (2, 12, 0)
+        version = self._source.server_version or (0, 0, 0)
+        if version < QUEUE_MIN_VERSION:
+            raise NatsSetupError(
+                f"the NATS server at {self._source.url} is {'.'.join(map(str, version))}; the"
+                f" queue needs {'.'.join(map(str, QUEUE_MIN_VERSION))} or newer (atomic batches)",
+                "upgrade the server (the Scheduler's backends need only 2.11)",
+            )
         await self._ensure_stream(
             nats.js.api.StreamConfig(
                 name=self.stream,
@@ -222,7 +232,7 @@ class NatsQueueBackend:
                 max_msgs_per_subject=1,
                 allow_direct=True,
                 allow_msg_ttl=True,
-                allow_atomic=atomic or None,
+                allow_atomic=True,
                 discard=nats.js.api.DiscardPolicy.OLD,
                 num_replicas=self.replicas,
                 storage=nats.js.api.StorageType.FILE,
@@ -308,16 +318,136 @@ class NatsQueueBackend:
         state.view.apply(record.id, ack.seq, record)
         return ack.seq
 
-    async def _delete(self, state: _Connected, task_id: str, expected: int) -> bool:
-        headers = {_EXPECTED: str(expected), KV_OP: KV_DEL, "Nats-TTL": _TOMBSTONE_TTL}
-        try:
-            ack = await state.js.publish(self._subject(task_id), b"", headers=headers)
-        except nats.js.errors.APIError as exc:
-            if is_wrong_last_sequence(exc):
-                return False
-            raise
-        state.view.apply(task_id, ack.seq, None)
+    def _task_write(self, record: TaskRecord, expected: int, *, new: bool = False) -> _Write:
+        return _Write(
+            self._subject(record.id),
+            encode_record(record),
+            expected,
+            task_id=record.id,
+            record=record,
+            msg_id=f"t:{record.id}" if new else None,
+        )
+
+    def _tombstone(self, subject: str, expected: int, task_id: str | None = None) -> _Write:
+        return _Write(subject, b"", expected, task_id=task_id, delete=True)
+
+    async def _commit(self, state: _Connected, writes: list[_Write]) -> bool:
+        """Make ``writes`` together: one publish, or one atomic batch for several (all or
+        none). False if a subject was not at its expected revision (nothing was written);
+        the view learns what was."""
+        if not writes:
+            return True
+        if len(writes) > _BATCH_LIMIT:
+            raise UnstorableRecordError(
+                f"{len(writes)} changes in one step; NATS takes at most {_BATCH_LIMIT} in one"
+                " atomic batch"
+            )
+        if len(writes) == 1:
+            write = writes[0]
+            try:
+                ack = await state.js.publish(write.subject, write.data, headers=write.headers())
+            except nats.js.errors.APIError as exc:
+                if is_wrong_last_sequence(exc):
+                    return False
+                raise
+            except nats.errors.MaxPayloadError as exc:
+                raise UnstorableRecordError(
+                    f"the record exceeds the server's max payload ({exc})"
+                ) from None
+            sequences = [ack.seq]
+        else:
+            batch = uuid.uuid4().hex
+            client = state.client
+            for index, write in enumerate(writes, 1):
+                headers = write.headers()
+                headers["Nats-Batch-Id"] = batch
+                headers["Nats-Batch-Sequence"] = str(index)
+                if index < len(writes):
+                    await client.publish(write.subject, write.data, headers=headers)
+                    continue
+                headers["Nats-Batch-Commit"] = "1"
+                reply = await client.request(
+                    write.subject, write.data, headers=headers, timeout=10.0
+                )
+            answer = json.loads(reply.data)
+            error = answer.get("error")
+            if error is not None:
+                if error.get("err_code") in (10071, 10164):
+                    return False
+                if error.get("err_code") == 10054:  # message too large
+                    raise UnstorableRecordError(error.get("description", "too large"))
+                raise nats.js.errors.APIError.from_error(error)
+            last = int(answer["seq"])
+            sequences = list(range(last - len(writes) + 1, last + 1))
+        for write, sequence in zip(writes, sequences, strict=True):
+            if write.task_id is not None:
+                state.view.apply(write.task_id, sequence, None if write.delete else write.record)
         return True
+
+    async def _get_json(self, state: _Connected, subject: str) -> tuple[int, Any]:
+        """The revision and JSON of ``subject``'s message, or (0, None) if it has none (a
+        deletion's marker counts as none, at its revision)."""
+        try:
+            msg = await state.js.get_msg(self.stream, subject=subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return 0, None
+        assert msg.seq is not None
+        if (msg.headers or {}).get(KV_OP) == KV_DEL or not msg.data:
+            return msg.seq, None
+        return msg.seq, json.loads(msg.data)
+
+    def _unique_subject(self, key: str) -> str:
+        return self._prefix + "u." + encode_key(key)
+
+    def _group_subject(self, group_id: str) -> str:
+        return self._prefix + "g." + encode_key(group_id)
+
+    async def _group_writes(
+        self, state: _Connected, member: TaskRecord, now: float, writes: list[_Write]
+    ) -> None:
+        """Add to ``writes`` what ``member`` settling does to its group: one more finished
+        member, or, with the last, the group's end and its callback (exactly once: the
+        group's revision is expected)."""
+        if member.group_id is None or member.state not in (TaskState.SUCCEEDED, TaskState.DEAD):
+            return
+        subject = self._group_subject(member.group_id)
+        revision, group = await self._get_json(state, subject)
+        if group is None:
+            return  # closed already (a member requeued after that changes nothing)
+        finished = set(group["finished"]) | {member.id}
+        members: list[str] = group["members"]
+        if not finished.issuperset(members):
+            group["finished"] = sorted(finished)
+            writes.append(_Write(subject, _json(group), revision))
+            return
+        writes.append(self._tombstone(subject, revision))
+        if group["callback"] is None:
+            return
+        others = await asyncio.gather(*(self._read(state, m) for m in members if m != member.id))
+        records = {found[1].id: found[1] for found in others if found is not None}
+        records[member.id] = member
+        ordered = sorted(records.values(), key=lambda r: r.group_index or 0)
+        payload = group_payload(
+            [r.result if r.state is TaskState.SUCCEEDED else None for r in ordered]
+        )
+        callback = decode_new_task(group["callback"])
+        callback = dataclasses.replace(callback, payload=payload, run_at=now)
+        writes.append(self._task_write(record_from_new(callback), 0, new=True))
+
+    async def _settle(
+        self,
+        state: _Connected,
+        revision: int,
+        record: TaskRecord,
+        now: float,
+        follow_ups: Sequence[NewTask] = (),
+    ) -> bool:
+        """Write ``record`` (settled) over ``revision``, with its follow-ups and what it
+        does to its group, all at once."""
+        writes = [self._task_write(record, revision)]
+        writes += [self._task_write(record_from_new(f), 0, new=True) for f in follow_ups]
+        await self._group_writes(state, record, now, writes)
+        return await self._commit(state, writes)
 
     async def _read(self, state: _Connected, task_id: str) -> tuple[int, TaskRecord] | None:
         """The stored record of ``task_id`` and its revision (None: there is none); the view
@@ -356,55 +486,73 @@ class NatsQueueBackend:
     async def enqueue(
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
     ) -> list[EnqueueResult]:
-        """Store ``tasks``: one new record each (a resend after a lost reply stores nothing
-        twice: ``Nats-Msg-Id``). Several tasks are one atomic batch on NATS 2.12 and newer
-        (all stored or none), up to 1,000 a batch; on 2.11 they are stored one by one."""
-        if group is not None:
-            raise NotImplementedError("groups need QueueCapability.WORKFLOWS")
+        """Store ``tasks`` (and their ``group``) at once: one atomic batch (all stored or
+        none), up to 1,000 records a batch; a resend after a lost reply stores nothing twice
+        (``Nats-Msg-Id``, and each record is created only if its subject has none). A task
+        whose unique key a live task holds, or a finished one within its window, is not
+        stored: its result names that task."""
         state = await self._connected()
-        records = [record_from_new(task) for task in tasks]
-        version = self._source.server_version or (0, 0, 0)
-        if len(records) > 1 and version >= (2, 12, 0):
+        if group is None and all(task.unique_key is None for task in tasks):
+            records = [record_from_new(task) for task in tasks]
             for start in range(0, len(records), _BATCH_LIMIT):
-                await self._create_batch(state, records[start : start + _BATCH_LIMIT])
-        else:
-            await asyncio.gather(*(self._write(state, r, 0, msg_id=f"t:{r.id}") for r in records))
-            # None: the id exists (a resend whose first try was stored): stored all the same.
-        return [EnqueueResult(id=task.id) for task in tasks]
-
-    async def _create_batch(self, state: _Connected, records: list[TaskRecord]) -> None:
-        batch = uuid.uuid4().hex
-        client = state.client
-        last = len(records)
-        for index, record in enumerate(records, 1):
-            headers = {
-                "Nats-Batch-Id": batch,
-                "Nats-Batch-Sequence": str(index),
-                _EXPECTED: "0",
-                "Nats-Msg-Id": f"t:{record.id}",
-            }
-            data = encode_record(record)
-            if index < last:
-                await client.publish(self._subject(record.id), data, headers=headers)
-                continue
-            headers["Nats-Batch-Commit"] = "1"
-            reply = await client.request(
-                self._subject(record.id), data, headers=headers, timeout=10.0
-            )
-            answer = json.loads(reply.data)
-            error = answer.get("error")
-            if error is not None:
-                if error.get("err_code") in (10071, 10164):
-                    # An id exists already: a resend of a batch that was stored. Store each
-                    # one that is missing by itself.
+                chunk = records[start : start + _BATCH_LIMIT]
+                if not await self._commit(state, [self._task_write(r, 0, new=True) for r in chunk]):
+                    # An id exists: a resend of what was stored. Store any that is missing.
                     await asyncio.gather(
-                        *(self._write(state, r, 0, msg_id=f"t:{r.id}") for r in records)
+                        *(self._commit(state, [self._task_write(r, 0, new=True)]) for r in chunk)
                     )
-                    return
-                raise nats.js.errors.APIError.from_error(error)
-            sequence = int(answer["seq"])
-            for offset, stored in enumerate(reversed(records)):
-                state.view.apply(stored.id, sequence - offset, stored)
+            return [EnqueueResult(id=task.id) for task in tasks]
+        for _ in range(_WRITE_ROUNDS * 4):
+            writes, results = await self._enqueue_writes(state, tasks, group, now)
+            if await self._commit(state, writes):
+                return results
+        raise RuntimeError("enqueue: lost too many races for its unique keys; try again")
+
+    async def _enqueue_writes(
+        self, state: _Connected, tasks: Sequence[NewTask], group: GroupSpec | None, now: float
+    ) -> tuple[list[_Write], list[EnqueueResult]]:
+        writes: list[_Write] = []
+        results: list[EnqueueResult] = []
+        taken: dict[str, str] = {}  # unique keys this enqueue takes -> the task taking them
+        stored: list[str] = []
+        for task in tasks:
+            if await self._read(state, task.id) is not None:
+                results.append(EnqueueResult(id=task.id))  # a resend: stored already
+                stored.append(task.id)
+                continue
+            key = task.unique_key
+            if key is not None:
+                if key in taken:
+                    results.append(EnqueueResult(id=taken[key], deduplicated=True))
+                    continue
+                subject = self._unique_subject(key)
+                revision, holder = await self._get_json(state, subject)
+                if holder is not None and holder["id"] != task.id:
+                    live = await self._read(state, holder["id"])
+                    until = holder["until"]
+                    if live is not None and (
+                        live[1].state in _LIVE or (until is not None and now < until)
+                    ):
+                        results.append(EnqueueResult(id=holder["id"], deduplicated=True))
+                        continue
+                writes.append(
+                    _Write(subject, _json({"id": task.id, "until": task.unique_until}), revision)
+                )
+                taken[key] = task.id
+            writes.append(self._task_write(record_from_new(task), 0, new=True))
+            results.append(EnqueueResult(id=task.id))
+            stored.append(task.id)
+        if group is not None:
+            subject = self._group_subject(group.id)
+            revision, existing = await self._get_json(state, subject)
+            if existing is None:
+                data = {
+                    "members": stored,
+                    "finished": [],
+                    "callback": None if group.callback is None else encode_new_task(group.callback),
+                }
+                writes.append(_Write(subject, _json(data), revision))
+        return writes, results
 
     async def claim(
         self,
@@ -448,7 +596,8 @@ class NatsQueueBackend:
                 break
             leased_until = now + lease
             writes = [
-                self._write(state, _die(r, _LEASE_EXPIRED, None, now), rev) for rev, r in dying
+                self._settle(state, rev, _die(r, _LEASE_EXPIRED, None, now), now)
+                for rev, r in dying
             ]
             planned = [
                 (
@@ -465,12 +614,14 @@ class NatsQueueBackend:
                 for kind, group in (("expired", reclaim), ("due", due))
                 for rev, r in group
             ]
-            writes += [self._write(state, record, rev) for _, record, rev in planned]
+            writes += [
+                self._commit(state, [self._task_write(record, rev)]) for _, record, rev in planned
+            ]
             results = await asyncio.gather(*writes)
-            lost = [r.id for (_, r), done in zip(dying, results, strict=False) if done is None]
+            lost = [r.id for (_, r), done in zip(dying, results, strict=False) if not done]
             for (kind, record, _), done in zip(planned, results[len(dying) :], strict=True):
                 skip.add(record.id)
-                if done is None:
+                if not done:
                     lost.append(record.id)
                 elif kind == "expired":
                     expired_claims.append(record)
@@ -515,8 +666,6 @@ class NatsQueueBackend:
         await asyncio.gather(*(self._finish(state, outcome, now) for outcome in outcomes))
 
     async def _finish(self, state: _Connected, outcome: Outcome, now: float) -> None:
-        if outcome.follow_ups:
-            raise NotImplementedError("chains need QueueCapability.WORKFLOWS")
         for _ in range(_WRITE_ROUNDS):
             current = await self._current(state, outcome.id)
             if current is None:
@@ -524,11 +673,13 @@ class NatsQueueBackend:
             revision, record = current
             if record.state is not TaskState.RUNNING or record.lease_owner != outcome.worker:
                 return  # the lease was lost: a newer attempt owns the task
-            written = await self._write(state, _settled(record, outcome), revision)
-            if written is None:
+            settled = _settled(record, outcome)
+            follow_ups = outcome.follow_ups if outcome.kind is OutcomeKind.SUCCEEDED else ()
+            if not await self._settle(state, revision, settled, now, follow_ups):
                 await self._read(state, outcome.id)
                 continue
             if outcome.kind is not OutcomeKind.RELEASED:
+                written = state.view.records[outcome.id][0]
                 await self._record_history(state, record, outcome, written)
             return
 
@@ -696,7 +847,22 @@ class NatsQueueBackend:
             queued = _replace(
                 record, state=TaskState.QUEUED, attempts=0, run_at=now, finished_at=None
             )
-            if await self._write(state, queued, revision):
+            writes = [self._task_write(queued, revision)]
+            if record.unique_key is not None:
+                subject = self._unique_subject(record.unique_key)
+                held_at, holder = await self._get_json(state, subject)
+                if holder is not None and holder["id"] != task_id:
+                    other = await self._read(state, holder["id"])
+                    if other is not None and other[1].state in _LIVE:
+                        return False  # a newer task holds the unique key
+                writes.append(_Write(subject, _json({"id": task_id, "until": None}), held_at))
+            if record.group_id is not None:
+                subject = self._group_subject(record.group_id)
+                group_at, group = await self._get_json(state, subject)
+                if group is not None and task_id in group["finished"]:
+                    group["finished"] = [m for m in group["finished"] if m != task_id]
+                    writes.append(_Write(subject, _json(group), group_at))
+            if await self._commit(state, writes):
                 return True
         return False
 
@@ -746,11 +912,30 @@ class NatsQueueBackend:
             )
         ]
         deleted = await asyncio.gather(
-            *(self._delete(state, record.id, revision) for revision, record in expired)
+            *(self._purge_task(state, revision, record, now) for revision, record in expired)
         )
         if history_before is not None:
             await self._purge_history(state, history_before)
         return sum(1 for ok in deleted if ok)
+
+    async def _purge_task(
+        self, state: _Connected, revision: int, record: TaskRecord, now: float
+    ) -> bool:
+        """Delete ``record`` unless its group is open or its unique window is; its unique
+        key goes with it if it holds it."""
+        writes = [self._tombstone(self._subject(record.id), revision, record.id)]
+        if record.group_id is not None:
+            _, group = await self._get_json(state, self._group_subject(record.group_id))
+            if group is not None:
+                return False  # its group's callback has not run
+        if record.unique_key is not None:
+            subject = self._unique_subject(record.unique_key)
+            held_at, holder = await self._get_json(state, subject)
+            if holder is not None and holder["id"] == record.id:
+                if holder["until"] is not None and holder["until"] > now:
+                    return False  # its unique window is open
+                writes.append(self._tombstone(subject, held_at))
+        return await self._commit(state, writes)
 
     async def _purge_history(self, state: _Connected, before: float) -> None:
         info = await state.js.stream_info(self.history_stream)
@@ -847,6 +1032,32 @@ def _settled(record: TaskRecord, outcome: Outcome) -> TaskRecord:
         last_error=outcome.error if retry else record.last_error,
         traceback=outcome.traceback if retry else record.traceback,
     )
+
+
+@dataclasses.dataclass(slots=True)
+class _Write:
+    """One message of a change: its subject, data and the revision it expects."""
+
+    subject: str
+    data: bytes
+    expected: int
+    task_id: str | None = None
+    record: TaskRecord | None = None
+    delete: bool = False
+    msg_id: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {_EXPECTED: str(self.expected)}
+        if self.msg_id is not None:
+            headers["Nats-Msg-Id"] = self.msg_id
+        if self.delete:
+            headers[KV_OP] = KV_DEL
+            headers["Nats-TTL"] = _TOMBSTONE_TTL
+        return headers
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode("ascii")
 
 
 class _Connected:
