@@ -74,10 +74,12 @@ def _defaults(source: Source) -> tuple[list[Scheduler], list[Queue]]:
     if source.nats_url:
         import tasker_nats
 
-        scheduler = tasker_nats.scheduler(
-            source.nats_url, namespace=source.namespace, credentials=source.nats_credentials
+        nats_source = tasker_nats.NatsSource(
+            source.nats_url, credentials=source.nats_credentials, name="tasker-status"
         )
-        return [scheduler], []
+        return [tasker_nats.scheduler(nats_source, namespace=source.namespace)], [
+            Queue(tasker_nats.NatsQueueBackend(nats_source, namespace=source.namespace))
+        ]
     from .queue import SQLiteQueueBackend
 
     directory = source.state_dir or default_state_dir()

@@ -31,6 +31,7 @@ import base64
 import logging
 import os
 import re
+import secrets
 import ssl as _ssl
 import time
 from collections.abc import Sequence
@@ -450,8 +451,8 @@ class ServerClock:
     """The NATS server's clock, read every ``resync`` seconds and advanced in between by the
     local monotonic clock (never the local wall clock).
 
-    NATS has no ``TIME`` command: a reading publishes an empty message to ``<subject>.0``
-    and ``<subject>.1`` of ``stream`` and asks the server when it stored the one whose
+    NATS has no ``TIME`` command: a reading publishes two empty messages to subjects of its
+    own under ``subject`` of ``stream`` and asks the server when it stored the one whose
     round trip was shorter; the server stored it somewhere in that round trip, so the
     reading is placed at its middle.
     """
@@ -460,7 +461,9 @@ class ServerClock:
 
     def __init__(self, stream: str, subject: str, *, resync: float = 30.0) -> None:
         self._stream = stream
-        self._subject = subject
+        # A subject of this clock's own (readers on one subject would replace each other's
+        # message before it is read), whose messages the server drops after a minute.
+        self._subject = f"{subject}.{secrets.token_hex(6)}"
         self._resync = resync
         self._clock: tuple[float, float] | None = None  # (reading, monotonic time of it)
 
@@ -476,7 +479,9 @@ class ServerClock:
                 best: tuple[float, int, float] | None = None  # (round trip, seq, middle)
                 for turn in range(2):  # two subjects: a stream may keep one message each
                     before = time.monotonic()
-                    ack = await js.publish(f"{self._subject}.{turn}", b"")
+                    ack = await js.publish(
+                        f"{self._subject}.{turn}", b"", headers={"Nats-TTL": "60s"}
+                    )
                     after = time.monotonic()
                     if best is None or after - before < best[0]:
                         best = (after - before, ack.seq, (before + after) / 2)

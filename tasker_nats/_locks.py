@@ -111,6 +111,19 @@ class _NatsLocker:
         ack = await js.publish(self._subject, owner, headers=headers)
         return ack.seq
 
+    async def _own_revision(self) -> int | None:
+        """The key's revision if its message is still this holding's (a write of ours that
+        the server stored but whose answer never came back: a renewal cancelled in flight,
+        or one sent twice after a reconnect), else None."""
+        js, _ = await self._factory.bucket.get()
+        try:
+            last = await js.get_msg(self._factory.bucket.stream, subject=self._subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        if (last.headers or {}).get(KV_OP) in (KV_DEL, KV_PURGE) or last.data != self._owner:
+            return None
+        return last.seq
+
     async def try_lock(self) -> bool:
         if self._revision is not None:
             return False
@@ -181,8 +194,18 @@ class _NatsLocker:
                     renewed = await self._publish(self._owner, self._revision)
                 except Exception as exc:
                     if is_wrong_last_sequence(exc):
-                        self._report_lost("its key expired or was taken over")
-                        return
+                        try:
+                            own = await self._own_revision()
+                        except Exception as again:
+                            failing = again
+                            continue
+                        if own is None:
+                            self._report_lost("its key expired or was taken over")
+                            return
+                        # A renewal of ours was stored without its answer (cancelled in
+                        # flight, or sent twice after a reconnect): renew over it at once.
+                        self._revision = own
+                        continue
                     if permanent_fault(exc) is not None:
                         self._report_lost(f"a renewal failed: {_describe(exc)}")
                         return
@@ -213,11 +236,25 @@ class _NatsLocker:
         with anyio.CancelScope(shield=True), anyio.move_on_after(_UNLOCK_TIMEOUT) as scope:
             try:
                 js, _ = await self._factory.bucket.get()
-                await js.publish(
-                    self._subject, b"", headers={KV_OP: KV_DEL, _EXPECTED_LAST: str(revision)}
-                )
+                for _ in range(2):
+                    try:
+                        await js.publish(
+                            self._subject,
+                            b"",
+                            headers={KV_OP: KV_DEL, _EXPECTED_LAST: str(revision)},
+                        )
+                        break
+                    except nats.js.errors.APIError as refused:
+                        if not is_wrong_last_sequence(refused):
+                            raise
+                        # A renewal of ours stored without its answer (cancelled in
+                        # flight) moved the revision: delete over it; anyone else's, keep.
+                        own = await self._own_revision()
+                        if own is None:
+                            break
+                        revision = own
             except Exception as exc:
-                if not is_wrong_last_sequence(exc):  # else: it was not ours any more
+                if not is_wrong_last_sequence(exc):
                     logger.warning(
                         "lock %r: unlock failed (%s); the key expires within its ttl",
                         self._name,
