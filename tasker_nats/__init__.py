@@ -1,4 +1,9 @@
-"""tasker_nats: the Scheduler's backends on NATS JetStream, on nats-py (asyncio only).
+"""tasker_nats: the task queue and the Scheduler's backends on NATS JetStream, on nats-py
+(asyncio only).
+
+:class:`NatsQueueBackend` is a :class:`tasker.queue.QueueBackend` with every capability but
+transactional enqueue: one record per task in a stream, changed by compare-and-set on its
+revision, claimed through each process's view of the records. Needs NATS 2.12 or newer.
 
 ``tasker_nats.scheduler(url)`` is a :class:`tasker.Scheduler` whose locks are KV keys with
 a server-side TTL and a revision as fencing number (:class:`NatsLockerFactory`,
