@@ -101,6 +101,8 @@ _TOMBSTONE_TTL = "24h"
 _CLAIM_ROUNDS = 4
 #: Rounds of a finish or heartbeat whose write met a newer revision of the same owner's task.
 _WRITE_ROUNDS = 4
+#: Seconds the view may take to replay the stream before a call counts it as an outage.
+_SYNC_TIMEOUT = 60.0
 #: The most messages of one atomic batch (the server's limit).
 _BATCH_LIMIT = 1000
 _LEASE_EXPIRED = "lease expired (the worker stopped responding)"
@@ -200,7 +202,8 @@ class NatsQueueBackend:
         self._source.raise_if_denied()
         state = self._state
         if state is not None and state.js is js:
-            await state.synced.wait()
+            if not state.synced.is_set():
+                await _synced(state)
             return state
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock_loop is not loop:
@@ -212,7 +215,7 @@ class NatsQueueBackend:
                 if state is not None:
                     await state.close()
                 state = self._state = await self._connect(js)
-        await state.synced.wait()
+        await _synced(state)
         return state
 
     _lock_loop: asyncio.AbstractEventLoop | None = None
@@ -487,10 +490,26 @@ class NatsQueueBackend:
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
     ) -> list[EnqueueResult]:
         """Store ``tasks`` (and their ``group``) at once: one atomic batch (all stored or
-        none), up to 1,000 records a batch; a resend after a lost reply stores nothing twice
-        (``Nats-Msg-Id``, and each record is created only if its subject has none). A task
-        whose unique key a live task holds, or a finished one within its window, is not
-        stored: its result names that task."""
+        none), up to 1,000 records a batch. A task whose unique key a live task holds, or a
+        finished one within its window, is not stored: its result names that task.
+
+        An answer lost to a dropped connection is waited for again: the enqueue is sent
+        again (twice at most), and a resend stores nothing twice (``Nats-Msg-Id``, and a
+        record is created only where its subject has none), so a caller never has to guess
+        whether its tasks were stored and enqueue them under new ids.
+        """
+        for attempt in range(3):
+            try:
+                return await self._enqueue(tasks, group, now)
+            except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
+                if attempt == 2:
+                    raise
+                logger.info("enqueue: no answer (%s); sending it again", type(exc).__name__)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _enqueue(
+        self, tasks: Sequence[NewTask], group: GroupSpec | None, now: float
+    ) -> list[EnqueueResult]:
         state = await self._connected()
         if group is None and all(task.unique_key is None for task in tasks):
             records = [record_from_new(task) for task in tasks]
@@ -1032,6 +1051,16 @@ def _settled(record: TaskRecord, outcome: Outcome) -> TaskRecord:
         last_error=outcome.error if retry else record.last_error,
         traceback=outcome.traceback if retry else record.traceback,
     )
+
+
+async def _synced(state: _Connected) -> None:
+    """Wait until the view has replayed the stream (an outage if it takes too long)."""
+    try:
+        await asyncio.wait_for(state.synced.wait(), _SYNC_TIMEOUT)
+    except TimeoutError:
+        raise ConnectionError(
+            f"the queue's view did not catch up with the stream within {_SYNC_TIMEOUT:g}s"
+        ) from None
 
 
 @dataclasses.dataclass(slots=True)
