@@ -263,8 +263,11 @@ class NatsQueueBackend:
             metadata = msg.metadata
             sequence = metadata.sequence.stream
             task_id = decode_key(msg.subject[len(task_prefix) :])
+            held = view.records.get(task_id)
             headers = msg.headers or {}
-            if headers.get(KV_OP) == KV_DEL or not msg.data:
+            if held is not None and held[0] >= sequence:
+                pass  # the echo of this process's own write (or older): nothing to decode
+            elif headers.get(KV_OP) == KV_DEL or not msg.data:
                 view.apply(task_id, sequence, None)
             else:
                 view.apply(task_id, sequence, decode_record(msg.data))
