@@ -25,6 +25,7 @@ __all__ = [
     "encode_new_task",
     "encode_record",
     "encode_worker",
+    "record_mark",
 ]
 
 _STATES = {state.value: state for state in TaskState}
@@ -35,8 +36,9 @@ def _length(value: bytes | None) -> int:
     return -1 if value is None else len(value)
 
 
-def encode_record(record: TaskRecord) -> bytes:
-    """The message of ``record``."""
+def encode_record(record: TaskRecord, *, mark: str | None = None) -> bytes:
+    """The message of ``record``; ``mark`` names the outcome that settled it (see
+    :func:`record_mark`)."""
     meta = {
         "id": record.id,
         "n": record.name,
@@ -61,6 +63,8 @@ def encode_record(record: TaskRecord) -> bytes:
         "rl": _length(record.result),
         "cl": _length(record.chain),
     }
+    if mark is not None:
+        meta["so"] = mark
     parts = [_dumps(meta).encode("ascii"), b"\n", record.payload]
     if record.result is not None:
         parts.append(record.result)
@@ -106,6 +110,16 @@ def decode_record(data: bytes) -> TaskRecord:
         group_id=meta["g"],
         group_index=meta["gi"],
     )
+
+
+def record_mark(data: bytes) -> str | None:
+    """The mark of the outcome that settled the record of ``data`` (None: none): how a
+    finish sent again, after its answer was lost, knows its change was stored."""
+    end = data.find(b"\n")
+    if end < 0:
+        return None
+    mark: str | None = json.loads(data[:end]).get("so")
+    return mark
 
 
 def encode_history(entry: HistoryEntry) -> bytes:

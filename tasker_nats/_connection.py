@@ -447,6 +447,11 @@ async def _close_quietly(client: Client) -> None:
         logger.debug("closing a NATS connection failed: %s", exc)
 
 
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # read: a reading nobody awaits any more logs nothing
+
+
 class ServerClock:
     """The NATS server's clock, read every ``resync`` seconds and advanced in between by the
     local monotonic clock (never the local wall clock).
@@ -457,7 +462,7 @@ class ServerClock:
     reading is placed at its middle.
     """
 
-    __slots__ = ("_clock", "_resync", "_stream", "_subject")
+    __slots__ = ("_clock", "_reading", "_resync", "_stream", "_subject")
 
     def __init__(self, stream: str, subject: str, *, resync: float = 30.0) -> None:
         self._stream = stream
@@ -466,6 +471,7 @@ class ServerClock:
         self._subject = f"{subject}.{secrets.token_hex(6)}"
         self._resync = resync
         self._clock: tuple[float, float] | None = None  # (reading, monotonic time of it)
+        self._reading: asyncio.Future[None] | None = None
 
     async def read(self, js: nats.js.JetStreamContext) -> float:
         """The server's time, as POSIX seconds.
@@ -475,25 +481,35 @@ class ServerClock:
         """
         local = time.monotonic()
         if self._clock is None or local - self._clock[1] >= self._resync:
-            try:
-                best: tuple[float, int, float] | None = None  # (round trip, seq, middle)
-                for turn in range(2):  # two subjects: a stream may keep one message each
-                    before = time.monotonic()
-                    ack = await js.publish(
-                        f"{self._subject}.{turn}", b"", headers={"Nats-TTL": "60s"}
-                    )
-                    after = time.monotonic()
-                    if best is None or after - before < best[0]:
-                        best = (after - before, ack.seq, (before + after) / 2)
-                assert best is not None
-                stored = await js.get_msg(self._stream, seq=best[1])
-                assert stored.time is not None
-                self._clock = (stored.time.timestamp(), best[2])
-            except Exception as exc:
-                if self._clock is None or isinstance(exc, NatsSetupError | AssertionError):
-                    raise
-                reading, at = self._clock
-                self._clock = (reading + (local - at), local)
-                logger.debug("could not read the NATS server's clock (%s); extrapolating", exc)
-        reading, at = self._clock
-        return reading + (time.monotonic() - at)
+            reading = self._reading
+            loop = asyncio.get_running_loop()
+            if reading is None or reading.done() or reading.get_loop() is not loop:
+                # One reading at a time, shared by the callers that come meanwhile (they
+                # would replace each other's clock messages); it finishes even if they are
+                # cancelled, and its error is theirs.
+                reading = self._reading = asyncio.ensure_future(self._read(js, local))
+                reading.add_done_callback(_retrieve)
+            await asyncio.shield(reading)
+        assert self._clock is not None
+        reading_at, at = self._clock
+        return reading_at + (time.monotonic() - at)
+
+    async def _read(self, js: nats.js.JetStreamContext, local: float) -> None:
+        try:
+            best: tuple[float, int, float] | None = None  # (round trip, seq, middle)
+            for turn in range(2):  # two subjects: a stream may keep one message each
+                before = time.monotonic()
+                ack = await js.publish(f"{self._subject}.{turn}", b"", headers={"Nats-TTL": "60s"})
+                after = time.monotonic()
+                if best is None or after - before < best[0]:
+                    best = (after - before, ack.seq, (before + after) / 2)
+            assert best is not None
+            stored = await js.get_msg(self._stream, seq=best[1])
+            assert stored.time is not None
+            self._clock = (stored.time.timestamp(), best[2])
+        except Exception as exc:
+            if self._clock is None or isinstance(exc, NatsSetupError | AssertionError):
+                raise
+            reading, at = self._clock
+            self._clock = (reading + (local - at), local)
+            logger.debug("could not read the NATS server's clock (%s); extrapolating", exc)

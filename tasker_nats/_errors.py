@@ -77,6 +77,7 @@ def login_refused(detail: str) -> PermanentFault:
     """The fault of a login the server refused."""
     return PermanentFault(
         f"NATS refused the login ({detail})",
-        "check the credentials: user and password or token in the URL"
-        " (nats://user:password@host), the `.creds` file or the nkey seed",
+        # No URL-shaped example here: a redactor would take it for a secret's end.
+        "check the credentials: the user and password or the token in the URL, the"
+        " `.creds` file or the nkey seed file",
     )

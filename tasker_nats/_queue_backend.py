@@ -74,6 +74,7 @@ from ._codec import (
     encode_new_task,
     encode_record,
     encode_worker,
+    record_mark,
 )
 from ._connection import (
     NatsSource,
@@ -272,6 +273,7 @@ class NatsQueueBackend:
             else:
                 view.apply(task_id, sequence, decode_record(msg.data))
             view.passed(sequence)
+            state.processed += 1
             if metadata.num_pending == 0:
                 state.synced.set()
 
@@ -285,8 +287,8 @@ class NatsQueueBackend:
             deliver_policy=nats.js.api.DeliverPolicy.LAST_PER_SUBJECT,
         )
         info = await state.subscription.consumer_info()
-        if info.num_pending == 0 and not info.delivered.stream_seq:
-            state.synced.set()  # nothing to replay
+        if info.num_pending == 0 and state.processed >= info.delivered.consumer_seq:
+            state.synced.set()  # everything to replay was taken in (or there was nothing)
         return state
 
     async def _ensure_stream(
@@ -324,10 +326,12 @@ class NatsQueueBackend:
         state.view.apply(record.id, ack.seq, record)
         return ack.seq
 
-    def _task_write(self, record: TaskRecord, expected: int, *, new: bool = False) -> _Write:
+    def _task_write(
+        self, record: TaskRecord, expected: int, *, new: bool = False, mark: str | None = None
+    ) -> _Write:
         return _Write(
             self._subject(record.id),
-            encode_record(record),
+            encode_record(record, mark=mark),
             expected,
             task_id=record.id,
             record=record,
@@ -447,10 +451,11 @@ class NatsQueueBackend:
         record: TaskRecord,
         now: float,
         follow_ups: Sequence[NewTask] = (),
+        mark: str | None = None,
     ) -> bool:
         """Write ``record`` (settled) over ``revision``, with its follow-ups and what it
         does to its group, all at once."""
-        writes = [self._task_write(record, revision)]
+        writes = [self._task_write(record, revision, mark=mark)]
         writes += [self._task_write(record_from_new(f), 0, new=True) for f in follow_ups]
         await self._group_writes(state, record, now, writes)
         return await self._commit(state, writes)
@@ -688,22 +693,42 @@ class NatsQueueBackend:
         await asyncio.gather(*(self._finish(state, outcome, now) for outcome in outcomes))
 
     async def _finish(self, state: _Connected, outcome: Outcome, now: float) -> None:
+        mark = f"{outcome.worker}|{outcome.started_at!r}|{outcome.kind.value}"
         for _ in range(_WRITE_ROUNDS):
             current = await self._current(state, outcome.id)
             if current is None:
                 return
             revision, record = current
             if record.state is not TaskState.RUNNING or record.lease_owner != outcome.worker:
-                return  # the lease was lost: a newer attempt owns the task
+                # The lease was lost (a newer attempt owns the task), or this very outcome
+                # was stored and its answer lost: then its history entry may be missing.
+                await self._history_of_a_resend(state, outcome, mark)
+                return
             settled = _settled(record, outcome)
             follow_ups = outcome.follow_ups if outcome.kind is OutcomeKind.SUCCEEDED else ()
-            if not await self._settle(state, revision, settled, now, follow_ups):
+            if not await self._settle(state, revision, settled, now, follow_ups, mark):
                 await self._read(state, outcome.id)
                 continue
             if outcome.kind is not OutcomeKind.RELEASED:
                 written = state.view.records[outcome.id][0]
                 await self._record_history(state, record, outcome, written)
             return
+
+    async def _history_of_a_resend(self, state: _Connected, outcome: Outcome, mark: str) -> None:
+        if outcome.kind is OutcomeKind.RELEASED:
+            return
+        try:
+            msg = await state.js.get_msg(
+                self.stream, subject=self._subject(outcome.id), direct=True
+            )
+        except nats.js.errors.NotFoundError:
+            return
+        if not msg.data or msg.seq is None or record_mark(msg.data) != mark:
+            return
+        settled = decode_record(msg.data)
+        # The entry's attempt: the one that ran (an interrupted one was handed back).
+        attempt = settled.attempts + (1 if outcome.kind is OutcomeKind.INTERRUPTED else 0)
+        await self._record_history(state, _replace(settled, attempts=attempt), outcome, msg.seq)
 
     async def _record_history(
         self, state: _Connected, record: TaskRecord, outcome: Outcome, revision: int
@@ -1101,6 +1126,8 @@ class _Connected:
         self.client = client
         self.view = View()
         self.synced = asyncio.Event()
+        #: Messages the view's consumer delivered and the view took in.
+        self.processed = 0
         self.subscription: Any = None
         self.loop = asyncio.get_running_loop()
 

@@ -1,17 +1,19 @@
 """A queue worker process for the fault tests: ``python tests/queue_fault_worker.py ...``.
 
-``--backend sqlite:PATH``, ``--backend pg:DSN`` (with ``--schema``) or ``--backend
-redis:URL`` (with ``--namespace``). Each run of a task appends ``start <n> <pid> <t>
-<attempt>`` and, when its work is done, ``end <n> <pid> <t> <attempt>`` to ``--out`` (one
-O_APPEND write each; ``t`` is ``CLOCK_MONOTONIC``, shared by every process of the machine).
-``--skew S`` sets this process's wall clock S seconds ahead: ``time.time`` and the
-datetimes tasker's system clock reads.
+``--backend sqlite:PATH``, ``--backend pg:DSN`` (with ``--schema``), ``--backend
+redis:URL`` or ``--backend nats:URL`` (both with ``--namespace``; NATS also with ``--name``,
+the connection's name in the server's monitoring, default ``tasker-queue``). Each run of a
+task appends ``start <n> <pid> <t> <attempt>`` and, when its work is done, ``end <n> <pid>
+<t> <attempt>`` to ``--out`` (one O_APPEND write each; ``t`` is ``CLOCK_MONOTONIC``, shared
+by every process of the machine). ``--skew S`` sets this process's wall clock S seconds
+ahead: ``time.time`` and the datetimes tasker's system clock reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
@@ -35,8 +37,10 @@ def _skew(seconds: float) -> None:
     tasker._clock.datetime = Skewed  # type: ignore[attr-defined]
 
 
-def backend_for(spec: str, schema: str, namespace: str = "tasker") -> QueueBackend:
-    """The backend a ``--backend`` spec names."""
+def backend_for(
+    spec: str, schema: str, namespace: str = "tasker", name: str = "tasker-queue"
+) -> QueueBackend:
+    """The backend a ``--backend`` spec names (``name``: a NATS connection's)."""
     kind, _, where = spec.partition(":")
     if kind == "sqlite":
         return SQLiteQueueBackend(where)
@@ -44,6 +48,10 @@ def backend_for(spec: str, schema: str, namespace: str = "tasker") -> QueueBacke
         from tasker_redis import RedisQueueBackend
 
         return RedisQueueBackend(where, namespace=namespace)
+    if kind == "nats":
+        from tasker_nats import NatsQueueBackend, NatsSource
+
+        return NatsQueueBackend(NatsSource(where, name=name), namespace=namespace)
     from tasker_pg import PostgresQueueBackend
 
     return PostgresQueueBackend(where, schema=schema)
@@ -103,10 +111,16 @@ def build(backend: QueueBackend, out: str) -> Queue:
 
 
 def main() -> None:
+    # Run as a script, this file's folder (tests/) comes first on sys.path, and the NATS
+    # tests' package there (tests/nats) would shadow nats-py: drop the folder (the project
+    # root, which python_process puts on PYTHONPATH, stays).
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != here]
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", required=True)
     parser.add_argument("--schema", default="tasker")
     parser.add_argument("--namespace", default="tasker")
+    parser.add_argument("--name", default="tasker-queue")
     parser.add_argument("--out", required=True)
     parser.add_argument("--skew", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=5)
@@ -115,7 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.skew:
         _skew(args.skew)
-    queue = build(backend_for(args.backend, args.schema, args.namespace), args.out)
+    queue = build(backend_for(args.backend, args.schema, args.namespace, args.name), args.out)
     print("ready", flush=True)
     worker = queue.worker(concurrency=args.concurrency, lease=args.lease, poll=0.5)
     tasker.main(worker, grace=10, backend=args.loop)
