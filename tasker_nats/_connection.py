@@ -34,7 +34,7 @@ import re
 import secrets
 import ssl as _ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -202,6 +202,7 @@ class NatsSource:
         "_loop",
         "_name",
         "_nkey_seed",
+        "_reconnect_hooks",
         "_servers",
         "_tls",
         "_token",
@@ -245,6 +246,7 @@ class NatsSource:
         self._lock: asyncio.Lock | None = None
         self._version: tuple[int, int, int] | None = None
         self._denied: str | None = None
+        self._reconnect_hooks: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"NatsSource({self.url!r})"
@@ -282,6 +284,17 @@ class NatsSource:
             if self._js is None or self._client is None or self._client.is_closed:
                 self._client, self._js = await self._connect()
             return self._js
+
+    def on_reconnect(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` (in the event loop, quickly: it may start a task) after each
+        reconnect; return a function that removes it."""
+        self._reconnect_hooks.append(hook)
+
+        def remove() -> None:
+            if hook in self._reconnect_hooks:
+                self._reconnect_hooks.remove(hook)
+
+        return remove
 
     def raise_if_denied(self) -> None:
         """Raise the permission the server refused since the connection was made, if any.
@@ -338,6 +351,11 @@ class NatsSource:
             if state["down"]:
                 state["down"] = False
                 logger.info("reconnected to NATS at %s", self.url)
+            for hook in list(self._reconnect_hooks):
+                try:
+                    hook()
+                except Exception:  # pragma: no cover - a hook's own bug
+                    logger.exception("a reconnect hook failed")
 
         options: dict[str, Any] = {
             "name": self._name,

@@ -40,7 +40,7 @@ import logging
 import os
 import ssl
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -282,13 +282,14 @@ class NatsQueueBackend:
             stream=self.stream,
             cb=on_message,
             ordered_consumer=True,
-            idle_heartbeat=2.0,
+            idle_heartbeat=1.0,
             flow_control=True,
             deliver_policy=nats.js.api.DeliverPolicy.LAST_PER_SUBJECT,
         )
         info = await state.subscription.consumer_info()
         if info.num_pending == 0 and state.processed >= info.delivered.consumer_seq:
             state.synced.set()  # everything to replay was taken in (or there was nothing)
+        state.forget_hook = self._source.on_reconnect(state.resume_consumer)
         return state
 
     async def _ensure_stream(
@@ -1081,6 +1082,11 @@ def _settled(record: TaskRecord, outcome: Outcome) -> TaskRecord:
     )
 
 
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("could not make the view's consumer again: %s", task.exception())
+
+
 async def _synced(state: _Connected) -> None:
     """Wait until the view has replayed the stream (an outage if it takes too long)."""
     try:
@@ -1129,9 +1135,40 @@ class _Connected:
         #: Messages the view's consumer delivered and the view took in.
         self.processed = 0
         self.subscription: Any = None
+        self.forget_hook: Callable[[], None] | None = None
         self.loop = asyncio.get_running_loop()
 
+    def resume_consumer(self) -> None:
+        """After a reconnect: make the view's consumer again from the last sequence it
+        delivered, at once. (nats-py notices a consumer lost to a server restart only by
+        two missed idle heartbeats, seconds later; meanwhile no change reaches the view.)"""
+        task = asyncio.ensure_future(self._resume())
+        task.add_done_callback(_log_failure)
+
+    async def _resume(self) -> None:
+        # JetStream may not answer for a moment after a server restart: try again until
+        # the new consumer exists (nats-py's own watchdog remains the last resort).
+        for delay in (0.0, 0.25, 0.5, 1.0, 2.0):
+            await asyncio.sleep(delay)
+            subscription = self.subscription
+            jsi = getattr(subscription, "_jsi", None)
+            reset = getattr(jsi, "reset_ordered_consumer", None)
+            sequence = getattr(jsi, "_sseq", None)
+            if subscription is None or reset is None or not isinstance(sequence, int):
+                return  # closed, or a nats-py that moved it
+            await reset(sequence + 1)
+            await asyncio.sleep(0.2)  # it makes the consumer in a task of its own
+            try:
+                await subscription.consumer_info()
+            except Exception as exc:
+                logger.debug("the view's consumer is not back yet (%s)", exc)
+                continue
+            return
+
     async def close(self) -> None:
+        if self.forget_hook is not None:
+            self.forget_hook()
+            self.forget_hook = None
         subscription, self.subscription = self.subscription, None
         if subscription is not None:
             try:

@@ -229,12 +229,16 @@ async def test_the_view_follows_a_server_restart(private_nats: PrivateNats) -> N
                         break
                     except Exception:
                         await anyio.sleep(0.2)
+            sent = time.monotonic()
             await _until(lambda: 2 in ran, 30)  # the worker's poll is 60 s: woken, not polled
+            woke = time.monotonic() - sent
             stop.set()
     finally:
         await queue.aclose()
         await producer.aclose()
     assert ran == [1, 2]
+    # The view's consumer is made again at the reconnect, not two missed heartbeats later.
+    assert woke < 2.0, woke
 
 
 async def test_too_old_a_server_fails_fast_with_the_fix(
