@@ -78,6 +78,11 @@ _FIRST_ATTEMPTS = 3
 def check_asyncio() -> None:
     """Raise AsyncioRequiredError when called under an event loop that is not asyncio."""
     try:
+        asyncio.get_running_loop()
+        return  # the hot path: an asyncio loop runs (sniffio asks more, for every call)
+    except RuntimeError:
+        pass
+    try:
         library = sniffio.current_async_library()
     except sniffio.AsyncLibraryNotFoundError:
         return  # not in an event loop (construction at import time): fine

@@ -102,6 +102,8 @@ _TOMBSTONE_TTL = "24h"
 _CLAIM_ROUNDS = 4
 #: Rounds of a finish or heartbeat whose write met a newer revision of the same owner's task.
 _WRITE_ROUNDS = 4
+#: Seconds a write may wait for its acknowledgement (nats-py's JetStream default).
+_REQUEST_TIMEOUT = 5.0
 #: Seconds the view may take to replay the stream before a call counts it as an outage.
 _SYNC_TIMEOUT = 60.0
 #: The most messages of one atomic batch (the server's limit).
@@ -313,8 +315,8 @@ class NatsQueueBackend:
         if msg_id is not None:
             headers["Nats-Msg-Id"] = msg_id
         try:
-            ack = await state.js.publish(
-                self._subject(record.id), encode_record(record), headers=headers
+            sequence = await _publish(
+                state, self._subject(record.id), encode_record(record), headers
             )
         except nats.js.errors.APIError as exc:
             if is_wrong_last_sequence(exc):
@@ -324,8 +326,8 @@ class NatsQueueBackend:
             raise UnstorableRecordError(
                 f"the record exceeds the server's max payload ({exc})"
             ) from None
-        state.view.apply(record.id, ack.seq, record)
-        return ack.seq
+        state.view.apply(record.id, sequence, record)
+        return sequence
 
     def _task_write(
         self, record: TaskRecord, expected: int, *, new: bool = False, mark: str | None = None
@@ -356,7 +358,7 @@ class NatsQueueBackend:
         if len(writes) == 1:
             write = writes[0]
             try:
-                ack = await state.js.publish(write.subject, write.data, headers=write.headers())
+                sequence = await _publish(state, write.subject, write.data, write.headers())
             except nats.js.errors.APIError as exc:
                 if is_wrong_last_sequence(exc):
                     return False
@@ -365,7 +367,7 @@ class NatsQueueBackend:
                 raise UnstorableRecordError(
                     f"the record exceeds the server's max payload ({exc})"
                 ) from None
-            sequences = [ack.seq]
+            sequences = [sequence]
         else:
             batch = uuid.uuid4().hex
             client = state.client
@@ -745,11 +747,12 @@ class NatsQueueBackend:
             outcome=outcome.kind.value,
             error=outcome.error,
         )
-        await state.js.publish(
+        await _publish(
+            state,
             self._history_prefix + encode_key(record.id),
             encode_history(entry),
             # The revision the outcome was stored at: unique per change, the same on a resend.
-            headers={"Nats-Msg-Id": f"h:{record.id}:{revision}"},
+            {"Nats-Msg-Id": f"h:{record.id}:{revision}"},
         )
 
     async def finish_and_claim(
@@ -1080,6 +1083,25 @@ def _settled(record: TaskRecord, outcome: Outcome) -> TaskRecord:
         last_error=outcome.error if retry else record.last_error,
         traceback=outcome.traceback if retry else record.traceback,
     )
+
+
+async def _publish(state: _Connected, subject: str, data: bytes, headers: dict[str, str]) -> int:
+    """``js.publish`` without its acknowledgement object: the stored sequence.
+
+    Raises:
+        nats.js.errors.APIError: the stream refused the message (a wrong last sequence...).
+        nats.errors.TimeoutError: no answer in time.
+    """
+    try:
+        reply = await state.client.request(subject, data, timeout=_REQUEST_TIMEOUT, headers=headers)
+    except nats.errors.NoRespondersError:
+        raise nats.js.errors.NoStreamResponseError from None
+    answer = json.loads(reply.data)
+    error = answer.get("error")
+    if error is not None:
+        raise nats.js.errors.APIError.from_error(error)
+    sequence: int = answer["seq"]
+    return sequence
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:
