@@ -5,6 +5,9 @@ message broker): the protocols are in :mod:`tasker.abc`, the records in :mod:`ta
 and the helpers they share here.
 
 - **Names**: :func:`check_schedule_name` (schedule names, as every state store must accept).
+- **Schedule state**: :func:`schedule_state_to_json` / :func:`schedule_state_from_json`, a
+  :class:`tasker.ScheduleState` as JSON for a key-value store (``tasker_redis``,
+  ``tasker_nats``).
 - **SQL rows**: :data:`TASK_COLUMNS` and :func:`task_record_from_row` map a task row to a
   :class:`tasker.queue.TaskRecord`, :data:`TASK_INSERT_COLUMNS` and
   :func:`task_insert_values` a new task to an insert, :data:`HISTORY_COLUMNS` and
@@ -54,6 +57,8 @@ from .queue._rows import (
 from .queue._rows import record_from_row as task_record_from_row
 from .scheduler._state import MAX_NAME_LENGTH
 from .scheduler._state import check_name as check_schedule_name
+from .scheduler._state import state_from_json as schedule_state_from_json
+from .scheduler._state import state_to_json as schedule_state_to_json
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -75,6 +80,8 @@ __all__ = [
     "record_from_new",
     "redact_dsn",
     "register_fault_classifier",
+    "schedule_state_from_json",
+    "schedule_state_to_json",
     "storable",
     "task_insert_values",
     "task_record_from_row",

@@ -19,16 +19,19 @@ Design notes:
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import nats.js.errors
 
 from tasker import ScheduleState
-from tasker.backends import check_schedule_name, to_seconds
+from tasker.backends import (
+    check_schedule_name,
+    schedule_state_from_json,
+    schedule_state_to_json,
+    to_seconds,
+)
 
 from ._connection import NatsSource, ServerClock, check_namespace, decode_key, encode_key
 from ._shared import Bucket, is_wrong_last_sequence, source_of
@@ -100,12 +103,12 @@ class NatsStateRepository:
             entry = await kv.get("s." + encode_key(name))
         except nats.js.errors.KeyNotFoundError:
             return None
-        return None if not entry.value else _decode(name, entry.value)
+        return None if not entry.value else schedule_state_from_json(name, entry.value)
 
     async def all(self) -> list[ScheduleState]:
         """Every stored state, by name."""
         states = [
-            _decode(decode_key(key.removeprefix("s.")), value)
+            schedule_state_from_json(decode_key(key.removeprefix("s.")), value)
             for key, _, value in await self.bucket.entries("s.>")
         ]
         return sorted(states, key=lambda state: state.name)
@@ -128,7 +131,7 @@ class NatsStateRepository:
         A cancelled save stored the new state or left the old one.
         """
         key = "s." + encode_key(state.name)
-        data = _encode(state).encode("ascii")
+        data = schedule_state_to_json(state).encode("ascii")
         _, kv = await self.bucket.get()
         for _ in range(_SAVE_ROUNDS):
             revision = 0
@@ -140,7 +143,7 @@ class NatsStateRepository:
                 pass
             else:
                 revision = entry.revision or 0
-                stored = _decode(state.name, entry.value) if entry.value else None
+                stored = schedule_state_from_json(state.name, entry.value) if entry.value else None
                 if stored is not None and stored.last_slot > state.last_slot:
                     logger.debug(
                         "schedule %r: a save for slot %s was refused: a newer slot is stored",
@@ -168,41 +171,3 @@ class NatsStateRepository:
 
     def __repr__(self) -> str:
         return f"NatsStateRepository({self._source.url!r}, namespace={self.namespace!r})"
-
-
-def _moment(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
-def _encode(state: ScheduleState) -> str:
-    # ensure_ascii (the default): the JSON is plain ASCII whatever the error message holds.
-    return json.dumps(
-        {
-            "last_slot": state.last_slot.isoformat(),
-            "last_started": _moment(state.last_started),
-            "last_finished": _moment(state.last_finished),
-            "last_error": state.last_error,
-            "run_count": state.run_count,
-            "failure_count": state.failure_count,
-            "next_due": _moment(state.next_due),
-        },
-        separators=(",", ":"),
-    )
-
-
-def _parse(text: Any) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-def _decode(name: str, raw: bytes) -> ScheduleState:
-    data = json.loads(raw)
-    return ScheduleState(
-        name=name,
-        last_slot=datetime.fromisoformat(data["last_slot"]),
-        last_started=_parse(data["last_started"]),
-        last_finished=_parse(data["last_finished"]),
-        last_error=data["last_error"],
-        run_count=data["run_count"],
-        failure_count=data["failure_count"],
-        next_due=_parse(data["next_due"]),
-    )

@@ -26,15 +26,13 @@ Design notes:
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from tasker import ScheduleState, redact_dsn
-from tasker.backends import to_seconds
+from tasker.backends import schedule_state_from_json, schedule_state_to_json, to_seconds
 
 from ._connection import RedisSource, check_namespace
 from ._shared import ScriptSet, source_of
@@ -128,13 +126,13 @@ class RedisStateRepository:
         """Read the state of ``name``, or None if it was never saved."""
         client = await self._source.client()
         raw = await client.hget(self.states_key, name)
-        return None if raw is None else _decode(name, raw)
+        return None if raw is None else schedule_state_from_json(name, raw)
 
     async def all(self) -> list[ScheduleState]:
         """Every stored state, by name."""
         client = await self._source.client()
         stored = await client.hgetall(self.states_key)
-        states = [_decode(name.decode(), raw) for name, raw in stored.items()]
+        states = [schedule_state_from_json(name.decode(), raw) for name, raw in stored.items()]
         return sorted(states, key=lambda state: state.name)
 
     async def lock_holders(self) -> dict[str, str]:
@@ -164,7 +162,7 @@ class RedisStateRepository:
         stored = await self._scripts.run(
             "save",
             [self.states_key, self.slots_key],
-            [state.name, str(_microseconds(state.last_slot)), _encode(state)],
+            [state.name, str(_microseconds(state.last_slot)), schedule_state_to_json(state)],
         )
         if not stored:
             logger.debug(
@@ -187,41 +185,3 @@ class RedisStateRepository:
 
 def _microseconds(moment: datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
-
-
-def _moment(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
-def _encode(state: ScheduleState) -> str:
-    # ensure_ascii (the default): the JSON is plain ASCII whatever the error message holds.
-    return json.dumps(
-        {
-            "last_slot": state.last_slot.isoformat(),
-            "last_started": _moment(state.last_started),
-            "last_finished": _moment(state.last_finished),
-            "last_error": state.last_error,
-            "run_count": state.run_count,
-            "failure_count": state.failure_count,
-            "next_due": _moment(state.next_due),
-        },
-        separators=(",", ":"),
-    )
-
-
-def _parse(text: Any) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-def _decode(name: str, raw: bytes) -> ScheduleState:
-    data = json.loads(raw)
-    return ScheduleState(
-        name=name,
-        last_slot=datetime.fromisoformat(data["last_slot"]),
-        last_started=_parse(data["last_started"]),
-        last_finished=_parse(data["last_finished"]),
-        last_error=data["last_error"],
-        run_count=data["run_count"],
-        failure_count=data["failure_count"],
-        next_due=_parse(data["next_due"]),
-    )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-__all__ = ["ScheduleState"]
+__all__ = ["ScheduleState", "state_from_json", "state_to_json"]
 
 #: The longest schedule name a backend must store.
 MAX_NAME_LENGTH = 200
@@ -59,3 +61,47 @@ class ScheduleState:
                 raise ValueError(f"ScheduleState {field_name} must be aware, got {value!r}")
         if self.run_count < 0 or self.failure_count < 0:
             raise ValueError("ScheduleState counts must not be negative")
+
+
+def _moment(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _parse(text: Any) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def state_to_json(state: ScheduleState) -> str:
+    """``state`` as plain-ASCII JSON, without its name (a key-value store keys it by name).
+
+    Datetimes are ISO 8601 with their UTC offset, so a state reads back with the offset it
+    was saved with.
+    """
+    # ensure_ascii (the default): the JSON is plain ASCII whatever the error message holds.
+    return json.dumps(
+        {
+            "last_slot": state.last_slot.isoformat(),
+            "last_started": _moment(state.last_started),
+            "last_finished": _moment(state.last_finished),
+            "last_error": state.last_error,
+            "run_count": state.run_count,
+            "failure_count": state.failure_count,
+            "next_due": _moment(state.next_due),
+        },
+        separators=(",", ":"),
+    )
+
+
+def state_from_json(name: str, text: str | bytes) -> ScheduleState:
+    """The state of ``name`` that :func:`state_to_json` wrote as ``text``."""
+    data = json.loads(text)
+    return ScheduleState(
+        name=name,
+        last_slot=datetime.fromisoformat(data["last_slot"]),
+        last_started=_parse(data["last_started"]),
+        last_finished=_parse(data["last_finished"]),
+        last_error=data["last_error"],
+        run_count=data["run_count"],
+        failure_count=data["failure_count"],
+        next_due=_parse(data["next_due"]),
+    )
