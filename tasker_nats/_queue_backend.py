@@ -38,6 +38,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import ssl
 import uuid
 from collections.abc import Callable, Sequence
@@ -106,6 +107,11 @@ _WRITE_ROUNDS = 4
 _REQUEST_TIMEOUT = 5.0
 #: Seconds the view may take to replay the stream before a call counts it as an outage.
 _SYNC_TIMEOUT = 60.0
+#: The most writes a purge has in flight at once.
+_FAN_OUT = 64
+#: Rounds of a finish whose write met a newer revision (its group's, as a rule) before it
+#: raises, to be reported again.
+_FINISH_ROUNDS = 64
 #: The most messages of one atomic batch (the server's limit).
 _BATCH_LIMIT = 1000
 _LEASE_EXPIRED = "lease expired (the worker stopped responding)"
@@ -288,7 +294,11 @@ class NatsQueueBackend:
             flow_control=True,
             deliver_policy=nats.js.api.DeliverPolicy.LAST_PER_SUBJECT,
         )
-        info = await state.subscription.consumer_info()
+        try:
+            info = await state.subscription.consumer_info()
+        except BaseException:
+            await state.close()  # no second consumer replaying the stream on the next try
+            raise
         if info.num_pending == 0 and state.processed >= info.delivered.consumer_seq:
             state.synced.set()  # everything to replay was taken in (or there was nothing)
         state.forget_hook = self._source.on_reconnect(state.resume_consumer)
@@ -371,6 +381,13 @@ class NatsQueueBackend:
         else:
             batch = uuid.uuid4().hex
             client = state.client
+            limit = client.max_payload
+            for write in writes:  # before the first message: no half-sent batch
+                if len(write.data) > limit:
+                    raise UnstorableRecordError(
+                        f"a record of {len(write.data)} bytes exceeds the server's max payload"
+                        f" ({limit})"
+                    )
             for index, write in enumerate(writes, 1):
                 headers = write.headers()
                 headers["Nats-Batch-Id"] = batch
@@ -401,7 +418,7 @@ class NatsQueueBackend:
         """The revision and JSON of ``subject``'s message, or (0, None) if it has none (a
         deletion's marker counts as none, at its revision)."""
         try:
-            msg = await state.js.get_msg(self.stream, subject=subject, direct=True)
+            msg = await state.js.get_msg(self.stream, subject=subject)  # the leader's
         except nats.js.errors.NotFoundError:
             return 0, None
         assert msg.seq is not None
@@ -460,14 +477,24 @@ class NatsQueueBackend:
         does to its group, all at once."""
         writes = [self._task_write(record, revision, mark=mark)]
         writes += [self._task_write(record_from_new(f), 0, new=True) for f in follow_ups]
-        await self._group_writes(state, record, now, writes)
-        return await self._commit(state, writes)
+        group_id = record.group_id
+        if group_id is None or record.state not in (TaskState.SUCCEEDED, TaskState.DEAD):
+            return await self._commit(state, writes)
+        # Members of one group settling together all change the group's record: one at a
+        # time in this process (other processes' members meet at its revision).
+        locks = state.group_locks
+        if len(locks) > 1024:  # forget the locks of groups nobody settles now
+            for key in [k for k, held in locks.items() if not held.locked()]:
+                del locks[key]
+        async with locks.setdefault(group_id, asyncio.Lock()):
+            await self._group_writes(state, record, now, writes)
+            return await self._commit(state, writes)
 
     async def _read(self, state: _Connected, task_id: str) -> tuple[int, TaskRecord] | None:
         """The stored record of ``task_id`` and its revision (None: there is none); the view
         learns it too."""
         try:
-            msg = await state.js.get_msg(self.stream, subject=self._subject(task_id), direct=True)
+            msg = await state.js.get_msg(self.stream, subject=self._subject(task_id))
         except nats.js.errors.NotFoundError:
             held = state.view.records.get(task_id)
             if held is not None:
@@ -575,7 +602,8 @@ class NatsQueueBackend:
         if group is not None:
             subject = self._group_subject(group.id)
             revision, existing = await self._get_json(state, subject)
-            if existing is None:
+            # A deletion marker: the group was stored and has closed since (a resend).
+            if existing is None and revision == 0:
                 data = {
                     "members": stored,
                     "finished": [],
@@ -647,7 +675,20 @@ class NatsQueueBackend:
             writes += [
                 self._commit(state, [self._task_write(record, rev)]) for _, record, rev in planned
             ]
-            results = await asyncio.gather(*writes)
+            results = await asyncio.gather(*writes, return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                # Keep what was leased (those tasks are this worker's now); without any,
+                # the outage is the caller's to retry.
+                if not any(r is True for r in results) and not expired_claims + due_claims:
+                    raise failures[0]
+                logger.warning(
+                    "claim: %d of %d writes failed (%s); keeping the rest",
+                    len(failures),
+                    len(results),
+                    failures[0],
+                )
+                results = [r if not isinstance(r, BaseException) else False for r in results]
             lost = [r.id for (_, r), done in zip(dying, results, strict=False) if not done]
             for (kind, record, _), done in zip(planned, results[len(dying) :], strict=True):
                 skip.add(record.id)
@@ -697,7 +738,11 @@ class NatsQueueBackend:
 
     async def _finish(self, state: _Connected, outcome: Outcome, now: float) -> None:
         mark = f"{outcome.worker}|{outcome.started_at!r}|{outcome.kind.value}"
-        for _ in range(_WRITE_ROUNDS):
+        for round_ in range(_FINISH_ROUNDS):
+            if round_:
+                # Another write came first (another member of the task's group, settled by
+                # another process): look again after a moment, a little apart from it.
+                await asyncio.sleep(random.uniform(0, 0.002 * min(round_, 10)))
             current = await self._current(state, outcome.id)
             if current is None:
                 return
@@ -716,14 +761,16 @@ class NatsQueueBackend:
                 written = state.view.records[outcome.id][0]
                 await self._record_history(state, record, outcome, written)
             return
+        raise RuntimeError(
+            f"finish of task {outcome.id!r}: {_FINISH_ROUNDS} writes in a row met a newer"
+            " revision; the outcome is reported again"
+        )
 
     async def _history_of_a_resend(self, state: _Connected, outcome: Outcome, mark: str) -> None:
         if outcome.kind is OutcomeKind.RELEASED:
             return
         try:
-            msg = await state.js.get_msg(
-                self.stream, subject=self._subject(outcome.id), direct=True
-            )
+            msg = await state.js.get_msg(self.stream, subject=self._subject(outcome.id))
         except nats.js.errors.NotFoundError:
             return
         if not msg.data or msg.seq is None or record_mark(msg.data) != mark:
@@ -962,9 +1009,13 @@ class NatsQueueBackend:
                 and record.finished_at < dead_before
             )
         ]
-        deleted = await asyncio.gather(
-            *(self._purge_task(state, revision, record, now) for revision, record in expired)
-        )
+        limit = asyncio.Semaphore(_FAN_OUT)
+
+        async def purge_one(revision: int, record: TaskRecord) -> bool:
+            async with limit:
+                return await self._purge_task(state, revision, record, now)
+
+        deleted = await asyncio.gather(*(purge_one(rev, record) for rev, record in expired))
         if history_before is not None:
             await self._purge_history(state, history_before)
         return sum(1 for ok in deleted if ok)
@@ -1158,6 +1209,8 @@ class _Connected:
         self.processed = 0
         self.subscription: Any = None
         self.forget_hook: Callable[[], None] | None = None
+        self.tasks: set[asyncio.Future[Any]] = set()
+        self.group_locks: dict[str, asyncio.Lock] = {}
         self.loop = asyncio.get_running_loop()
 
     def resume_consumer(self) -> None:
@@ -1165,6 +1218,8 @@ class _Connected:
         delivered, at once. (nats-py notices a consumer lost to a server restart only by
         two missed idle heartbeats, seconds later; meanwhile no change reaches the view.)"""
         task = asyncio.ensure_future(self._resume())
+        self.tasks.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self.tasks.discard)
         task.add_done_callback(_log_failure)
 
     async def _resume(self) -> None:

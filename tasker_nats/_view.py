@@ -28,6 +28,7 @@ Design notes:
 
 from __future__ import annotations
 
+import collections
 import heapq
 from collections.abc import Iterable, Sequence
 
@@ -58,8 +59,10 @@ class View:
 
     def __init__(self) -> None:
         self.records: dict[str, tuple[int, TaskRecord]] = {}
-        #: Deleted tasks' revisions, until the consumer has passed them.
+        #: Deleted tasks' revisions, until the consumer has passed them (and the same, in
+        #: the order they came, to forget them in O(1) each).
         self._gone: dict[str, int] = {}
+        self._gone_order: collections.deque[tuple[int, str]] = collections.deque()
         self._queues: dict[str, _Queue] = {}
         self._counts: dict[str, dict[TaskState, int]] = {}
         #: The last stream sequence the consumer delivered.
@@ -84,6 +87,7 @@ class View:
         if record is None:
             self.records.pop(task_id, None)
             self._gone[task_id] = revision
+            self._gone_order.append((revision, task_id))
             return True
         self._gone.pop(task_id, None)
         self.records[task_id] = (revision, record)
@@ -97,7 +101,8 @@ class View:
             self._wake()
         elif state is _RUNNING and record.lease_until is not None:
             heapq.heappush(queue.leases, (record.lease_until, task_id, revision))
-            self._wake()
+            if held is None or held[1].state is not _RUNNING:
+                self._wake()  # a new lease (a waiter's next due time); not a heartbeat
         elif state is _HELD:
             queue.held.add(task_id)
         return True
@@ -105,8 +110,11 @@ class View:
     def passed(self, sequence: int) -> None:
         """The consumer delivered ``sequence``: forget deletions it has gone past."""
         self.delivered = max(self.delivered, sequence)
-        if self._gone and len(self._gone) > 1024:
-            self._gone = {k: v for k, v in self._gone.items() if v > self.delivered}
+        order, gone = self._gone_order, self._gone
+        while order and order[0][0] <= self.delivered:
+            revision, task_id = order.popleft()
+            if gone.get(task_id) == revision:
+                del gone[task_id]
 
     def _count(self, record: TaskRecord, delta: int) -> None:
         per_queue = self._counts.setdefault(record.queue, {})

@@ -13,7 +13,15 @@ import pytest
 
 import tasker
 import tasker_nats
-from tasker.queue import NewTask, Queue, TaskState
+from tasker.queue import (
+    GroupSpec,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    Queue,
+    TaskState,
+    UnstorableRecordError,
+)
 from tasker_nats import NatsQueueBackend, NatsSetupError
 
 from .servers import PrivateNats
@@ -285,3 +293,68 @@ def test_trio_is_refused_with_the_reason() -> None:
 
     with pytest.raises(tasker_nats.AsyncioRequiredError, match="trio"):
         anyio.run(main, backend="trio")
+
+
+async def test_many_members_of_one_group_settle_in_one_finish(backend: NatsQueueBackend) -> None:
+    """Twelve members finished together all write their group's record: each is recorded,
+    and the callback is enqueued once, with every result."""
+    now = await backend.time()
+    callback = NewTask(id="cb", name="sum", queue="q", payload=b"", run_at=now, created_at=now)
+    members = [
+        NewTask(
+            id=f"m{i:02d}",
+            name="job",
+            queue="q",
+            payload=b"{}",
+            run_at=now,
+            created_at=now + i * 1e-6,
+            group_id="G",
+            group_index=i,
+        )
+        for i in range(12)
+    ]
+    await backend.enqueue(members, group=GroupSpec(id="G", size=12, callback=callback), now=now)
+    claimed = await backend.claim(["q"], 12, worker="w", lease=30, now=now)
+    assert len(claimed) == 12
+    outcomes = [
+        Outcome(
+            id=r.id,
+            worker="w",
+            kind=OutcomeKind.SUCCEEDED,
+            started_at=now,
+            finished_at=now,
+            result=str(r.group_index).encode(),
+        )
+        for r in claimed
+    ]
+    await backend.finish(outcomes, now=now)
+    assert await backend.counts() == {"q": {TaskState.SUCCEEDED: 12, TaskState.QUEUED: 1}}
+    stored = await backend.get("cb")
+    assert stored is not None
+    assert stored.payload == b"[" + b",".join(str(i).encode() for i in range(12)) + b"]"
+
+
+async def test_a_result_too_large_for_the_server_is_unstorable(backend: NatsQueueBackend) -> None:
+    """Alone or with a follow-up (an atomic batch), a record over the server's max payload
+    is the record's fault, not an outage: UnstorableRecordError, and nothing half sent."""
+    now = await backend.time()
+    await backend.enqueue(
+        [NewTask(id="big", name="job", queue="q", payload=b"{}", run_at=now, created_at=now)],
+        now=now,
+    )
+    (record,) = await backend.claim(["q"], 1, worker="w", lease=30, now=now)
+    follow = NewTask(id="next", name="job", queue="q", payload=b"{}", run_at=now, created_at=now)
+    for follow_ups in ((), (follow,)):
+        outcome = Outcome(
+            id=record.id,
+            worker="w",
+            kind=OutcomeKind.SUCCEEDED,
+            started_at=now,
+            finished_at=now,
+            result=b"x" * (2 * 1024 * 1024),
+            follow_ups=follow_ups,
+        )
+        with pytest.raises(UnstorableRecordError):
+            await backend.finish([outcome], now=now)
+    assert await backend.get("next") is None
+    assert (await backend.get("big")).state is TaskState.RUNNING  # type: ignore[union-attr]
