@@ -528,8 +528,10 @@ class NatsQueueBackend:
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
     ) -> list[EnqueueResult]:
         """Store ``tasks`` (and their ``group``) at once: one atomic batch (all stored or
-        none), up to 1,000 records a batch. A task whose unique key a live task holds, or a
-        finished one within its window, is not stored: its result names that task.
+        none), up to 1,000 records a batch (a larger plain enqueue is stored in batches of
+        1,000, each all or none; with unique keys or a group, more is refused). A task
+        whose unique key a live task holds, or a finished one within its window, is not
+        stored: its result names that task.
 
         An answer lost to a dropped connection is waited for again: the enqueue is sent
         again (twice at most), and a resend stores nothing twice (``Nats-Msg-Id``, and a
@@ -732,7 +734,9 @@ class NatsQueueBackend:
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
         """Record how claimed tasks ended, with their history; an outcome for a task the
-        worker no longer holds is ignored."""
+        worker no longer holds is ignored. Each outcome is recorded all or none (with its
+        follow-ups and its group's change); a cancelled finish may have recorded some of
+        them, and a report sent again records nothing twice."""
         state = await self._connected()
         await asyncio.gather(*(self._finish(state, outcome, now) for outcome in outcomes))
 
