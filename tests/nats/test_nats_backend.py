@@ -119,6 +119,12 @@ async def test_unique_keys_deduplicate_across_backends(nats_url: str, namespace:
         await second.aclose()
 
 
+async def _until_async(read: Any, wanted: Any, timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while await read() != wanted:  # noqa: ASYNC110 - another process's writes
+            await anyio.sleep(0.005)
+
+
 async def _noop(ctx: tasker.Context, payload: Any) -> None:
     return None
 
@@ -129,6 +135,8 @@ async def test_concurrent_claims_from_two_views_take_each_task_once(
     producer = NatsQueueBackend(nats_url, namespace=namespace)
     workers = [NatsQueueBackend(nats_url, namespace=namespace) for _ in range(2)]
     try:
+        for backend in workers:  # connected, their views caught up: both start at once
+            await backend.time()
         now = await producer.time()
         tasks = [
             NewTask(
@@ -142,12 +150,14 @@ async def test_concurrent_claims_from_two_views_take_each_task_once(
             for i in range(300)
         ]
         await producer.enqueue(tasks, now=now)
+        for backend in workers:  # both views know every task before either claims
+            await _until_async(lambda b=backend: b.counts(), {"q": {TaskState.QUEUED: len(tasks)}})
         taken: dict[str, list[str]] = {}
 
         async def drain(name: str, backend: NatsQueueBackend) -> None:
             while True:
                 claimed = await backend.claim(
-                    ["q"], 10, worker=name, lease=30, now=await backend.time()
+                    ["q"], 5, worker=name, lease=30, now=await backend.time()
                 )
                 if not claimed:
                     if sum(len(v) for v in taken.values()) >= len(tasks):
