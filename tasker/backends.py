@@ -12,7 +12,9 @@ and the helpers they share here.
   :class:`tasker.queue.TaskRecord`, :data:`TASK_INSERT_COLUMNS` and
   :func:`task_insert_values` a new task to an insert, :data:`HISTORY_COLUMNS` and
   :func:`history_from_row` a history row to a :class:`tasker.queue.HistoryEntry`;
-  :func:`record_from_new` is the record of a new task for a store without rows;
+  :func:`record_from_new` is the record of a new task for a store without rows, and
+  :func:`settled_record` (:func:`dead_record`, :func:`replace_record`) what an outcome
+  leaves of it; :data:`LEASE_EXPIRED` is the error of a task whose last lease expired;
   :data:`LIVE_STATES` are the states that hold a unique key;
   :func:`callback_to_json` / :func:`callback_from_json` store a group's callback until the
   group completes, and :func:`group_payload` builds its payload from the members' results.
@@ -45,13 +47,17 @@ from .queue._failures import format_error, storable
 from .queue._rows import COLUMNS as TASK_COLUMNS
 from .queue._rows import (
     HISTORY_COLUMNS,
+    LEASE_EXPIRED,
     LIVE_STATES,
     TASK_INSERT_COLUMNS,
     callback_from_json,
     callback_to_json,
+    dead_record,
     group_payload,
     history_from_row,
     record_from_new,
+    replace_record,
+    settled_record,
     task_insert_values,
 )
 from .queue._rows import record_from_row as task_record_from_row
@@ -62,6 +68,7 @@ from .scheduler._state import state_to_json as schedule_state_to_json
 
 __all__ = [
     "HISTORY_COLUMNS",
+    "LEASE_EXPIRED",
     "LIVE_STATES",
     "MAX_NAME_LENGTH",
     "TASK_COLUMNS",
@@ -70,6 +77,7 @@ __all__ = [
     "callback_from_json",
     "callback_to_json",
     "check_schedule_name",
+    "dead_record",
     "decode_chain",
     "encode_chain",
     "format_error",
@@ -80,8 +88,10 @@ __all__ = [
     "record_from_new",
     "redact_dsn",
     "register_fault_classifier",
+    "replace_record",
     "schedule_state_from_json",
     "schedule_state_to_json",
+    "settled_record",
     "storable",
     "task_insert_values",
     "task_record_from_row",

@@ -51,7 +51,15 @@ import nats.js
 import nats.js.api
 import nats.js.errors
 
-from tasker.backends import group_payload, record_from_new, to_seconds
+from tasker.backends import (
+    LEASE_EXPIRED,
+    dead_record,
+    group_payload,
+    record_from_new,
+    replace_record,
+    settled_record,
+    to_seconds,
+)
 from tasker.queue import (
     EnqueueResult,
     GroupSpec,
@@ -114,18 +122,8 @@ _FAN_OUT = 64
 _FINISH_ROUNDS = 64
 #: The most messages of one atomic batch (the server's limit).
 _BATCH_LIMIT = 1000
-_LEASE_EXPIRED = "lease expired (the worker stopped responding)"
 #: The states in which a task holds its unique key.
 _LIVE = frozenset({TaskState.HELD, TaskState.QUEUED, TaskState.RUNNING})
-
-
-def _replace(record: TaskRecord, **changes: Any) -> TaskRecord:
-    fields = {name: getattr(record, name) for name in _FIELDS}
-    fields.update(changes)
-    return TaskRecord(**fields)
-
-
-_FIELDS = tuple(TaskRecord.__dataclass_fields__)
 
 
 class NatsQueueBackend:
@@ -315,29 +313,6 @@ class NatsQueueBackend:
 
     def _subject(self, task_id: str) -> str:
         return self._prefix + "t." + encode_key(task_id)
-
-    async def _write(
-        self, state: _Connected, record: TaskRecord, expected: int, *, msg_id: str | None = None
-    ) -> int | None:
-        """Write ``record`` if its subject is still at revision ``expected`` (0: new);
-        return its new revision, or None if another write came first."""
-        headers = {_EXPECTED: str(expected)}
-        if msg_id is not None:
-            headers["Nats-Msg-Id"] = msg_id
-        try:
-            sequence = await _publish(
-                state, self._subject(record.id), encode_record(record), headers
-            )
-        except nats.js.errors.APIError as exc:
-            if is_wrong_last_sequence(exc):
-                return None
-            raise
-        except nats.errors.MaxPayloadError as exc:
-            raise UnstorableRecordError(
-                f"the record exceeds the server's max payload ({exc})"
-            ) from None
-        state.view.apply(record.id, sequence, record)
-        return sequence
 
     def _task_write(
         self, record: TaskRecord, expected: int, *, new: bool = False, mark: str | None = None
@@ -656,13 +631,13 @@ class NatsQueueBackend:
                 break
             leased_until = now + lease
             writes = [
-                self._settle(state, rev, _die(r, _LEASE_EXPIRED, None, now), now)
+                self._settle(state, rev, dead_record(r, LEASE_EXPIRED, None, now), now)
                 for rev, r in dying
             ]
             planned = [
                 (
                     kind,
-                    _replace(
+                    replace_record(
                         r,
                         state=TaskState.RUNNING,
                         attempts=r.attempts + 1,
@@ -724,7 +699,8 @@ class NatsQueueBackend:
                 revision, record = current
                 if record.state is not TaskState.RUNNING or record.lease_owner != worker:
                     return False
-                if await self._write(state, _replace(record, lease_until=until), revision):
+                extended = self._task_write(replace_record(record, lease_until=until), revision)
+                if await self._commit(state, [extended]):
                     return True
                 await self._read(state, task_id)
             return False
@@ -756,7 +732,7 @@ class NatsQueueBackend:
                 # was stored and its answer lost: then its history entry may be missing.
                 await self._history_of_a_resend(state, outcome, mark)
                 return
-            settled = _settled(record, outcome)
+            settled = settled_record(record, outcome)
             follow_ups = outcome.follow_ups if outcome.kind is OutcomeKind.SUCCEEDED else ()
             if not await self._settle(state, revision, settled, now, follow_ups, mark):
                 await self._read(state, outcome.id)
@@ -782,7 +758,9 @@ class NatsQueueBackend:
         settled = decode_record(msg.data)
         # The entry's attempt: the one that ran (an interrupted one was handed back).
         attempt = settled.attempts + (1 if outcome.kind is OutcomeKind.INTERRUPTED else 0)
-        await self._record_history(state, _replace(settled, attempts=attempt), outcome, msg.seq)
+        await self._record_history(
+            state, replace_record(settled, attempts=attempt), outcome, msg.seq
+        )
 
     async def _record_history(
         self, state: _Connected, record: TaskRecord, outcome: Outcome, revision: int
@@ -946,7 +924,7 @@ class NatsQueueBackend:
             if current is None or current[1].state is not TaskState.DEAD:
                 return False
             revision, record = current
-            queued = _replace(
+            queued = replace_record(
                 record, state=TaskState.QUEUED, attempts=0, run_at=now, finished_at=None
             )
             writes = [self._task_write(queued, revision)]
@@ -979,13 +957,19 @@ class NatsQueueBackend:
             held = held[:limit]
         written = await asyncio.gather(
             *(
-                self._write(
-                    state, _replace(r, state=TaskState.QUEUED, run_at=min(r.run_at, now)), rev
+                self._commit(
+                    state,
+                    [
+                        self._task_write(
+                            replace_record(r, state=TaskState.QUEUED, run_at=min(r.run_at, now)),
+                            rev,
+                        )
+                    ],
                 )
                 for rev, r in held
             )
         )
-        return sum(1 for revision in written if revision is not None)
+        return sum(written)
 
     async def purge(
         self,
@@ -1096,48 +1080,6 @@ class NatsQueueBackend:
             else:
                 await state.js.purge_stream(self.stream, subject=subject)
         return sorted(found, key=lambda w: w.id)
-
-
-def _die(record: TaskRecord, error: str, traceback: str | None, finished_at: float) -> TaskRecord:
-    return _replace(
-        record,
-        state=TaskState.DEAD,
-        lease_owner=None,
-        lease_until=None,
-        last_error=error,
-        traceback=traceback,
-        finished_at=finished_at,
-    )
-
-
-def _settled(record: TaskRecord, outcome: Outcome) -> TaskRecord:
-    """``record`` as ``outcome`` leaves it (as the memory backend does)."""
-    kind = outcome.kind
-    if kind is OutcomeKind.SUCCEEDED:
-        return _replace(
-            record,
-            state=TaskState.SUCCEEDED,
-            lease_owner=None,
-            lease_until=None,
-            result=outcome.result,
-            result_expires=outcome.result_expires,
-            last_error=None,
-            traceback=None,
-            finished_at=outcome.finished_at,
-        )
-    if kind is OutcomeKind.DEAD:
-        return _die(record, outcome.error or "failed", outcome.traceback, outcome.finished_at)
-    retry = kind is OutcomeKind.RETRY
-    return _replace(
-        record,
-        state=TaskState.QUEUED,
-        lease_owner=None,
-        lease_until=None,
-        attempts=record.attempts if retry else record.attempts - 1,
-        run_at=outcome.retry_at if retry and outcome.retry_at is not None else record.run_at,
-        last_error=outcome.error if retry else record.last_error,
-        traceback=outcome.traceback if retry else record.traceback,
-    )
 
 
 async def _publish(state: _Connected, subject: str, data: bytes, headers: dict[str, str]) -> int:

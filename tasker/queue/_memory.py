@@ -21,7 +21,6 @@ import anyio
 from .._clock import SystemClock
 from ..abc import QueueCapability
 from ._memory_admin import MemoryAdministration
-from ._memory_state import replace
 from ._records import (
     EnqueueResult,
     GroupSpec,
@@ -32,6 +31,8 @@ from ._records import (
     TaskRecord,
     TaskState,
 )
+from ._rows import LEASE_EXPIRED, settled_record
+from ._rows import replace_record as replace
 
 __all__ = ["MemoryQueueBackend"]
 
@@ -131,7 +132,7 @@ class MemoryQueueBackend(MemoryAdministration):
                 kept.append((until, seq, task_id))
                 continue
             if record.attempts >= record.max_attempts:
-                self._die(record, "lease expired (the worker stopped responding)", None, now, now)
+                self._die(record, LEASE_EXPIRED, None, now, now)
                 continue
             claimed.append(self._lease(record, worker, lease, now))
         for entry in kept:
@@ -220,42 +221,16 @@ class MemoryQueueBackend(MemoryAdministration):
                         error=outcome.error,
                     )
                 )
+            settled = self._tasks[record.id] = settled_record(record, outcome)
             if kind is OutcomeKind.SUCCEEDED:
-                self._tasks[record.id] = replace(
-                    record,
-                    state=TaskState.SUCCEEDED,
-                    lease_owner=None,
-                    lease_until=None,
-                    result=outcome.result,
-                    result_expires=outcome.result_expires,
-                    last_error=None,
-                    traceback=None,
-                    finished_at=outcome.finished_at,
-                )
                 for follow_up in outcome.follow_ups:
                     self._store(follow_up)
                     notify = True
-                self._group_member_done(record.id, now)
-            elif kind is OutcomeKind.DEAD:
-                error = outcome.error or "failed"
-                self._die(record, error, outcome.traceback, outcome.finished_at, now)
-            else:
-                retry = kind is OutcomeKind.RETRY
-                queued = replace(
-                    record,
-                    state=TaskState.QUEUED,
-                    lease_owner=None,
-                    lease_until=None,
-                    attempts=record.attempts if retry else record.attempts - 1,
-                    run_at=outcome.retry_at
-                    if retry and outcome.retry_at is not None
-                    else record.run_at,
-                    last_error=outcome.error if retry else record.last_error,
-                    traceback=outcome.traceback if retry else record.traceback,
-                )
-                self._tasks[record.id] = queued
-                self._push(queued)
+            if settled.state is TaskState.QUEUED:  # a retry, release or interruption
+                self._push(settled)
                 notify = True
+            else:
+                self._group_member_done(record.id, now)
         if notify:
             self._notify()
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import anyio
 
-from ._memory_state import LIVE, MemoryState, replace
+from ._memory_state import LIVE, MemoryState
 from ._records import HistoryEntry, TaskRecord, TaskState, WorkerInfo
+from ._rows import replace_record as replace
 
 __all__ = ["MemoryAdministration"]
 

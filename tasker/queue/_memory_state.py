@@ -26,19 +26,10 @@ from ._records import (
     TaskState,
     WorkerInfo,
 )
-from ._rows import group_payload, record_from_new
+from ._rows import dead_record, group_payload, record_from_new
 
-__all__ = ["LIVE", "MemoryState", "replace"]
+__all__ = ["LIVE", "MemoryState"]
 
-
-def replace(record: TaskRecord, **changes: object) -> TaskRecord:
-    """``dataclasses.replace`` without its per-call field introspection (hot path)."""
-    fields = {name: getattr(record, name) for name in _FIELDS}
-    fields.update(changes)
-    return TaskRecord(**fields)
-
-
-_FIELDS = tuple(TaskRecord.__dataclass_fields__)
 
 LIVE = frozenset({TaskState.HELD, TaskState.QUEUED, TaskState.RUNNING})
 
@@ -112,15 +103,7 @@ class MemoryState:
         finished_at: float,
         now: float,
     ) -> None:
-        self._tasks[record.id] = replace(
-            record,
-            state=TaskState.DEAD,
-            lease_owner=None,
-            lease_until=None,
-            last_error=error,
-            traceback=traceback,
-            finished_at=finished_at,
-        )
+        self._tasks[record.id] = dead_record(record, error, traceback, finished_at)
         self._group_member_done(record.id, now)
 
     def _group_member_done(self, task_id: str, now: float) -> None:

@@ -7,15 +7,19 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ._records import HistoryEntry, NewTask, TaskRecord, TaskState
+from ._records import HistoryEntry, NewTask, Outcome, OutcomeKind, TaskRecord, TaskState
 
 __all__ = [
     "COLUMNS",
+    "LEASE_EXPIRED",
     "LIVE_STATES",
     "callback_from_json",
     "callback_to_json",
+    "dead_record",
     "group_payload",
     "record_from_row",
+    "replace_record",
+    "settled_record",
 ]
 
 #: The task columns, in the order :func:`record_from_row` reads them.
@@ -26,6 +30,8 @@ COLUMNS = (
 )
 #: The states in which a task holds its unique key.
 LIVE_STATES = ("held", "queued", "running")
+#: The error of a task whose last attempt's lease expired (its worker stopped responding).
+LEASE_EXPIRED = "lease expired (the worker stopped responding)"
 
 
 def record_from_row(row: Any) -> TaskRecord:
@@ -147,4 +153,64 @@ def history_from_row(row: Any) -> HistoryEntry:
         finished_at=row[6],
         outcome=row[7],
         error=row[8],
+    )
+
+
+_FIELDS = tuple(TaskRecord.__dataclass_fields__)
+
+
+def replace_record(record: TaskRecord, **changes: object) -> TaskRecord:
+    """``dataclasses.replace`` for a :class:`TaskRecord`, without its per-call field
+    introspection (a hot path of the stores that keep records)."""
+    fields = {name: getattr(record, name) for name in _FIELDS}
+    fields.update(changes)
+    return TaskRecord(**fields)
+
+
+def dead_record(
+    record: TaskRecord, error: str, traceback: str | None, finished_at: float
+) -> TaskRecord:
+    """``record`` dead: its lease released, its error and traceback kept."""
+    return replace_record(
+        record,
+        state=TaskState.DEAD,
+        lease_owner=None,
+        lease_until=None,
+        last_error=error,
+        traceback=traceback,
+        finished_at=finished_at,
+    )
+
+
+def settled_record(record: TaskRecord, outcome: Outcome) -> TaskRecord:
+    """The record ``outcome`` leaves of the running ``record`` (for a store that keeps
+    records): succeeded with its result, dead, or queued again (a retry at ``retry_at``
+    with the attempt counted; a release or an interruption with it handed back)."""
+    kind = outcome.kind
+    if kind is OutcomeKind.SUCCEEDED:
+        return replace_record(
+            record,
+            state=TaskState.SUCCEEDED,
+            lease_owner=None,
+            lease_until=None,
+            result=outcome.result,
+            result_expires=outcome.result_expires,
+            last_error=None,
+            traceback=None,
+            finished_at=outcome.finished_at,
+        )
+    if kind is OutcomeKind.DEAD:
+        return dead_record(
+            record, outcome.error or "failed", outcome.traceback, outcome.finished_at
+        )
+    retry = kind is OutcomeKind.RETRY
+    return replace_record(
+        record,
+        state=TaskState.QUEUED,
+        lease_owner=None,
+        lease_until=None,
+        attempts=record.attempts if retry else record.attempts - 1,
+        run_at=outcome.retry_at if retry and outcome.retry_at is not None else record.run_at,
+        last_error=outcome.error if retry else record.last_error,
+        traceback=outcome.traceback if retry else record.traceback,
     )
