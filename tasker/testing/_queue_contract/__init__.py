@@ -57,6 +57,8 @@ def queue_backend_machine(
     *,
     anyio_backend: str = "asyncio",
     allow_fake_clock: bool = False,
+    real_time: float | None = None,
+    max_examples: int = 30,
 ) -> type[RuleBasedStateMachine]:
     """Build the state machine for backends made by ``make_backend`` (sync or async).
 
@@ -64,6 +66,15 @@ def queue_backend_machine(
     built with a fake clock); it must still never go back. A backend that exposes the
     :class:`tasker.testing.FakeClock` it was built on as ``clock`` needs no flag: the
     machine moves that clock itself.
+
+    ``real_time``: the backend keeps time with timers of its own that the machine cannot
+    move (a message broker's TTL delays): the machine then runs in real time, every
+    duration of its rules scaled by this factor (``0.02``: a 10 s lease lasts 0.2 s, a 5 s
+    retry delay 0.1 s), and time passes by sleeping. Before each claim is checked, a
+    backend with a ``wait_delivered()`` method (sync or async) is asked to wait until what
+    it published and is due has arrived; it returns False if that did not happen.
+
+    ``max_examples``: how many examples hypothesis runs (fewer for a slow real-time run).
 
     Returns:
         A ``RuleBasedStateMachine`` subclass; its ``TestCase`` attribute is a unittest case
@@ -75,9 +86,10 @@ def queue_backend_machine(
             make_backend=make_backend,
             anyio_backend=anyio_backend,
             allow_fake_clock=allow_fake_clock,
+            real_time=real_time,
         )
 
     QueueBackendMachine.TestCase.settings = settings(
-        max_examples=30, stateful_step_count=25, deadline=None
+        max_examples=max_examples, stateful_step_count=25, deadline=None
     )
     return QueueBackendMachine

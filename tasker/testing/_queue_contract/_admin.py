@@ -87,7 +87,7 @@ class AdminRules(MachineBase):
     @precondition(lambda self: self.has(_ADMIN))
     @rule(dead_age=st.sampled_from([None, 0.0, 10.0]))
     def purge(self, dead_age: float | None) -> None:
-        dead_before = None if dead_age is None else self.now - dead_age
+        dead_before = None if dead_age is None else self.now - self.seconds(dead_age)
         gone = self.model.purgeable(self.now, dead_before)
         deleted = self.call("purge", now=self.now, dead_before=dead_before)
         assert deleted == len(gone)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,14 @@ class MachineConfig:
     make_backend: Callable[[], Any]
     anyio_backend: str
     allow_fake_clock: bool
+    #: Run in real time, every duration scaled by this factor (None: the machine's own
+    #: time, moved at will).
+    real_time: float | None = None
+
+
+#: In real time, each passing of time sleeps this much longer than it says, so the
+#: backend's timers (which round up to a millisecond) have fired when the machine looks.
+_MARGIN = 0.005
 
 
 class MachineBase(RuleBasedStateMachine):
@@ -42,7 +51,9 @@ class MachineBase(RuleBasedStateMachine):
         #: The capabilities the backend declares: the rules and invariants that need
         #: one run only when it is declared, and then they check it.
         self.caps: frozenset[QueueCapability] = self.backend.capabilities
-        self.model = Model()
+        self.real_time = self.config.real_time
+        self.scale = self.real_time if self.real_time is not None else 1.0
+        self.model = Model(self.scale)
         self.last_clock = -math.inf
         # Outside the protocol, and only checked where a backend has them: the clock it was
         # built on when that is a FakeClock (the machine then moves it, and wait_for_work
@@ -54,7 +65,13 @@ class MachineBase(RuleBasedStateMachine):
             next_run_at if callable(next_run_at) else None
         )
         self.fake_clock_allowed = self.config.allow_fake_clock or self.fake_clock is not None
-        self.now = START
+        self.now = START if self.real_time is None else time.time()
+        # A backend whose deliveries arrive on their own (a message broker) can be asked to
+        # wait until what it published and is due has arrived, before a claim is checked.
+        wait_delivered = getattr(self.backend, "wait_delivered", None)
+        self.wait_delivered: Callable[[], Any] | None = (
+            wait_delivered if callable(wait_delivered) else None
+        )
         if self.fake_clock is not None:
             self.portal.call(self.fake_clock.set, datetime.fromtimestamp(START, UTC))
             self.now = self.fake_clock.now().timestamp()
@@ -71,13 +88,28 @@ class MachineBase(RuleBasedStateMachine):
     def has(self, capability: QueueCapability) -> bool:
         return capability in self.caps
 
+    def delivered(self) -> None:
+        """Before a claim is checked: a backend with ``wait_delivered`` has what is due."""
+        if self.wait_delivered is not None:
+            arrived = self.portal.call(_awaited, self.wait_delivered)
+            assert arrived is not False, "what the backend published did not arrive"
+
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         func = getattr(self.backend, method)
         return self.portal.call(lambda: func(*args, **kwargs))
 
+    def seconds(self, value: float) -> float:
+        """A duration of the rules in this run's time (scaled in real time)."""
+        return value * self.scale
+
     def advance(self, seconds: float) -> None:
-        """Time passes: the machine's ``now``, and the backend's FakeClock with it."""
+        """Time passes: the machine's ``now``, and the backend's FakeClock with it (in real
+        time, by sleeping: ``now`` then never runs ahead of the clock)."""
         clock = self.fake_clock
+        if self.real_time is not None:
+            time.sleep(seconds + (_MARGIN if seconds >= 0.01 else 0.0))
+            self.now += seconds
+            return
         if clock is None:
             self.now += seconds
             return
@@ -88,6 +120,13 @@ class MachineBase(RuleBasedStateMachine):
         """Time moves on a little before an enqueue, as it does between two producers'
         calls: every task is enqueued at its own instant, so FIFO is defined everywhere."""
         self.advance(0.001)
+
+
+async def _awaited(func: Callable[[], Any]) -> Any:
+    value = func()
+    if inspect.isawaitable(value):
+        value = await value
+    return value
 
 
 async def _make(factory: Callable[[], Any]) -> QueueBackend:

@@ -13,7 +13,7 @@ from hypothesis.stateful import precondition, rule
 from ...abc import QueueCapability
 from ...queue._records import NewTask, Outcome, OutcomeKind, TaskRecord, TaskState
 from ._base import MachineBase
-from ._model import LEASE, QUEUES, ModelTask
+from ._model import QUEUES, ModelTask
 
 __all__ = ["QUEUE_SETS", "WORKERS", "CoreRules"]
 
@@ -57,7 +57,7 @@ class CoreRules(MachineBase):
             queue=queue,
             payload=b"{}",
             priority=priority,
-            run_at=self.now + delay,
+            run_at=self.now + self.seconds(delay),
             max_attempts=max_attempts,
             unique_key=unique,
             held=held,
@@ -91,7 +91,7 @@ class CoreRules(MachineBase):
                 list(queues),
                 limit,
                 worker=worker,
-                lease=LEASE,
+                lease=self.model.lease_for,
                 now=self.now,
                 exclude=sorted(exclude),
             ),
@@ -126,6 +126,7 @@ class CoreRules(MachineBase):
         exclude: frozenset[str] = frozenset(),
     ) -> None:
         """Run ``claim`` and check what it took against the model, then lease it there."""
+        self.delivered()
         model, now = self.model, self.now
         expired = model.expired(queues, now, exclude)
         reclaimable = {t.id for t in expired if t.attempts < t.max_attempts}
@@ -177,7 +178,9 @@ class CoreRules(MachineBase):
     @rule(worker=st.sampled_from(WORKERS))
     def heartbeat(self, worker: str) -> None:
         mine = [t for t in self.model.tasks.values() if t.owner == worker]
-        held = self.call("heartbeat", worker, [t.id for t in mine], lease=LEASE, now=self.now)
+        held = self.call(
+            "heartbeat", worker, [t.id for t in mine], lease=self.model.lease_for, now=self.now
+        )
         for t in mine:
             if t.limbo and t.state is TaskState.RUNNING:  # the answer tells whether it died
                 if t.id in held:
@@ -187,7 +190,7 @@ class CoreRules(MachineBase):
         expected = {t.id for t in mine if t.state is TaskState.RUNNING}
         assert held == expected
         for task_id in held:
-            self.model.tasks[task_id].lease_until = self.now + LEASE
+            self.model.tasks[task_id].lease_until = self.now + self.model.lease_for
 
     @precondition(lambda self: bool(self.model.running()))
     @rule(
@@ -241,7 +244,7 @@ class CoreRules(MachineBase):
                     queues=list(queues),
                     limit=claim_limit,
                     worker=worker,
-                    lease=LEASE,
+                    lease=self.model.lease_for,
                 ),
                 exclude=frozenset(chosen),
             )
@@ -255,7 +258,7 @@ class CoreRules(MachineBase):
     @rule(seconds=st.sampled_from([0.0, 1.0, 4.0, 6.0, 11.0, 31.0]))
     def time_passes(self, seconds: float) -> None:
         """Time passes; the backend's clock reads a plain timestamp that never goes back."""
-        self.advance(seconds)
+        self.advance(self.seconds(seconds))
         reading: Any = self.call("time")
         assert isinstance(reading, float)
         assert reading >= self.last_clock

@@ -135,7 +135,11 @@ class ModelGroup:
 class Model:
     """The tasks and groups a backend must hold, and what each call must do to them."""
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float = 1.0) -> None:
+        #: The lease, result TTL and retry delay of this run (scaled in real time).
+        self.lease_for = LEASE * scale
+        self.result_ttl = RESULT_TTL * scale
+        self.retry_delay = RETRY_DELAY * scale
         self.tasks: dict[str, ModelTask] = {}
         self.groups: dict[str, ModelGroup] = {}
         #: History of tasks purged from the model (the backend keeps their history).
@@ -224,7 +228,12 @@ class Model:
     # -- what calls do -------------------------------------------------------------------
 
     def lease(self, t: ModelTask, worker: str, now: float) -> None:
-        t.state, t.owner, t.lease_until, t.limbo = TaskState.RUNNING, worker, now + LEASE, False
+        t.state, t.owner, t.lease_until, t.limbo = (
+            TaskState.RUNNING,
+            worker,
+            now + self.lease_for,
+            False,
+        )
         t.attempts += 1
 
     def outcome(self, t: ModelTask, kind: OutcomeKind, worker: str, now: float) -> Outcome:
@@ -239,9 +248,9 @@ class Model:
             started_at=now,
             finished_at=now,
             result=result,
-            result_expires=now + RESULT_TTL if succeeded else None,
+            result_expires=now + self.result_ttl if succeeded else None,
             error=None if succeeded else "Boom: x",
-            retry_at=now + RETRY_DELAY if kind is OutcomeKind.RETRY else None,
+            retry_at=now + self.retry_delay if kind is OutcomeKind.RETRY else None,
             follow_ups=self._next_step(t, result, now) if result is not None else (),
         )
 

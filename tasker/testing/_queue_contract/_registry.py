@@ -43,7 +43,7 @@ class RegistryRules(MachineBase):
             running=running,
             started_at=previous.started_at if previous else self.now,
             last_seen=self.now,
-            expires_at=self.now + ttl,
+            expires_at=self.now + self.seconds(ttl),
         )
         self.call("worker_seen", info)
         self.registry[worker] = info

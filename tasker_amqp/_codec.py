@@ -1,0 +1,121 @@
+"""A task as an AMQP message: the payload is the body, the rest travels in headers.
+
+The body is the payload's bytes as the queue's serialiser made them, untouched (no pickle,
+nothing to decode on the way). The properties carry the task id (``message_id``), its name
+(``type``) and persistence (``delivery_mode=2``); the headers the fields a worker needs
+(``tasker-*``), with ``tasker-attempts`` the attempts made before this message was
+published. A redelivery (a worker whose connection closed) is counted from the quorum
+queue's ``x-delivery-count``, so a crash counts its attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pamqp.commands import Basic
+
+__all__ = ["Meta", "NotATaskError", "clip", "decode", "encode", "micros"]
+
+#: The longest error text and traceback a dead message carries in its headers (a header
+#: frame must fit the connection's frame size, 128 KiB by default).
+_TEXT_LIMIT = 8192
+
+
+class NotATaskError(ValueError):
+    """A message in a work queue that tasker_amqp did not write (or cannot read)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Meta:
+    """The fields of a task message, as published."""
+
+    id: str
+    name: str
+    queue: str
+    priority: int
+    run_at: float
+    attempts: int
+    max_attempts: int
+    timeout: float | None
+    created_at: float
+
+
+def encode(meta: Meta, *, extra: Mapping[str, Any] | None = None) -> Basic.Properties:
+    """The properties of a message that carries ``meta`` (the body is the payload)."""
+    headers: dict[str, Any] = {
+        "tasker-queue": meta.queue,
+        "tasker-priority": meta.priority,
+        "tasker-run-at": _micros(meta.run_at),
+        "tasker-attempts": meta.attempts,
+        "tasker-max-attempts": meta.max_attempts,
+        "tasker-created-at": _micros(meta.created_at),
+    }
+    if meta.timeout is not None:
+        headers["tasker-timeout"] = _micros(meta.timeout)
+    if extra:
+        headers.update(extra)
+    return Basic.Properties(
+        message_id=meta.id,
+        message_type=meta.name,
+        delivery_mode=2,
+        content_type="application/octet-stream",
+        headers=headers,
+    )
+
+
+def clip(text: str | None) -> str | None:
+    """An error text or traceback cut to what a header can carry."""
+    if text is None or len(text) <= _TEXT_LIMIT:
+        return text
+    return text[: _TEXT_LIMIT - 15] + "... (truncated)"
+
+
+def decode(properties: Basic.Properties) -> tuple[Meta, int]:
+    """The task a message carries, and how many times the broker redelivered it.
+
+    Raises:
+        NotATaskError: the message lacks tasker's fields.
+    """
+    headers = properties.headers or {}
+    try:
+        timeout = headers.get("tasker-timeout")
+        meta = Meta(
+            id=_text(properties.message_id),
+            name=_text(properties.message_type),
+            queue=_text(headers["tasker-queue"]),
+            priority=int(headers["tasker-priority"]),
+            run_at=_seconds(headers["tasker-run-at"]),
+            attempts=int(headers["tasker-attempts"]),
+            max_attempts=int(headers["tasker-max-attempts"]),
+            timeout=None if timeout is None else _seconds(timeout),
+            created_at=_seconds(headers["tasker-created-at"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise NotATaskError(f"not a tasker_amqp task message ({exc!r})") from None
+    redelivered = headers.get("x-delivery-count", 0)
+    return meta, int(redelivered) if isinstance(redelivered, int) else 0
+
+
+def micros(seconds: float) -> int:
+    """A time as whole microseconds: AMQP tables keep a float in 32 bits (pamqp), which
+    would move a timestamp by a minute; a 64-bit integer keeps it exact to the microsecond."""
+    return round(seconds * 1_000_000)
+
+
+_micros = micros
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected microseconds (an int), got {value!r}")
+    return value / 1_000_000
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"expected a non-empty string, got {value!r}")
+    return value

@@ -1,0 +1,954 @@
+"""The task queue's backend on RabbitMQ: delivery, leases, retries and dead letters.
+
+**What RabbitMQ does.** Tasks are persistent messages in durable quorum queues, every
+publish confirmed. Each process consumes each queue its workers take from once, with a
+prefetch (by default the first claim's limit: the worker's concurrency, so that what it
+holds unacknowledged is what it runs plus its free slots). A delivery is acknowledged only
+once its outcome is settled: a retry or a dead letter is published, and confirmed, before
+the original is acknowledged. A worker that dies, or whose connection drops, leaves its
+deliveries unacknowledged, and RabbitMQ hands them to another consumer; the quorum queue's
+``x-delivery-count`` says how often, so the attempt each crash cost is counted.
+
+**Leases.** A claim leases a delivery to a worker of this process; heartbeats extend it in
+memory, with no I/O. The lease is lost when the delivery is: the channel or the connection
+closed (a drop, or RabbitMQ's ``consumer_timeout``), and then another process may already
+run the task. Inside the process a lease also expires by time, as the protocol says: a
+claim may take over a delivery whose lease expired (counting an attempt), or make it dead
+on its last attempt.
+
+**Order.** Deliveries wait in the process in priority, then ``run_at``, order, and a claim
+takes the first that are due on the ``now`` it is given; RabbitMQ's quorum queues deliver in
+FIFO order, so priority orders what a process has been delivered, not the whole queue.
+
+**What it cannot do alone**: look tasks up, unique keys, held tasks, chains and groups need
+a store RabbitMQ does not have, so this backend declares none of those capabilities.
+
+**Guarantees.** At least once: a task runs again only if a worker died or lost its
+connection after it started (or after its outcome was decided but before the broker had
+the acknowledgement), and never silently disappears: an unroutable enqueue raises, an
+unreadable message goes to the dead-letter queue, and a message beyond the delay ladder's
+reach goes round again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import heapq
+import itertools
+import logging
+import math
+import time as _time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import aiormq
+import aiormq.abc
+import aiormq.exceptions
+from pamqp.commands import Basic
+
+from tasker.abc import QueueCapability
+from tasker.backends import LEASE_EXPIRED
+from tasker.queue import (
+    EnqueueResult,
+    GroupSpec,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    TaskRecord,
+    TaskState,
+)
+
+from ._codec import Meta, NotATaskError, clip, decode, encode, micros
+from ._connection import AmqpSource, check_asyncio
+from ._errors import AmqpSetupError
+from ._topology import (
+    LEVELS,
+    AmqpQueue,
+    ExchangeType,
+    HeaderValue,
+    check_exchange_type,
+    check_name,
+    check_routing_key,
+    delay_headers,
+    routes_to,
+)
+
+__all__ = ["AmqpQueueBackend", "QueueStats"]
+
+logger = logging.getLogger("tasker_amqp")
+
+#: A delivery due further ahead than this on the worker's clock went round the delay ladder
+#: early (a delay beyond its reach): it is sent round again rather than held here.
+_REDELAY_AHEAD = 60.0
+#: How long a publication is waited for by :meth:`AmqpQueueBackend.wait_delivered` after it
+#: fell due (then it was taken by another process, or lost with a connection).
+_PENDING_FOR = 30.0
+_QUORUM = {"x-queue-type": "quorum"}
+#: Channels of a dropped link being closed in the background (kept from the collector).
+_CLOSING: set[asyncio.Future[None]] = set()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStats:
+    """One queue as the broker reports it (a passive declare).
+
+    Attributes:
+        name: the queue.
+        ready: messages waiting for a consumer (not those delivered and unacknowledged,
+            which AMQP does not report: ``rabbitmqctl list_queues messages_unacknowledged``
+            or the management plugin does).
+        consumers: consumers attached (one per process whose workers take from it).
+    """
+
+    name: str
+    ready: int
+    consumers: int
+
+
+@dataclass(slots=True, eq=False)
+class _Delivery:
+    meta: Meta
+    payload: bytes
+    queue: str
+    channel: aiormq.abc.AbstractChannel
+    tag: int
+    seq: int
+    attempts: int  # attempts made before this claim, redeliveries counted
+    # once claimed:
+    worker: str | None = None
+    lease_until: float = 0.0
+
+    @property
+    def key(self) -> tuple[int, float, int]:
+        return (-self.meta.priority, self.meta.run_at, self.seq)
+
+    def record(self) -> TaskRecord:
+        meta = self.meta
+        return TaskRecord(
+            id=meta.id,
+            name=meta.name,
+            queue=self.queue,
+            payload=self.payload,
+            priority=meta.priority,
+            run_at=meta.run_at,
+            state=TaskState.RUNNING,
+            attempts=self.attempts,
+            max_attempts=meta.max_attempts,
+            timeout=meta.timeout,
+            unique_key=None,
+            created_at=meta.created_at,
+            lease_owner=self.worker,
+            lease_until=self.lease_until,
+        )
+
+
+@dataclass(slots=True)
+class _Buffer:
+    """One queue's deliveries not yet claimed: due ones by claim order, early ones by
+    ``run_at``."""
+
+    ready: list[tuple[tuple[int, float, int], _Delivery]] = field(default_factory=list)
+    early: list[tuple[float, int, _Delivery]] = field(default_factory=list)
+
+    def promote(self, now: float) -> None:
+        # Times travel as whole microseconds: a task due "now" may read a hair later.
+        while self.early and self.early[0][0] <= now + 1e-6:
+            _, _, delivery = heapq.heappop(self.early)
+            heapq.heappush(self.ready, (delivery.key, delivery))
+
+    def __len__(self) -> int:
+        return len(self.ready) + len(self.early)
+
+
+@dataclass(slots=True)
+class _Link:
+    """The channels of one connection generation, and what was set up on them."""
+
+    generation: int
+    publisher: aiormq.abc.AbstractChannel
+    consumer: aiormq.abc.AbstractChannel
+    declared: set[str] = field(default_factory=set)
+    consuming: dict[str, str] = field(default_factory=dict)
+
+    def is_open(self) -> bool:
+        return not (self.publisher.is_closed or self.consumer.is_closed)
+
+
+class AmqpQueueBackend:
+    """A :class:`tasker.queue.QueueBackend` on RabbitMQ quorum queues (asyncio only).
+
+    The core protocol only: enqueue (``delay=``/``at=`` through the delay ladder of
+    :mod:`tasker_amqp`'s topology), claims with leases, heartbeats, retries with backoff,
+    dead letters to ``dead_queue``, and waiting for work. Looking tasks up, unique keys,
+    held tasks, chains and groups need a store beside the broker.
+
+    Args:
+        url: an ``amqp://`` or ``amqps://`` URL, or an :class:`AmqpSource` (to share one
+            connection among backends, or set TLS and the reconnection policy).
+        exchange: the exchange tasks are published to (declared durable).
+        exchange_type: ``"topic"`` (default: a plain routing key works as on a direct
+            exchange, patterns too), ``"direct"``, ``"fanout"`` or ``"headers"``.
+        queues: the queues to declare at start, with their bindings (:class:`AmqpQueue`,
+            or a name: a queue bound with its own name). Without it, each queue name used
+            by an enqueue or a worker is a queue bound with its own name, declared when
+            first used.
+        headers: per task name, headers published with it (what a headers exchange
+            routes by).
+        dead_queue: the quorum queue dead tasks go to, with their last error.
+        namespace: a prefix of every work queue's name on the broker (``namespace.name``),
+            so several applications can share a virtual host; the tasks' queues, workers'
+            queues and routing keys stay as they are.
+        prefix: the prefix of the delay ladder's queues and exchanges, shared by every
+            backend on the virtual host that uses the same prefix.
+        prefetch: how many unacknowledged deliveries this process takes per queue;
+            default: the limit of the first claim (the worker's concurrency).
+        ssl_context, reconnect_retries, reconnect_interval: as :class:`AmqpSource`
+            (only with a URL).
+
+    Raises:
+        ValueError: for a bad name, exchange type, or option.
+    """
+
+    capabilities: frozenset[QueueCapability] = frozenset()
+
+    def __init__(
+        self,
+        url: str | AmqpSource,
+        *,
+        exchange: str = "tasker",
+        exchange_type: ExchangeType = "topic",
+        queues: Sequence[AmqpQueue | str] | None = None,
+        headers: Mapping[str, Mapping[str, HeaderValue]] | None = None,
+        dead_queue: str = "tasker.dead",
+        namespace: str | None = None,
+        prefix: str = "tasker",
+        prefetch: int | None = None,
+        ssl_context: Any = None,
+        reconnect_retries: int | None = None,
+        reconnect_interval: float | timedelta = 1.0,
+    ) -> None:
+        if isinstance(url, AmqpSource):
+            if ssl_context is not None or reconnect_retries is not None:
+                raise ValueError(
+                    "give ssl_context and reconnect_retries to the AmqpSource, not here"
+                )
+            self._source = url
+        else:
+            self._source = AmqpSource(
+                url,
+                ssl_context=ssl_context,
+                reconnect_retries=reconnect_retries,
+                reconnect_interval=reconnect_interval,
+            )
+        self.exchange = check_name(exchange, "exchange")
+        self.exchange_type = check_exchange_type(exchange_type)
+        self.dead_queue = check_name(dead_queue, "dead_queue")
+        self.prefix = check_name(prefix, "prefix")
+        self.namespace = None if namespace is None else check_name(namespace, "namespace")
+        if prefetch is not None and (
+            isinstance(prefetch, bool)
+            or not isinstance(prefetch, int)
+            or not 1 <= prefetch <= 65535
+        ):
+            raise ValueError(f"prefetch must be None or an int from 1 to 65535, got {prefetch!r}")
+        self._prefetch = prefetch
+        self._auto = queues is None
+        declared: dict[str, AmqpQueue] = {}
+        for queue in queues or ():
+            spec = AmqpQueue(queue) if isinstance(queue, str) else queue
+            if not isinstance(spec, AmqpQueue):
+                raise TypeError(f"queues must hold AmqpQueue or str, got {queue!r}")
+            if spec.name in declared:
+                raise ValueError(f"queue {spec.name!r} is declared twice")
+            if spec.name == self.dead_queue:
+                raise ValueError(f"queue {spec.name!r} is also the dead_queue")
+            declared[spec.name] = spec
+        if queues is not None and not declared:
+            raise ValueError("queues must declare at least one queue (or be None)")
+        self._queues = declared
+        self._headers: dict[str, dict[str, HeaderValue]] = {}
+        for name, values in (headers or {}).items():
+            for key, value in values.items():
+                if not isinstance(key, str) or not isinstance(value, HeaderValue):
+                    raise TypeError(
+                        f"headers map task names to str -> str, int, float or bool, got"
+                        f" {key!r}: {value!r} for {name!r}"
+                    )
+                if key.startswith(("tasker-", "x-")) or (key[:1] == "d" and key[1:].isdigit()):
+                    raise ValueError(f"header {key!r} (task {name!r}) is reserved")
+            self._headers[name] = dict(values)
+        self._link: _Link | None = None
+        self._setup_lock: asyncio.Lock | None = None
+        self._buffers: dict[str, _Buffer] = {}
+        self._buffered: set[tuple[str, str]] = set()
+        self._held: dict[str, _Delivery] = {}
+        self._wake: asyncio.Event | None = None
+        self._seq = itertools.count()
+        # Publications to queues this process consumes, not yet delivered back to it (for
+        # wait_delivered): task id -> (queue, monotonic time it falls due).
+        self._pending: dict[str, tuple[str, float]] = {}
+        self._pending_order: collections.deque[tuple[float, str]] = collections.deque()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"AmqpQueueBackend({self._source.url!r}, exchange={self.exchange!r})"
+
+    @property
+    def source(self) -> AmqpSource:
+        """The connection this backend uses."""
+        return self._source
+
+    # -- the connection, the channels and the topology ----------------------------------
+
+    async def _connected(self) -> _Link:
+        check_asyncio()
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        link = self._link
+        if (
+            link is not None
+            and link.generation == self._source.generation
+            and link.is_open()
+            and self._source.is_open()
+        ):
+            return link
+        if self._setup_lock is None:
+            self._setup_lock = asyncio.Lock()
+        async with self._setup_lock:
+            link = self._link
+            connection = await self._source.connection()
+            if link is not None and link.generation == self._source.generation and link.is_open():
+                return link
+            consumed = list(link.consuming) if link is not None else []
+            self._lost(link)
+            link = await self._open(connection)
+            self._link = link
+            for queue in consumed:
+                await self._consume(link, queue)
+            return link
+
+    def _lost(self, link: _Link | None) -> None:
+        """The channels are gone: so are the deliveries taken on them."""
+        if link is None:
+            return
+        held = len(self._held)
+        if held:
+            logger.warning(
+                "the connection to RabbitMQ dropped: the %d tasks this process was running"
+                " lost their leases (RabbitMQ hands them to other workers)",
+                held,
+            )
+        self._held.clear()
+        self._buffers.clear()
+        self._buffered.clear()
+        for channel in (link.publisher, link.consumer):
+            if not channel.is_closed:
+                task = asyncio.ensure_future(_close_quietly(channel))
+                _CLOSING.add(task)
+                task.add_done_callback(_CLOSING.discard)
+
+    async def _open(self, connection: aiormq.abc.AbstractConnection) -> _Link:
+        publisher = await connection.channel(publisher_confirms=True)
+        consumer = await connection.channel(publisher_confirms=False)
+        link = _Link(self._source.generation, publisher, consumer)
+        try:
+            await self._declare(link)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise AmqpSetupError(
+                f"a queue or exchange tasker_amqp declares exists with other arguments ({exc})",
+                "delete it (`rabbitmqctl delete_queue NAME`) if nothing in it is needed, or use"
+                " other names (prefix=, dead_queue=, exchange=, queue names)",
+            ) from None
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise AmqpSetupError(
+                f"RabbitMQ refused to declare tasker_amqp's topology ({exc})",
+                "give the user configure, write and read permissions on the virtual host"
+                " (`rabbitmqctl set_permissions -p VHOST USER '.*' '.*' '.*'`)",
+            ) from None
+        return link
+
+    async def _declare(self, link: _Link) -> None:
+        channel = link.publisher
+        prefix = self.prefix
+        due = f"{prefix}.due"
+        await channel.exchange_declare(due, exchange_type="headers", durable=True)
+        for k in range(LEVELS):
+            level = f"{prefix}.delay.{k}"
+            below = f"{prefix}.delay.{k - 1}" if k else due
+            await channel.exchange_declare(level, exchange_type="headers", durable=True)
+            await channel.queue_declare(
+                level,
+                durable=True,
+                arguments={
+                    **_QUORUM,
+                    "x-message-ttl": 2**k,
+                    "x-dead-letter-exchange": below,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                },
+            )
+            await channel.queue_bind(level, level, arguments={"x-match": "all", f"d{k}": "1"})
+            await channel.exchange_bind(below, level, arguments={"x-match": "all", f"d{k}": "0"})
+        await channel.exchange_declare(
+            self.exchange, exchange_type=self.exchange_type, durable=True
+        )
+        await channel.exchange_bind(
+            self.exchange, due, arguments={"x-match": "all", "tasker-to": f"x:{self.exchange}"}
+        )
+        await channel.queue_declare(self.dead_queue, durable=True, arguments=dict(_QUORUM))
+        for spec in self._queues.values():
+            await self._declare_queue(link, spec)
+
+    def amqp_name(self, queue: str) -> str:
+        """The broker's name of the work queue ``queue`` (with the namespace)."""
+        return f"{self.namespace}.{queue}" if self.namespace else queue
+
+    async def _declare_queue(self, link: _Link, spec: AmqpQueue) -> None:
+        channel = link.publisher
+        name = self.amqp_name(spec.name)
+        await channel.queue_declare(name, durable=True, arguments={**spec.arguments, **_QUORUM})
+        if self.exchange_type == "headers":
+            await channel.queue_bind(
+                name,
+                self.exchange,
+                arguments={"x-match": spec.x_match, **spec.binding_headers},
+            )
+        elif self.exchange_type == "fanout":
+            await channel.queue_bind(name, self.exchange)
+        else:
+            for key in spec.binding_keys:
+                await channel.queue_bind(name, self.exchange, routing_key=key)
+        # Where a retry or a delayed redelivery comes back to, from the end of the ladder.
+        await channel.queue_bind(
+            name,
+            f"{self.prefix}.due",
+            arguments={"x-match": "all", "tasker-to": f"q:{name}"},
+        )
+        link.declared.add(spec.name)
+
+    async def _queue_spec(self, link: _Link, name: str) -> AmqpQueue:
+        """The declared queue ``name`` (auto-declared without ``queues=``)."""
+        spec = self._queues.get(name)
+        if spec is None:
+            if not self._auto:
+                raise ValueError(
+                    f"queue {name!r} is not among the declared queues"
+                    f" {sorted(self._queues)} (AmqpQueueBackend(queues=...))"
+                )
+            check_name(name, "a queue name")
+            spec = self._queues[name] = AmqpQueue(name)
+        if name not in link.declared:
+            await self._declare_queue(link, spec)
+        return spec
+
+    async def _consume(self, link: _Link, queue: str, limit: int = 1) -> None:
+        if queue in link.consuming:
+            return
+        await self._queue_spec(link, queue)
+        if self._prefetch is None:
+            self._prefetch = max(1, min(limit, 65535))
+        await link.consumer.basic_qos(prefetch_count=self._prefetch)
+        ok = await link.consumer.basic_consume(
+            self.amqp_name(queue),
+            lambda message: self._on_message(link, queue, message),
+            no_ack=False,
+        )
+        link.consuming[queue] = str(ok.consumer_tag)
+
+    # -- deliveries --------------------------------------------------------------------
+
+    async def _on_message(
+        self, link: _Link, queue: str, message: aiormq.abc.DeliveredMessage
+    ) -> None:
+        tag = message.delivery.delivery_tag
+        assert tag is not None
+        try:
+            meta, redelivered = decode(message.header.properties)
+        except NotATaskError as exc:
+            await self._unreadable(link, queue, message, str(exc))
+            return
+        self._pending.pop(meta.id, None)
+        if (queue, meta.id) in self._buffered or meta.id in self._held:
+            # A second copy of a task this process already has (a publish resent after a
+            # lost confirmation): the one here runs.
+            await _ack(link.consumer, tag)
+            return
+        delivery = _Delivery(
+            meta=meta,
+            payload=message.body,
+            queue=queue,
+            channel=link.consumer,
+            tag=tag,
+            seq=next(self._seq),
+            attempts=meta.attempts + redelivered,
+        )
+        buffer = self._buffers.get(queue)
+        if buffer is None:
+            buffer = self._buffers[queue] = _Buffer()
+        heapq.heappush(buffer.early, (meta.run_at, delivery.seq, delivery))
+        self._buffered.add((queue, meta.id))
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _unreadable(
+        self, link: _Link, queue: str, message: aiormq.abc.DeliveredMessage, problem: str
+    ) -> None:
+        """A message tasker did not write: kept in the dead-letter queue, never dropped."""
+        logger.error(
+            "queue %r holds a message tasker_amqp cannot read (%s): moved to %r",
+            queue,
+            problem,
+            self.dead_queue,
+        )
+        properties = message.header.properties
+        headers = dict(properties.headers or {})
+        headers.update({"tasker-error": problem, "tasker-from": queue})
+        properties.headers = headers
+        await link.publisher.basic_publish(
+            message.body, exchange="", routing_key=self.dead_queue, properties=properties
+        )
+        tag = message.delivery.delivery_tag
+        assert tag is not None
+        await _ack(link.consumer, tag)
+
+    def _valid(self, delivery: _Delivery) -> bool:
+        link = self._link
+        return (
+            link is not None
+            and delivery.channel is link.consumer
+            and not delivery.channel.is_closed
+        )
+
+    # -- the core protocol ---------------------------------------------------------------
+
+    async def time(self) -> float:
+        """This machine's clock: RabbitMQ has none to read. Due times are kept by the
+        broker's TTL timers, measured from each publish, and leases by the connection."""
+        return _time.time()
+
+    async def enqueue(
+        self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
+    ) -> list[EnqueueResult]:
+        """Publish ``tasks``, each confirmed by the broker; a delayed one through the ladder.
+
+        Raises:
+            ValueError: a task held, with a unique key, a chain or a group (they need a
+                store), or whose routing key no declared queue is bound to.
+        """
+        if group is not None:
+            raise ValueError(
+                "tasker_amqp alone has no groups: they need a store (chains and groups)"
+            )
+        for task in tasks:
+            if task.held or task.unique_key is not None or task.chain is not None:
+                raise ValueError(
+                    f"task {task.id!r}: held tasks, unique keys and chains need a store;"
+                    " tasker_amqp alone has none"
+                )
+            check_routing_key(task.queue)
+        if not tasks:
+            return []
+        link = await self._connected()
+        sends = []
+        for task in tasks:
+            meta = Meta(
+                id=task.id,
+                name=task.name,
+                queue=task.queue,
+                priority=task.priority,
+                run_at=task.run_at,
+                attempts=0,
+                max_attempts=task.max_attempts,
+                timeout=task.timeout,
+                created_at=task.created_at,
+            )
+            extra = self._headers.get(task.name, {})
+            target = await self._target(link, task.queue, extra)
+            sends.append(self._send(link, meta, task.payload, now, extra, target=target))
+        await _all(sends)
+        return [EnqueueResult(id=task.id) for task in tasks]
+
+    async def _target(
+        self, link: _Link, routing_key: str, headers: Mapping[str, HeaderValue]
+    ) -> str | None:
+        """The queue a routing key reaches when that is one queue tasker knows (for
+        wait_delivered), after checking that it reaches one at all."""
+        if self._auto and self.exchange_type in ("topic", "direct"):
+            await self._queue_spec(link, routing_key)
+        hits = [
+            spec.name
+            for spec in self._queues.values()
+            if routes_to(spec, self.exchange_type, routing_key, headers)
+        ]
+        if not hits:
+            raise ValueError(
+                f"no declared queue is bound to routing key {routing_key!r}"
+                f"{' with headers ' + repr(dict(headers)) if headers else ''} on exchange"
+                f" {self.exchange!r}: declare one (AmqpQueueBackend(queues=[AmqpQueue(...,"
+                " binding_keys=...)])), or enqueue to a queue that is"
+            )
+        return hits[0] if len(hits) == 1 else None
+
+    async def _send(
+        self,
+        link: _Link,
+        meta: Meta,
+        payload: bytes,
+        now: float,
+        extra: Mapping[str, Any],
+        *,
+        target: str | None = None,
+        to_queue: str | None = None,
+    ) -> None:
+        """Publish one task message, to the exchange (``to_queue`` None) or straight back
+        to a queue, now or through the delay ladder; return once confirmed."""
+        delay_ms = math.ceil((meta.run_at - now) * 1000) if meta.run_at > now else 0
+        headers: dict[str, Any] = dict(extra)
+        if delay_ms > 0:
+            top, bits = delay_headers(delay_ms)
+            headers.update(bits)
+            headers["tasker-to"] = (
+                f"q:{self.amqp_name(to_queue)}" if to_queue else f"x:{self.exchange}"
+            )
+            exchange, routing_key = f"{self.prefix}.delay.{top}", meta.queue
+        elif to_queue is not None:
+            exchange, routing_key = "", self.amqp_name(to_queue)
+        else:
+            exchange, routing_key = self.exchange, meta.queue
+        properties = encode(meta, extra=headers)
+        destination = to_queue or target
+        if destination is not None and destination in link.consuming:
+            due = _time.monotonic() + max(0, delay_ms) / 1000
+            self._pending[meta.id] = (destination, due)
+            self._pending_order.append((due, meta.id))
+        try:
+            confirmation = await link.publisher.basic_publish(
+                payload,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=exchange != "" and delay_ms == 0,
+            )
+        except aiormq.exceptions.PublishError as exc:
+            self._pending.pop(meta.id, None)
+            raise ValueError(
+                f"RabbitMQ could not route task {meta.id!r} (routing key {routing_key!r} on"
+                f" exchange {exchange!r}): {exc}"
+            ) from None
+        if not isinstance(confirmation, Basic.Ack):
+            self._pending.pop(meta.id, None)
+            raise ConnectionError(
+                f"RabbitMQ did not take task {meta.id!r} (it answered {confirmation!r})"
+            )
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        now: float,
+        exclude: Sequence[str] = (),
+    ) -> list[TaskRecord]:
+        """Lease up to ``limit`` due deliveries of ``queues`` (consuming them from now on).
+
+        Deliveries whose lease expired in this process are taken over first (or made dead
+        on their last attempt), then those delivered, in priority and ``run_at`` order.
+        """
+        link = await self._connected()
+        for queue in queues:
+            if queue not in link.consuming:
+                await self._consume(link, queue, limit)
+        skip = set(exclude)
+        taken: list[_Delivery] = []
+        wanted = set(queues)
+        for delivery in list(self._held.values()):
+            if len(taken) >= limit:
+                break
+            if (
+                delivery.lease_until > now
+                or delivery.queue not in wanted
+                or delivery.meta.id in skip
+            ):
+                continue
+            if not self._valid(delivery):
+                self._held.pop(delivery.meta.id, None)
+                continue
+            if delivery.attempts >= delivery.meta.max_attempts:
+                await self._bury(link, delivery, LEASE_EXPIRED, None, now)
+                continue
+            taken.append(delivery)
+        redelays: list[_Delivery] = []
+        heads: list[tuple[tuple[int, float, int], str]] = []
+        for queue in queues:
+            buffer = self._buffers.get(queue)
+            if buffer is None:
+                continue
+            buffer.promote(now)
+            _skim(buffer, self._held, skip)
+            if buffer.ready:
+                heads.append((buffer.ready[0][0], queue))
+        heapq.heapify(heads)
+        while heads and len(taken) < limit:
+            _, queue = heapq.heappop(heads)
+            buffer = self._buffers[queue]
+            _, delivery = heapq.heappop(buffer.ready)
+            self._buffered.discard((queue, delivery.meta.id))
+            if not self._valid(delivery):
+                pass
+            elif delivery.meta.run_at - now > _REDELAY_AHEAD:
+                redelays.append(delivery)
+            elif delivery.attempts >= delivery.meta.max_attempts:
+                await self._bury(link, delivery, LEASE_EXPIRED, None, now)
+            else:
+                taken.append(delivery)
+            _skim(buffer, self._held, skip)
+            if buffer.ready:
+                heapq.heappush(heads, (buffer.ready[0][0], queue))
+        for delivery in redelays:
+            await self._redeliver(link, delivery, delivery.meta, now)
+        records = []
+        for delivery in taken:
+            delivery.attempts += 1
+            delivery.worker = worker
+            delivery.lease_until = now + lease
+            self._held[delivery.meta.id] = delivery
+            records.append(delivery.record())
+        return records
+
+    async def heartbeat(
+        self, worker: str, ids: Sequence[str], *, lease: float, now: float
+    ) -> set[str]:
+        """Extend ``worker``'s leases on ``ids`` (in memory); the ids whose delivery is
+        still held (its channel open)."""
+        check_asyncio()
+        held: set[str] = set()
+        for task_id in ids:
+            delivery = self._held.get(task_id)
+            if delivery is None or delivery.worker != worker:
+                continue
+            if not self._valid(delivery):
+                del self._held[task_id]
+                continue
+            delivery.lease_until = now + lease
+            held.add(task_id)
+        return held
+
+    async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
+        """Settle outcomes: a success is acknowledged; a retry published back to its queue
+        through the delay ladder, a dead task to ``dead_queue``, a hand-back to its queue
+        (the attempt not counted), each confirmed before the original is acknowledged."""
+        mine: list[tuple[Outcome, _Delivery]] = []
+        for outcome in outcomes:
+            delivery = self._held.get(outcome.id)
+            if delivery is None or delivery.worker != outcome.worker:
+                continue  # not held by this worker: its lease expired and was taken
+            if not self._valid(delivery):
+                del self._held[outcome.id]
+                continue
+            mine.append((outcome, delivery))
+        if not mine:
+            return
+        link = await self._connected()
+        await _all([self._settle(link, outcome, delivery, now) for outcome, delivery in mine])
+
+    async def _settle(self, link: _Link, outcome: Outcome, delivery: _Delivery, now: float) -> None:
+        meta = delivery.meta
+        kind = outcome.kind
+        if kind is OutcomeKind.RETRY:
+            run_at = outcome.retry_at if outcome.retry_at is not None else now
+            await self._redeliver(
+                link, delivery, _with(meta, run_at=run_at, attempts=delivery.attempts), now
+            )
+        elif kind is OutcomeKind.DEAD:
+            await self._bury(link, delivery, outcome.error, outcome.traceback, now)
+        elif kind in (OutcomeKind.RELEASED, OutcomeKind.INTERRUPTED):
+            # Back to its queue as it was, the attempt not counted: a fresh message (a
+            # requeued delivery would count one in x-delivery-count).
+            await self._redeliver(link, delivery, _with(meta, attempts=delivery.attempts - 1), now)
+        else:
+            self._held.pop(meta.id, None)
+            await _ack(delivery.channel, delivery.tag)
+
+    async def _redeliver(self, link: _Link, delivery: _Delivery, meta: Meta, now: float) -> None:
+        """Publish ``meta`` back to the delivery's queue (delayed until its ``run_at``),
+        then acknowledge the delivery."""
+        extra = self._headers.get(meta.name, {})
+        await self._send(link, meta, delivery.payload, now, extra, to_queue=delivery.queue)
+        self._held.pop(meta.id, None)
+        await _ack(delivery.channel, delivery.tag)
+
+    async def _bury(
+        self,
+        link: _Link,
+        delivery: _Delivery,
+        error: str | None,
+        traceback: str | None,
+        now: float,
+    ) -> None:
+        """Move a dead task to the dead-letter queue, with its last error."""
+        meta = _with(delivery.meta, attempts=delivery.attempts)
+        extra: dict[str, Any] = {"tasker-from": delivery.queue, "tasker-finished-at": micros(now)}
+        if error is not None:
+            extra["tasker-error"] = clip(error)
+        if traceback is not None:
+            extra["tasker-traceback"] = clip(traceback)
+        confirmation = await link.publisher.basic_publish(
+            delivery.payload,
+            exchange="",
+            routing_key=self.dead_queue,
+            properties=encode(meta, extra=extra),
+        )
+        if not isinstance(confirmation, Basic.Ack):
+            raise ConnectionError(f"RabbitMQ did not take dead task {meta.id!r}")
+        self._held.pop(meta.id, None)
+        await _ack(delivery.channel, delivery.tag)
+
+    async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a delivery of ``queues`` is here (or falls due, or a lease here
+        expires), or after ``timeout`` seconds."""
+        link = await self._connected()
+        for queue in queues:
+            if queue not in link.consuming:
+                await self._consume(link, queue)
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        now = _time.time()
+        soonest = now + timeout
+        for queue in queues:
+            buffer = self._buffers.get(queue)
+            if buffer is None:
+                continue
+            if buffer.ready:
+                return
+            if buffer.early:
+                soonest = min(soonest, buffer.early[0][0])
+        wanted = set(queues)
+        for delivery in self._held.values():
+            if delivery.queue in wanted:
+                soonest = min(soonest, delivery.lease_until)
+        if soonest <= now:
+            return
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(soonest - now):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def wait_delivered(self, timeout: float = 5.0) -> bool:
+        """Wait until every task this backend published to a queue it consumes, and that
+        has fallen due, has been delivered back to it: read-your-writes, for a producer
+        and its workers in one process (and for tests). Returns False at ``timeout``.
+
+        A publication taken by a consumer in another process is waited for at most 30 s
+        after it fell due, and then forgotten.
+        """
+        check_asyncio()
+        deadline = _time.monotonic() + timeout
+        while True:
+            now = _time.monotonic()
+            while self._pending_order and self._pending_order[0][0] + _PENDING_FOR < now:
+                _, task_id = self._pending_order.popleft()
+                entry = self._pending.get(task_id)
+                if entry is not None and entry[1] + _PENDING_FOR < now:
+                    del self._pending[task_id]
+            waiting = [due for _, due in self._pending.values() if due <= now]
+            if not waiting:
+                return True
+            if now >= deadline:
+                return False
+            await asyncio.sleep(0.002)
+
+    async def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        """The ready messages and consumers of ``queues`` (default: the declared ones and
+        the dead-letter queue), from passive declares."""
+        link = await self._connected()
+        names = [self.amqp_name(q) for q in (queues if queues is not None else self._queues)]
+        names.append(self.dead_queue)
+        stats = []
+        connection = await self._source.connection()
+        for name in names:
+            channel = await connection.channel()
+            try:
+                ok = await channel.queue_declare(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                continue
+            finally:
+                await _close_quietly(channel)
+            stats.append(
+                QueueStats(
+                    name=name,
+                    ready=int(ok.message_count or 0),
+                    consumers=int(ok.consumer_count or 0),
+                )
+            )
+        del link
+        return stats
+
+    async def aclose(self) -> None:
+        """Close the channels (unacknowledged deliveries go back to their queues), and the
+        connection when this backend made it; calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        link, self._link = self._link, None
+        self._held.clear()
+        self._buffers.clear()
+        self._buffered.clear()
+        if link is not None:
+            for channel in (link.consumer, link.publisher):
+                await _close_quietly(channel)
+        await self._source.aclose()
+
+
+def _with(meta: Meta, **changes: Any) -> Meta:
+    return dataclasses.replace(meta, **changes)
+
+
+def _skim(buffer: _Buffer, held: Mapping[str, _Delivery], skip: set[str]) -> None:
+    """Drop from the head of ``buffer.ready`` nothing, but set aside entries a claim may
+    not take now (excluded, or a copy of a task this process runs): they go back after."""
+    aside = []
+    while buffer.ready:
+        delivery = buffer.ready[0][1]
+        if delivery.meta.id in skip or delivery.meta.id in held:
+            aside.append(heapq.heappop(buffer.ready))
+            continue
+        break
+    if aside:
+        buffer.early.extend((d.meta.run_at, d.seq, d) for _, d in aside)
+        heapq.heapify(buffer.early)
+
+
+async def _ack(channel: aiormq.abc.AbstractChannel, tag: int) -> None:
+    if channel.is_closed:
+        return  # the delivery went back to its queue with the channel
+    with contextlib.suppress(
+        aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError
+    ):
+        await channel.basic_ack(tag)
+
+
+async def _close_quietly(channel: aiormq.abc.AbstractChannel) -> None:
+    try:
+        async with asyncio.timeout(5.0):
+            await channel.close()
+    except (OSError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError):
+        pass
+
+
+async def _all(coroutines: Sequence[Any]) -> None:
+    if len(coroutines) == 1:
+        await coroutines[0]
+        return
+    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
