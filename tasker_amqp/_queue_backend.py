@@ -579,7 +579,9 @@ class AmqpQueueBackend:
         """The queue a routing key reaches when that is one queue tasker knows (for
         wait_delivered), after checking that it reaches one at all."""
         if self._auto and self.exchange_type in ("topic", "direct"):
+            # A queue name has no '*' or '#': its key reaches that queue and no other.
             await self._queue_spec(link, routing_key)
+            return routing_key
         hits = [
             spec.name
             for spec in self._queues.values()
@@ -700,14 +702,14 @@ class AmqpQueueBackend:
             buffer = self._buffers[queue]
             _, delivery = heapq.heappop(buffer.ready)
             self._buffered.discard((queue, delivery.meta.id))
-            if not self._valid(delivery):
-                pass
-            elif delivery.meta.run_at - now > _REDELAY_AHEAD:
-                redelays.append(delivery)
-            elif delivery.attempts >= delivery.meta.max_attempts:
-                await self._bury(link, delivery, LEASE_EXPIRED, None, now)
-            else:
-                taken.append(delivery)
+            # One whose channel closed went back to its queue with it: it is dropped here.
+            if self._valid(delivery):
+                if delivery.meta.run_at - now > _REDELAY_AHEAD:
+                    redelays.append(delivery)
+                elif delivery.attempts >= delivery.meta.max_attempts:
+                    await self._bury(link, delivery, LEASE_EXPIRED, None, now)
+                else:
+                    taken.append(delivery)
             _skim(buffer, self._held, skip)
             if buffer.ready:
                 heapq.heappush(heads, (buffer.ready[0][0], queue))
@@ -913,8 +915,9 @@ def _with(meta: Meta, **changes: Any) -> Meta:
 
 
 def _skim(buffer: _Buffer, held: Mapping[str, _Delivery], skip: set[str]) -> None:
-    """Drop from the head of ``buffer.ready`` nothing, but set aside entries a claim may
-    not take now (excluded, or a copy of a task this process runs): they go back after."""
+    """Move the entries at the head of ``buffer.ready`` that a claim may not take now (an
+    excluded task, or a copy of one this process runs) to ``buffer.early``, from where the
+    next claim promotes them again."""
     aside = []
     while buffer.ready:
         delivery = buffer.ready[0][1]

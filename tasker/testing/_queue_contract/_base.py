@@ -17,7 +17,7 @@ from ...abc import QueueBackend, QueueCapability
 from .._fake_clock import FakeClock
 from ._model import Model
 
-__all__ = ["MachineBase", "MachineConfig"]
+__all__ = ["MachineBase", "MachineConfig", "awaited"]
 
 #: Where the machine's time starts (far from real time: see ``backend_clock``).
 START = 1_000_000.0
@@ -91,7 +91,7 @@ class MachineBase(RuleBasedStateMachine):
     def delivered(self) -> None:
         """Before a claim is checked: a backend with ``wait_delivered`` has what is due."""
         if self.wait_delivered is not None:
-            arrived = self.portal.call(_awaited, self.wait_delivered)
+            arrived = self.portal.call(awaited, self.wait_delivered)
             assert arrived is not False, "what the backend published did not arrive"
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -122,7 +122,9 @@ class MachineBase(RuleBasedStateMachine):
         self.advance(0.001)
 
 
-async def _awaited(func: Callable[[], Any]) -> Any:
+async def awaited(func: Callable[[], Any]) -> Any:
+    """``func()``, awaited when it returns an awaitable (a backend's optional extras may
+    be sync or async)."""
     value = func()
     if inspect.isawaitable(value):
         value = await value

@@ -17,15 +17,14 @@ queue, does not count). Three ways to check a backend against it, the strongest 
 
 from __future__ import annotations
 
-import inspect
 from datetime import UTC, datetime
-from typing import Any
 
 import anyio
 from hypothesis import strategies as st
 from hypothesis.stateful import rule
 
 from ._base import MachineBase
+from ._base import awaited as _awaited
 from ._core import QUEUE_SETS
 
 __all__ = ["WaitRules"]
@@ -46,7 +45,8 @@ class WaitRules(MachineBase):
             return  # a task that may have died unseen: when work falls due is not known
         due = self.model.next_due(queues)
         if self.next_run_at is not None:
-            reported = self.portal.call(_next_run_at, self.next_run_at, list(queues))
+            next_run_at = self.next_run_at
+            reported = self.portal.call(_awaited, lambda: next_run_at(list(queues)))
             assert reported == due, f"next due time in {queues}: {reported}, expected {due}"
         if self.fake_clock is not None:
             self._wait_on_the_fake_clock(queues, due)
@@ -113,11 +113,3 @@ async def _let_run() -> None:
 
 def _moment(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
-
-
-async def _next_run_at(func: Any, queues: list[str]) -> float | None:
-    value = func(queues)
-    if inspect.isawaitable(value):
-        value = await value
-    result: float | None = value
-    return result
