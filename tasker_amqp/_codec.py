@@ -85,10 +85,10 @@ def decode(properties: Basic.Properties) -> tuple[Meta, int]:
             id=_text(properties.message_id),
             name=_text(properties.message_type),
             queue=_text(headers["tasker-queue"]),
-            priority=int(headers["tasker-priority"]),
+            priority=_int(headers["tasker-priority"]),
             run_at=_seconds(headers["tasker-run-at"]),
-            attempts=int(headers["tasker-attempts"]),
-            max_attempts=int(headers["tasker-max-attempts"]),
+            attempts=_int(headers["tasker-attempts"]),
+            max_attempts=_int(headers["tasker-max-attempts"]),
             timeout=None if timeout is None else _seconds(timeout),
             created_at=_seconds(headers["tasker-created-at"]),
         )
@@ -107,10 +107,14 @@ def micros(seconds: float) -> int:
 _micros = micros
 
 
-def _seconds(value: object) -> float:
+def _int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected microseconds (an int), got {value!r}")
-    return value / 1_000_000
+        raise TypeError(f"expected an int, got {value!r}")
+    return value
+
+
+def _seconds(value: object) -> float:
+    return _int(value) / 1_000_000
 
 
 def _text(value: object) -> str:

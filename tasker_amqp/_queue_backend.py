@@ -465,7 +465,7 @@ class AmqpQueueBackend:
     async def _on_message(
         self, link: _Link, queue: str, message: aiormq.abc.DeliveredMessage
     ) -> None:
-        tag = message.delivery.delivery_tag
+        tag = message.delivery_tag
         assert tag is not None
         try:
             meta, redelivered = decode(message.header.properties)
@@ -512,7 +512,7 @@ class AmqpQueueBackend:
         await link.publisher.basic_publish(
             message.body, exchange="", routing_key=self.dead_queue, properties=properties
         )
-        tag = message.delivery.delivery_tag
+        tag = message.delivery_tag
         assert tag is not None
         await _ack(link.consumer, tag)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 __all__ = [
     "LEVELS",
@@ -106,7 +106,7 @@ class AmqpQueue:
 
     def __post_init__(self) -> None:
         check_name(self.name, "AmqpQueue name")
-        if isinstance(self.binding_keys, str):
+        if isinstance(cast(object, self.binding_keys), str):
             raise TypeError("binding_keys must be a sequence of str, not one str")
         keys = tuple(self.binding_keys) or (self.name,)
         for key in keys:
