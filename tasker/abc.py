@@ -170,6 +170,9 @@ class QueueCapability(enum.Enum):
     TRANSACTIONAL_ENQUEUE = "enqueue inside the caller's transaction"
     #: Know the running workers, idle ones too: :class:`WorkerRegistry`.
     WORKERS = "a registry of running workers"
+    #: Carry per-task headers (``NewTask.headers``, ``enqueue(headers=...)``) to the broker
+    #: and back to the handler (``current_task().headers``).
+    HEADERS = "per-task headers"
 
 
 @runtime_checkable

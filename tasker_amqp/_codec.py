@@ -11,12 +11,14 @@ queue's ``x-delivery-count``, so a crash counts its attempt.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pamqp.commands import Basic
 
-__all__ = ["Meta", "NotATaskError", "clip", "decode", "encode", "micros"]
+from tasker.queue import HeaderValue
+
+__all__ = ["Meta", "NotATaskError", "clip", "decode", "encode", "is_reserved", "micros"]
 
 #: The longest error text and traceback a dead message carries in its headers (a header
 #: frame must fit the connection's frame size, 128 KiB by default).
@@ -40,11 +42,20 @@ class Meta:
     max_attempts: int
     timeout: float | None
     created_at: float
+    #: The task's own headers (``enqueue(headers=...)`` and the backend's per task name).
+    headers: Mapping[str, HeaderValue] = field(default_factory=dict)
+
+
+def is_reserved(key: str) -> bool:
+    """Whether a header name is tasker_amqp's or the broker's (``tasker-*``, ``x-*``, and
+    the delay ladder's ``d<level>``)."""
+    return key.startswith(("tasker-", "x-")) or (key[:1] == "d" and key[1:].isdigit())
 
 
 def encode(meta: Meta, *, extra: Mapping[str, Any] | None = None) -> Basic.Properties:
     """The properties of a message that carries ``meta`` (the body is the payload)."""
     headers: dict[str, Any] = {
+        **meta.headers,
         "tasker-queue": meta.queue,
         "tasker-priority": meta.priority,
         "tasker-run-at": _micros(meta.run_at),
@@ -91,6 +102,7 @@ def decode(properties: Basic.Properties) -> tuple[Meta, int]:
             max_attempts=_int(headers["tasker-max-attempts"]),
             timeout=None if timeout is None else _seconds(timeout),
             created_at=_seconds(headers["tasker-created-at"]),
+            headers={key: _header(value) for key, value in headers.items() if not is_reserved(key)},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise NotATaskError(f"not a tasker_amqp task message ({exc!r})") from None
@@ -105,6 +117,14 @@ def micros(seconds: float) -> int:
 
 
 _micros = micros
+
+
+def _header(value: object) -> HeaderValue:
+    if isinstance(value, str | int):  # bool is an int
+        return value
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)  # a type tasker does not publish (a header another client added)
 
 
 def _int(value: object) -> int:

@@ -50,6 +50,29 @@ __all__ = ["AmqpSource", "check_asyncio"]
 logger = logging.getLogger("tasker_amqp")
 logger.addFilter(RedactingFilter())
 
+
+class _Quieter(logging.Filter):
+    """aiormq logs every failed connection attempt and every dropped connection at ERROR,
+    with a traceback; tasker_amqp logs an outage once when it starts and once when it ends.
+    So those records of aiormq's go down to DEBUG (and are redacted)."""
+
+    _OUTAGE = (
+        "error when creating transport",
+        "Unexpected connection close",
+        "Cancelling cause reader exited abnormally",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self._OUTAGE):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("aiormq.connection").addFilter(_Quieter())
+logging.getLogger("aiormq.connection").addFilter(RedactingFilter())
+
 #: The longest wait between two reconnection attempts.
 _MAX_INTERVAL = 30.0
 
@@ -109,6 +132,14 @@ class AmqpSource:
         parts = urlsplit(url)
         if parts.scheme not in ("amqp", "amqps"):
             raise ValueError(f"url must be an amqp:// or amqps:// URL, got {redact_dsn(url)!r}")
+        try:
+            parts.port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            raise ValueError(
+                "url does not parse: its port is not a number, or its password holds a"
+                " character that must be percent-encoded ('#', '/', '?', '@', ':' ...:"
+                " urllib.parse.quote(password, safe=''))"
+            ) from None
         if ssl_context is not None and parts.scheme != "amqps":
             raise ValueError("ssl_context needs an amqps:// URL")
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
@@ -239,10 +270,16 @@ class AmqpSource:
                 fault = vhost_refused(self.vhost)
                 raise AmqpSetupError(fault.problem, fault.fix) from None
             raise
-        except ssl.SSLCertVerificationError as exc:
+        except (ssl.SSLCertVerificationError, aiormq.exceptions.AMQPConnectionError) as exc:
+            # aiormq wraps the TLS error in its own (the original is the cause).
+            refused = exc if isinstance(exc, ssl.SSLCertVerificationError) else exc.__cause__
+            if not isinstance(refused, ssl.SSLCertVerificationError):
+                raise
             raise AmqpSetupError(
-                f"the TLS certificate of RabbitMQ at {self.url} was refused ({exc.verify_message})",
-                "give AmqpSource an ssl_context that trusts the broker's CA",
+                f"the TLS certificate of RabbitMQ at {self.url} was refused"
+                f" ({refused.verify_message})",
+                "give AmqpSource an ssl_context that trusts the broker's CA"
+                " (ssl.create_default_context(cafile=...))",
             ) from None
         return connection
 

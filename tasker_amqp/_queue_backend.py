@@ -56,6 +56,7 @@ from tasker.backends import LEASE_EXPIRED
 from tasker.queue import (
     EnqueueResult,
     GroupSpec,
+    HeaderValue,
     NewTask,
     Outcome,
     OutcomeKind,
@@ -63,14 +64,13 @@ from tasker.queue import (
     TaskState,
 )
 
-from ._codec import Meta, NotATaskError, clip, decode, encode, micros
+from ._codec import Meta, NotATaskError, clip, decode, encode, is_reserved, micros
 from ._connection import AmqpSource, check_asyncio
 from ._errors import AmqpSetupError
 from ._topology import (
     LEVELS,
     AmqpQueue,
     ExchangeType,
-    HeaderValue,
     check_exchange_type,
     check_name,
     check_routing_key,
@@ -142,6 +142,7 @@ class _Delivery:
             timeout=meta.timeout,
             unique_key=None,
             created_at=meta.created_at,
+            headers=meta.headers or None,
             lease_owner=self.worker,
             lease_until=self.lease_until,
         )
@@ -214,7 +215,7 @@ class AmqpQueueBackend:
         ValueError: for a bad name, exchange type, or option.
     """
 
-    capabilities: frozenset[QueueCapability] = frozenset()
+    capabilities: frozenset[QueueCapability] = frozenset({QueueCapability.HEADERS})
 
     def __init__(
         self,
@@ -276,17 +277,21 @@ class AmqpQueueBackend:
             for key, value in values.items():
                 if not isinstance(key, str) or not isinstance(value, HeaderValue):
                     raise TypeError(
-                        f"headers map task names to str -> str, int, float or bool, got"
+                        f"headers map task names to str -> str, int or bool, got"
                         f" {key!r}: {value!r} for {name!r}"
                     )
-                if key.startswith(("tasker-", "x-")) or (key[:1] == "d" and key[1:].isdigit()):
+                if is_reserved(key):
                     raise ValueError(f"header {key!r} (task {name!r}) is reserved")
             self._headers[name] = dict(values)
         self._link: _Link | None = None
         self._setup_lock: asyncio.Lock | None = None
         self._buffers: dict[str, _Buffer] = {}
         self._buffered: set[tuple[str, str]] = set()
-        self._held: dict[str, _Delivery] = {}
+        # Deliveries claimed, by (worker, task id), and the same by (queue, task id): a
+        # message routed to several queues is a copy per queue, each run by its queue's
+        # workers, under the one task id.
+        self._held: dict[tuple[str | None, str], _Delivery] = {}
+        self._running: set[tuple[str, str]] = set()
         self._wake: asyncio.Event | None = None
         self._seq = itertools.count()
         # Publications to queues this process consumes, not yet delivered back to it (for
@@ -325,25 +330,29 @@ class AmqpQueueBackend:
             if link is not None and link.generation == self._source.generation and link.is_open():
                 return link
             consumed = list(link.consuming) if link is not None else []
-            self._lost(link)
+            lost = self._lost(link)
             link = await self._open(connection)
             self._link = link
             for queue in consumed:
                 await self._consume(link, queue)
+            if lost is not None:
+                logger.warning(
+                    "the channels to RabbitMQ were lost; reconnected, with the topology and"
+                    " the consumers of %d queues restored (%d tasks running here lost their"
+                    " leases: RabbitMQ hands them to a worker again)",
+                    len(consumed),
+                    lost,
+                )
             return link
 
-    def _lost(self, link: _Link | None) -> None:
-        """The channels are gone: so are the deliveries taken on them."""
+    def _lost(self, link: _Link | None) -> int | None:
+        """The channels are gone: so are the deliveries taken on them. How many of those
+        were running (None: there was no link)."""
         if link is None:
-            return
+            return None
         held = len(self._held)
-        if held:
-            logger.warning(
-                "the connection to RabbitMQ dropped: the %d tasks this process was running"
-                " lost their leases (RabbitMQ hands them to other workers)",
-                held,
-            )
         self._held.clear()
+        self._running.clear()
         self._buffers.clear()
         self._buffered.clear()
         for channel in (link.publisher, link.consumer):
@@ -351,6 +360,7 @@ class AmqpQueueBackend:
                 task = asyncio.ensure_future(_close_quietly(channel))
                 _CLOSING.add(task)
                 task.add_done_callback(_CLOSING.discard)
+        return held
 
     async def _open(self, connection: aiormq.abc.AbstractConnection) -> _Link:
         publisher = await connection.channel(publisher_confirms=True)
@@ -473,7 +483,7 @@ class AmqpQueueBackend:
             await self._unreadable(link, queue, message, str(exc))
             return
         self._pending.pop(meta.id, None)
-        if (queue, meta.id) in self._buffered or meta.id in self._held:
+        if (queue, meta.id) in self._buffered or (queue, meta.id) in self._running:
             # A second copy of a task this process already has (a publish resent after a
             # lost confirmation): the one here runs.
             await _ack(link.consumer, tag)
@@ -516,12 +526,21 @@ class AmqpQueueBackend:
         assert tag is not None
         await _ack(link.consumer, tag)
 
+    def _drop(self, delivery: _Delivery) -> None:
+        """Forget a claim on ``delivery`` (settled, lost, or taken over)."""
+        if self._held.get((delivery.worker, delivery.meta.id)) is delivery:
+            del self._held[delivery.worker, delivery.meta.id]
+            self._running.discard((delivery.queue, delivery.meta.id))
+
     def _valid(self, delivery: _Delivery) -> bool:
         link = self._link
         return (
             link is not None
             and delivery.channel is link.consumer
             and not delivery.channel.is_closed
+            # A channel may not know yet that its connection is gone.
+            and link.generation == self._source.generation
+            and self._source.is_open()
         )
 
     # -- the core protocol ---------------------------------------------------------------
@@ -551,6 +570,12 @@ class AmqpQueueBackend:
                     " tasker_amqp alone has none"
                 )
             check_routing_key(task.queue)
+            for key in task.headers or ():
+                if is_reserved(key):
+                    raise ValueError(
+                        f"task {task.id!r}: header {key!r} is reserved (tasker-*, x-* and"
+                        " d<number> are tasker_amqp's and the broker's)"
+                    )
         if not tasks:
             return []
         link = await self._connected()
@@ -566,10 +591,10 @@ class AmqpQueueBackend:
                 max_attempts=task.max_attempts,
                 timeout=task.timeout,
                 created_at=task.created_at,
+                headers={**self._headers.get(task.name, {}), **(task.headers or {})},
             )
-            extra = self._headers.get(task.name, {})
-            target = await self._target(link, task.queue, extra)
-            sends.append(self._send(link, meta, task.payload, now, extra, target=target))
+            target = await self._target(link, task.queue, meta.headers)
+            sends.append(self._send(link, meta, task.payload, now, target=target))
         await _all(sends)
         return [EnqueueResult(id=task.id) for task in tasks]
 
@@ -602,7 +627,6 @@ class AmqpQueueBackend:
         meta: Meta,
         payload: bytes,
         now: float,
-        extra: Mapping[str, Any],
         *,
         target: str | None = None,
         to_queue: str | None = None,
@@ -610,7 +634,7 @@ class AmqpQueueBackend:
         """Publish one task message, to the exchange (``to_queue`` None) or straight back
         to a queue, now or through the delay ladder; return once confirmed."""
         delay_ms = math.ceil((meta.run_at - now) * 1000) if meta.run_at > now else 0
-        headers: dict[str, Any] = dict(extra)
+        headers: dict[str, Any] = {}
         if delay_ms > 0:
             top, bits = delay_headers(delay_ms)
             headers.update(bits)
@@ -680,7 +704,7 @@ class AmqpQueueBackend:
             ):
                 continue
             if not self._valid(delivery):
-                self._held.pop(delivery.meta.id, None)
+                self._drop(delivery)
                 continue
             if delivery.attempts >= delivery.meta.max_attempts:
                 await self._bury(link, delivery, LEASE_EXPIRED, None, now)
@@ -693,7 +717,7 @@ class AmqpQueueBackend:
             if buffer is None:
                 continue
             buffer.promote(now)
-            _skim(buffer, self._held, skip)
+            _skim(buffer, self._running, skip)
             if buffer.ready:
                 heads.append((buffer.ready[0][0], queue))
         heapq.heapify(heads)
@@ -710,17 +734,19 @@ class AmqpQueueBackend:
                     await self._bury(link, delivery, LEASE_EXPIRED, None, now)
                 else:
                     taken.append(delivery)
-            _skim(buffer, self._held, skip)
+            _skim(buffer, self._running, skip)
             if buffer.ready:
                 heapq.heappush(heads, (buffer.ready[0][0], queue))
         for delivery in redelays:
             await self._redeliver(link, delivery, delivery.meta, now)
         records = []
         for delivery in taken:
+            self._drop(delivery)  # a lease taken over: held by its old worker until now
             delivery.attempts += 1
             delivery.worker = worker
             delivery.lease_until = now + lease
-            self._held[delivery.meta.id] = delivery
+            self._held[worker, delivery.meta.id] = delivery
+            self._running.add((delivery.queue, delivery.meta.id))
             records.append(delivery.record())
         return records
 
@@ -732,12 +758,11 @@ class AmqpQueueBackend:
         check_asyncio()
         held: set[str] = set()
         for task_id in ids:
-            delivery = self._held.get(task_id)
-            if delivery is None or delivery.worker != worker:
+            delivery = self._held.get((worker, task_id))
+            if delivery is None:
                 continue
             if not self._valid(delivery):
-                del self._held[task_id]
-                continue
+                continue  # lost with its channel (dropped at the reconnection)
             delivery.lease_until = now + lease
             held.add(task_id)
         return held
@@ -748,12 +773,11 @@ class AmqpQueueBackend:
         (the attempt not counted), each confirmed before the original is acknowledged."""
         mine: list[tuple[Outcome, _Delivery]] = []
         for outcome in outcomes:
-            delivery = self._held.get(outcome.id)
-            if delivery is None or delivery.worker != outcome.worker:
+            delivery = self._held.get((outcome.worker, outcome.id))
+            if delivery is None:
                 continue  # not held by this worker: its lease expired and was taken
             if not self._valid(delivery):
-                del self._held[outcome.id]
-                continue
+                continue  # lost with its channel: RabbitMQ redelivers it
             mine.append((outcome, delivery))
         if not mine:
             return
@@ -775,15 +799,14 @@ class AmqpQueueBackend:
             # requeued delivery would count one in x-delivery-count).
             await self._redeliver(link, delivery, _with(meta, attempts=delivery.attempts - 1), now)
         else:
-            self._held.pop(meta.id, None)
+            self._drop(delivery)
             await _ack(delivery.channel, delivery.tag)
 
     async def _redeliver(self, link: _Link, delivery: _Delivery, meta: Meta, now: float) -> None:
         """Publish ``meta`` back to the delivery's queue (delayed until its ``run_at``),
         then acknowledge the delivery."""
-        extra = self._headers.get(meta.name, {})
-        await self._send(link, meta, delivery.payload, now, extra, to_queue=delivery.queue)
-        self._held.pop(meta.id, None)
+        await self._send(link, meta, delivery.payload, now, to_queue=delivery.queue)
+        self._drop(delivery)
         await _ack(delivery.channel, delivery.tag)
 
     async def _bury(
@@ -809,7 +832,7 @@ class AmqpQueueBackend:
         )
         if not isinstance(confirmation, Basic.Ack):
             raise ConnectionError(f"RabbitMQ did not take dead task {meta.id!r}")
-        self._held.pop(meta.id, None)
+        self._drop(delivery)
         await _ack(delivery.channel, delivery.tag)
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
@@ -902,6 +925,7 @@ class AmqpQueueBackend:
         self._closed = True
         link, self._link = self._link, None
         self._held.clear()
+        self._running.clear()
         self._buffers.clear()
         self._buffered.clear()
         if link is not None:
@@ -914,14 +938,14 @@ def _with(meta: Meta, **changes: Any) -> Meta:
     return dataclasses.replace(meta, **changes)
 
 
-def _skim(buffer: _Buffer, held: Mapping[str, _Delivery], skip: set[str]) -> None:
+def _skim(buffer: _Buffer, running: set[tuple[str, str]], skip: set[str]) -> None:
     """Move the entries at the head of ``buffer.ready`` that a claim may not take now (an
-    excluded task, or a copy of one this process runs) to ``buffer.early``, from where the
-    next claim promotes them again."""
+    excluded task, or a copy of one this process runs from the same queue) to
+    ``buffer.early``, from where the next claim promotes them again."""
     aside = []
     while buffer.ready:
         delivery = buffer.ready[0][1]
-        if delivery.meta.id in skip or delivery.meta.id in held:
+        if delivery.meta.id in skip or (delivery.queue, delivery.meta.id) in running:
             aside.append(heapq.heappop(buffer.ready))
             continue
         break

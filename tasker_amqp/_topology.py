@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
+from tasker.queue import HeaderValue
+
 __all__ = [
     "LEVELS",
     "MAX_DELAY_MS",
@@ -52,8 +54,6 @@ _EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
 #: tasker keeps to printable ASCII so names stay safe in logs and in rabbitmqctl.
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 _TOPIC_KEY = re.compile(r"[^\x00-\x1f\x7f]{0,255}")
-
-HeaderValue = str | int | float | bool
 
 
 def check_name(value: object, what: str) -> str:
@@ -119,7 +119,7 @@ class AmqpQueue:
         for key, value in {**self.binding_headers, **self.arguments}.items():
             if not isinstance(key, str) or not isinstance(value, HeaderValue):
                 raise TypeError(
-                    f"binding_headers and arguments map str to str, int, float or bool,"
+                    f"binding_headers and arguments map str to str, int or bool,"
                     f" got {key!r}: {value!r}"
                 )
         if "x-queue-type" in self.arguments:

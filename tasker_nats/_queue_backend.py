@@ -156,7 +156,8 @@ class NatsQueueBackend:
     """
 
     capabilities: frozenset[QueueCapability] = frozenset(QueueCapability) - {
-        QueueCapability.TRANSACTIONAL_ENQUEUE
+        QueueCapability.TRANSACTIONAL_ENQUEUE,
+        QueueCapability.HEADERS,  # a broker's: they are not stored
     }
 
     def __init__(

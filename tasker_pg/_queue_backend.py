@@ -78,7 +78,9 @@ class PostgresQueueBackend(WorkerRegistryMethods):
         tasker_pg.AsyncioRequiredError: under trio.
     """
 
-    capabilities: frozenset[QueueCapability] = frozenset(QueueCapability)
+    capabilities: frozenset[QueueCapability] = frozenset(QueueCapability) - {
+        QueueCapability.HEADERS  # a broker's: they are not stored
+    }
 
     def __init__(
         self,

@@ -96,7 +96,8 @@ class RedisQueueBackend:
     """
 
     capabilities: frozenset[QueueCapability] = frozenset(QueueCapability) - {
-        QueueCapability.TRANSACTIONAL_ENQUEUE
+        QueueCapability.TRANSACTIONAL_ENQUEUE,
+        QueueCapability.HEADERS,  # a broker's: they are not stored
     }
 
     def __init__(

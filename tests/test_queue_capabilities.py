@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,8 +30,10 @@ from tasker.queue import (
     SQLiteQueueBackend,
     TaskRecord,
     TaskState,
+    current_task,
 )
 from tasker.testing import queue_backend_machine
+from tasker_amqp import AmqpQueueBackend
 from tasker_pg import PostgresQueueBackend
 
 from .test_queue import Running
@@ -245,10 +248,53 @@ def test_a_false_declaration_fails_at_construction() -> None:
 def test_the_capability_table() -> None:
     """What each built-in backend declares (the README's table)."""
     everything = frozenset(QueueCapability)
-    assert PostgresQueueBackend.capabilities == everything
+    headers = QueueCapability.HEADERS
+    assert PostgresQueueBackend.capabilities == everything - {headers}
     without_transactions = everything - {QueueCapability.TRANSACTIONAL_ENQUEUE}
-    assert SQLiteQueueBackend.capabilities == without_transactions
+    assert SQLiteQueueBackend.capabilities == without_transactions - {headers}
     assert MemoryQueueBackend.capabilities == without_transactions
+    assert AmqpQueueBackend.capabilities == {headers}
+
+
+async def test_headers_reach_the_handler_where_the_backend_carries_them(tmp_path: Path) -> None:
+    """The memory backend carries headers (a test double for a broker's); SQLite does not,
+    and says so when they are given; bad headers are named before either is asked."""
+    async with Queue(MemoryQueueBackend()) as queue:
+        seen: list[dict[str, object]] = []
+
+        @queue.task("t")
+        async def t(ctx: Context) -> None:
+            task = current_task()
+            assert task is not None
+            seen.append(dict(task.headers))
+
+        await t.enqueue(headers={"tenant": "acme", "n": 3, "vip": True})
+        await t.enqueue()
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: tasker.run(queue.worker(), shutdown_trigger=stop.wait))
+            with anyio.fail_after(10):
+                while len(seen) < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            stop.set()
+        assert sorted(seen, key=len) == [{}, {"tenant": "acme", "n": 3, "vip": True}]
+        with pytest.raises(TypeError, match="floats would lose digits"):
+            await t.enqueue(headers={"a": 1.5})  # type: ignore[dict-item]
+        with pytest.raises(ValueError, match="non-empty str"):
+            await t.enqueue(headers={"": "x"})
+        with pytest.raises(ValueError, match="more than 16384"):
+            await t.enqueue(headers={"big": "x" * 20000})
+
+    async with Queue(SQLiteQueueBackend(tmp_path / "q.db")) as stored:
+
+        @stored.task("t")
+        async def t2(ctx: Context) -> None: ...
+
+        with pytest.raises(MissingCapabilityError, match="headers"):
+            await t2.enqueue(headers={"a": "b"})
+        with pytest.raises(TypeError, match="floats would lose digits"):
+            await t2.enqueue(headers={"a": 1.5})  # type: ignore[dict-item]
+        await t2.enqueue(headers={})  # none given: nothing to carry
 
 
 async def test_the_worker_is_a_job_with_statistics_and_a_repr() -> None:

@@ -28,6 +28,7 @@ from ._queue import Handler, Queue
 from ._records import (
     EnqueueResult,
     GroupSpec,
+    HeaderValue,
     HistoryEntry,
     NewTask,
     Outcome,
@@ -48,6 +49,7 @@ __all__ = [
     "FinishAndClaim",
     "GroupSpec",
     "Handler",
+    "HeaderValue",
     "HistoryEntry",
     "JSONSerializer",
     "MemoryQueueBackend",

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["PRIORITY_MAX", "PRIORITY_MIN", "check_int", "check_name", "check_priority"]
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "check_headers",
+    "check_int",
+    "check_name",
+    "check_priority",
+]
 
 _NAME_LIMIT = 200
 
@@ -31,3 +41,39 @@ def check_int(value: object, what: str, low: int, high: int | None = None) -> in
 
 def check_priority(value: object) -> int:
     return check_int(value, "priority", PRIORITY_MIN, PRIORITY_MAX)
+
+
+#: The most a task's headers may hold, keys and values as text (they travel in one frame).
+HEADERS_LIMIT = 16 * 1024
+_HEADER_KEY_LIMIT = 128
+
+
+def check_headers(headers: object) -> dict[str, Any] | None:
+    """A copy of ``headers`` (str keys; str, int or bool values), or None for none."""
+    if headers is None:
+        return None
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping of str to str, int or bool, got {headers!r}")
+    size = 0
+    checked: dict[str, Any] = {}
+    for key, value in headers.items():
+        if not isinstance(key, str) or not key or len(key) > _HEADER_KEY_LIMIT:
+            raise ValueError(
+                f"a header's name must be a non-empty str of at most {_HEADER_KEY_LIMIT}"
+                f" characters, got {key!r}"
+            )
+        if isinstance(value, bool | str):
+            pass
+        elif isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise ValueError(f"header {key!r} must fit in 64 bits, got {value!r}")
+        else:
+            raise TypeError(
+                f"header {key!r} must be a str, int or bool (floats would lose digits in"
+                f" AMQP: send a str), got {type(value).__name__}"
+            )
+        size += len(key) + len(str(value))
+        checked[key] = value
+    if size > HEADERS_LIMIT:
+        raise ValueError(f"headers hold {size} characters, more than {HEADERS_LIMIT}")
+    return checked or None

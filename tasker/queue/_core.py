@@ -22,6 +22,7 @@ from ..abc import (
     TransactionalEnqueue,
     WorkerRegistry,
 )
+from ._checks import check_headers
 from ._errors import MissingCapabilityError
 from ._records import NewTask
 from ._registry import Registry
@@ -92,4 +93,6 @@ class QueueCore:
             self._require(QueueCapability.UNIQUE_KEYS, "enqueue(unique_key=...)")
         if options.get("held"):
             self._require(QueueCapability.ADMINISTRATION, "enqueue(held=True)")
+        if check_headers(options.get("headers")):  # checked first: the problem is named
+            self._require(QueueCapability.HEADERS, "enqueue(headers=...)")
         return self._registry.new_task(name, payload, **options)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from .._context import Context, StopReason
-from ._records import TaskRecord
+from ._records import HeaderValue, TaskRecord
 
 __all__ = ["RunningTask", "current_task"]
 
@@ -22,6 +23,9 @@ class RunningTask:
         max_attempts: the attempts the task has in all.
         enqueued_at: when the task was enqueued (backend clock, POSIX seconds).
         worker: the id of the worker running it.
+        headers: the headers it was enqueued with (``enqueue(headers=...)``, and those a
+            backend adds, as tasker_amqp's per task name), empty on backends without
+            :attr:`~tasker.abc.QueueCapability.HEADERS`.
     """
 
     id: str
@@ -32,6 +36,7 @@ class RunningTask:
     enqueued_at: float
     worker: str
     _ctx: Context = field(repr=False, compare=False)
+    headers: Mapping[str, HeaderValue] = field(default_factory=dict)
 
     @property
     def lease_lost(self) -> bool:
@@ -70,4 +75,5 @@ def current_task() -> RunningTask | None:
         enqueued_at=record.created_at,
         worker=worker,
         _ctx=ctx,
+        headers=dict(record.headers) if record.headers else {},
     )

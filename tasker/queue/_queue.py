@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar, overload
@@ -25,6 +25,7 @@ from ._errors import MissingCapabilityError
 from ._info import Enqueued, TaskInfo
 from ._inspection import InspectionMethods
 from ._long_queue import LongQueueWatch
+from ._records import HeaderValue
 from ._registry import Handler, Registry
 from ._retention import Retention
 from ._serializer import JSONSerializer, Serializer
@@ -265,6 +266,7 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
         unique_key: str | None = None,
         unique_for: float | timedelta | None = None,
         held: bool = False,
+        headers: Mapping[str, HeaderValue] | None = None,
         connection: Any = None,
     ) -> Enqueued[Any]:
         """Enqueue task ``name`` with ``payload``, to run now, after ``delay`` or ``at`` a time.
@@ -280,11 +282,17 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
             unique_key: while a task with this key is pending or running (or finished less
                 than ``unique_for`` ago), another enqueue with the key is deduplicated.
             held: keep the task until :meth:`dispatch` releases it (manual dispatch).
+            headers: names to str, int or bool values that travel with the task, for a
+                broker to route by (a headers exchange) and for the handler
+                (``current_task().headers``); backends with
+                :attr:`~tasker.abc.QueueCapability.HEADERS` (tasker_amqp).
             connection: a database connection inside the caller's transaction, for backends
                 that support it (Postgres): the task exists only if that transaction commits.
 
         Raises:
             UnknownTaskError: no handler is registered as ``name`` (a ``KeyError``).
+            MissingCapabilityError: an option the backend cannot honour (``unique_key``,
+                ``held``, ``headers``, ``connection``).
             PayloadError: the serialiser cannot represent ``payload`` (a ``TypeError``).
             TypeError: a payload for a task whose handler takes only ``ctx``.
             ValueError: a negative delay, a naive ``at``, a priority out of range, a bad
@@ -304,6 +312,7 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
             unique_key=unique_key,
             unique_for=unique_for,
             held=held,
+            headers=headers,
         )
         if connection is None:
             (result,) = await self.backend.enqueue([task], now=now)

@@ -8,11 +8,13 @@ Payloads and results are bytes, already serialised by the queue's serialiser.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
     "EnqueueResult",
     "GroupSpec",
+    "HeaderValue",
     "HistoryEntry",
     "NewTask",
     "Outcome",
@@ -40,6 +42,10 @@ class TaskState(enum.Enum):
 
 TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.DEAD})
 
+#: What a task header may hold (``enqueue(headers=...)``): what AMQP headers carry exactly
+#: and a headers exchange routes by (no floats: AMQP's are 32-bit, and would lose digits).
+HeaderValue = str | int | bool
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewTask:
@@ -61,6 +67,8 @@ class NewTask:
     group_id: str | None = None
     group_index: int | None = None
     created_at: float
+    #: Headers for the broker and the handler (with :attr:`QueueCapability.HEADERS`).
+    headers: Mapping[str, HeaderValue] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,6 +115,8 @@ class TaskRecord:
     chain: bytes | None = None
     group_id: str | None = None
     group_index: int | None = None
+    #: The headers it was enqueued with (backends with :attr:`QueueCapability.HEADERS`).
+    headers: Mapping[str, HeaderValue] | None = None
 
 
 class OutcomeKind(enum.Enum):

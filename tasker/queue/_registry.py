@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,9 +23,9 @@ from typing import Any
 from .._backoff import Backoff
 from .._context import Context, to_seconds
 from .._job import check_job
-from ._checks import check_int, check_name, check_priority
+from ._checks import check_headers, check_int, check_name, check_priority
 from ._errors import PayloadError, UnknownTaskError
-from ._records import NewTask
+from ._records import HeaderValue, NewTask
 from ._serializer import Serializer
 
 __all__ = ["Handler", "Registration", "Registry"]
@@ -117,6 +117,7 @@ class Registry:
         unique_key: str | None = None,
         unique_for: float | timedelta | None = None,
         held: bool = False,
+        headers: Mapping[str, HeaderValue] | None = None,
         chain: bytes | None = None,
         group: tuple[str, int] | None = None,
         raw_payload: bytes | None = None,
@@ -161,6 +162,7 @@ class Registry:
             unique_key=unique_key,
             unique_until=None if unique_for is None else now + to_seconds(unique_for, "unique_for"),
             held=held,
+            headers=check_headers(headers),
             chain=chain,
             group_id=group[0] if group else None,
             group_index=group[1] if group else None,

@@ -106,6 +106,7 @@ def record_from_new(task: NewTask) -> TaskRecord:
         chain=task.chain,
         group_id=task.group_id,
         group_index=task.group_index,
+        headers=task.headers,
     )
 
 

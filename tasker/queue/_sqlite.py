@@ -70,7 +70,8 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
     """
 
     capabilities: frozenset[QueueCapability] = frozenset(QueueCapability) - {
-        QueueCapability.TRANSACTIONAL_ENQUEUE
+        QueueCapability.TRANSACTIONAL_ENQUEUE,
+        QueueCapability.HEADERS,  # a broker's: they are not stored
     }
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

@@ -16,7 +16,7 @@ until the task succeeded, and again once it expired.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
@@ -24,6 +24,7 @@ from .._context import Context
 from .._job import job_name
 from ._chain import Step
 from ._info import Enqueued, TaskInfo
+from ._records import HeaderValue
 from ._registry import Handler, Registration
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class Task(Generic[P, R]):
         unique_key: str | None = ...,
         unique_for: float | timedelta | None = ...,
         held: bool = ...,
+        headers: Mapping[str, HeaderValue] | None = ...,
         connection: Any = ...,
     ) -> Enqueued[R]: ...
 
@@ -134,6 +136,7 @@ class Task(Generic[P, R]):
         unique_key: str | None = ...,
         unique_for: float | timedelta | None = ...,
         held: bool = ...,
+        headers: Mapping[str, HeaderValue] | None = ...,
         connection: Any = ...,
     ) -> Enqueued[R]: ...
 
@@ -150,6 +153,7 @@ class Task(Generic[P, R]):
         unique_key: str | None = None,
         unique_for: float | timedelta | None = None,
         held: bool = False,
+        headers: Mapping[str, HeaderValue] | None = None,
         connection: Any = None,
     ) -> Enqueued[R]:
         """Enqueue this task with ``payload`` (a ``P``; none for a ``Task[None, R]``).
@@ -177,6 +181,7 @@ class Task(Generic[P, R]):
             unique_key=unique_key,
             unique_for=unique_for,
             held=held,
+            headers=headers,
             connection=connection,
         )
 

@@ -9,6 +9,7 @@ they never skip silently.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import socket
@@ -19,7 +20,7 @@ from urllib.parse import quote
 import aiormq
 import pytest
 
-__all__ = ["amqp_url", "delete_queues", "rabbitmqctl"]
+__all__ = ["amqp_url", "close_connections", "connection_pids", "delete_queues", "rabbitmqctl"]
 
 _BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 _START = (
@@ -76,3 +77,19 @@ async def delete_queues(url: str, *names: str) -> None:
             await channel.close()
     finally:
         await connection.close()
+
+
+def connection_pids(name: str) -> list[str]:
+    """The broker's pids of the connections whose client named them ``name``
+    (``AmqpSource(name=...)``), in the form ``rabbitmqctl close_connection`` takes."""
+    out = rabbitmqctl("list_connections", "pid", "client_properties", "-q", "-s")
+    wanted = '{"connection_name",' + json.dumps(name) + "}"
+    return [line.split("\t", 1)[0] for line in out.splitlines() if wanted in line]
+
+
+def close_connections(name: str) -> int:
+    """Close (from the broker's side) every connection named ``name``; how many there were."""
+    pids = connection_pids(name)
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "closed by a tasker test")
+    return len(pids)
