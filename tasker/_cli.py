@@ -215,6 +215,24 @@ def migrate(dsn: str | None, schema: str) -> None:
     help="A NATS .creds file (or $TASKER_NATS_CREDS).",
 )
 @click.option(
+    "--amqp",
+    "amqp_url",
+    envvar="TASKER_AMQP_URL",
+    help="An amqp:// URL: RabbitMQ's queues (or $TASKER_AMQP_URL).",
+)
+@click.option(
+    "--amqp-queue",
+    "amqp_queues",
+    multiple=True,
+    help="A queue to show, by its name on the broker (repeatable; with --amqp).",
+)
+@click.option(
+    "--amqp-management",
+    envvar="TASKER_AMQP_MANAGEMENT_URL",
+    help="The management API, http://user:password@host:15672: unacked counts, and every"
+    " queue of the virtual host (with --amqp).",
+)
+@click.option(
     "--namespace", default="tasker", show_default=True, help="The Redis or NATS namespace."
 )
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
@@ -226,6 +244,9 @@ def status(
     redis_url: str | None,
     nats_url: str | None,
     nats_credentials: Path | None,
+    amqp_url: str | None,
+    amqp_queues: tuple[str, ...],
+    amqp_management: str | None,
     namespace: str,
     state_dir: Path | None,
     as_json: bool,
@@ -234,12 +255,20 @@ def status(
 
     With --app, every schedule the application registers is shown, and the queue of each
     Queue it names; without, what the embedded default (or --dsn's Postgres, --redis's
-    Redis, --nats's NATS) has stored.
+    Redis, --nats's NATS) has stored, or --amqp's RabbitMQ queues: ready messages and
+    consumers of each --amqp-queue, unacknowledged ones too with --amqp-management.
     """
     from ._status import Source, collect
 
-    if sum(1 for given in (dsn, redis_url, nats_url) if given) > 1:
-        raise click.UsageError("give one of --dsn, --redis and --nats")
+    if sum(1 for given in (dsn, redis_url, nats_url, amqp_url) if given) > 1:
+        raise click.UsageError("give one of --dsn, --redis, --nats and --amqp")
+    if (amqp_queues or amqp_management) and not amqp_url:
+        raise click.UsageError("--amqp-queue and --amqp-management need --amqp")
+    if amqp_url and not amqp_queues and not amqp_management:
+        raise click.UsageError(
+            "--amqp needs the queues to show (--amqp-queue NAME, repeatable) or the management"
+            " API (--amqp-management URL): AMQP cannot list a virtual host's queues"
+        )
     if nats_credentials is not None and not nats_url:
         raise click.UsageError("--nats-creds needs --nats")
     loaded = [load(spec, "--app", module_ok=True) for spec in apps]
@@ -249,6 +278,9 @@ def status(
         redis_url=redis_url,
         nats_url=nats_url,
         nats_credentials=nats_credentials,
+        amqp_url=amqp_url,
+        amqp_queues=tuple(amqp_queues),
+        amqp_management=amqp_management,
         namespace=namespace,
         state_dir=state_dir,
     )
@@ -264,6 +296,9 @@ def status(
 
 def format_report(report: StatusReport) -> str:
     """The human-readable tables of a status report."""
+    broker = _broker_lines(report)
+    if broker and not (report.schedules or report.queues or report.workers):
+        return "\n".join(broker)  # --amqp: the broker's queues only
     now = datetime.now(UTC)
     lines = [f"{'schedule':30} {'next slot':34} {'last run':34} {'runs':>5} {'fails':>5}  lock"]
     lines.extend(
@@ -293,7 +328,21 @@ def format_report(report: StatusReport) -> str:
         )
     if not report.workers:
         lines.append("(no worker running)")
+    if broker:
+        lines += ["", *broker]
     return "\n".join(lines)
+
+
+def _broker_lines(report: StatusReport) -> list[str]:
+    if not report.broker:
+        return []
+    lines = [f"{'broker queue':40} {'ready':>8} {'unacked':>8} {'consumers':>9}"]
+    for row in report.broker:
+        unacked = "-" if row["unacked"] is None else str(row["unacked"])
+        lines.append(f"{row['name'][:40]:40} {row['ready']:8} {unacked:>8} {row['consumers']:9}")
+    if any(row["unacked"] is None for row in report.broker):
+        lines.append("(unacked: only the management API knows; give --amqp-management)")
+    return lines
 
 
 def _when(moment: datetime | None, now: datetime) -> str:

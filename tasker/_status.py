@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ class StatusReport:
     queues: dict[str, dict[str, int]] = field(default_factory=dict)
     oldest_waiting: dict[str, float] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
+    #: A message broker's queues (tasker_amqp): name, ready, unacked (None: not known
+    #: without the management API) and consumers.
+    broker: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _found(objects: list[Any]) -> tuple[list[Scheduler], list[Queue]]:
@@ -54,6 +58,9 @@ class Source:
     redis_url: str | None = None
     nats_url: str | None = None
     nats_credentials: Path | None = None
+    amqp_url: str | None = None
+    amqp_queues: tuple[str, ...] = ()
+    amqp_management: str | None = None
     namespace: str = "tasker"
     state_dir: Path | None = None
 
@@ -71,6 +78,8 @@ def _defaults(source: Source) -> tuple[list[Scheduler], list[Queue]]:
         return [tasker_redis.scheduler(source.redis_url, namespace=source.namespace)], [
             Queue(tasker_redis.RedisQueueBackend(source.redis_url, namespace=source.namespace))
         ]
+    if source.amqp_url:
+        return [], []  # no schedules and no task records: the broker's counts (collect)
     if source.nats_url:
         import tasker_nats
 
@@ -98,6 +107,9 @@ async def collect(objects: list[Any], source: Source | None = None) -> StatusRep
     elif not schedulers and not queues:
         raise ValueError("--app names no tasker.Scheduler or tasker.queue.Queue")
     report = StatusReport()
+    if not objects and source is not None and source.amqp_url:
+        report.broker = await _amqp(source)
+        return report
     try:
         for scheduler in schedulers:
             report.schedules += await _schedules(scheduler)
@@ -167,8 +179,24 @@ async def _lock_holders(repository: Any) -> dict[str, str]:
     }
 
 
+async def _amqp(source: Source) -> list[dict[str, Any]]:
+    import tasker_amqp
+
+    amqp = tasker_amqp.AmqpSource(source.amqp_url or "", name="tasker-status", reconnect_retries=0)
+    try:
+        stats = await tasker_amqp.broker_stats(
+            amqp, source.amqp_queues or None, management_url=source.amqp_management
+        )
+    finally:
+        await amqp.aclose()
+    return [dataclasses.asdict(row) for row in stats]
+
+
 async def _queue(queue: Queue, report: StatusReport) -> None:
     backend: Any = queue.backend
+    amqp = sys.modules.get("tasker_amqp")
+    if amqp is not None and isinstance(backend, amqp.AmqpQueueBackend):
+        report.broker += [dataclasses.asdict(row) for row in await backend.queue_stats()]
     if QueueCapability.INSPECTION not in backend.capabilities:
         report.queues[f"({type(backend).__name__}: no inspection)"] = {}
         return

@@ -18,7 +18,8 @@ from __future__ import annotations
 from . import _errors  # registers the fault classifier
 from ._connection import AmqpSource
 from ._errors import AmqpSetupError, AmqpUnreachableError, AsyncioRequiredError
-from ._queue_backend import AmqpQueueBackend, QueueStats
+from ._queue_backend import AmqpQueueBackend
+from ._stats import QueueStats, broker_stats
 from ._topology import LEVELS, MAX_DELAY_MS, AmqpQueue
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "AmqpUnreachableError",
     "AsyncioRequiredError",
     "QueueStats",
+    "broker_stats",
 ]
 
 del _errors

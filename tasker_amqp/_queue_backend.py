@@ -67,6 +67,7 @@ from tasker.queue import (
 from ._codec import Meta, NotATaskError, clip, decode, encode, is_reserved, micros
 from ._connection import AmqpSource, check_asyncio
 from ._errors import AmqpSetupError
+from ._stats import QueueStats, broker_stats
 from ._topology import (
     LEVELS,
     AmqpQueue,
@@ -78,7 +79,7 @@ from ._topology import (
     routes_to,
 )
 
-__all__ = ["AmqpQueueBackend", "QueueStats"]
+__all__ = ["AmqpQueueBackend"]
 
 logger = logging.getLogger("tasker_amqp")
 
@@ -91,23 +92,6 @@ _PENDING_FOR = 30.0
 _QUORUM = {"x-queue-type": "quorum"}
 #: Channels of a dropped link being closed in the background (kept from the collector).
 _CLOSING: set[asyncio.Future[None]] = set()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class QueueStats:
-    """One queue as the broker reports it (a passive declare).
-
-    Attributes:
-        name: the queue.
-        ready: messages waiting for a consumer (not those delivered and unacknowledged,
-            which AMQP does not report: ``rabbitmqctl list_queues messages_unacknowledged``
-            or the management plugin does).
-        consumers: consumers attached (one per process whose workers take from it).
-    """
-
-    name: str
-    ready: int
-    consumers: int
 
 
 @dataclass(slots=True, eq=False)
@@ -151,19 +135,23 @@ class _Delivery:
 @dataclass(slots=True)
 class _Buffer:
     """One queue's deliveries not yet claimed: due ones by claim order, early ones by
-    ``run_at``."""
+    ``run_at``, and those the last claim set aside (see :func:`_skim`)."""
 
     ready: list[tuple[tuple[int, float, int], _Delivery]] = field(default_factory=list)
     early: list[tuple[float, int, _Delivery]] = field(default_factory=list)
+    aside: list[_Delivery] = field(default_factory=list)
 
     def promote(self, now: float) -> None:
+        for delivery in self.aside:
+            heapq.heappush(self.ready, (delivery.key, delivery))
+        self.aside.clear()
         # Times travel as whole microseconds: a task due "now" may read a hair later.
         while self.early and self.early[0][0] <= now + 1e-6:
             _, _, delivery = heapq.heappop(self.early)
             heapq.heappush(self.ready, (delivery.key, delivery))
 
     def __len__(self) -> int:
-        return len(self.ready) + len(self.early)
+        return len(self.ready) + len(self.early) + len(self.aside)
 
 
 @dataclass(slots=True)
@@ -687,10 +675,18 @@ class AmqpQueueBackend:
         Deliveries whose lease expired in this process are taken over first (or made dead
         on their last attempt), then those delivered, in priority and ``run_at`` order.
         """
+        before = self._link
         link = await self._connected()
         for queue in queues:
             if queue not in link.consuming:
                 await self._consume(link, queue, limit)
+        if link is not before:
+            # The channels were (re)opened while this claim waited, maybe through a whole
+            # outage: ``now``, and the worker's own clock of the leases it would be given,
+            # date from before that wait, so those leases could be born expired. This claim
+            # takes nothing; the next, with a fresh ``now``, takes what the consumers have
+            # been delivered meanwhile.
+            return []
         skip = set(exclude)
         taken: list[_Delivery] = []
         wanted = set(queues)
@@ -851,14 +847,22 @@ class AmqpQueueBackend:
             if buffer is None:
                 continue
             if buffer.ready:
-                return
+                soonest = now
+                break
             if buffer.early:
                 soonest = min(soonest, buffer.early[0][0])
         wanted = set(queues)
         for delivery in self._held.values():
-            if delivery.queue in wanted:
+            # A lease expired already was there for the claim that came just before this
+            # wait, which did not take it over: the claiming worker's own task (excluded).
+            # Waking for it would only make the worker's claim loop spin.
+            if delivery.queue in wanted and delivery.lease_until > now:
                 soonest = min(soonest, delivery.lease_until)
         if soonest <= now:
+            # Once round the event loop even so: a claim loop that finds nothing it may
+            # take must not keep the tasks that would change that (the worker's runners and
+            # heartbeats) from running.
+            await asyncio.sleep(0)
             return
         self._wake.clear()
         try:
@@ -891,31 +895,16 @@ class AmqpQueueBackend:
                 return False
             await asyncio.sleep(0.002)
 
-    async def queue_stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
-        """The ready messages and consumers of ``queues`` (default: the declared ones and
-        the dead-letter queue), from passive declares."""
-        link = await self._connected()
+    async def queue_stats(
+        self, queues: Sequence[str] | None = None, *, management_url: str | None = None
+    ) -> list[QueueStats]:
+        """The counts of ``queues`` (tasker's names; default: those declared or used so
+        far) and of the dead-letter queue: see :func:`tasker_amqp.broker_stats`, which
+        counts unacknowledged messages too when given the management API's URL."""
+        await self._connected()
         names = [self.amqp_name(q) for q in (queues if queues is not None else self._queues)]
         names.append(self.dead_queue)
-        stats = []
-        connection = await self._source.connection()
-        for name in names:
-            channel = await connection.channel()
-            try:
-                ok = await channel.queue_declare(name, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                continue
-            finally:
-                await _close_quietly(channel)
-            stats.append(
-                QueueStats(
-                    name=name,
-                    ready=int(ok.message_count or 0),
-                    consumers=int(ok.consumer_count or 0),
-                )
-            )
-        del link
-        return stats
+        return await broker_stats(self._source, names, management_url=management_url)
 
     async def aclose(self) -> None:
         """Close the channels (unacknowledged deliveries go back to their queues), and the
@@ -941,17 +930,15 @@ def _with(meta: Meta, **changes: Any) -> Meta:
 def _skim(buffer: _Buffer, running: set[tuple[str, str]], skip: set[str]) -> None:
     """Move the entries at the head of ``buffer.ready`` that a claim may not take now (an
     excluded task, or a copy of one this process runs from the same queue) to
-    ``buffer.early``, from where the next claim promotes them again."""
-    aside = []
+    ``buffer.aside``, from where the next claim promotes them again. Not to ``early``: they
+    are due, and wait_for_work would return at once for them, again and again, while what
+    excludes them (an attempt of the same task, ending) runs."""
     while buffer.ready:
         delivery = buffer.ready[0][1]
         if delivery.meta.id in skip or (delivery.queue, delivery.meta.id) in running:
-            aside.append(heapq.heappop(buffer.ready))
+            buffer.aside.append(heapq.heappop(buffer.ready)[1])
             continue
         break
-    if aside:
-        buffer.early.extend((d.meta.run_at, d.seq, d) for _, d in aside)
-        heapq.heapify(buffer.early)
 
 
 async def _ack(channel: aiormq.abc.AbstractChannel, tag: int) -> None:
