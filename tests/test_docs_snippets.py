@@ -17,6 +17,8 @@ says how, when a block is more than a program that runs and ends by itself:
 - ``<!-- test: nats -->``: ``NATS_URL`` names a NATS server of the block's own (a private
   ``nats-server`` with JetStream, as ``tests/nats/servers.py`` starts them), stopped
   afterwards.
+- ``<!-- test: amqp -->``: ``AMQP_URL`` names a RabbitMQ virtual host of the block's own on
+  the machine's broker (as ``tests/amqp/broker.py`` makes them), deleted afterwards.
 - ``<!-- test: pytest -->``: the block is a test module, run with ``python -m pytest``.
 - ``<!-- test: timeout=N -->``: seconds the block may take (default 60).
 - ``<!-- test: skip reason="..." -->``: not run; only for a block that cannot run at all.
@@ -51,6 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from .amqp.broker import fresh_vhost_url
 from .helpers import ROOT, free_port
 from .nats.servers import PrivateNats
 
@@ -70,6 +73,7 @@ _OPTIONS = {
     "postgres",
     "redis",
     "nats",
+    "amqp",
     "pytest",
     "timeout",
     "skip",
@@ -99,7 +103,8 @@ class Block:
     @property
     def slow(self) -> bool:
         return any(
-            key in self.options for key in ("sigterm-after", "postgres", "redis", "nats", "pytest")
+            key in self.options
+            for key in ("sigterm-after", "postgres", "redis", "nats", "amqp", "pytest")
         )
 
 
@@ -212,6 +217,7 @@ def run_block(
     database_url: str | None,
     redis: str | None = None,
     nats: str | None = None,
+    amqp: str | None = None,
 ) -> Run:
     """Run ``block`` in ``directory`` as its options say; never raises for the block's sake."""
     script = directory / ("test_snippet.py" if "pytest" in block.options else "snippet.py")
@@ -227,6 +233,8 @@ def run_block(
         env["REDIS_URL"] = redis
     if nats is not None:
         env["NATS_URL"] = nats
+    if amqp is not None:
+        env["AMQP_URL"] = amqp
     args = [sys.executable, script.name]
     if "pytest" in block.options:
         args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", script.name]
@@ -355,8 +363,9 @@ class Runner:
             self._nats_servers.append(server)
             server.start()
             nats = server.url
+        amqp = fresh_vhost_url() if "amqp" in block.options else None
         self._futures[block.id] = self._pool.submit(
-            self._run, block, directory, admin_dsn, redis, nats
+            self._run, block, directory, admin_dsn, redis, nats, amqp
         )
 
     def _run(
@@ -366,9 +375,10 @@ class Runner:
         admin_dsn: str | None,
         redis: str | None,
         nats: str | None,
+        amqp: str | None,
     ) -> Run:
         database_url = None if admin_dsn is None else self._database(admin_dsn)
-        return run_block(block, directory, database_url, redis, nats)
+        return run_block(block, directory, database_url, redis, nats, amqp)
 
     def _database(self, admin_dsn: str) -> str:
         """A fresh database on the tests' Postgres server, for one block."""

@@ -20,7 +20,14 @@ from urllib.parse import quote
 import aiormq
 import pytest
 
-__all__ = ["amqp_url", "close_connections", "connection_pids", "delete_queues", "rabbitmqctl"]
+__all__ = [
+    "amqp_url",
+    "close_connections",
+    "connection_pids",
+    "delete_queues",
+    "fresh_vhost_url",
+    "rabbitmqctl",
+]
 
 _BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 _START = (
@@ -50,6 +57,14 @@ def amqp_url() -> str:
     if explicit:
         _URL.append(explicit)
         return explicit
+    url = fresh_vhost_url()
+    _URL.append(url)
+    return url
+
+
+def fresh_vhost_url() -> str:
+    """The URL of a new virtual host on the machine's broker (guest/guest), deleted when
+    the test process exits (for a documentation block of its own)."""
     try:
         socket.create_connection(("127.0.0.1", 5672), timeout=5).close()
     except OSError as exc:
@@ -58,9 +73,7 @@ def amqp_url() -> str:
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     atexit.register(_delete_vhost, vhost)
-    url = _BROKER + quote(vhost, safe="")
-    _URL.append(url)
-    return url
+    return _BROKER + quote(vhost, safe="")
 
 
 def _delete_vhost(vhost: str) -> None:
