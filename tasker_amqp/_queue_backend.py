@@ -339,6 +339,17 @@ class AmqpQueueBackend:
         if link is None:
             return None
         held = len(self._held)
+        reason = _close_reason(link.consumer)
+        if held and "acknowledgement" in reason and "timed out" in reason:
+            logger.error(
+                "RabbitMQ closed the channel of %d running tasks because a delivery stayed"
+                " unacknowledged longer than its consumer_timeout (%s): the tasks lost their"
+                " leases and will run again. Raise consumer_timeout (rabbitmq.conf, in ms) or,"
+                " on RabbitMQ 3.12+, give the queue x-consumer-timeout, above the longest"
+                " task; keep the tasks' timeout= below it",
+                held,
+                reason,
+            )
         self._held.clear()
         self._running.clear()
         self._buffers.clear()
@@ -939,6 +950,15 @@ def _skim(buffer: _Buffer, running: set[tuple[str, str]], skip: set[str]) -> Non
             buffer.aside.append(heapq.heappop(buffer.ready)[1])
             continue
         break
+
+
+def _close_reason(channel: aiormq.abc.AbstractChannel) -> str:
+    """Why the broker closed ``channel`` (empty when it is open, or closed by us)."""
+    closing = channel.closing
+    if not closing.done() or closing.cancelled():
+        return ""
+    exc = closing.exception()
+    return "" if exc is None else str(exc)
 
 
 async def _ack(channel: aiormq.abc.AbstractChannel, tag: int) -> None:

@@ -105,8 +105,7 @@ def _management(url: str, vhost: str) -> list[QueueStats]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
-            f"the management URL must be http(s)://user:password@host:port, got"
-            f" {redact_dsn(url)!r}"
+            f"the management URL must be http(s)://user:password@host:port, got {redact_dsn(url)!r}"
         )
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
     endpoint = urllib.parse.urlunsplit(
