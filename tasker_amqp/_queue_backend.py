@@ -103,6 +103,9 @@ class _Delivery:
     tag: int
     seq: int
     attempts: int  # attempts made before this claim, redeliveries counted
+    #: Whether the broker delivered this message before (to a worker that died or lost
+    #: its connection): its attempt was cut short, and counts.
+    redelivered: bool
     # once claimed:
     worker: str | None = None
     lease_until: float = 0.0
@@ -495,6 +498,7 @@ class AmqpQueueBackend:
             tag=tag,
             seq=next(self._seq),
             attempts=meta.attempts + redelivered,
+            redelivered=redelivered > 0,
         )
         buffer = self._buffers.get(queue)
         if buffer is None:
@@ -737,7 +741,9 @@ class AmqpQueueBackend:
             if self._valid(delivery):
                 if delivery.meta.run_at - now > _REDELAY_AHEAD:
                     redelays.append(delivery)
-                elif delivery.attempts >= delivery.meta.max_attempts:
+                elif delivery.redelivered and delivery.attempts >= delivery.meta.max_attempts:
+                    # Its last attempt's worker died: dead, as a lease expired on the last
+                    # attempt is (a retry published by an outcome is claimed as it is).
                     await self._bury(link, delivery, LEASE_EXPIRED, None, now)
                 else:
                     taken.append(delivery)

@@ -1,12 +1,15 @@
 """A queue worker process for the fault tests: ``python tests/queue_fault_worker.py ...``.
 
 ``--backend sqlite:PATH``, ``--backend pg:DSN`` (with ``--schema``), ``--backend
-redis:URL`` or ``--backend nats:URL`` (both with ``--namespace``; NATS also with ``--name``,
-the connection's name in the server's monitoring, default ``tasker-queue``). Each run of a
-task appends ``start <n> <pid> <t> <attempt>`` and, when its work is done, ``end <n> <pid>
-<t> <attempt>`` to ``--out`` (one O_APPEND write each; ``t`` is ``CLOCK_MONOTONIC``, shared
-by every process of the machine). ``--skew S`` sets this process's wall clock S seconds
-ahead: ``time.time`` and the datetimes tasker's system clock reads.
+redis:URL``, ``--backend nats:URL`` or ``--backend amqp:URL`` (all three with
+``--namespace``, which on AMQP also names the exchange and the dead-letter queue: see
+:func:`amqp_backend`; NATS and AMQP also with ``--name``, the connection's name in the
+server's monitoring or in ``rabbitmqctl list_connections``, default ``tasker-queue``).
+Each run of a task appends ``start <n> <pid> <t> <attempt>`` and, when its work is done,
+``end <n> <pid> <t> <attempt>`` to ``--out`` (one O_APPEND write each; ``t`` is
+``CLOCK_MONOTONIC``, shared by every process of the machine). ``--skew S`` sets this
+process's wall clock S seconds ahead: ``time.time`` and the datetimes tasker's system clock
+reads.
 """
 
 from __future__ import annotations
@@ -37,10 +40,24 @@ def _skew(seconds: float) -> None:
     tasker._clock.datetime = Skewed  # type: ignore[attr-defined]
 
 
+def amqp_backend(url: str, namespace: str, name: str = "tasker-queue") -> QueueBackend:
+    """An AMQP backend whose exchange, work queues and dead-letter queue are all named after
+    ``namespace`` (so that runs in one virtual host never share tasks), on a connection
+    named ``name``; the delay ladder is the virtual host's shared one."""
+    from tasker_amqp import AmqpQueueBackend, AmqpSource
+
+    return AmqpQueueBackend(
+        AmqpSource(url, name=name),
+        exchange=namespace,
+        namespace=namespace,
+        dead_queue=f"{namespace}.dead",
+    )
+
+
 def backend_for(
     spec: str, schema: str, namespace: str = "tasker", name: str = "tasker-queue"
 ) -> QueueBackend:
-    """The backend a ``--backend`` spec names (``name``: a NATS connection's)."""
+    """The backend a ``--backend`` spec names (``name``: a NATS or AMQP connection's)."""
     kind, _, where = spec.partition(":")
     if kind == "sqlite":
         return SQLiteQueueBackend(where)
@@ -52,6 +69,8 @@ def backend_for(
         from tasker_nats import NatsQueueBackend, NatsSource
 
         return NatsQueueBackend(NatsSource(where, name=name), namespace=namespace)
+    if kind == "amqp":
+        return amqp_backend(where, namespace, name)
     from tasker_pg import PostgresQueueBackend
 
     return PostgresQueueBackend(where, schema=schema)
