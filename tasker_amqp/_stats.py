@@ -120,6 +120,7 @@ def _management(url: str, vhost: str) -> list[QueueStats]:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             rows: list[dict[str, Any]] = json.load(response)
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response
         raise ConnectionError(
             f"the management API at {redact_dsn(url)} answered {exc.code} {exc.reason}"
             " (a 401 is the user or password; the user needs the 'monitoring' tag)"

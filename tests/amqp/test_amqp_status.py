@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,9 @@ def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(request, timeout=2):  # noqa: S310 - a local http URL
             return True
+    except urllib.error.HTTPError as exc:  # starting: it answers, not yet with the API
+        exc.close()
+        return False
     except OSError:
         return False
 
