@@ -48,6 +48,7 @@ def _migrate_then_status(pg_dsn: str, schema: str, tmp_path: Path) -> None:
         "queues": {},
         "oldest_waiting": {},
         "workers": [],
+        "broker": [],
     }
 
 
