@@ -191,7 +191,8 @@ def test_a_worker_whose_retries_run_out_makes_main_exit_non_zero() -> None:
         pass
 
     with pytest.raises(SystemExit) as exited:
-        tasker.main(queue.worker(), grace=5, log_level="CRITICAL")
+        # No log_level: it would stay set on the tasker loggers for the tests after this.
+        tasker.main(queue.worker(), grace=5)
     assert exited.value.code == 1
 
 
