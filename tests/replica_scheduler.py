@@ -2,18 +2,46 @@
 
 Runs an interval schedule on the embedded default in ``--state-dir``; each run appends
 ``done <slot> <pid>`` to ``--out`` when it finishes. With ``--victim N`` the N-th run of this
-replica prints ``victim <slot>`` and then hangs, so the test can SIGKILL it mid-run.
+replica prints ``victim <slot>`` and then hangs, so the test can SIGKILL it mid-run. A run
+that starts late enough to cover missed slots (``catch_up="once"``: a loaded machine can stall
+every replica past a slot) appends ``catchup <first> <slot> <pid>``, so the test can tell a
+covered gap from a lost slot.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from datetime import datetime
 
 import anyio
 
 import tasker
 from tasker.schedule import Interval
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())  # one O_APPEND write: atomic between processes
+    finally:
+        os.close(fd)
+
+
+class _CatchUps(logging.Handler):
+    """Record the Scheduler's "one run catches up the slots from A to B" lines."""
+
+    def __init__(self, out: str) -> None:
+        super().__init__(logging.INFO)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "catches up" in str(record.msg) and isinstance(record.args, tuple):
+            _, first, slot = record.args
+            assert isinstance(first, datetime)
+            assert isinstance(slot, datetime)
+            _append(self.out, f"catchup {first.isoformat()} {slot.isoformat()} {os.getpid()}\n")
 
 
 def main() -> None:
@@ -34,13 +62,11 @@ def main() -> None:
             print(f"victim {slot.isoformat()}", flush=True)
             await anyio.sleep_forever()
         await anyio.sleep(0.02)  # some work
-        line = f"done {slot.isoformat()} {os.getpid()}\n".encode()
-        fd = os.open(args.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)  # one O_APPEND write: atomic between processes
-        finally:
-            os.close(fd)
+        _append(args.out, f"done {slot.isoformat()} {os.getpid()}\n")
 
+    scheduler_logger = logging.getLogger("tasker.scheduler")
+    scheduler_logger.addHandler(_CatchUps(args.out))
+    scheduler_logger.setLevel(logging.INFO)
     scheduler = tasker.Scheduler(state_dir=args.state_dir, lock_retry=0.02)
     print("ready", flush=True)
     tasker.main(scheduler.with_schedule("replicated", Interval(args.interval), job), grace=2)

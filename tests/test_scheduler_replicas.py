@@ -49,20 +49,33 @@ def test_four_replicas_run_each_slot_once_and_survive_sigkill(tmp_path: Path) ->
             proc.kill()
     assert [proc.returncode for proc in others] == [0, 0, 0], outputs
 
-    rows = [line.split() for line in out.read_text().splitlines()]
-    slots = [datetime.fromisoformat(slot) for _, slot, _ in rows]
+    lines = [line.split() for line in out.read_text().splitlines()]
+    rows = [line[1:] for line in lines if line[0] == "done"]
+    # A run that started more than an interval late covered the missed slots (catch_up="once").
+    catch_ups = {
+        datetime.fromisoformat(line[2]): datetime.fromisoformat(line[1])
+        for line in lines
+        if line[0] == "catchup"
+    }
+    slots = [datetime.fromisoformat(slot) for slot, _ in rows]
     counts = Counter(slots)
     assert max(counts.values()) == 1, [s for s, n in counts.items() if n > 1]
     ordered = sorted(slots)
     assert len(ordered) >= 50
-    # No gaps: consecutive slots are one interval apart from the first to the last.
-    steps = {b - a for a, b in itertools.pairwise(ordered)}
-    assert steps == {timedelta(seconds=INTERVAL)}, sorted(steps)
-    # The slot the victim was running when killed was run by another replica.
-    assert killed_slot in counts
-    assert {pid for _, slot, pid in rows if datetime.fromisoformat(slot) == killed_slot} != {
-        str(victim.pid)
-    }
+    # No lost slot: consecutive runs are one interval apart, or the later one caught up on
+    # exactly the slots in between (a machine stalled every replica past a slot).
+    step = timedelta(seconds=INTERVAL)
+    gaps = [(a, b) for a, b in itertools.pairwise(ordered) if b - a != step]
+    assert all(catch_ups.get(b) == a + step for a, b in gaps), (gaps, catch_ups)
+    assert len(gaps) <= 5, gaps  # a stall, not a habit
+    # The slot the victim was running when killed was run (or caught up) by another replica.
+    covered = {datetime.fromisoformat(slot): pid for slot, pid in rows}
+    killed_by = covered.get(killed_slot)
+    if killed_by is None:
+        late = [slot for slot, first in catch_ups.items() if first == killed_slot]
+        assert late, (killed_slot, catch_ups)
+        killed_by = covered[late[0]]
+    assert killed_by != str(victim.pid)
     # The shared state agrees with the side effects.
     with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
         (run_count,) = db.execute(
@@ -70,4 +83,4 @@ def test_four_replicas_run_each_slot_once_and_survive_sigkill(tmp_path: Path) ->
         ).fetchone()
     assert run_count == len(rows)
     # Every replica took part.
-    assert len({pid for _, _, pid in rows}) >= 3
+    assert len({pid for _, pid in rows}) >= 3
