@@ -80,23 +80,26 @@ async def broker_stats(
         )
     connection = await source.connection()
     stats = []
-    for name in queues:
-        channel = await connection.channel()
-        try:
-            ok = await channel.queue_declare(name, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            continue  # a passive declare of a missing queue closes its channel
-        finally:
-            if not channel.is_closed:
-                await channel.close()
-        stats.append(
-            QueueStats(
-                name=name,
-                ready=int(ok.message_count or 0),
-                unacked=None,
-                consumers=int(ok.consumer_count or 0),
+    channel: aiormq.abc.AbstractChannel | None = None
+    try:
+        for name in queues:
+            if channel is None or channel.is_closed:
+                channel = await connection.channel()  # one for all, until a miss closes it
+            try:
+                ok = await channel.queue_declare(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                continue  # a passive declare of a missing queue closes its channel
+            stats.append(
+                QueueStats(
+                    name=name,
+                    ready=int(ok.message_count or 0),
+                    unacked=None,
+                    consumers=int(ok.consumer_count or 0),
+                )
             )
-        )
+    finally:
+        if channel is not None and not channel.is_closed:
+            await channel.close()
     return stats
 
 

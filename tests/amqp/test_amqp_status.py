@@ -109,13 +109,19 @@ async def test_status_shows_ready_messages_and_consumers(names: str, tmp_path: P
     try:
         url, queue = amqp_url(), f"{names}.q"
         missing = f"{names}.missing"
+        # A missing queue closes the channel of its passive declare: the next one reopens it.
+        asked = [missing, queue, f"{missing}2", f"{names}.dead"]
         result = await _status(
-            "--amqp", url, "--amqp-queue", queue, "--amqp-queue", missing, "--json", state=tmp_path
-        )
+            "--amqp", url, *[arg for name in asked for arg in ("--amqp-queue", name)], "--json",
+            state=tmp_path,
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr
         rows = json.loads(result.stdout)["broker"]
-        # The missing queue is left out; one of three is delivered (not ready).
-        assert rows == [{"name": f"{names}.q", "ready": 2, "unacked": None, "consumers": 1}]
+        # The missing queues are left out; one of three is delivered (not ready).
+        assert rows == [
+            {"name": f"{names}.q", "ready": 2, "unacked": None, "consumers": 1},
+            {"name": f"{names}.dead", "ready": 0, "unacked": None, "consumers": 0},
+        ]
         table = await _status("--amqp", url, "--amqp-queue", queue, state=tmp_path)
         assert f"{names}.q" in table.stdout
         assert "--amqp-management" in table.stdout  # says how to see unacked counts
