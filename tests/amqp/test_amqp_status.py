@@ -111,10 +111,8 @@ async def test_status_shows_ready_messages_and_consumers(names: str, tmp_path: P
         missing = f"{names}.missing"
         # A missing queue closes the channel of its passive declare: the next one reopens it.
         asked = [missing, queue, f"{missing}2", f"{names}.dead"]
-        result = await _status(
-            "--amqp", url, *[arg for name in asked for arg in ("--amqp-queue", name)], "--json",
-            state=tmp_path,
-        )  # fmt: skip
+        args = [arg for name in asked for arg in ("--amqp-queue", name)]
+        result = await _status("--amqp", url, *args, "--json", state=tmp_path)
         assert result.returncode == 0, result.stderr
         rows = json.loads(result.stdout)["broker"]
         # The missing queues are left out; one of three is delivered (not ready).
