@@ -11,10 +11,10 @@ broker included: put tasks, take them with a lease, extend leases, settle outcom
 work, and the clock all of that is measured on. What only some stores can do is a separate,
 small capability, declared in :attr:`QueueBackend.capabilities` (:class:`QueueCapability`)
 and implemented as its own protocol: :class:`QueueInspection`, :class:`QueueAdministration`,
-:class:`FinishAndClaim`, :class:`TransactionalEnqueue`; unique keys and chains and groups
-are declared semantics with no methods of their own. The queue checks the declaration once,
-when it is built, and a call that needs a capability the backend lacks raises
-:class:`tasker.queue.MissingCapabilityError` naming both.
+:class:`FinishAndClaim`, :class:`TransactionalEnqueue`, :class:`ClaimById`; unique keys and
+chains and groups are declared semantics with no methods of their own. The queue checks the
+declaration once, when it is built, and a call that needs a capability the backend lacks
+raises :class:`tasker.queue.MissingCapabilityError` naming both.
 
 **Cancellation.** Every call may be cancelled. What a cancelled call leaves behind is stated
 per method; in general a cancelled write may have happened or not, as with any cancelled
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "ClaimById",
     "FinishAndClaim",
     "Locker",
     "LockerFactory",
@@ -173,6 +174,9 @@ class QueueCapability(enum.Enum):
     #: Carry per-task headers (``NewTask.headers``, ``enqueue(headers=...)``) to the broker
     #: and back to the handler (``current_task().headers``).
     HEADERS = "per-task headers"
+    #: Claim the tasks named by id, and list the overdue ones: :class:`ClaimById` (what a
+    #: store needs to keep a message broker's tasks, which the broker delivers by id).
+    CLAIM_BY_ID = "claim named tasks, list overdue ones"
 
 
 @runtime_checkable
@@ -349,6 +353,39 @@ class FinishAndClaim(Protocol):
         The claim never takes a task of ``outcomes`` or ``exclude``. Workers use it when it
         is declared: a flush of outcomes then refills the slots it frees.
         """
+        ...
+
+
+@runtime_checkable
+class ClaimById(Protocol):
+    """``QueueCapability.CLAIM_BY_ID``: a store behind a message broker.
+
+    The broker decides which task a worker takes next (it delivers a message naming the
+    task); the store decides whether it may (the task is still due, and nobody else holds
+    it) and keeps its state. ``overdue`` finds what the broker should have delivered and
+    did not (a publish lost between the two systems), so that it can be published again.
+    """
+
+    async def claim_ids(
+        self, ids: Sequence[str], *, worker: str, lease: float, now: float
+    ) -> list[TaskRecord]:
+        """Lease to ``worker`` for ``lease`` seconds those of ``ids`` that a claim could
+        take at ``now``, whatever their queue, in the order given.
+
+        Claimable, as for ``claim``: queued with ``run_at <= now``, or running with an
+        expired lease (the attempt it made counts). Each claim counts one attempt. A task
+        whose expired lease used its last attempt becomes dead, as in ``claim``, and is
+        not returned. Every other id (unknown, held, not yet due, under a live lease, or
+        finished) is left as it is and not returned; an id given twice is claimed once.
+        """
+        ...
+
+    async def overdue(
+        self, *, before: float, queues: Sequence[str] | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """The tasks a claim could take at ``before``, changing nothing: queued with
+        ``run_at <= before`` and running with ``lease_until <= before``, of ``queues``
+        (None: every queue), at most ``limit``, the longest overdue first."""
         ...
 
 

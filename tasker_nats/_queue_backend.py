@@ -158,6 +158,7 @@ class NatsQueueBackend:
     capabilities: frozenset[QueueCapability] = frozenset(QueueCapability) - {
         QueueCapability.TRANSACTIONAL_ENQUEUE,
         QueueCapability.HEADERS,  # a broker's: they are not stored
+        QueueCapability.CLAIM_BY_ID,  # a broker itself: JetStream delivers its own tasks
     }
 
     def __init__(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 
 from ._backend import (
+    ClaimById,
     FinishAndClaim,
     QueueAdministration,
     QueueBackend,
@@ -44,6 +45,7 @@ from ._task import Task
 from ._worker import Worker, WorkerStatistics
 
 __all__ = [
+    "ClaimById",
     "EnqueueResult",
     "Enqueued",
     "FinishAndClaim",

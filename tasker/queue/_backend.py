@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..abc import (
+    ClaimById,
     FinishAndClaim,
     QueueAdministration,
     QueueBackend,
@@ -13,6 +14,7 @@ from ..abc import (
 )
 
 __all__ = [
+    "ClaimById",
     "FinishAndClaim",
     "QueueAdministration",
     "QueueBackend",

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..abc import (
+    ClaimById,
     FinishAndClaim,
     QueueAdministration,
     QueueBackend,
@@ -37,6 +38,7 @@ _PROTOCOLS: dict[QueueCapability, type] = {
     QueueCapability.FINISH_AND_CLAIM: FinishAndClaim,
     QueueCapability.TRANSACTIONAL_ENQUEUE: TransactionalEnqueue,
     QueueCapability.WORKERS: WorkerRegistry,
+    QueueCapability.CLAIM_BY_ID: ClaimById,
 }
 
 

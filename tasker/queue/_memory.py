@@ -179,6 +179,50 @@ class MemoryQueueBackend(MemoryAdministration):
         heapq.heappush(self._leases, (now + lease, next(self._seq), record.id))
         return leased
 
+    async def claim_ids(
+        self, ids: Sequence[str], *, worker: str, lease: float, now: float
+    ) -> list[TaskRecord]:
+        """Lease those of ``ids`` that are due, or whose lease expired (one on its last
+        attempt dies), whatever their queue, in the order given."""
+        claimed: list[TaskRecord] = []
+        for task_id in dict.fromkeys(ids):
+            record = self._tasks.get(task_id)
+            if record is None:
+                continue
+            if record.state is TaskState.QUEUED and record.run_at <= now:
+                # Its heap entry goes stale, and is skipped where it is found.
+                claimed.append(self._lease(record, worker, lease, now))
+            elif (
+                record.state is TaskState.RUNNING
+                and record.lease_until is not None
+                and record.lease_until <= now
+            ):
+                if record.attempts >= record.max_attempts:
+                    self._die(record, LEASE_EXPIRED, None, now, now)
+                else:
+                    claimed.append(self._lease(record, worker, lease, now))
+        return claimed
+
+    async def overdue(
+        self, *, before: float, queues: Sequence[str] | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """Queued tasks due and running ones whose lease expired by ``before``, the longest
+        overdue first (a scan of every task: this is not a hot path)."""
+        wanted = None if queues is None else set(queues)
+        found: list[tuple[float, str, TaskRecord]] = []
+        for record in self._tasks.values():
+            if wanted is not None and record.queue not in wanted:
+                continue
+            if record.state is TaskState.QUEUED:
+                since = record.run_at
+            elif record.state is TaskState.RUNNING and record.lease_until is not None:
+                since = record.lease_until
+            else:
+                continue
+            if since <= before:
+                found.append((since, record.id, record))
+        return [record for _, _, record in heapq.nsmallest(limit, found)]
+
     async def heartbeat(
         self, worker: str, ids: Sequence[str], *, lease: float, now: float
     ) -> set[str]:

@@ -186,6 +186,28 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
         )
         return result
 
+    async def claim_ids(
+        self, ids: Sequence[str], *, worker: str, lease: float, now: float
+    ) -> list[TaskRecord]:
+        """Lease those of ``ids`` that are due or whose lease expired, whatever their queue,
+        in the order given (one on its last attempt dies), under SQLite's write lock."""
+        result: list[TaskRecord] = await self._call(
+            ops.claim_ids, (list(ids), worker, lease, now, self._anchor)
+        )
+        return result
+
+    async def overdue(
+        self, *, before: float, queues: Sequence[str] | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """Queued tasks due and running ones whose lease expired by ``before``, the longest
+        overdue first (off the hot path: it reads every queued row of ``queues``)."""
+        result: list[TaskRecord] = await self._call(
+            ops.overdue,
+            (before, None if queues is None else list(queues), limit, self._anchor),
+            write=False,
+        )
+        return result
+
     async def heartbeat(
         self, worker: str, ids: Sequence[str], *, lease: float, now: float
     ) -> set[str]:

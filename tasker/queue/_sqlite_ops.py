@@ -231,6 +231,80 @@ def _claim(
     return sorted((record_from_row(row) for row in rows), key=lambda r: order[r.id])
 
 
+def claim_ids(
+    db: sqlite3.Connection, arg: tuple[Sequence[str], str, float, float, float | None]
+) -> list[TaskRecord]:
+    """Lease the named tasks a claim could take; expired leases on their last attempt die.
+    One statement per kind, by primary key: the cost does not grow with the backlog."""
+    ids, worker, lease, now, anchor = arg
+    wanted = list(dict.fromkeys(ids))
+    if not wanted:
+        return []
+    now = translate(db, now, anchor)
+    marks = ",".join("?" * len(wanted))
+    dying = db.execute(
+        f"select id from tasks where id in ({marks}) and state = 'running'"  # noqa: S608 - placeholders only
+        " and lease_until <= ? and attempts >= max_attempts order by id",
+        (*wanted, now),
+    ).fetchall()
+    for (task_id,) in dying:
+        db.execute(
+            "update tasks set state = 'dead', lease_owner = null, lease_until = null,"
+            " last_error = 'lease expired (the worker stopped responding)',"
+            " finished_at = ? where id = ?",
+            (now, task_id),
+        )
+        group_member_done(db, task_id, now)
+    taken = {
+        row[0]
+        for row in db.execute(
+            f"update tasks set state = 'running', attempts = attempts + 1, lease_owner = ?,"  # noqa: S608
+            f" lease_until = ? where id in ({marks}) and ((state = 'queued' and run_at <= ?)"
+            " or (state = 'running' and lease_until <= ? and attempts < max_attempts))"
+            " returning id",
+            (worker, now + lease, *wanted, now, now),
+        ).fetchall()
+    }
+    if not taken:
+        return []
+    order = [task_id for task_id in wanted if task_id in taken]
+    rows = db.execute(
+        f"select {COLUMNS} from tasks where id in ({','.join('?' * len(order))})",  # noqa: S608
+        order,
+    ).fetchall()
+    position = {task_id: index for index, task_id in enumerate(order)}
+    return sorted((record_from_row(row) for row in rows), key=lambda r: position[r.id])
+
+
+def overdue(
+    db: sqlite3.Connection,
+    arg: tuple[float, Sequence[str] | None, int, float | None],
+) -> list[TaskRecord]:
+    """Queued tasks due and running ones whose lease expired by ``before``, the longest
+    overdue first (each half read along its index, then merged)."""
+    before, queues, limit, anchor = arg
+    before = translate(db, before, anchor)
+    where = ""
+    params: tuple[str, ...] = ()
+    if queues is not None:
+        if not queues:
+            return []
+        where = f" and queue in ({','.join('?' * len(queues))})"
+        params = tuple(queues)
+    queued = db.execute(
+        f"select {COLUMNS}, run_at from tasks where state = 'queued' and run_at <= ?{where}"  # noqa: S608
+        " order by run_at limit ?",
+        (before, *params, limit),
+    ).fetchall()
+    running = db.execute(
+        f"select {COLUMNS}, lease_until from tasks where state = 'running'"  # noqa: S608
+        f" and lease_until <= ?{where} order by lease_until limit ?",
+        (before, *params, limit),
+    ).fetchall()
+    merged = sorted([*queued, *running], key=lambda row: row[-1])[:limit]
+    return [record_from_row(row[:-1]) for row in merged]
+
+
 def heartbeat(
     db: sqlite3.Connection, arg: tuple[str, Sequence[str], float, float, float | None]
 ) -> set[str]:
