@@ -211,6 +211,32 @@ class RedisQueueBackend:
         args += _claim_args(queues, max(limit, 0), worker, now + lease, skip)
         return [decode_record(flat) for flat in await self._run("finish_and_claim", args)]
 
+    async def claim_ids(
+        self, ids: Sequence[str], *, worker: str, lease: float, now: float
+    ) -> list[TaskRecord]:
+        """Lease those of ``ids`` that are due, or whose lease expired (one on its last
+        attempt dies, as in :meth:`claim`), whatever their queue, in the order given, each
+        once; in one script.
+
+        A queued task leaves its ready set and a running one moves in its lease set, so
+        :meth:`claim` never takes either while the new lease lasts.
+        """
+        if not ids:
+            return []
+        args = [worker, repr(float(now)), repr(float(now + lease)), *ids]
+        return [decode_record(flat) for flat in await self._run("claim_ids", args)]
+
+    async def overdue(
+        self, *, before: float, queues: Sequence[str] | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """Queued tasks due and running ones whose lease expired by ``before``, of ``queues``
+        (None: every queue with a task count), the longest overdue first; read from the
+        ready and lease sets, changing nothing."""
+        if limit <= 0 or (queues is not None and not queues):
+            return []
+        args = [repr(float(before)), str(limit), *(queues or ())]
+        return [decode_record(flat) for flat in await self._run("overdue", args)]
+
     async def heartbeat(
         self, worker: str, ids: Sequence[str], *, lease: float, now: float
     ) -> set[str]:

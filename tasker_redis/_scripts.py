@@ -36,6 +36,8 @@ SCRIPTS = {
     "finish_and_claim": "return claim_main(true)",
     "finish": "return finish_main()",
     "heartbeat": "return heartbeat_main()",
+    "claim_ids": "return claim_ids_main()",
+    "overdue": "return overdue_main()",
     "next_due": "return next_due_main()",
     "requeue": "return requeue_main()",
     "dispatch": "return dispatch_main()",

@@ -304,6 +304,8 @@ local function lease(id, expected, worker, expiry, q, now_zadd)
   return flat
 end
 
+local LEASE_EXPIRED = 'lease expired (the worker stopped responding)'
+
 -- Claim up to limit tasks of queues: expired leases first (dead instead on their last
 -- attempt), then queued tasks due by now, highest priority first, then oldest run_at.
 local function claim(now, limit, worker, expiry, queues, exclude)
@@ -323,7 +325,7 @@ local function claim(now, limit, worker, expiry, queues, exclude)
           if not f or f.state ~= 'running' then
             redis.call('ZREM', lkey(q), id)
           elseif tonumber(f.attempts) >= tonumber(f.max_attempts) then
-            die(id, f, 'lease expired (the worker stopped responding)', nil, now, now)
+            die(id, f, LEASE_EXPIRED, nil, now, now)
           else
             claimed[#claimed + 1] = lease(id, 'running', worker, expiry, q, true)
           end
@@ -562,6 +564,97 @@ local function rest()
   local values = {}
   for i = pos, #ARGS do values[#values + 1] = ARGS[i] end
   return values
+end
+
+-- Lease to worker those of the given ids that a claim could take at now (queued and due,
+-- or running with an expired lease: dead instead on its last attempt), whatever their
+-- queue, in the order given, each once. A queued task's ready-set entry goes with it (the
+-- member is rebuilt from its fields), and its lease-set entry is what a claim finds next.
+local function claim_ids_main()
+  local worker, now, expiry = arg(), arg(), arg()
+  local at = tonumber(now)
+  local claimed, seen = {}, {}
+  for i = pos, #ARGS do
+    local id = ARGS[i]
+    if not seen[id] then
+      seen[id] = true
+      local f = fields(id)
+      if f and f.state == 'queued' and tonumber(f.run_at) <= at then
+        local key = rkey(f.priority, f.queue)
+        zrem(key, member(f.created_at, id))
+        READY_KEYS[key] = {f.queue, f.priority}
+        claimed[#claimed + 1] = lease(id, 'queued', worker, expiry, f.queue, false)
+      elseif f and f.state == 'running' then
+        local lease_until = redis.call('HGET', tkey(id), 'lease_until')
+        if lease_until and tonumber(lease_until) <= at then
+          if tonumber(f.attempts) >= tonumber(f.max_attempts) then
+            die(id, f, LEASE_EXPIRED, nil, now, now)
+            flush_sets()  -- a group callback it enqueued may be named further on
+          else
+            claimed[#claimed + 1] = lease(id, 'running', worker, expiry, f.queue, false)
+          end
+        end
+      end
+    end
+  end
+  wake_all()
+  return claimed
+end
+
+-- Queued tasks due and running ones whose lease expired by before, of the given queues (none
+-- given: every queue with a count in N), at most limit, the longest overdue first; read
+-- only. Each ready and lease set is read in score order until it gives limit live entries
+-- (an entry is live when its task is in that set's state with that score), so the merge of
+-- those is the answer.
+local function overdue_main()
+  local before, limit = arg(), tonumber(arg())
+  local queues = rest()
+  if #queues == 0 then
+    local known = {}
+    for _, field in ipairs(redis.call('HKEYS', N)) do
+      local q = string.match(field, '^(.*)%z')
+      if q and not known[q] then
+        known[q] = true
+        queues[#queues + 1] = q
+      end
+    end
+  end
+  local found, listed = {}, {}
+  local function scan(key, q, state, field, strip)
+    local skip, live = 0, 0
+    while live < limit do
+      local entries = redis.call('ZRANGE', key, '-inf', before, 'BYSCORE', 'LIMIT', skip,
+        limit, 'WITHSCORES')
+      if #entries == 0 then return end
+      for i = 1, #entries, 2 do
+        local id = entries[i]
+        if strip then id = string.sub(id, MEMBER_ID) end
+        local score = tonumber(entries[i + 1])
+        local v = redis.call('HMGET', tkey(id), 'state', 'queue', field)
+        if not listed[id] and v[1] == state and v[2] == q and tonumber(v[3]) == score then
+          listed[id] = true
+          found[#found + 1] = {score, id}
+          live = live + 1
+        end
+      end
+      skip = skip + #entries / 2
+    end
+  end
+  for _, q in ipairs(queues) do
+    for _, prio in ipairs(redis.call('ZRANGE', pkey(q), 0, -1)) do
+      scan(rkey(prio, q), q, 'queued', 'run_at', true)
+    end
+    scan(lkey(q), q, 'running', 'lease_until', false)
+  end
+  table.sort(found, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    return a[2] < b[2]
+  end)
+  local out = {}
+  for i = 1, math.min(limit, #found) do
+    out[i] = redis.call('HMGET', tkey(found[i][2]), unpack(RECORD))
+  end
+  return out
 end
 
 local function next_due_main()
