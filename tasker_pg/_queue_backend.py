@@ -42,7 +42,12 @@ from ._clock import ServerClock
 from ._connection import PoolSource, quote_identifier
 from ._listener import Listener
 from ._queue_sql import QueueStatements, claimed, history_entries, outcome_arrays, unstorable
-from ._queue_transactions import enqueue_on, finish_in_transaction, reap_grouped
+from ._queue_transactions import (
+    enqueue_on,
+    finish_in_transaction,
+    reap_grouped,
+    reap_grouped_ids,
+)
 from ._schema import migrate_source
 from ._status import QueueStatus, queue_status
 from ._workers import WorkerRegistryMethods
@@ -193,6 +198,46 @@ class PostgresQueueBackend(WorkerRegistryMethods):
         if rows[0]["grouped"]:  # grouped tasks whose lease expired on their last attempt
             await reap_grouped(pool, self._sql, self._channel, list(queues), now, exclude)
         return claimed(rows)
+
+    async def claim_ids(
+        self, ids: Sequence[str], *, worker: str, lease: float, now: float
+    ) -> list[TaskRecord]:
+        """Lease the named tasks a claim could take, whatever their queue, in the order
+        given: one statement, by primary key, so its cost does not grow with the backlog.
+
+        SKIP LOCKED, as in :meth:`claim`: of two workers naming the same task at once (a
+        broker that redelivered it), one leases it and the other skips it. An expired lease
+        on its last attempt dies as in :meth:`claim`, a grouped one in a transaction of its
+        own, with the group's callback.
+        """
+        wanted = list(dict.fromkeys(ids))  # an id given twice is claimed once, at its first
+        if not wanted:
+            return []
+        pool = await self._source.pool()
+        rows = await pool.fetch(self._sql.claim_ids, wanted, now, worker, now + lease)
+        if rows[0]["grouped"]:  # grouped tasks whose lease expired on their last attempt
+            await reap_grouped_ids(pool, self._sql, self._channel, wanted, now)
+        return claimed(rows)
+
+    async def overdue(
+        self, *, before: float, queues: Sequence[str] | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """The tasks a claim could take at ``before``, changing nothing, the longest overdue
+        first: what a broker should have delivered and did not (its message was lost).
+
+        Read along the claim and lease indexes (the queued half one priority at a time,
+        see ``_queue_sql``), so a long backlog of due tasks costs no more than a few.
+        """
+        if limit <= 0 or (queues is not None and not queues):
+            return []
+        pool = await self._source.pool()
+        if queues is None:
+            rows = await pool.fetch(self._sql.overdue(every_queue=True), before, limit)
+        else:
+            rows = await pool.fetch(
+                self._sql.overdue(every_queue=False), before, limit, list(queues)
+            )
+        return [record_from_row(row) for row in rows]
 
     async def _notify(self, pool: asyncpg.Pool, queues: set[str]) -> None:
         """Wake workers of ``queues`` (after a commit: a failure is logged, workers poll)."""

@@ -148,6 +148,17 @@ class QueueStatements:
             " and group_id is not null and not (id = any($3::text[]))"
             " order by id for update skip locked) returning id, group_id"
         )
+        # The same for the tasks a claim_ids named: ``$1`` the ids, ``$2`` now.
+        self.reap_grouped_ids = (
+            f"update {tasks} set state = 'dead', lease_owner = null,"  # noqa: S608
+            " lease_until = null, finished_at = $2,"
+            " last_error = 'lease expired (the worker stopped responding)'"
+            f" where id in (select t.id from unnest($1::text[]) as w(id) join {tasks} t"
+            " on t.id = w.id where t.state = 'running' and t.lease_until <= $2"
+            " and t.attempts >= t.max_attempts and t.group_id is not null"
+            " order by t.id for update of t skip locked) returning id, group_id"
+        )
+        self.claim_ids = self._claim_ids()
         self.heartbeat = (
             f"update {tasks} set lease_until = $3 where state = 'running'"  # noqa: S608
             " and lease_owner = $1 and id = any($2) returning id"
@@ -247,6 +258,75 @@ class QueueStatements:
             f"update {self.tasks} set state = 'queued', run_at = least(run_at, $3)"  # noqa: S608
             f" where id in (select id from {self.tasks} where state = 'held' and queue = $1"
             f"{name} order by priority desc, created_at limit $2 for update skip locked)"
+        )
+
+    def overdue(self, *, every_queue: bool) -> str:
+        """The overdue tasks: ``$1`` before, ``$2`` limit, ``$3`` the queues (unless
+        ``every_queue``).
+
+        The claim index orders a queue's tasks by priority before ``run_at``, so the queued
+        half walks it as a loose index scan: each queue's distinct priorities (one index
+        probe each), then per (queue, priority) an ordered scan of ``run_at`` that stops at
+        the limit. The cost follows the number of priorities, not the backlog, and no index
+        is added that every enqueue and claim would have to maintain. The running half is an
+        ordered scan of the lease index.
+        """
+        tasks = self.tasks
+        if every_queue:  # the queues that have queued tasks, one index probe each
+            queues = (
+                f"qs(name) as (select min(queue) from {tasks} where state = 'queued'"  # noqa: S608 - validated identifiers
+                f" union all select (select min(queue) from {tasks} where state = 'queued'"
+                " and queue > qs.name) from qs where qs.name is not null)"
+            )
+            only = ""
+        else:
+            queues = "qs(name) as (select distinct name from unnest($3::text[]) as u(name))"
+            only = " and queue = any($3::text[])"
+        return (
+            f"with recursive {queues},"  # noqa: S608 - validated identifiers
+            " prio(queue, priority) as (select name, (select max(priority) from"
+            f" {tasks} where state = 'queued' and queue = qs.name) from qs"
+            " where name is not null union all select p.queue, (select max(priority)"
+            f" from {tasks} where state = 'queued' and queue = p.queue"
+            " and priority < p.priority) from prio p where p.priority is not null),"
+            " queued as (select x.* from prio p cross join lateral"
+            f" (select {COLUMNS}, run_at as since from {tasks} where state = 'queued'"
+            " and queue = p.queue and priority = p.priority and run_at <= $1"
+            " order by run_at limit $2) x where p.priority is not null),"
+            f" running as (select {COLUMNS}, lease_until as since from {tasks}"
+            f" where state = 'running' and lease_until <= $1{only}"
+            " order by lease_until limit $2)"
+            f" select {COLUMNS} from (select * from queued union all select * from running) o"
+            " order by since, id limit $2"
+        )
+
+    def _claim_ids(self) -> str:
+        """The claim of named tasks: ``$1`` the ids (each once, in order), ``$2`` now,
+        ``$3`` the worker, ``$4`` the lease end.
+
+        The ids are read by primary key (joined to ``$1``: a generic plan would otherwise
+        be drawn to the lease or group index and scan it), whatever their queue, and the
+        claimable ones locked with SKIP LOCKED, so that of two claims naming the same task
+        at once one takes it and the other skips it. Of those, an expired lease on its last
+        attempt dies (a grouped one is flagged for ``reap_grouped_ids``, as :attr:`claim`
+        flags it), and the rest are leased, ranked by their position in ``$1``."""
+        tasks = self.tasks
+        return (
+            "with locked as (select t.id, w.rank, t.group_id is not null as grouped,"  # noqa: S608 - validated identifiers
+            " (t.state = 'running' and t.attempts >= t.max_attempts) as spent"
+            f" from unnest($1::text[]) with ordinality as w(id, rank) join {tasks} t"
+            " on t.id = w.id where (t.state = 'queued' and t.run_at <= $2)"
+            " or (t.state = 'running' and t.lease_until <= $2) for update of t skip locked),"
+            f" dead as (update {tasks} t set state = 'dead', lease_owner = null,"
+            " lease_until = null, finished_at = $2,"
+            " last_error = 'lease expired (the worker stopped responding)'"
+            " from locked l where t.id = l.id and l.spent and not l.grouped returning t.id),"
+            f" claimed as (update {tasks} t set state = 'running', attempts = t.attempts + 1,"
+            " lease_owner = $3, lease_until = $4 from locked l where t.id = l.id"
+            f" and not l.spent returning {_prefixed('t')}, l.rank)"
+            # One row at least: the flag rides on every row, with or without a claim.
+            " select c.*, f.grouped from (select exists(select from locked"
+            " where spent and grouped) as grouped) f left join claimed c on true"
         )
 
     def _claim_ctes(self, first: int, exclude: str, gate: str = "") -> str:

@@ -36,7 +36,7 @@ from tasker.queue import EnqueueResult, GroupSpec, NewTask, Outcome, OutcomeKind
 
 from ._queue_sql import QueueStatements, outcome_arrays
 
-__all__ = ["enqueue_on", "finish_in_transaction", "reap_grouped"]
+__all__ = ["enqueue_on", "finish_in_transaction", "reap_grouped", "reap_grouped_ids"]
 
 logger = logging.getLogger("tasker_pg")
 
@@ -134,9 +134,23 @@ async def reap_grouped(
     Runs after a claim committed: a failure here is logged, not raised (the claimed
     tasks must reach their worker); the next claim finds these tasks again.
     """
+    await _reap(pool, sql, channel, now, sql.reap_grouped, queues, now, exclude)
+
+
+async def reap_grouped_ids(
+    pool: asyncpg.Pool, sql: QueueStatements, channel: str, ids: list[str], now: float
+) -> None:
+    """:func:`reap_grouped` for the tasks of ``ids`` (after a ``claim_ids``, which looks
+    tasks up by id whatever their queue)."""
+    await _reap(pool, sql, channel, now, sql.reap_grouped_ids, ids, now)
+
+
+async def _reap(
+    pool: asyncpg.Pool, sql: QueueStatements, channel: str, now: float, statement: str, *args: Any
+) -> None:
     try:
         async with pool.acquire() as conn, conn.transaction():
-            dead = await conn.fetch(sql.reap_grouped, queues, now, exclude)
+            dead = await conn.fetch(statement, *args)
             await _lock_groups(conn, sql, [row[1] for row in dead])
             fired = False
             for row in sorted(dead, key=lambda row: str(row[0])):
