@@ -10,6 +10,7 @@ queue's ``x-delivery-count``, so a crash counts its attempt.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,9 @@ class Meta:
     created_at: float
     #: The task's own headers (``enqueue(headers=...)`` and the backend's per task name).
     headers: Mapping[str, HeaderValue] = field(default_factory=dict)
+    #: With a store: the id of the callback of the group the task belongs to (published
+    #: once the store has enqueued it, when the group's last member finished).
+    callback: str | None = None
 
 
 def is_reserved(key: str) -> bool:
@@ -58,13 +62,17 @@ def encode(meta: Meta, *, extra: Mapping[str, Any] | None = None) -> Basic.Prope
         **meta.headers,
         "tasker-queue": meta.queue,
         "tasker-priority": meta.priority,
-        "tasker-run-at": _micros(meta.run_at),
+        # Rounded down: a task never looks due later than it is (a claim at its run_at
+        # exactly must find it due).
+        "tasker-run-at": math.floor(meta.run_at * 1_000_000),
         "tasker-attempts": meta.attempts,
         "tasker-max-attempts": meta.max_attempts,
         "tasker-created-at": _micros(meta.created_at),
     }
     if meta.timeout is not None:
         headers["tasker-timeout"] = _micros(meta.timeout)
+    if meta.callback is not None:
+        headers["tasker-callback"] = meta.callback
     if extra:
         headers.update(extra)
     return Basic.Properties(
@@ -92,6 +100,7 @@ def decode(properties: Basic.Properties) -> tuple[Meta, int]:
     headers = properties.headers or {}
     try:
         timeout = headers.get("tasker-timeout")
+        callback = headers.get("tasker-callback")
         meta = Meta(
             id=_text(properties.message_id),
             name=_text(properties.message_type),
@@ -103,6 +112,7 @@ def decode(properties: Basic.Properties) -> tuple[Meta, int]:
             timeout=None if timeout is None else _seconds(timeout),
             created_at=_seconds(headers["tasker-created-at"]),
             headers={key: _header(value) for key, value in headers.items() if not is_reserved(key)},
+            callback=None if callback is None else _text(callback),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise NotATaskError(f"not a tasker_amqp task message ({exc!r})") from None

@@ -23,6 +23,7 @@ The password never leaves this module: reprs and messages show the URL through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import ssl
@@ -45,7 +46,7 @@ from ._errors import (
     vhost_refused,
 )
 
-__all__ = ["AmqpSource", "check_asyncio"]
+__all__ = ["AmqpSource", "ack", "check_asyncio"]
 
 logger = logging.getLogger("tasker_amqp")
 logger.addFilter(RedactingFilter())
@@ -293,3 +294,14 @@ class AmqpSource:
                     await connection.close()
             except (OSError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError):
                 pass
+
+
+async def ack(channel: aiormq.abc.AbstractChannel, tag: int) -> None:
+    """Acknowledge a delivery, if its channel is still open (a delivery on a closed
+    channel went back to its queue with it)."""
+    if channel.is_closed:
+        return
+    with contextlib.suppress(
+        aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError
+    ):
+        await channel.basic_ack(tag)

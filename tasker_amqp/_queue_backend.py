@@ -51,23 +51,27 @@ import aiormq.abc
 import aiormq.exceptions
 from pamqp.commands import Basic
 
-from tasker.abc import QueueCapability
-from tasker.backends import LEASE_EXPIRED
+from tasker.abc import QueueBackend, QueueCapability
+from tasker.backends import LEASE_EXPIRED, to_seconds
 from tasker.queue import (
     EnqueueResult,
     GroupSpec,
     HeaderValue,
+    HistoryEntry,
+    MissingCapabilityError,
     NewTask,
     Outcome,
     OutcomeKind,
     TaskRecord,
     TaskState,
+    WorkerInfo,
 )
 
 from ._codec import Meta, NotATaskError, clip, decode, encode, is_reserved, micros
-from ._connection import AmqpSource, check_asyncio
+from ._connection import AmqpSource, ack, check_asyncio
 from ._errors import AmqpSetupError
 from ._stats import QueueStats, broker_stats
+from ._stored import StoreSide, store_capabilities
 from ._topology import (
     LEVELS,
     AmqpQueue,
@@ -89,6 +93,8 @@ _REDELAY_AHEAD = 60.0
 #: How long a publication is waited for by :meth:`AmqpQueueBackend.wait_delivered` after it
 #: fell due (then it was taken by another process, or lost with a connection).
 _PENDING_FOR = 30.0
+#: How long a claim that starts a queue's consumer waits for what was waiting in it.
+_FIRST_FLOW = 2.0
 _QUORUM = {"x-queue-type": "quorum"}
 #: Channels of a dropped link being closed in the background (kept from the collector).
 _CLOSING: set[asyncio.Future[None]] = set()
@@ -133,6 +139,14 @@ class _Delivery:
             lease_owner=self.worker,
             lease_until=self.lease_until,
         )
+
+
+@dataclass(slots=True)
+class _Flow:
+    """The deliveries a consumer that just started is still to receive."""
+
+    waiting: int
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(slots=True)
@@ -223,7 +237,18 @@ class AmqpQueueBackend:
         ssl_context: Any = None,
         reconnect_retries: int | None = None,
         reconnect_interval: float | timedelta = 1.0,
+        store: QueueBackend | None = None,
+        republish_after: float | timedelta = 30.0,
     ) -> None:
+        self._stored = (
+            None
+            if store is None
+            else StoreSide(
+                self, store, to_seconds(republish_after, "republish_after", allow_zero=False)
+            )
+        )
+        if store is not None:
+            self.capabilities = frozenset({QueueCapability.HEADERS}) | store_capabilities(store)
         if isinstance(url, AmqpSource):
             if ssl_context is not None or reconnect_retries is not None:
                 raise ValueError(
@@ -283,6 +308,10 @@ class AmqpQueueBackend:
         # workers, under the one task id.
         self._held: dict[tuple[str | None, str], _Delivery] = {}
         self._running: set[tuple[str, str]] = set()
+        # Tasks whose held delivery is being replaced by a fresh message (see _redeliver).
+        # The first deliveries a starting consumer waits for, per queue (see _consume).
+        self._flows: dict[str, _Flow] = {}
+        self._republishing: set[str] = set()
         self._wake: asyncio.Event | None = None
         self._seq = itertools.count()
         # Publications to queues this process consumes, not yet delivered back to it (for
@@ -292,7 +321,8 @@ class AmqpQueueBackend:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"AmqpQueueBackend({self._source.url!r}, exchange={self.exchange!r})"
+        store = "" if self._stored is None else f", store={self._stored.store!r}"
+        return f"AmqpQueueBackend({self._source.url!r}, exchange={self.exchange!r}{store})"
 
     @property
     def source(self) -> AmqpSource:
@@ -329,10 +359,13 @@ class AmqpQueueBackend:
             if lost is not None:
                 logger.warning(
                     "the channels to RabbitMQ were lost; reconnected, with the topology and"
-                    " the consumers of %d queues restored (%d tasks running here lost their"
-                    " leases: RabbitMQ hands them to a worker again)",
+                    " the consumers of %d queues restored (%d tasks running here %s)",
                     len(consumed),
                     lost,
+                    "lost their leases: RabbitMQ hands them to a worker again"
+                    if self._stored is None
+                    else "keep their leases in the store; their messages, redelivered,"
+                    " wait for them",
                 )
             return link
 
@@ -465,12 +498,25 @@ class AmqpQueueBackend:
         if self._prefetch is None:
             self._prefetch = max(1, min(limit, 65535))
         await link.consumer.basic_qos(prefetch_count=self._prefetch)
-        ok = await link.consumer.basic_consume(
-            self.amqp_name(queue),
-            lambda message: self._on_message(link, queue, message),
-            no_ack=False,
-        )
-        link.consuming[queue] = str(ok.consumer_tag)
+        # What waits in the queue now is delivered right after the consumer starts: the
+        # claim that starts it waits for that first flow (bounded), so that it finds the
+        # tasks that were due before it came, as a claim on a store would.
+        declared = await link.consumer.queue_declare(self.amqp_name(queue), passive=True)
+        flow = _Flow(min(int(declared.message_count or 0), self._prefetch))
+        self._flows[queue] = flow
+        try:
+            ok = await link.consumer.basic_consume(
+                self.amqp_name(queue),
+                lambda message: self._on_message(link, queue, message),
+                no_ack=False,
+            )
+            link.consuming[queue] = str(ok.consumer_tag)
+            if flow.waiting > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_FIRST_FLOW):
+                        await flow.arrived.wait()
+        finally:
+            del self._flows[queue]
 
     # -- deliveries --------------------------------------------------------------------
 
@@ -479,16 +525,25 @@ class AmqpQueueBackend:
     ) -> None:
         tag = message.delivery_tag
         assert tag is not None
+        flow = self._flows.get(queue)
+        if flow is not None:
+            flow.waiting -= 1
+            if flow.waiting <= 0:
+                flow.arrived.set()
         try:
             meta, redelivered = decode(message.header.properties)
         except NotATaskError as exc:
             await self._unreadable(link, queue, message, str(exc))
             return
         self._pending.pop(meta.id, None)
-        if (queue, meta.id) in self._buffered or (queue, meta.id) in self._running:
+        if meta.id not in self._republishing and (
+            (queue, meta.id) in self._buffered or (queue, meta.id) in self._running
+        ):
             # A second copy of a task this process already has (a publish resent after a
-            # lost confirmation): the one here runs.
-            await _ack(link.consumer, tag)
+            # lost confirmation): the one here runs. Not the copy this process publishes
+            # to replace a delivery it still holds (a retry, a hand-back): that one may
+            # arrive before the publish is confirmed, while the old delivery is held.
+            await ack(link.consumer, tag)
             return
         delivery = _Delivery(
             meta=meta,
@@ -527,7 +582,7 @@ class AmqpQueueBackend:
         )
         tag = message.delivery_tag
         assert tag is not None
-        await _ack(link.consumer, tag)
+        await ack(link.consumer, tag)
 
     def _drop(self, delivery: _Delivery) -> None:
         """Forget a claim on ``delivery`` (settled, lost, or taken over)."""
@@ -550,7 +605,11 @@ class AmqpQueueBackend:
 
     async def time(self) -> float:
         """This machine's clock: RabbitMQ has none to read. Due times are kept by the
-        broker's TTL timers, measured from each publish, and leases by the connection."""
+        broker's TTL timers, measured from each publish, and leases by the connection.
+        With a store, the store's clock: it keeps the leases and due times."""
+        if self._stored is not None:
+            reading: float = await self._stored.store.time()
+            return reading
         return _time.time()
 
     async def enqueue(
@@ -562,12 +621,14 @@ class AmqpQueueBackend:
             ValueError: a task held, with a unique key, a chain or a group (they need a
                 store), or whose routing key no declared queue is bound to.
         """
-        if group is not None:
+        if group is not None and self._stored is None:
             raise ValueError(
                 "tasker_amqp alone has no groups: they need a store (chains and groups)"
             )
         for task in tasks:
-            if task.held or task.unique_key is not None or task.chain is not None:
+            if self._stored is None and (
+                task.held or task.unique_key is not None or task.chain is not None
+            ):
                 raise ValueError(
                     f"task {task.id!r}: held tasks, unique keys and chains need a store;"
                     " tasker_amqp alone has none"
@@ -582,24 +643,42 @@ class AmqpQueueBackend:
         if not tasks:
             return []
         link = await self._connected()
+        if self._stored is not None:
+            return await self._stored.enqueue(link, tasks, group, now)
         sends = []
         for task in tasks:
-            meta = Meta(
-                id=task.id,
-                name=task.name,
-                queue=task.queue,
-                priority=task.priority,
-                run_at=task.run_at,
-                attempts=0,
-                max_attempts=task.max_attempts,
-                timeout=task.timeout,
-                created_at=task.created_at,
-                headers={**self._headers.get(task.name, {}), **(task.headers or {})},
-            )
+            meta = self._meta(task)
             target = await self._target(link, task.queue, meta.headers)
             sends.append(self._send(link, meta, task.payload, now, target=target))
         await _all(sends)
         return [EnqueueResult(id=task.id) for task in tasks]
+
+    def _meta(self, task: NewTask | TaskRecord, *, callback: str | None = None) -> Meta:
+        """The message fields of a task to publish (first publication: no attempts)."""
+        return Meta(
+            id=task.id,
+            name=task.name,
+            queue=task.queue,
+            priority=task.priority,
+            run_at=task.run_at,
+            attempts=0,
+            max_attempts=task.max_attempts,
+            timeout=task.timeout,
+            created_at=task.created_at,
+            headers={**self._headers.get(task.name, {}), **(task.headers or {})},
+            callback=callback,
+        )
+
+    def _reaches(self, routing_key: str, headers: Mapping[str, HeaderValue]) -> list[str]:
+        """The queues (tasker's names) a task published with ``routing_key`` reaches."""
+        if self._auto and self.exchange_type in ("topic", "direct"):
+            # A queue name has no '*' or '#': its key reaches that queue and no other.
+            return [routing_key]
+        return [
+            spec.name
+            for spec in self._queues.values()
+            if routes_to(spec, self.exchange_type, routing_key, headers)
+        ]
 
     async def _target(
         self, link: _Link, routing_key: str, headers: Mapping[str, HeaderValue]
@@ -607,14 +686,9 @@ class AmqpQueueBackend:
         """The queue a routing key reaches when that is one queue tasker knows (for
         wait_delivered), after checking that it reaches one at all."""
         if self._auto and self.exchange_type in ("topic", "direct"):
-            # A queue name has no '*' or '#': its key reaches that queue and no other.
             await self._queue_spec(link, routing_key)
             return routing_key
-        hits = [
-            spec.name
-            for spec in self._queues.values()
-            if routes_to(spec, self.exchange_type, routing_key, headers)
-        ]
+        hits = self._reaches(routing_key, headers)
         if not hits:
             raise ValueError(
                 f"no declared queue is bound to routing key {routing_key!r}"
@@ -702,8 +776,37 @@ class AmqpQueueBackend:
             # takes nothing; the next, with a fresh ``now``, takes what the consumers have
             # been delivered meanwhile.
             return []
-        skip = set(exclude)
+        if self._stored is not None:
+            return await self._stored.claim(link, queues, limit, worker, lease, now, exclude)
+        taken, dying, redelays = self._pick(queues, limit, now, set(exclude), alone=True)
+        for delivery in dying:
+            # A lease expired on the last attempt, or a redelivery whose last attempt's
+            # worker died: dead (a retry published by an outcome is claimed as it is).
+            await self._bury(link, delivery, LEASE_EXPIRED, None, now)
+        for delivery in redelays:
+            await self._redeliver(link, delivery, delivery.meta, now)
+        records = []
+        for delivery in taken:
+            self._drop(delivery)  # a lease taken over: held by its old worker until now
+            delivery.attempts += 1
+            delivery.worker = worker
+            delivery.lease_until = now + lease
+            self._held[worker, delivery.meta.id] = delivery
+            self._running.add((delivery.queue, delivery.meta.id))
+            records.append(delivery.record())
+        return records
+
+    def _pick(
+        self, queues: Sequence[str], limit: int, now: float, skip: set[str], *, alone: bool
+    ) -> tuple[list[_Delivery], list[_Delivery], list[_Delivery]]:
+        """What a claim of ``queues`` may take, up to ``limit``: deliveries whose lease
+        expired in this process first, then those delivered, in priority and ``run_at``
+        order. Returns them, the dead among them (``alone``: the attempts are counted
+        here, and one whose last attempt's worker died is dead; with a store, the store
+        decides), and the deliveries due too far ahead (round the delay ladder again).
+        The deliveries returned have left their buffers."""
         taken: list[_Delivery] = []
+        dying: list[_Delivery] = []
         wanted = set(queues)
         for delivery in list(self._held.values()):
             if len(taken) >= limit:
@@ -716,11 +819,11 @@ class AmqpQueueBackend:
                 continue
             if not self._valid(delivery):
                 self._drop(delivery)
-                continue
-            if delivery.attempts >= delivery.meta.max_attempts:
-                await self._bury(link, delivery, LEASE_EXPIRED, None, now)
-                continue
-            taken.append(delivery)
+            elif alone and delivery.attempts >= delivery.meta.max_attempts:
+                self._drop(delivery)
+                dying.append(delivery)
+            else:
+                taken.append(delivery)
         redelays: list[_Delivery] = []
         heads: list[tuple[tuple[int, float, int], str]] = []
         for queue in queues:
@@ -741,34 +844,39 @@ class AmqpQueueBackend:
             if self._valid(delivery):
                 if delivery.meta.run_at - now > _REDELAY_AHEAD:
                     redelays.append(delivery)
-                elif delivery.redelivered and delivery.attempts >= delivery.meta.max_attempts:
-                    # Its last attempt's worker died: dead, as a lease expired on the last
-                    # attempt is (a retry published by an outcome is claimed as it is).
-                    await self._bury(link, delivery, LEASE_EXPIRED, None, now)
+                elif (
+                    alone
+                    and delivery.redelivered
+                    and delivery.attempts >= delivery.meta.max_attempts
+                ):
+                    dying.append(delivery)
                 else:
                     taken.append(delivery)
             _skim(buffer, self._running, skip)
             if buffer.ready:
                 heapq.heappush(heads, (buffer.ready[0][0], queue))
-        for delivery in redelays:
-            await self._redeliver(link, delivery, delivery.meta, now)
-        records = []
-        for delivery in taken:
-            self._drop(delivery)  # a lease taken over: held by its old worker until now
-            delivery.attempts += 1
-            delivery.worker = worker
-            delivery.lease_until = now + lease
-            self._held[worker, delivery.meta.id] = delivery
-            self._running.add((delivery.queue, delivery.meta.id))
-            records.append(delivery.record())
-        return records
+        return taken, dying, redelays
+
+    def _unpick(self, deliveries: Sequence[_Delivery]) -> None:
+        """Put back deliveries :meth:`_pick` took from their buffers (a claim that failed)."""
+        for delivery in deliveries:
+            if self._held.get((delivery.worker, delivery.meta.id)) is delivery:
+                continue  # an expired lease: still held where it was
+            key = (delivery.queue, delivery.meta.id)
+            if key in self._buffered or not self._valid(delivery):
+                continue
+            buffer = self._buffers.setdefault(delivery.queue, _Buffer())
+            heapq.heappush(buffer.early, (delivery.meta.run_at, delivery.seq, delivery))
+            self._buffered.add(key)
 
     async def heartbeat(
         self, worker: str, ids: Sequence[str], *, lease: float, now: float
     ) -> set[str]:
         """Extend ``worker``'s leases on ``ids`` (in memory); the ids whose delivery is
-        still held (its channel open)."""
+        still held (its channel open). With a store, the store's leases."""
         check_asyncio()
+        if self._stored is not None:
+            return await self._stored.heartbeat(worker, ids, lease, now)
         held: set[str] = set()
         for task_id in ids:
             delivery = self._held.get((worker, task_id))
@@ -783,7 +891,11 @@ class AmqpQueueBackend:
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
         """Settle outcomes: a success is acknowledged; a retry published back to its queue
         through the delay ladder, a dead task to ``dead_queue``, a hand-back to its queue
-        (the attempt not counted), each confirmed before the original is acknowledged."""
+        (the attempt not counted), each confirmed before the original is acknowledged.
+        With a store, the store records the outcomes first."""
+        if self._stored is not None:
+            await self._stored.finish(outcomes, now)
+            return
         mine: list[tuple[Outcome, _Delivery]] = []
         for outcome in outcomes:
             delivery = self._held.get((outcome.worker, outcome.id))
@@ -813,14 +925,18 @@ class AmqpQueueBackend:
             await self._redeliver(link, delivery, _with(meta, attempts=delivery.attempts - 1), now)
         else:
             self._drop(delivery)
-            await _ack(delivery.channel, delivery.tag)
+            await ack(delivery.channel, delivery.tag)
 
     async def _redeliver(self, link: _Link, delivery: _Delivery, meta: Meta, now: float) -> None:
         """Publish ``meta`` back to the delivery's queue (delayed until its ``run_at``),
         then acknowledge the delivery."""
-        await self._send(link, meta, delivery.payload, now, to_queue=delivery.queue)
+        self._republishing.add(meta.id)
+        try:
+            await self._send(link, meta, delivery.payload, now, to_queue=delivery.queue)
+        finally:
+            self._republishing.discard(meta.id)
         self._drop(delivery)
-        await _ack(delivery.channel, delivery.tag)
+        await ack(delivery.channel, delivery.tag)
 
     async def _bury(
         self,
@@ -846,7 +962,7 @@ class AmqpQueueBackend:
         if not isinstance(confirmation, Basic.Ack):
             raise ConnectionError(f"RabbitMQ did not take dead task {meta.id!r}")
         self._drop(delivery)
-        await _ack(delivery.channel, delivery.tag)
+        await ack(delivery.channel, delivery.tag)
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a delivery of ``queues`` is here (or falls due, or a lease here
@@ -868,6 +984,8 @@ class AmqpQueueBackend:
                 break
             if buffer.early:
                 soonest = min(soonest, buffer.early[0][0])
+        if self._stored is not None:
+            soonest = min(soonest, now + self._stored.sweep_in())
         wanted = set(queues)
         for delivery in self._held.values():
             # A lease expired already was there for the claim that came just before this
@@ -934,10 +1052,93 @@ class AmqpQueueBackend:
         self._running.clear()
         self._buffers.clear()
         self._buffered.clear()
-        if link is not None:
-            for channel in (link.consumer, link.publisher):
-                await _close_quietly(channel)
-        await self._source.aclose()
+        try:
+            if link is not None:
+                for channel in (link.consumer, link.publisher):
+                    await _close_quietly(channel)
+            await self._source.aclose()
+        finally:
+            if self._stored is not None:
+                await self._stored.store.aclose()
+
+    # -- with a store: its capabilities, passed through ----------------------------------
+
+    def _store(self, capability: QueueCapability, needed_by: str) -> Any:
+        if self._stored is None or capability not in self.capabilities:
+            raise MissingCapabilityError(self, capability, f"AmqpQueueBackend.{needed_by}()")
+        return self._stored.store
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The task with this id, from the store (``INSPECTION``)."""
+        record: TaskRecord | None = await self._store(QueueCapability.INSPECTION, "get").get(
+            task_id
+        )
+        return record
+
+    async def tasks(
+        self, *, state: TaskState | None = None, queue: str | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, from the store (``INSPECTION``)."""
+        store = self._store(QueueCapability.INSPECTION, "tasks")
+        found: list[TaskRecord] = await store.tasks(state=state, queue=queue, limit=limit)
+        return found
+
+    async def counts(self) -> dict[str, dict[TaskState, int]]:
+        """Task counts per queue and state, from the store (``INSPECTION``); the broker's
+        counts of waiting messages are :meth:`queue_stats`."""
+        found: dict[str, dict[TaskState, int]] = await self._store(
+            QueueCapability.INSPECTION, "counts"
+        ).counts()
+        return found
+
+    async def history(self, *, task_id: str | None = None, limit: int = 100) -> list[HistoryEntry]:
+        """Finished attempts, newest first, from the store (``INSPECTION``)."""
+        store = self._store(QueueCapability.INSPECTION, "history")
+        found: list[HistoryEntry] = await store.history(task_id=task_id, limit=limit)
+        return found
+
+    async def requeue(self, task_id: str, *, now: float) -> bool:
+        """Requeue a dead task in the store, then publish it (``ADMINISTRATION``)."""
+        self._store(QueueCapability.ADMINISTRATION, "requeue")
+        assert self._stored is not None
+        return await self._stored.requeue(await self._connected(), task_id, now)
+
+    async def dispatch(
+        self, queue: str, *, name: str | None = None, limit: int | None = None, now: float
+    ) -> int:
+        """Release held tasks in the store, then publish them (``ADMINISTRATION``)."""
+        self._store(QueueCapability.ADMINISTRATION, "dispatch")
+        assert self._stored is not None
+        return await self._stored.dispatch(await self._connected(), queue, name, limit, now)
+
+    async def purge(
+        self,
+        *,
+        now: float,
+        history_before: float | None = None,
+        dead_before: float | None = None,
+    ) -> int:
+        """Delete what retention no longer keeps, in the store (``ADMINISTRATION``)."""
+        store = self._store(QueueCapability.ADMINISTRATION, "purge")
+        deleted: int = await store.purge(
+            now=now, history_before=history_before, dead_before=dead_before
+        )
+        return deleted
+
+    async def worker_seen(self, worker: WorkerInfo) -> None:
+        """Register ``worker`` in the store (``WORKERS``)."""
+        await self._store(QueueCapability.WORKERS, "worker_seen").worker_seen(worker)
+
+    async def worker_gone(self, worker_id: str) -> None:
+        """Remove ``worker_id`` from the store's registry (``WORKERS``)."""
+        await self._store(QueueCapability.WORKERS, "worker_gone").worker_gone(worker_id)
+
+    async def workers(self, *, now: float) -> list[WorkerInfo]:
+        """The live workers in the store's registry (``WORKERS``)."""
+        found: list[WorkerInfo] = await self._store(QueueCapability.WORKERS, "workers").workers(
+            now=now
+        )
+        return found
 
 
 def _with(meta: Meta, **changes: Any) -> Meta:
@@ -965,15 +1166,6 @@ def _close_reason(channel: aiormq.abc.AbstractChannel) -> str:
         return ""
     exc = closing.exception()
     return "" if exc is None else str(exc)
-
-
-async def _ack(channel: aiormq.abc.AbstractChannel, tag: int) -> None:
-    if channel.is_closed:
-        return  # the delivery went back to its queue with the channel
-    with contextlib.suppress(
-        aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError
-    ):
-        await channel.basic_ack(tag)
 
 
 async def _close_quietly(channel: aiormq.abc.AbstractChannel) -> None:
