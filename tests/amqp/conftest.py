@@ -5,10 +5,11 @@ that every entry point says so."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
-from .broker import amqp_url
+from .broker import amqp_url, delete_queues
 
 
 @pytest.fixture
@@ -27,3 +28,11 @@ def url() -> str:
 def names() -> str:
     """A prefix for this test's queues and exchange."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def cleanup(names: str) -> AsyncIterator[list[str]]:
+    """Queue names (without the namespace) to delete after the test."""
+    made: list[str] = []
+    yield made
+    await delete_queues(amqp_url(), *(f"{names}.{q}" for q in made), f"{names}.dead")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -17,7 +17,7 @@ import tasker
 from tasker.queue import Queue, current_task
 from tasker_amqp import AmqpQueue, AmqpQueueBackend
 
-from .broker import amqp_url, delete_queues
+from .broker import amqp_url
 
 pytestmark = pytest.mark.anyio
 
@@ -53,14 +53,6 @@ def _new(task_id: str, routing_key: str, now: float, **changes: Any) -> Any:
         created_at=now,
         **changes,
     )
-
-
-@pytest.fixture
-async def cleanup(names: str) -> AsyncIterator[list[str]]:
-    """Queue names (without the namespace) to delete after the test."""
-    made: list[str] = []
-    yield made
-    await delete_queues(amqp_url(), *(f"{names}.{q}" for q in made), f"{names}.dead")
 
 
 async def test_routing_keys_reach_only_the_queues_bound_to_them(
