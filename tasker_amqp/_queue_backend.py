@@ -21,7 +21,8 @@ takes the first that are due on the ``now`` it is given; RabbitMQ's quorum queue
 FIFO order, so priority orders what a process has been delivered, not the whole queue.
 
 **What it cannot do alone**: look tasks up, unique keys, held tasks, chains and groups need
-a store RabbitMQ does not have, so this backend declares none of those capabilities.
+a store RabbitMQ does not have, so alone this backend declares none of those capabilities.
+With a ``store=`` it offers the store's (``_stored``): the store leases, the broker delivers.
 
 **Guarantees.** At least once: a task runs again only if a worker died or lost its
 connection after it started (or after its outcome was decided but before the broker had
@@ -188,10 +189,13 @@ class _Link:
 class AmqpQueueBackend:
     """A :class:`tasker.queue.QueueBackend` on RabbitMQ quorum queues (asyncio only).
 
-    The core protocol only: enqueue (``delay=``/``at=`` through the delay ladder of
+    Alone, the core protocol: enqueue (``delay=``/``at=`` through the delay ladder of
     :mod:`tasker_amqp`'s topology), claims with leases, heartbeats, retries with backoff,
     dead letters to ``dead_queue``, and waiting for work. Looking tasks up, unique keys,
-    held tasks, chains and groups need a store beside the broker.
+    held tasks, chains and groups need a ``store`` beside the broker: with one, the backend
+    declares what the store does of those, and the store holds the tasks' state and
+    leases while RabbitMQ delivers them (see the RabbitMQ guide for what holds across the
+    two).
 
     Args:
         url: an ``amqp://`` or ``amqps://`` URL, or an :class:`AmqpSource` (to share one
@@ -215,9 +219,17 @@ class AmqpQueueBackend:
             default: the limit of the first claim (the worker's concurrency).
         ssl_context, reconnect_retries, reconnect_interval: as :class:`AmqpSource`
             (only with a URL).
+        store: a queue backend that declares ``CLAIM_BY_ID`` and ``INSPECTION``
+            (:class:`tasker.queue.SQLiteQueueBackend`, tasker_pg's, tasker_redis's): it
+            keeps the tasks, their leases and outcomes; this backend closes it with itself.
+        republish_after: with a store, how long a task may be overdue in the store, with
+            nothing waiting in its queue on the broker, before it is published again (its
+            publication was lost between the two systems); swept every third of it.
 
     Raises:
-        ValueError: for a bad name, exchange type, or option.
+        ValueError: for a bad name, exchange type, or option, or a store that cannot
+            claim tasks by id or look them up.
+        TypeError: a store that is not a queue backend.
     """
 
     capabilities: frozenset[QueueCapability] = frozenset({QueueCapability.HEADERS})
@@ -617,9 +629,13 @@ class AmqpQueueBackend:
     ) -> list[EnqueueResult]:
         """Publish ``tasks``, each confirmed by the broker; a delayed one through the ladder.
 
+        With a store: the store stores the tasks first (deduplicating, holding, grouping),
+        then each stored, unheld one is published; a publish that fails after the store's
+        write is logged, and the sweep publishes the task once it is overdue.
+
         Raises:
-            ValueError: a task held, with a unique key, a chain or a group (they need a
-                store), or whose routing key no declared queue is bound to.
+            ValueError: without a store, a task held, with a unique key, a chain or a
+                group; a routing key no declared queue is bound to (nothing is stored).
         """
         if group is not None and self._stored is None:
             raise ValueError(
