@@ -328,8 +328,9 @@ class AmqpQueueBackend:
         self._seq = itertools.count()
         # Publications to queues this process consumes, not yet delivered back to it (for
         # wait_delivered): task id -> (queue, monotonic time it falls due).
-        self._pending: dict[str, tuple[str, float]] = {}
-        self._pending_order: collections.deque[tuple[float, str]] = collections.deque()
+        # (queue, task id) -> monotonic time it falls due: a copy per queue it reaches.
+        self._pending: dict[tuple[str, str], float] = {}
+        self._pending_order: collections.deque[tuple[float, tuple[str, str]]] = collections.deque()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -547,7 +548,7 @@ class AmqpQueueBackend:
         except NotATaskError as exc:
             await self._unreadable(link, queue, message, str(exc))
             return
-        self._pending.pop(meta.id, None)
+        self._pending.pop((queue, meta.id), None)
         if meta.id not in self._republishing and (
             (queue, meta.id) in self._buffered or (queue, meta.id) in self._running
         ):
@@ -664,8 +665,8 @@ class AmqpQueueBackend:
         sends = []
         for task in tasks:
             meta = self._meta(task)
-            target = await self._target(link, task.queue, meta.headers)
-            sends.append(self._send(link, meta, task.payload, now, target=target))
+            targets = await self._target(link, task.queue, meta.headers)
+            sends.append(self._send(link, meta, task.payload, now, targets=targets))
         await _all(sends)
         return [EnqueueResult(id=task.id) for task in tasks]
 
@@ -698,12 +699,12 @@ class AmqpQueueBackend:
 
     async def _target(
         self, link: _Link, routing_key: str, headers: Mapping[str, HeaderValue]
-    ) -> str | None:
-        """The queue a routing key reaches when that is one queue tasker knows (for
-        wait_delivered), after checking that it reaches one at all."""
+    ) -> list[str]:
+        """The queues a routing key reaches (for wait_delivered), after checking that it
+        reaches one at all."""
         if self._auto and self.exchange_type in ("topic", "direct"):
             await self._queue_spec(link, routing_key)
-            return routing_key
+            return [routing_key]
         hits = self._reaches(routing_key, headers)
         if not hits:
             raise ValueError(
@@ -712,7 +713,7 @@ class AmqpQueueBackend:
                 f" {self.exchange!r}: declare one (AmqpQueueBackend(queues=[AmqpQueue(...,"
                 " binding_keys=...)])), or enqueue to a queue that is"
             )
-        return hits[0] if len(hits) == 1 else None
+        return hits
 
     async def _send(
         self,
@@ -721,7 +722,7 @@ class AmqpQueueBackend:
         payload: bytes,
         now: float,
         *,
-        target: str | None = None,
+        targets: Sequence[str] = (),
         to_queue: str | None = None,
     ) -> None:
         """Publish one task message, to the exchange (``to_queue`` None) or straight back
@@ -740,11 +741,11 @@ class AmqpQueueBackend:
         else:
             exchange, routing_key = self.exchange, meta.queue
         properties = encode(meta, extra=headers)
-        destination = to_queue or target
-        if destination is not None and destination in link.consuming:
-            due = _time.monotonic() + max(0, delay_ms) / 1000
-            self._pending[meta.id] = (destination, due)
-            self._pending_order.append((due, meta.id))
+        due = _time.monotonic() + max(0, delay_ms) / 1000
+        keys = [(q, meta.id) for q in ([to_queue] if to_queue else targets) if q in link.consuming]
+        for key in keys:
+            self._pending[key] = due
+            self._pending_order.append((due, key))
         try:
             confirmation = await link.publisher.basic_publish(
                 payload,
@@ -754,13 +755,15 @@ class AmqpQueueBackend:
                 mandatory=exchange != "" and delay_ms == 0,
             )
         except aiormq.exceptions.PublishError as exc:
-            self._pending.pop(meta.id, None)
+            for key in keys:
+                self._pending.pop(key, None)
             raise ValueError(
                 f"RabbitMQ could not route task {meta.id!r} (routing key {routing_key!r} on"
                 f" exchange {exchange!r}): {exc}"
             ) from None
         if not isinstance(confirmation, Basic.Ack):
-            self._pending.pop(meta.id, None)
+            for key in keys:
+                self._pending.pop(key, None)
             raise ConnectionError(
                 f"RabbitMQ did not take task {meta.id!r} (it answered {confirmation!r})"
             )
@@ -1035,11 +1038,11 @@ class AmqpQueueBackend:
         while True:
             now = _time.monotonic()
             while self._pending_order and self._pending_order[0][0] + _PENDING_FOR < now:
-                _, task_id = self._pending_order.popleft()
-                entry = self._pending.get(task_id)
-                if entry is not None and entry[1] + _PENDING_FOR < now:
-                    del self._pending[task_id]
-            waiting = [due for _, due in self._pending.values() if due <= now]
+                _, key = self._pending_order.popleft()
+                due = self._pending.get(key)
+                if due is not None and due + _PENDING_FOR < now:
+                    del self._pending[key]
+            waiting = [due for due in self._pending.values() if due <= now]
             if not waiting:
                 return True
             if now >= deadline:

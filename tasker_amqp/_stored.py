@@ -59,6 +59,7 @@ _FROM_STORE = frozenset(
         QueueCapability.UNIQUE_KEYS,
         QueueCapability.WORKFLOWS,
         QueueCapability.WORKERS,
+        QueueCapability.TASK_IDS,
     }
 )
 _NEEDED = (QueueCapability.CLAIM_BY_ID, QueueCapability.INSPECTION)
@@ -119,8 +120,8 @@ class StoreSide:
         results: list[EnqueueResult] = await self.store.enqueue(tasks, group=group, now=now)
         await self._publish(
             [
-                owner._send(link, meta, task.payload, now, target=target)
-                for (task, meta, target), result in zip(plans, results, strict=True)
+                owner._send(link, meta, task.payload, now, targets=targets)
+                for (task, meta, targets), result in zip(plans, results, strict=True)
                 if not result.deduplicated and not task.held
             ],
             "enqueued",
@@ -156,8 +157,8 @@ class StoreSide:
             if record is None or record.state is not S.QUEUED:
                 continue
             meta = owner._meta(record)
-            target = await owner._target(link, record.queue, meta.headers)
-            sends.append(owner._send(link, meta, record.payload, now, target=target))
+            targets = await owner._target(link, record.queue, meta.headers)
+            sends.append(owner._send(link, meta, record.payload, now, targets=targets))
         await self._publish(sends, "made due")
 
     # -- claim, heartbeat, finish ----------------------------------------------------------
@@ -297,7 +298,7 @@ class StoreSide:
             meta,
             task.payload,
             now,
-            target=await owner._target(link, task.queue, meta.headers),
+            targets=await owner._target(link, task.queue, meta.headers),
         )
 
     async def _settle(self, link: _Link, outcome: Outcome, delivery: _Delivery, now: float) -> None:
