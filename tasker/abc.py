@@ -174,6 +174,10 @@ class QueueCapability(enum.Enum):
     #: Carry per-task headers (``NewTask.headers``, ``enqueue(headers=...)``) to the broker
     #: and back to the handler (``current_task().headers``).
     HEADERS = "per-task headers"
+    #: Caller-chosen task ids (``enqueue(task_id=...)``): a task whose id names a task
+    #: already stored, in any state, is not stored again (its result says
+    #: ``deduplicated=True``), so an enqueue retried with its id is idempotent.
+    TASK_IDS = "caller-chosen task ids"
     #: Claim the tasks named by id, and list the overdue ones: :class:`ClaimById` (what a
     #: store needs to keep a message broker's tasks, which the broker delivers by id).
     CLAIM_BY_ID = "claim named tasks, list overdue ones"

@@ -191,6 +191,11 @@ async def test_a_core_only_backend_runs_tasks() -> None:
             "enqueue(connection=...)",
         ),
         (
+            lambda q: q.enqueue("t", 1, task_id="order-42"),
+            QueueCapability.TASK_IDS,
+            "enqueue(task_id=...)",
+        ),
+        (
             lambda q: q.enqueue_chain(q.step("t", 1), q.step("t")),
             QueueCapability.WORKFLOWS,
             "enqueue_chain()",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ __all__ = [
     "check_int",
     "check_name",
     "check_priority",
+    "check_task_id",
 ]
 
 _NAME_LIMIT = 200
@@ -26,6 +28,20 @@ def check_name(value: object, what: str) -> str:
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
     if len(value) > _NAME_LIMIT or not value.isprintable():
         raise ValueError(f"{what} must be at most {_NAME_LIMIT} printable characters: {value!r}")
+    return value
+
+
+_TASK_ID = re.compile(r"[A-Za-z0-9_=-](?:[A-Za-z0-9._=-]{0,126}[A-Za-z0-9_=-])?")
+
+
+def check_task_id(value: object) -> str:
+    """A caller-chosen task id: 1 to 128 letters, digits, ``_``, ``=``, ``-`` and inner
+    dots, what every backend can use as a key (an AMQP message id, a Redis key, a NATS
+    key-value key) without escaping."""
+    if not isinstance(value, str) or _TASK_ID.fullmatch(value) is None:
+        raise ValueError(
+            f"task_id must be 1 to 128 letters, digits, '_', '=', '-' and inner '.', got {value!r}"
+        )
     return value
 
 

@@ -95,6 +95,8 @@ class QueueCore:
             self._require(QueueCapability.UNIQUE_KEYS, "enqueue(unique_key=...)")
         if options.get("held"):
             self._require(QueueCapability.ADMINISTRATION, "enqueue(held=True)")
+        if options.get("task_id") is not None:
+            self._require(QueueCapability.TASK_IDS, "enqueue(task_id=...)")
         if check_headers(options.get("headers")):  # checked first: the problem is named
             self._require(QueueCapability.HEADERS, "enqueue(headers=...)")
         return self._registry.new_task(name, payload, **options)

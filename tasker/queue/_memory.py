@@ -65,7 +65,7 @@ class MemoryQueueBackend(MemoryAdministration):
         """Store tasks; deduplicate unique keys."""
         results = []
         for task in tasks:
-            duplicate = self._duplicate_of(task, now)
+            duplicate = task.id if task.id in self._tasks else self._duplicate_of(task, now)
             if duplicate is not None:
                 results.append(EnqueueResult(id=duplicate, deduplicated=True))
                 continue

@@ -268,6 +268,7 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
         held: bool = False,
         headers: Mapping[str, HeaderValue] | None = None,
         connection: Any = None,
+        task_id: str | None = None,
     ) -> Enqueued[Any]:
         """Enqueue task ``name`` with ``payload``, to run now, after ``delay`` or ``at`` a time.
 
@@ -288,11 +289,15 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
                 :attr:`~tasker.abc.QueueCapability.HEADERS` (tasker_amqp).
             connection: a database connection inside the caller's transaction, for backends
                 that support it (Postgres): the task exists only if that transaction commits.
+            task_id: the task's id (default: a new UUID, as hex), for backends with
+                :attr:`~tasker.abc.QueueCapability.TASK_IDS`: while a task with this id is
+                stored, in any state, another enqueue with it is deduplicated, so a
+                retried enqueue runs the task once.
 
         Raises:
             UnknownTaskError: no handler is registered as ``name`` (a ``KeyError``).
             MissingCapabilityError: an option the backend cannot honour (``unique_key``,
-                ``held``, ``headers``, ``connection``).
+                ``held``, ``headers``, ``connection``, ``task_id``).
             PayloadError: the serialiser cannot represent ``payload`` (a ``TypeError``).
             TypeError: a payload for a task whose handler takes only ``ctx``.
             ValueError: a negative delay, a naive ``at``, a priority out of range, a bad
@@ -313,6 +318,7 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
             unique_for=unique_for,
             held=held,
             headers=headers,
+            task_id=task_id,
         )
         if connection is None:
             (result,) = await self.backend.enqueue([task], now=now)

@@ -23,7 +23,7 @@ from typing import Any
 from .._backoff import Backoff
 from .._context import Context, to_seconds
 from .._job import check_job
-from ._checks import check_headers, check_int, check_name, check_priority
+from ._checks import check_headers, check_int, check_name, check_priority, check_task_id
 from ._errors import PayloadError, UnknownTaskError
 from ._records import HeaderValue, NewTask
 from ._serializer import Serializer
@@ -121,6 +121,7 @@ class Registry:
         chain: bytes | None = None,
         group: tuple[str, int] | None = None,
         raw_payload: bytes | None = None,
+        task_id: str | None = None,
     ) -> NewTask:
         """The :class:`NewTask` for an enqueue of ``name`` at backend time ``now``: the
         registration's defaults, with the options given; every option validated here."""
@@ -147,7 +148,7 @@ class Registry:
                 f" got a {type(payload).__name__}"
             )
         return NewTask(
-            id=uuid.uuid4().hex,
+            id=uuid.uuid4().hex if task_id is None else check_task_id(task_id),
             name=name,
             queue=check_name(queue, "queue") if queue is not None else registration.queue,
             payload=raw_payload if raw_payload is not None else self.serialize(name, payload),

@@ -104,12 +104,14 @@ def _shifted_outcome(outcome: Outcome, delta: float) -> Outcome:
     )
 
 
-def insert(db: sqlite3.Connection, task: NewTask) -> None:
-    db.execute(
+def insert(db: sqlite3.Connection, task: NewTask) -> bool:
+    """Insert ``task``; False if a task with its id is stored already (left as it is)."""
+    cursor = db.execute(
         f"insert into tasks ({TASK_INSERT_COLUMNS})"  # noqa: S608 - constant column names
-        " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (id) do nothing",
         task_insert_values(task),
     )
+    return cursor.rowcount > 0
 
 
 def enqueue(
@@ -135,8 +137,7 @@ def enqueue(
             if row is not None and (row[1] in LIVE_STATES or (row[2] is not None and now < row[2])):
                 results.append(EnqueueResult(id=row[0], deduplicated=True))
                 continue
-        insert(db, task)
-        results.append(EnqueueResult(id=task.id))
+        results.append(EnqueueResult(id=task.id, deduplicated=not insert(db, task)))
     if group is not None:
         db.execute(
             "insert into task_groups (id, size, callback) values (?, ?, ?)",

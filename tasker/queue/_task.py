@@ -120,6 +120,7 @@ class Task(Generic[P, R]):
         held: bool = ...,
         headers: Mapping[str, HeaderValue] | None = ...,
         connection: Any = ...,
+        task_id: str | None = ...,
     ) -> Enqueued[R]: ...
 
     @overload
@@ -138,6 +139,7 @@ class Task(Generic[P, R]):
         held: bool = ...,
         headers: Mapping[str, HeaderValue] | None = ...,
         connection: Any = ...,
+        task_id: str | None = ...,
     ) -> Enqueued[R]: ...
 
     async def enqueue(
@@ -155,6 +157,7 @@ class Task(Generic[P, R]):
         held: bool = False,
         headers: Mapping[str, HeaderValue] | None = None,
         connection: Any = None,
+        task_id: str | None = None,
     ) -> Enqueued[R]:
         """Enqueue this task with ``payload`` (a ``P``; none for a ``Task[None, R]``).
 
@@ -183,6 +186,7 @@ class Task(Generic[P, R]):
             held=held,
             headers=headers,
             connection=connection,
+            task_id=task_id,
         )
 
     @overload

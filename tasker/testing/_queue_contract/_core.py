@@ -35,6 +35,7 @@ class CoreRules(MachineBase):
         max_attempts=st.integers(1, 3),
         unique=st.sampled_from([None, None, "k1", "k2"]),
         held=st.sampled_from([False, False, False, True]),
+        reuse=st.sampled_from([None, None, None, None, 0, 7]),
     )
     def enqueue(
         self,
@@ -45,11 +46,30 @@ class CoreRules(MachineBase):
         max_attempts: int,
         unique: str | None,
         held: bool,
+        reuse: int | None,
     ) -> None:
         if not self.has(QueueCapability.UNIQUE_KEYS):
             unique = None
         if not self.has(QueueCapability.ADMINISTRATION):
             held = False
+        known = sorted(self.model.tasks)
+        if reuse is not None and known and self.has(QueueCapability.TASK_IDS):
+            # The id of a task stored already, in whatever state: the enqueue is
+            # deduplicated to it, and nothing changes (a retried enqueue).
+            existing = known[reuse % len(known)]
+            self.tick()
+            again = NewTask(
+                id=existing,
+                name=name,
+                queue=queue,
+                payload=b"{}",
+                run_at=self.now,
+                created_at=self.now,
+            )
+            (result,) = self.call("enqueue", [again], now=self.now)
+            assert result.deduplicated, f"an enqueue of stored id {existing} must deduplicate"
+            assert result.id == existing
+            return
         self.tick()
         new = NewTask(
             id=self.model.new_id(),
