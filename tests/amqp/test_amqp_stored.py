@@ -68,6 +68,7 @@ def test_capabilities_come_from_the_store(tmp_path: Path) -> None:
         QueueCapability.UNIQUE_KEYS,
         QueueCapability.WORKFLOWS,
         QueueCapability.WORKERS,
+        QueueCapability.TASK_IDS,
     }
     assert "store=SQLiteQueueBackend" in repr(stored)
 

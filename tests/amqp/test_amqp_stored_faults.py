@@ -103,8 +103,12 @@ async def test_results_unique_keys_held_tasks_chains_and_groups(
             [queue.step("double", 100), queue.step("double", 200)], then=queue.step("total")
         )
         retried = await queue.enqueue("flaky")
+        chosen = await queue.enqueue("double", 3, task_id="order-3")
+        assert (await queue.enqueue("double", 4, task_id="order-3")).deduplicated
         await _until(
-            lambda: _done(queue, [first.id, chain.id, retried.id, *(m.id for m in members)])
+            lambda: _done(
+                queue, [first.id, chain.id, retried.id, chosen.id, *(m.id for m in members)]
+            )
         )
         assert await _state(queue, held.id) is TaskState.HELD
         assert await queue.dispatch("default") == 1
@@ -118,6 +122,7 @@ async def test_results_unique_keys_held_tasks_chains_and_groups(
     assert Counter(ran) == Counter(
         [
             "double 1",
+            "double 3",
             "double 5",
             "double 10",
             "double 20",
