@@ -379,7 +379,9 @@ class NatsQueueBackend:
             answer = json.loads(reply.data)
             error = answer.get("error")
             if error is not None:
-                if error.get("err_code") in (10071, 10164):
+                # A wrong last sequence, or (checked first in a batch) a message id in the
+                # duplicate window: a record created already.
+                if error.get("err_code") in (10071, 10164, 10201):
                     return False
                 if error.get("err_code") == 10054:  # message too large
                     raise UnstorableRecordError(error.get("description", "too large"))
@@ -470,17 +472,24 @@ class NatsQueueBackend:
     async def _read(self, state: _Connected, task_id: str) -> tuple[int, TaskRecord] | None:
         """The stored record of ``task_id`` and its revision (None: there is none); the view
         learns it too."""
+        revision, record = await self._slot(state, task_id)
+        return None if record is None else (revision, record)
+
+    async def _slot(self, state: _Connected, task_id: str) -> tuple[int, TaskRecord | None]:
+        """The revision of ``task_id``'s subject (0: it has no message) and its record (None
+        also for a deletion's marker, which a new record replaces at its revision); the
+        view learns it too."""
         try:
             msg = await state.js.get_msg(self.stream, subject=self._subject(task_id))
         except nats.js.errors.NotFoundError:
             held = state.view.records.get(task_id)
             if held is not None:
                 state.view.apply(task_id, held[0] + 1, None)  # gone from the stream
-            return None
+            return 0, None
         assert msg.seq is not None
         if (msg.headers or {}).get(KV_OP) == KV_DEL or not msg.data:
             state.view.apply(task_id, msg.seq, None)
-            return None
+            return msg.seq, None
         record = decode_record(msg.data)
         state.view.apply(task_id, msg.seq, record)
         return msg.seq, record
@@ -507,13 +516,16 @@ class NatsQueueBackend:
         """Store ``tasks`` (and their ``group``) at once: one atomic batch (all stored or
         none), up to 1,000 records a batch (a larger plain enqueue is stored in batches of
         1,000, each all or none; with unique keys or a group, more is refused). A task
-        whose unique key a live task holds, or a finished one within its window, is not
-        stored: its result names that task.
+        whose id names a stored task (in any state), or whose unique key a live task holds,
+        or a finished one within its window, is not stored: its result names that task,
+        which is left as it is.
 
         An answer lost to a dropped connection is waited for again: the enqueue is sent
         again (twice at most), and a resend stores nothing twice (``Nats-Msg-Id``, and a
         record is created only where its subject has none), so a caller never has to guess
-        whether its tasks were stored and enqueue them under new ids.
+        whether its tasks were stored and enqueue them under new ids. A resend answers as
+        the first send did: a stored record that is this very task (its created_at, name
+        and payload) was stored by it, not deduplicated.
         """
         for attempt in range(3):
             try:
@@ -528,21 +540,28 @@ class NatsQueueBackend:
         self, tasks: Sequence[NewTask], group: GroupSpec | None, now: float
     ) -> list[EnqueueResult]:
         state = await self._connected()
-        if group is None and all(task.unique_key is None for task in tasks):
-            records = [record_from_new(task) for task in tasks]
-            for start in range(0, len(records), _BATCH_LIMIT):
-                chunk = records[start : start + _BATCH_LIMIT]
-                if not await self._commit(state, [self._task_write(r, 0, new=True) for r in chunk]):
-                    # An id exists: a resend of what was stored. Store any that is missing.
-                    await asyncio.gather(
-                        *(self._commit(state, [self._task_write(r, 0, new=True)]) for r in chunk)
-                    )
-            return [EnqueueResult(id=task.id) for task in tasks]
+        if group is not None or any(task.unique_key is not None for task in tasks):
+            return await self._enqueue_checked(state, tasks, group, now)
+        # Plain tasks: created where their subjects have no message, no read first.
+        results: list[EnqueueResult] = []
+        for start in range(0, len(tasks), _BATCH_LIMIT):
+            chunk = tasks[start : start + _BATCH_LIMIT]
+            writes = [self._task_write(record_from_new(task), 0, new=True) for task in chunk]
+            if await self._commit(state, writes):
+                results += [EnqueueResult(id=task.id) for task in chunk]
+            else:  # an id is stored: a resend, or an id enqueued again (or purged)
+                results += await self._enqueue_checked(state, chunk, None, now)
+        return results
+
+    async def _enqueue_checked(
+        self, state: _Connected, tasks: Sequence[NewTask], group: GroupSpec | None, now: float
+    ) -> list[EnqueueResult]:
+        """Enqueue ``tasks`` after reading what their ids and unique keys name, at once."""
         for _ in range(_WRITE_ROUNDS * 4):
             writes, results = await self._enqueue_writes(state, tasks, group, now)
             if await self._commit(state, writes):
                 return results
-        raise RuntimeError("enqueue: lost too many races for its unique keys; try again")
+        raise RuntimeError("enqueue: lost too many races for its ids or unique keys; try again")
 
     async def _enqueue_writes(
         self, state: _Connected, tasks: Sequence[NewTask], group: GroupSpec | None, now: float
@@ -551,10 +570,15 @@ class NatsQueueBackend:
         results: list[EnqueueResult] = []
         taken: dict[str, str] = {}  # unique keys this enqueue takes -> the task taking them
         stored: list[str] = []
-        for task in tasks:
-            if await self._read(state, task.id) is not None:
+        written: set[str] = set()  # the ids this enqueue creates
+        slots = await asyncio.gather(*(self._slot(state, task.id) for task in tasks))
+        for task, (revision, found) in zip(tasks, slots, strict=True):
+            if found is not None and _same_task(found, task):
                 results.append(EnqueueResult(id=task.id))  # a resend: stored already
                 stored.append(task.id)
+                continue
+            if found is not None or task.id in written:  # its id names another task
+                results.append(EnqueueResult(id=task.id, deduplicated=True))
                 continue
             key = task.unique_key
             if key is not None:
@@ -562,7 +586,7 @@ class NatsQueueBackend:
                     results.append(EnqueueResult(id=taken[key], deduplicated=True))
                     continue
                 subject = self._unique_subject(key)
-                revision, holder = await self._get_json(state, subject)
+                key_revision, holder = await self._get_json(state, subject)
                 if holder is not None and holder["id"] != task.id:
                     live = await self._read(state, holder["id"])
                     until = holder["until"]
@@ -572,12 +596,17 @@ class NatsQueueBackend:
                         results.append(EnqueueResult(id=holder["id"], deduplicated=True))
                         continue
                 writes.append(
-                    _Write(subject, _json({"id": task.id, "until": task.unique_until}), revision)
+                    _Write(
+                        subject, _json({"id": task.id, "until": task.unique_until}), key_revision
+                    )
                 )
                 taken[key] = task.id
-            writes.append(self._task_write(record_from_new(task), 0, new=True))
+            # Over a deletion's marker (a purged task), at its revision and without a
+            # message id: the purged task's id may still be in the duplicate window.
+            writes.append(self._task_write(record_from_new(task), revision, new=revision == 0))
             results.append(EnqueueResult(id=task.id))
             stored.append(task.id)
+            written.add(task.id)
         if group is not None:
             subject = self._group_subject(group.id)
             revision, existing = await self._get_json(state, subject)
@@ -1138,6 +1167,16 @@ class _Write:
             headers[KV_OP] = KV_DEL
             headers["Nats-TTL"] = _TOMBSTONE_TTL
         return headers
+
+
+def _same_task(record: TaskRecord, task: NewTask) -> bool:
+    """Whether ``record`` is ``task`` as stored (what none of its changes touch): a
+    resend of the enqueue that stored it, not another task under its id."""
+    return (
+        record.created_at == task.created_at
+        and record.name == task.name
+        and record.payload == task.payload
+    )
 
 
 def _json(data: Any) -> bytes:

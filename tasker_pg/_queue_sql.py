@@ -103,18 +103,28 @@ class QueueStatements:
         self.groups = groups = f"{schema}.queue_groups"
         self.history = history = f"{schema}.queue_history"
         # -- enqueue
+        # No conflict target: both the primary key (a stored id) and the partial unique
+        # index on live unique keys make the insert do nothing.
         self.insert = (
             f"insert into {tasks} ({TASK_INSERT_COLUMNS})"  # noqa: S608 - validated identifiers
             " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-            " on conflict (unique_key) where unique_key is not null"
-            f" and {_LIVE} do nothing returning id"
+            " on conflict do nothing returning id"
         )
-        self.latest_with_key = (
-            f"select id, state, unique_until from {tasks} where unique_key = $1"  # noqa: S608
-            f" order by ({_LIVE}) desc, created_at desc"
+        # $1 the task's id, $2 its unique key: the task stored with this id first, else the
+        # latest with this key (a live one first).
+        self.stored_or_latest_with_key = (
+            f"select id, state, unique_until from {tasks}"  # noqa: S608
+            " where id = $1 or unique_key = $2"
+            f" order by id = $1 desc, ({_LIVE}) desc, created_at desc"
             " limit 1"
         )
-        self.live_with_key = f"select id from {tasks} where unique_key = $1 and {_LIVE}"  # noqa: S608
+        # After an insert did nothing: the task stored with this id, else the live one
+        # holding this key ($2 may be null).
+        self.conflicting = (
+            f"select id from {tasks}"  # noqa: S608
+            f" where id = $1 or (unique_key = $2 and {_LIVE})"
+            " order by id = $1 desc limit 1"
+        )
         self.insert_group = f"insert into {groups} (id, size, callback) values ($1, $2, $3)"  # noqa: S608
         self.notify = "select pg_notify($1, $2)"
         # -- the worker registry

@@ -9,6 +9,9 @@ Design notes:
 - Unique keys: a partial unique index on live tasks makes the insert itself the check, so
   two replicas cannot both insert; the window after completion (``unique_until``) is read
   in the same transaction first.
+- Task ids: the primary key makes the insert the check too (``on conflict do nothing``
+  has no target, so it covers both); a task whose id is stored already is deduplicated to
+  it, whatever its state, and the stored task is left as it is.
 - Groups: the last member to finish fires the group's callback. Members finishing in
   concurrent transactions would each see the other unfinished, so the group's row is
   locked first, and rows are always locked in id order (tasks, then groups): two workers
@@ -43,11 +46,42 @@ logger = logging.getLogger("tasker_pg")
 # A dedicated connection or one borrowed from a pool (asyncpg's proxy has no common type).
 _Conn = Any
 
+# How many times an enqueue tries its insert when what it conflicted with is gone next.
+_ATTEMPTS = 3
+
 
 async def _insert(conn: _Conn, sql: QueueStatements, task: NewTask) -> bool:
-    """Insert ``task``; False if a live task holds its unique key."""
+    """Insert ``task``; False if a task with its id is stored, or a live task holds its
+    unique key (the stored task is left as it is)."""
     row = await conn.fetchrow(sql.insert, *task_insert_values(task))
     return row is not None
+
+
+async def _enqueue_one(
+    conn: _Conn, sql: QueueStatements, task: NewTask, now: float
+) -> EnqueueResult:
+    """Store ``task``, or name the stored task it is deduplicated to: the task stored with
+    its id (in any state), else the task holding its unique key (live, or in its window).
+
+    A task without a unique key costs one statement, as before: the insert, which does
+    nothing on a stored id. Should the task it conflicted with be gone by the next
+    statement (finished, or purged), the insert is tried again.
+    """
+    for _ in range(_ATTEMPTS):
+        if task.unique_key is not None:
+            row = await conn.fetchrow(sql.stored_or_latest_with_key, task.id, task.unique_key)
+            if row is not None and (
+                row[0] == task.id or row[1] in LIVE_STATES or (row[2] is not None and now < row[2])
+            ):
+                return EnqueueResult(id=row[0], deduplicated=True)
+        if await _insert(conn, sql, task):
+            return EnqueueResult(id=task.id)
+        # A task with this id is stored, or another replica inserted a live task with this
+        # key meanwhile.
+        existing = await conn.fetchval(sql.conflicting, task.id, task.unique_key)
+        if existing is not None:
+            return EnqueueResult(id=existing, deduplicated=True)
+    raise RuntimeError(f"enqueue of task {task.id}: it kept conflicting with a vanishing task")
 
 
 async def enqueue_on(
@@ -62,17 +96,10 @@ async def enqueue_on(
     results = []
     queues = set()
     for task in tasks:
-        if task.unique_key is not None:
-            row = await conn.fetchrow(sql.latest_with_key, task.unique_key)
-            if row is not None and (row[1] in LIVE_STATES or (row[2] is not None and now < row[2])):
-                results.append(EnqueueResult(id=row[0], deduplicated=True))
-                continue
-        if await _insert(conn, sql, task):
-            results.append(EnqueueResult(id=task.id))
+        result = await _enqueue_one(conn, sql, task, now)
+        results.append(result)
+        if not result.deduplicated:
             queues.add(task.queue)
-        else:  # another replica inserted a live task with this key meanwhile
-            existing = await conn.fetchval(sql.live_with_key, task.unique_key)
-            results.append(EnqueueResult(id=existing, deduplicated=True))
     if group is not None:
         await conn.execute(
             sql.insert_group,

@@ -152,11 +152,13 @@ class RedisQueueBackend:
     async def enqueue(
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
     ) -> list[EnqueueResult]:
-        """Store tasks (and their group) in one script; unique keys deduplicate.
+        """Store tasks (and their group) in one script; stored ids and unique keys
+        deduplicate (a stored task is left as it is).
 
         Sent again once when the connection drops before the reply (a server restart, a
-        killed connection): the script stores nothing twice, since a task whose id is
-        stored already means that the first send was applied, whole.
+        killed connection): the script stores nothing twice, since finding this very task
+        (same created_at, name and payload) stored means that the first send was applied,
+        whole; it then answers as that send did.
         """
         args: list[Any] = [repr(float(now)), str(len(tasks))]
         for task in tasks:

@@ -488,10 +488,12 @@ end
 
 -- The scripts' bodies (see _scripts.py) call these.
 
--- Store new tasks (and their group). A task whose id is stored already was stored by an
--- earlier run of this same enqueue (the client sent it again after a lost reply): the
--- script is atomic, so that run stored the whole batch, group included, and this one
--- changes nothing.
+-- Store new tasks (and their group). A task whose id is stored already is deduplicated to
+-- it and changes nothing (a caller-chosen id enqueued again), unless the stored task is
+-- this very one (the same name, payload and created_at): then an earlier run of this same
+-- enqueue stored it (the client sent it again after a lost reply). The script is atomic,
+-- so that run stored the whole batch, group included, and this one changes nothing and
+-- answers as it did.
 local function enqueue_main()
   local now = arg()
   local out, ids = {}, {}
@@ -499,9 +501,14 @@ local function enqueue_main()
   for i = 1, tonumber(arg()) do
     local t, flat = record_arg()
     local holder = nil
-    if redis.call('EXISTS', tkey(t.id)) == 1 then
-      replay = true
-      out[i] = {t.id, 0}
+    local stored = redis.call('HMGET', tkey(t.id), 'created_at', 'name', 'payload')
+    if stored[1] then
+      if stored[1] == t.created_at and stored[2] == t.name and stored[3] == t.payload then
+        replay = true
+        out[i] = {t.id, 0}
+      else
+        out[i] = {t.id, 1}
+      end
     else
       if t.unique_key then holder = unique_holder(t.unique_key, now) end
       if holder then
