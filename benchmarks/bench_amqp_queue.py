@@ -29,8 +29,11 @@ of its own is left, and deletes and reports what is:
   publish persistent and confirmed, a prefetch of the worker's concurrency; reported as not
   available when it cannot be imported) and **tasker_amqp prefetch 4x** (the same with
   ``prefetch=4 x concurrency``, celery's default multiplier: a variant for comparison; the
-  targets are the default's), **memory** (tasker's own in-process ``MemoryQueueBackend``,
-  the same worker and settings: what the worker costs without a broker), **celery**,
+  targets are the default's), **tasker_amqp+sqlite** (the default with
+  ``store=SQLiteQueueBackend(...)`` beside it, a file of the run's own: what the store's
+  claim, heartbeat and finish round trips cost), **memory** (tasker's own in-process
+  ``MemoryQueueBackend``, the same worker and settings: what the worker costs without a
+  broker), **celery**,
   **dramatiq** and **taskiq-aio-pika**, and the **raw** loops, which are no task queue:
   persistent messages published with publisher confirms, consumed with
   ``prefetch_count=100`` and acknowledged one by one (``peers/amqp_raw_bench.py``). **raw
@@ -98,7 +101,7 @@ import anyio
 from peers.amqp_common import DEFAULT_URL, URL_VARIABLE, WARM_UP, made
 
 import tasker
-from tasker.queue import MemoryQueueBackend, NewTask, Queue, QueueBackend
+from tasker.queue import MemoryQueueBackend, NewTask, Queue, QueueBackend, SQLiteQueueBackend
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PEER_PYTHON = "/tmp/peer-amqp-venv/bin/python"  # noqa: S108 - a documented location
@@ -107,6 +110,7 @@ TASKER = "tasker_amqp"
 #: its default (the concurrency): a variant, for the report's findings; the targets are the
 #: default's.
 TASKER_WIDE = "tasker_amqp prefetch 4x"
+TASKER_STORE = "tasker_amqp+sqlite"
 WIDE_FACTOR = 4
 RAW_LIMIT = "raw aio-pika"
 #: (tool, peer script, kind for amqp_common.made, variant, interpreter: "peer" or "ours"), in
@@ -338,7 +342,7 @@ class TaskerNames:
 
 
 def amqp_factory(
-    settings: Settings, tool: str, prefetch: int | None
+    settings: Settings, tool: str, prefetch: int | None, *, store: bool = False
 ) -> tuple[BackendFactory | None, TaskerNames | None, str]:
     """A factory of tasker_amqp backends by namespace (with ``prefetch``, None for its
     default), what they declare, and tasker's version; or None and why not.
@@ -353,7 +357,10 @@ def amqp_factory(
         return None, None, f"not available: {type(exc).__name__}: {exc}"
     names = TaskerNames(base=settings.name(tool), levels=levels)
 
+    files = tempfile.mkdtemp(prefix="bench-amqp-store-")
+
     def make(namespace: str) -> QueueBackend:
+        # Every backend of one namespace shares its store (the producer's and the worker's).
         backend: QueueBackend = backend_class(
             settings.url,
             exchange=names.base,
@@ -361,6 +368,7 @@ def amqp_factory(
             dead_queue=f"{names.base}.dead",
             namespace=namespace,
             prefetch=prefetch,
+            store=SQLiteQueueBackend(Path(files) / f"{namespace}.db") if store else None,
         )
         return backend
 
@@ -779,10 +787,15 @@ async def run_round(settings: Settings) -> tuple[list[ToolResult], bool]:
     results: list[ToolResult] = []
     broken = False
     version = importlib.metadata.version("tasker-jobs")
-    for tool, prefetch in ((TASKER, None), (TASKER_WIDE, WIDE_FACTOR * settings.concurrency)):
+    variants = (
+        (TASKER, None, False),
+        (TASKER_WIDE, WIDE_FACTOR * settings.concurrency, False),
+        (TASKER_STORE, None, True),
+    )
+    for tool, prefetch, store in variants:
         if not settings.wants(tool):
             continue
-        make, names, why = amqp_factory(settings, tool, prefetch)
+        make, names, why = amqp_factory(settings, tool, prefetch, store=store)
         if make is None:
             results.append(ToolResult(tool=tool, status=why))
             print(f"{tool}: {why}", file=settings.out)
@@ -849,7 +862,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=1, help="run every tool N times; report the fastest"
     )
     parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON)
-    names = [TASKER, TASKER_WIDE, "memory", *(p[0] for p in PEERS)]
+    names = [TASKER, TASKER_WIDE, TASKER_STORE, "memory", *(p[0] for p in PEERS)]
     parser.add_argument("--tools", help=f"a comma-separated subset of: {', '.join(names)}")
     parser.add_argument(
         "--private-server",
