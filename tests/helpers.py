@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -89,3 +90,40 @@ def python_process(
         env=full_env,
         cwd=ROOT,
     )
+
+
+async def check_chosen_task_ids(backend: Any) -> None:
+    """``enqueue(task_id=...)`` on ``backend`` (fresh, declaring ``TASK_IDS``): enqueued
+    twice, the task runs once; enqueued again once it succeeded, it stays succeeded."""
+    import tasker
+    from tasker.queue import Queue, TaskState
+
+    queue = Queue(backend)
+    ran: list[int] = []
+
+    @queue.task("t")
+    async def t(ctx: Context, payload: int) -> int:
+        ran.append(payload)
+        return payload
+
+    first = await queue.enqueue("t", 1, task_id="order-42")
+    assert (first.id, first.deduplicated) == ("order-42", False)
+    again = await t.enqueue(2, task_id="order-42")
+    assert (again.id, again.deduplicated) == ("order-42", True)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: tasker.run(queue.worker(poll=0.1), shutdown_trigger=stop.wait))
+        with anyio.fail_after(10):
+            # The worker records the outcome after the handler returned.
+            info = await queue.get("order-42")
+            while info is None or info.state is not TaskState.SUCCEEDED:
+                await anyio.sleep(0.02)
+                info = await queue.get("order-42")
+        stop.set()
+    after = await queue.enqueue("t", 3, task_id="order-42")
+    assert (after.id, after.deduplicated) == ("order-42", True)
+    info = await queue.get("order-42")
+    assert info is not None
+    assert (info.state, info.result, info.attempts) == (TaskState.SUCCEEDED, 1, 1)
+    assert ran == [1]
+    assert await queue.counts() == {"default": {"succeeded": 1}}

@@ -192,14 +192,7 @@ def _claim(
         f" and attempts >= max_attempts and queue in ({marks}){skip} order by id",
         (now, *queues, *exclude),
     ).fetchall()
-    for (task_id,) in dying:
-        db.execute(
-            "update tasks set state = 'dead', lease_owner = null, lease_until = null,"
-            " last_error = 'lease expired (the worker stopped responding)',"
-            " finished_at = ? where id = ?",
-            (now, task_id),
-        )
-        group_member_done(db, task_id, now)
+    _die_expired(db, [task_id for (task_id,) in dying], now)
     ids = [
         row[0]
         for row in db.execute(
@@ -232,6 +225,18 @@ def _claim(
     return sorted((record_from_row(row) for row in rows), key=lambda r: order[r.id])
 
 
+def _die_expired(db: sqlite3.Connection, task_ids: Sequence[str], now: float) -> None:
+    """Tasks whose lease expired on their last attempt: dead, their groups told."""
+    for task_id in task_ids:
+        db.execute(
+            "update tasks set state = 'dead', lease_owner = null, lease_until = null,"
+            " last_error = 'lease expired (the worker stopped responding)',"
+            " finished_at = ? where id = ?",
+            (now, task_id),
+        )
+        group_member_done(db, task_id, now)
+
+
 def claim_ids(
     db: sqlite3.Connection, arg: tuple[Sequence[str], str, float, float, float | None]
 ) -> list[TaskRecord]:
@@ -248,14 +253,7 @@ def claim_ids(
         " and lease_until <= ? and attempts >= max_attempts order by id",
         (*wanted, now),
     ).fetchall()
-    for (task_id,) in dying:
-        db.execute(
-            "update tasks set state = 'dead', lease_owner = null, lease_until = null,"
-            " last_error = 'lease expired (the worker stopped responding)',"
-            " finished_at = ? where id = ?",
-            (now, task_id),
-        )
-        group_member_done(db, task_id, now)
+    _die_expired(db, [task_id for (task_id,) in dying], now)
     taken = {
         row[0]
         for row in db.execute(

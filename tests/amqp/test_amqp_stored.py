@@ -3,9 +3,7 @@ lends (SQLite here), and the checks of the composition's construction."""
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,44 +14,22 @@ from tasker.queue import MemoryQueueBackend, SQLiteQueueBackend
 from tasker.testing import queue_backend_machine
 from tasker_amqp import AmqpQueueBackend
 
-from .broker import amqp_url, delete_queues
+from .broker import amqp_url
+from .machines import MachineBackends
 
-_MADE: list[str] = []
 _DIR = tempfile.TemporaryDirectory(prefix="tasker-amqp-store-")
-
-
-class _Patient(AmqpQueueBackend):
-    """Waits longer for what it published than a producer would (see test_amqp_queue)."""
-
-    async def wait_delivered(self, timeout: float = 30.0) -> bool:
-        return await super().wait_delivered(timeout)
-
-
-async def _fresh_backend() -> AmqpQueueBackend:
-    while _MADE:
-        made = _MADE.pop()
-        await delete_queues(amqp_url(), f"{made}.q1", f"{made}.q2", f"{made}.dead")
-    names = f"s{uuid.uuid4().hex[:10]}"
-    _MADE.append(names)
-    return _Patient(
-        amqp_url(),
-        exchange=names,
-        namespace=names,
-        dead_queue=f"{names}.dead",
-        prefetch=1000,
-        store=SQLiteQueueBackend(Path(_DIR.name) / f"{names}.db"),
-    )
+_BACKENDS = MachineBackends(
+    "s", lambda names: {"store": SQLiteQueueBackend(Path(_DIR.name) / f"{names}.db")}
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _cleanup() -> Iterator[None]:
-    yield
-    for names in _MADE:
-        asyncio.run(delete_queues(amqp_url(), f"{names}.q1", f"{names}.q2", f"{names}.dead"))
+    yield from _BACKENDS.cleanup()
 
 
 TestAmqpWithSQLiteMachine = queue_backend_machine(
-    _fresh_backend, real_time=0.02, max_examples=20
+    _BACKENDS.fresh, real_time=0.02, max_examples=20
 ).TestCase
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import anyio
 import pytest
 
-import tasker
-from tasker.queue import NewTask, Queue, TaskState
+from tasker.queue import NewTask, TaskState
 from tasker_redis import RedisQueueBackend
+
+from ..helpers import check_chosen_task_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -30,37 +30,7 @@ async def test_a_stored_id_deduplicates_before_and_after_the_task_ran(
     backend: RedisQueueBackend,
 ) -> None:
     """Enqueued twice, the task runs once; enqueued again once it succeeded, it stays so."""
-    queue = Queue(backend)
-    ran: list[int] = []
-
-    @queue.task("t")
-    async def t(ctx: tasker.Context, payload: int) -> int:
-        ran.append(payload)
-        return payload
-
-    first = await queue.enqueue("t", 1, task_id="order-42")
-    assert (first.id, first.deduplicated) == ("order-42", False)
-    again = await queue.enqueue("t", 2, task_id="order-42")
-    assert (again.id, again.deduplicated) == ("order-42", True)
-
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: tasker.run(queue.worker(poll=0.1), shutdown_trigger=stop.wait))
-        with anyio.fail_after(10):
-            # The worker records the outcome after the handler returned.
-            info = await queue.get("order-42")
-            while info is None or info.state != TaskState.SUCCEEDED:
-                await anyio.sleep(0.02)
-                info = await queue.get("order-42")
-        stop.set()
-
-    after = await queue.enqueue("t", 3, task_id="order-42")
-    assert (after.id, after.deduplicated) == ("order-42", True)
-    info = await queue.get("order-42")
-    assert info is not None
-    assert (info.state, info.result, info.attempts) == (TaskState.SUCCEEDED, 1, 1)
-    assert ran == [1]
-    assert await queue.counts() == {"default": {"succeeded": 1}}
+    await check_chosen_task_ids(backend)
 
 
 async def test_a_stored_id_in_a_batch_and_a_replay(backend: RedisQueueBackend) -> None:
