@@ -61,6 +61,20 @@ def _with_vhost(url: str, vhost: str) -> str:
     return parts._replace(path="/" + quote(vhost, safe="")).geturl()
 
 
+def test_the_aiormq_lines_turned_down_are_still_aiormq_s() -> None:
+    """tasker_amqp turns aiormq's outage lines down to DEBUG by their first words (it logs
+    an outage once itself): should aiormq reword one, this says so, rather than the logs
+    filling up with tracebacks at ERROR again."""
+    import inspect
+
+    import aiormq.connection
+
+    from tasker_amqp._connection import _Quieter
+
+    source = inspect.getsource(aiormq.connection)
+    assert [p for p in _Quieter._OUTAGE if p not in source] == []
+
+
 def test_trio_is_refused_with_the_reason() -> None:
     async def connect() -> None:
         await AmqpSource("amqp://127.0.0.1:1/").connection()
