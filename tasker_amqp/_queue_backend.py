@@ -602,6 +602,11 @@ class AmqpQueueBackend:
         if self._held.get((delivery.worker, delivery.meta.id)) is delivery:
             del self._held[delivery.worker, delivery.meta.id]
             self._running.discard((delivery.queue, delivery.meta.id))
+            # A copy a claim set aside while this one ran (a retry's message that came
+            # back before its publish was confirmed) may be taken now: wake the waiter,
+            # which does not look at what is set aside.
+            if self._wake is not None and any(b.aside for b in self._buffers.values()):
+                self._wake.set()
 
     def _valid(self, delivery: _Delivery) -> bool:
         link = self._link
@@ -727,6 +732,10 @@ class AmqpQueueBackend:
     ) -> None:
         """Publish one task message, to the exchange (``to_queue`` None) or straight back
         to a queue, now or through the delay ladder; return once confirmed."""
+        # The delay runs from the publish, which may come well after ``now`` was read (a
+        # store written first, a slow confirm before): measured from a fresh reading of the
+        # clock, the message falls due at its run_at, not that much later.
+        now = max(now, await self.time())
         delay_ms = math.ceil((meta.run_at - now) * 1000) if meta.run_at > now else 0
         headers: dict[str, Any] = {}
         if delay_ms > 0:
