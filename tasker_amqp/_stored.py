@@ -268,8 +268,9 @@ class StoreSide:
             link = await owner._connected()
         except _BROKER_ERRORS as exc:
             # The deliveries went back to their queues with the connection; the store says
-            # what became of each when they come again.
-            logger.warning("outcomes recorded, but RabbitMQ is unreachable (%s)", exc)
+            # what became of each when they come again. (The outage itself is logged once,
+            # by the connection.)
+            logger.debug("outcomes recorded in the store; RabbitMQ is unreachable (%s)", exc)
             return
         sends: list[Coroutine[Any, Any, None]] = []
         callbacks = []

@@ -40,10 +40,13 @@ def _skew(seconds: float) -> None:
     tasker._clock.datetime = Skewed  # type: ignore[attr-defined]
 
 
-def amqp_backend(url: str, namespace: str, name: str = "tasker-queue") -> QueueBackend:
+def amqp_backend(
+    url: str, namespace: str, name: str = "tasker-queue", store: str | None = None
+) -> QueueBackend:
     """An AMQP backend whose exchange, work queues and dead-letter queue are all named after
     ``namespace`` (so that runs in one virtual host never share tasks), on a connection
-    named ``name``; the delay ladder is the virtual host's shared one."""
+    named ``name``; the delay ladder is the virtual host's shared one. ``store``: the path
+    of a SQLite store beside it (shared by every process of a run)."""
     from tasker_amqp import AmqpQueueBackend, AmqpSource
 
     return AmqpQueueBackend(
@@ -51,11 +54,16 @@ def amqp_backend(url: str, namespace: str, name: str = "tasker-queue") -> QueueB
         exchange=namespace,
         namespace=namespace,
         dead_queue=f"{namespace}.dead",
+        store=None if store is None else SQLiteQueueBackend(store),
     )
 
 
 def backend_for(
-    spec: str, schema: str, namespace: str = "tasker", name: str = "tasker-queue"
+    spec: str,
+    schema: str,
+    namespace: str = "tasker",
+    name: str = "tasker-queue",
+    store: str | None = None,
 ) -> QueueBackend:
     """The backend a ``--backend`` spec names (``name``: a NATS or AMQP connection's)."""
     kind, _, where = spec.partition(":")
@@ -70,7 +78,7 @@ def backend_for(
 
         return NatsQueueBackend(NatsSource(where, name=name), namespace=namespace)
     if kind == "amqp":
-        return amqp_backend(where, namespace, name)
+        return amqp_backend(where, namespace, name, store)
     from tasker_pg import PostgresQueueBackend
 
     return PostgresQueueBackend(where, schema=schema)
@@ -145,10 +153,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=5)
     parser.add_argument("--lease", type=float, default=2.0)
     parser.add_argument("--loop", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--store", help="amqp: a SQLite store's path, beside the broker")
     args = parser.parse_args()
     if args.skew:
         _skew(args.skew)
-    queue = build(backend_for(args.backend, args.schema, args.namespace, args.name), args.out)
+    backend = backend_for(args.backend, args.schema, args.namespace, args.name, args.store)
+    queue = build(backend, args.out)
     print("ready", flush=True)
     worker = queue.worker(concurrency=args.concurrency, lease=args.lease, poll=0.5)
     tasker.main(worker, grace=10, backend=args.loop)

@@ -32,6 +32,12 @@ the worker of the run before it. Deliveries prefetched but not yet claimed go ba
 they never ran, so they are no re-runs (their attempt is counted). The runs measured here
 come close: some 30 to 37 re-runs, the restart's 14 or 15 of its 15.
 
+**With a store** (the second run: every process with the same SQLite file beside the
+broker, ``--store``), the leases live in the store, renewed by heartbeats that never touch
+the broker: a closed connection or the restart costs no run (the copies RabbitMQ hands out
+again wait for the leases and are dropped once the store says the task succeeded), so
+only the SIGKILL may re-run tasks, at most the ones w0 was running.
+
 **The broker restart** stops the node's application for every user of the node: other
 tests on it at the same moment meet an outage too. A ``finally`` starts it again and waits
 for ``rabbitmqctl await_startup`` and a working connection, so the node is left running as
@@ -164,10 +170,11 @@ class Progress:
                     self.ended.add(int(n))
 
 
-def _start(url: str, out: Path, names: str, name: str) -> subprocess.Popen[str]:
+def _start(url: str, out: Path, names: str, name: str, store: str | None) -> subprocess.Popen[str]:
     proc = python_process(
         [
             "tests/queue_fault_worker.py",
+            *(["--store", store] if store else []),
             "--backend",
             f"amqp:{url}",
             "--namespace",
@@ -261,8 +268,9 @@ def app_restarted() -> Iterator[None]:
 
 @pytest.mark.timeout(TIMEOUT)
 @pytest.mark.usefixtures("app_restarted")
+@pytest.mark.parametrize("with_store", [False, True], ids=["alone", "with-sqlite-store"])
 async def test_four_workers_5000_tasks_survive_sigkill_closed_connections_and_restart(
-    url: str, names: str, tmp_path: Path
+    url: str, names: str, tmp_path: Path, with_store: bool
 ) -> None:
     """The issue's process test: with a SIGKILL, a closed connection, every connection
     closed and the broker's application restarted in one run, every task succeeds (its
@@ -272,7 +280,12 @@ async def test_four_workers_5000_tasks_survive_sigkill_closed_connections_and_re
     after the restart and ends connected once."""
     vhost = AmqpSource(url).vhost
     work_queue, dead_queue = f"{names}.default", f"{names}.dead"
-    queue = build(amqp_backend(url, names, f"tasker-{names}-producer"), str(tmp_path / "x.txt"))
+    # With a store, every process shares one SQLite file beside the broker: the store
+    # keeps the leases, so only the SIGKILL can cost a run (a connection lost keeps them).
+    store = str(tmp_path / "store" / "tasks.db") if with_store else None
+    queue = build(
+        amqp_backend(url, names, f"tasker-{names}-producer", store), str(tmp_path / "x.txt")
+    )
     figures: dict[str, object] = {}
     wnames = [f"w{i}" for i in range(WORKERS)]
     procs: list[subprocess.Popen[str]] = []
@@ -297,7 +310,7 @@ async def test_four_workers_5000_tasks_survive_sigkill_closed_connections_and_re
         await queue.backend.aclose()
     try:
         with anyio.fail_after(RUN_FOR):  # then the finally collects the workers
-            procs.extend(_start(url, tmp_path, names, name) for name in wnames)
+            procs.extend(_start(url, tmp_path, names, name, store) for name in wnames)
             pids = {name: proc.pid for name, proc in zip(wnames, procs, strict=True)}
             survivors = frozenset(pids[name] for name in wnames[1:])
             began = _mono()
@@ -353,7 +366,8 @@ async def test_four_workers_5000_tasks_survive_sigkill_closed_connections_and_re
             figures["drained in (s)"] = round(_mono() - began, 1)
 
             producer = build(
-                amqp_backend(url, names, f"tasker-{names}-prober"), str(tmp_path / "x.txt")
+                amqp_backend(url, names, f"tasker-{names}-prober", store),
+                str(tmp_path / "x.txt"),
             )
             try:
                 await enqueue(producer, TASKS, PROBES, PROBE)
@@ -422,6 +436,9 @@ async def test_four_workers_5000_tasks_survive_sigkill_closed_connections_and_re
     bound = PREFETCH * sum(len(f.pids) for f in faults)
     reruns = sum(rerun_by.values())
     assert reruns <= bound, rerun_by
+    if with_store:
+        # The leases live in the store: a lost connection or a broker restart costs none.
+        assert {what for what, _ in rerun_by} <= {"SIGKILL"}, rerun_by
     # Each survivor consumed again after the restart (the probes went to all three).
     probe_runs = Counter(
         name for n in probes for run in runs[n] for name, pid in pids.items() if pid == run.pid
