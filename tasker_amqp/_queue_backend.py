@@ -504,7 +504,9 @@ class AmqpQueueBackend:
             await self._declare_queue(link, spec)
         return spec
 
-    async def _consume(self, link: _Link, queue: str, limit: int = 1) -> None:
+    async def _consume(
+        self, link: _Link, queue: str, limit: int = 1, *, first_flow: bool = False
+    ) -> None:
         if queue in link.consuming:
             return
         await self._queue_spec(link, queue)
@@ -513,9 +515,13 @@ class AmqpQueueBackend:
         await link.consumer.basic_qos(prefetch_count=self._prefetch)
         # What waits in the queue now is delivered right after the consumer starts: the
         # claim that starts it waits for that first flow (bounded), so that it finds the
-        # tasks that were due before it came, as a claim on a store would.
-        declared = await link.consumer.queue_declare(self.amqp_name(queue), passive=True)
-        flow = _Flow(min(int(declared.message_count or 0), self._prefetch))
+        # tasks that were due before it came, as a claim on a store would. (Not when the
+        # consumers are restored after a reconnection: that claim takes nothing anyway.)
+        waiting = 0
+        if first_flow:
+            declared = await link.consumer.queue_declare(self.amqp_name(queue), passive=True)
+            waiting = min(int(declared.message_count or 0), self._prefetch)
+        flow = _Flow(waiting)
         self._flows[queue] = flow
         try:
             ok = await link.consumer.basic_consume(
@@ -796,7 +802,7 @@ class AmqpQueueBackend:
         link = await self._connected()
         for queue in queues:
             if queue not in link.consuming:
-                await self._consume(link, queue, limit)
+                await self._consume(link, queue, limit, first_flow=True)
         if link is not before:
             # The channels were (re)opened while this claim waited, maybe through a whole
             # outage: ``now``, and the worker's own clock of the leases it would be given,
