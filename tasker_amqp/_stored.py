@@ -150,16 +150,15 @@ class StoreSide:
 
     async def _publish_stored(self, link: _Link, task_ids: Sequence[str], now: float) -> None:
         """Publish those of ``task_ids`` that the store holds as queued."""
-        owner = self.owner
         records = await asyncio.gather(*(self.store.get(task_id) for task_id in task_ids))
-        sends = []
-        for record in records:
-            if record is None or record.state is not S.QUEUED:
-                continue
-            meta = owner._meta(record)
-            targets = await owner._target(link, record.queue, meta.headers)
-            sends.append(owner._send(link, meta, record.payload, now, targets=targets))
-        await self._publish(sends, "made due")
+        await self._publish(
+            [
+                self._send_task(link, record, now)
+                for record in records
+                if record is not None and record.state is S.QUEUED
+            ],
+            "made due",
+        )
 
     # -- claim, heartbeat, finish ----------------------------------------------------------
 
@@ -284,23 +283,20 @@ class StoreSide:
             if kind in (OutcomeKind.SUCCEEDED, OutcomeKind.DEAD) and callback is not None:
                 callbacks.append(callback)
             if kind is OutcomeKind.SUCCEEDED:
-                sends.extend(self._send_new(link, task, now) for task in outcome.follow_ups)
+                sends.extend(self._send_task(link, task, now) for task in outcome.follow_ups)
             if delivery is not None:
                 sends.append(self._settle(link, outcome, delivery, now))
         await self._publish(sends, "settled")
         if callbacks:
             await self._publish_stored(link, callbacks, now)
 
-    async def _send_new(self, link: _Link, task: NewTask, now: float) -> None:
+    async def _send_task(self, link: _Link, task: NewTask | TaskRecord, now: float) -> None:
+        """Publish a task the store holds (a new chain step, a callback, a released or
+        requeued task) to the queues its routing key reaches."""
         owner = self.owner
         meta = owner._meta(task)
-        await owner._send(
-            link,
-            meta,
-            task.payload,
-            now,
-            targets=await owner._target(link, task.queue, meta.headers),
-        )
+        targets = await owner._target(link, task.queue, meta.headers)
+        await owner._send(link, meta, task.payload, now, targets=targets)
 
     async def _settle(self, link: _Link, outcome: Outcome, delivery: _Delivery, now: float) -> None:
         owner = self.owner
