@@ -35,6 +35,7 @@ from ._retry import with_restart, with_retry
 from ._run import run
 from ._shutdown import with_shutdown
 from ._signals import with_signal_notify
+from ._threads import in_thread
 from ._timeout import with_timeout
 from .scheduler import (
     CatchUp,
@@ -80,6 +81,7 @@ __all__ = [
     "current_readiness",
     "health_app",
     "ignore_error",
+    "in_thread",
     "main",
     "on_error",
     "queue",

@@ -137,6 +137,12 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
     def task(self, handler: Callable[[Context], Awaitable[R]], /) -> Task[None, R]: ...
 
     @overload
+    def task(self, handler: Callable[[Context, P], R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, handler: Callable[[Context], R], /) -> Task[None, R]: ...
+
+    @overload
     def task(
         self,
         name: str | None = None,
@@ -146,20 +152,25 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
         backoff: Backoff | float | timedelta = ...,
         timeout: float | timedelta | None = ...,
         priority: int = ...,
+        unique_key: Callable[[Any], str | None] | None = ...,
+        unique_for: float | timedelta | None = ...,
     ) -> TaskDecorator: ...
 
     def task(
         self,
-        name: str | Callable[..., Awaitable[Any]] | None = None,
+        name: str | Callable[..., Any] | None = None,
         *,
         queue: str = "default",
         max_attempts: int = 3,
         backoff: Backoff | float | timedelta = Backoff(initial=1.0, maximum=300.0),  # noqa: B008
         timeout: float | timedelta | None = None,
         priority: int = 0,
+        unique_key: Callable[[Any], str | None] | None = None,
+        unique_for: float | timedelta | None = None,
     ) -> Task[Any, Any] | TaskDecorator:
-        """A decorator that registers an ``async def handler(ctx, payload)`` and returns its
-        :class:`Task`, typed by the handler's payload and result.
+        """A decorator that registers a handler, ``async def handler(ctx, payload)`` (or a
+        plain ``def``, run in a thread), and returns its :class:`Task`, typed by the
+        handler's payload and result.
 
         Bare (``@queue.task``) it registers the handler under its qualified name with the
         default options; called (``@queue.task("send-email", max_attempts=5)``) it takes a
@@ -167,13 +178,16 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
         defaults of every enqueue of this task; ``backoff`` spaces its retries;
         ``priority`` is an integer from ``-2**31`` to ``2**31 - 1`` (higher runs first). A
         handler of a task without a payload takes only ``ctx`` (a ``Task[None, R]``).
+        ``unique_key`` is a function of the payload that gives the unique key of every
+        enqueue that names none (None: no key for that payload), and ``unique_for`` the
+        window of every enqueue with a key that gives none (see :meth:`enqueue`).
 
         Raises:
             ValueError, TypeError: as :meth:`register`, when the handler is registered.
         """
         chosen = None if callable(name) else name
 
-        def register(handler: Callable[..., Awaitable[Any]]) -> Task[Any, Any]:
+        def register(handler: Callable[..., Any]) -> Task[Any, Any]:
             return self.register(
                 chosen or handler.__qualname__,
                 handler,
@@ -182,6 +196,8 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
                 backoff=backoff,
                 timeout=timeout,
                 priority=priority,
+                unique_key=unique_key,
+                unique_for=unique_for,
             )
 
         # Bare (``@queue.task``), the first argument is the handler itself.
@@ -198,6 +214,8 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
         backoff: Backoff | float | timedelta = ...,
         timeout: float | timedelta | None = ...,
         priority: int = ...,
+        unique_key: Callable[[Any], str | None] | None = ...,
+        unique_for: float | timedelta | None = ...,
     ) -> Task[P, R]: ...
 
     @overload
@@ -211,29 +229,77 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
         backoff: Backoff | float | timedelta = ...,
         timeout: float | timedelta | None = ...,
         priority: int = ...,
+        unique_key: Callable[[Any], str | None] | None = ...,
+        unique_for: float | timedelta | None = ...,
+    ) -> Task[None, R]: ...
+
+    @overload
+    def register(
+        self,
+        name: str,
+        handler: Callable[[Context, P], R],
+        *,
+        queue: str = ...,
+        max_attempts: int = ...,
+        backoff: Backoff | float | timedelta = ...,
+        timeout: float | timedelta | None = ...,
+        priority: int = ...,
+        unique_key: Callable[[Any], str | None] | None = ...,
+        unique_for: float | timedelta | None = ...,
+    ) -> Task[P, R]: ...
+
+    @overload
+    def register(
+        self,
+        name: str,
+        handler: Callable[[Context], R],
+        *,
+        queue: str = ...,
+        max_attempts: int = ...,
+        backoff: Backoff | float | timedelta = ...,
+        timeout: float | timedelta | None = ...,
+        priority: int = ...,
+        unique_key: Callable[[Any], str | None] | None = ...,
+        unique_for: float | timedelta | None = ...,
     ) -> Task[None, R]: ...
 
     def register(
         self,
         name: str,
-        handler: Callable[..., Awaitable[Any]],
+        handler: Callable[..., Any],
         *,
         queue: str = "default",
         max_attempts: int = 3,
         backoff: Backoff | float | timedelta = Backoff(initial=1.0, maximum=300.0),  # noqa: B008
         timeout: float | timedelta | None = None,
         priority: int = 0,
+        unique_key: Callable[[Any], str | None] | None = None,
+        unique_for: float | timedelta | None = None,
     ) -> Task[Any, Any]:
         """Register ``handler`` under ``name`` and return its :class:`Task` (see :meth:`task`).
 
         ``handler`` may be a :class:`Task` already (the same handler under a second name).
+        A plain ``def`` handler runs in a thread of its own for each attempt, so that it
+        blocks no other task: it cannot await, but it can read ``ctx.done`` between units
+        of work. A thread cannot be stopped from outside: when the attempt is cut off (its
+        ``timeout``, the hard stop of a shutdown, a lost lease), the attempt ends at once
+        as an async one does (a failure, a hand-back, a discarded outcome), and the thread
+        is abandoned: it runs on to its end in the background, what it returns is dropped
+        and what it raises is logged. So the task may run again (a retry, another worker)
+        while the abandoned thread still runs: keep sync handlers idempotent, as every
+        handler should be.
 
         Raises:
             ValueError: for a duplicate or invalid name, attempts below 1, a bad timeout.
-            TypeError: if ``handler`` is not an async function taking (ctx, payload) or (ctx).
+            TypeError: if ``handler`` is not a function taking (ctx, payload) or (ctx), or
+                ``unique_key`` is not a function.
+            MissingCapabilityError: a ``unique_key`` function on a backend without
+                :attr:`~tasker.abc.QueueCapability.UNIQUE_KEYS`.
         """
         if isinstance(handler, Task):
             handler = handler.__wrapped__
+        if unique_key is not None:
+            self._require(QueueCapability.UNIQUE_KEYS, f"Queue.register({name!r}, unique_key=...)")
         registration = self._registry.add(
             name,
             handler,
@@ -242,6 +308,8 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
             backoff=backoff,
             timeout=timeout,
             priority=priority,
+            unique_key=unique_key,
+            unique_for=unique_for,
         )
         return Task._create(self, registration, handler)
 
@@ -282,6 +350,8 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
             max_attempts, timeout: override the registration's.
             unique_key: while a task with this key is pending or running (or finished less
                 than ``unique_for`` ago), another enqueue with the key is deduplicated.
+                Default: the registration's ``unique_key(payload)``, if it has one; and
+                ``unique_for`` defaults to the registration's.
             held: keep the task until :meth:`dispatch` releases it (manual dispatch).
             headers: names to str, int or bool values that travel with the task, for a
                 broker to route by (a headers exchange) and for the handler
@@ -319,6 +389,7 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
             held=held,
             headers=headers,
             task_id=task_id,
+            derive_key=True,
         )
         if connection is None:
             (result,) = await self.backend.enqueue([task], now=now)

@@ -7,7 +7,8 @@ step here too. Neither reaches into the other's private state.
 A handler takes ``(ctx, payload)``, or only ``ctx`` for a task without a payload. The
 registration keeps one calling convention for the worker: a ctx-only handler is stored behind
 an adapter that drops the payload (None, or a chain's previous result), so the worker always
-calls ``handler(ctx, payload)``.
+calls ``handler(ctx, payload)``. A plain ``def`` handler is stored behind an adapter that runs
+it in a thread of its own (``tasker._threads``), so the worker always awaits.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from .._backoff import Backoff
 from .._context import Context, to_seconds
 from .._job import check_job
+from .._threads import is_sync_callable, run_in_thread
 from ._checks import check_headers, check_int, check_name, check_priority, check_task_id
 from ._errors import PayloadError, UnknownTaskError
 from ._records import HeaderValue, NewTask
@@ -39,17 +41,23 @@ class Registration:
     """A handler and the defaults of its enqueues.
 
     ``handler`` is called as ``handler(ctx, payload)``: for a ctx-only handler
-    (``takes_payload`` false) it is an adapter that drops the payload.
+    (``takes_payload`` false) it is an adapter that drops the payload, and for a plain
+    ``def`` handler (``in_thread``) one that runs it in a thread.
     """
 
     name: str
     handler: Handler
     takes_payload: bool
+    in_thread: bool
     queue: str
     max_attempts: int
     backoff: Backoff
     timeout: float | None
     priority: int
+    #: ``unique_key(payload)``: the key of an enqueue that gives none (None: no key).
+    unique_key: Callable[[Any], str | None] | None = None
+    #: The window of an enqueue with a unique key that gives no ``unique_for``.
+    unique_for: float | None = None
 
 
 class Registry:
@@ -65,32 +73,51 @@ class Registry:
     def add(
         self,
         name: str,
-        handler: Callable[..., Awaitable[Any]],
+        handler: Callable[..., Any],
         *,
         queue: str,
         max_attempts: int,
         backoff: Backoff | float | timedelta,
         timeout: float | timedelta | None,
         priority: int,
+        unique_key: Callable[[Any], str | None] | None = None,
+        unique_for: float | timedelta | None = None,
     ) -> Registration:
         """Register ``handler`` under ``name`` (see :meth:`tasker.queue.Queue.register`)."""
         check_name(name, "task name")
         if name in self.handlers:
             raise ValueError(f"Queue.register(): the task name {name!r} is already registered")
-        check_job(handler, f"Queue.register({name!r})")
+        sync = is_sync_callable(handler)
+        if not sync:
+            check_job(handler, f"Queue.register({name!r})")
         takes_payload = _takes_payload(handler, name)
         if not isinstance(backoff, Backoff):
             backoff = Backoff.fixed(to_seconds(backoff, "backoff"))
-        registration = self.handlers[name] = Registration(
+        if unique_key is not None and not callable(unique_key):
+            raise TypeError(
+                f"Queue.register({name!r}): unique_key must be a function of the payload"
+                f" returning a str or None, got {unique_key!r} (give a fixed key per enqueue)"
+            )
+        if sync:
+            adapted = _in_thread(handler, name, takes_payload)
+        elif takes_payload:
+            adapted = handler
+        else:
+            adapted = _without_payload(handler)
+        registration = Registration(
             name=name,
-            handler=handler if takes_payload else _without_payload(handler),
+            handler=adapted,
             takes_payload=takes_payload,
+            in_thread=sync,
             queue=check_name(queue, "queue"),
             max_attempts=check_int(max_attempts, "max_attempts", 1),
             backoff=backoff,
             timeout=None if timeout is None else to_seconds(timeout, "timeout", allow_zero=False),
             priority=check_priority(priority),
+            unique_key=unique_key,
+            unique_for=None if unique_for is None else to_seconds(unique_for, "unique_for"),
         )
+        self.handlers[name] = registration  # only once every option is valid
         return registration
 
     def serialize(self, name: str, value: Any) -> bytes:
@@ -122,12 +149,21 @@ class Registry:
         group: tuple[str, int] | None = None,
         raw_payload: bytes | None = None,
         task_id: str | None = None,
+        derive_key: bool = False,
     ) -> NewTask:
         """The :class:`NewTask` for an enqueue of ``name`` at backend time ``now``: the
-        registration's defaults, with the options given; every option validated here."""
+        registration's defaults, with the options given; every option validated here.
+
+        ``derive_key``: an enqueue without ``unique_key`` takes the registration's
+        ``unique_key(payload)`` (a top-level enqueue; not a chain's or a group's steps).
+        """
         registration = self.handlers.get(name)
         if registration is None:
             raise UnknownTaskError(name)
+        if unique_key is None and derive_key and registration.unique_key is not None:
+            unique_key = _derived_key(registration, payload)
+        if unique_key is not None and unique_for is None:
+            unique_for = registration.unique_for
         if delay is not None and at is not None:
             raise ValueError("enqueue(): give delay or at, not both")
         run_at = now
@@ -137,7 +173,7 @@ class Registry:
             if at.tzinfo is None or at.utcoffset() is None:
                 raise ValueError(f"enqueue(): at must be an aware datetime, got {at!r}")
             run_at = at.timestamp()
-        if unique_for is not None and unique_key is None:
+        if unique_for is not None and unique_key is None and registration.unique_key is None:
             raise ValueError("enqueue(): unique_for needs a unique_key")
         if unique_key is not None:
             check_name(unique_key, "unique_key")
@@ -179,6 +215,36 @@ def _without_payload(handler: Callable[[Context], Awaitable[Any]]) -> Handler:
         return await handler(ctx)
 
     return without_payload
+
+
+def _derived_key(registration: Registration, payload: Any) -> str | None:
+    """``registration.unique_key(payload)``, checked: a str that is a valid key, or None."""
+    assert registration.unique_key is not None
+    key = registration.unique_key(payload)
+    if key is not None and not isinstance(key, str):
+        raise TypeError(
+            f"enqueue(): the unique_key function of task {registration.name!r} returned a"
+            f" {type(key).__name__}; it must return a str or None"
+        )
+    return key
+
+
+def _in_thread(handler: Callable[..., Any], name: str, takes_payload: bool) -> Handler:
+    """The plain ``def`` ``handler`` as an async one that runs it in a thread of its own."""
+    label = f"task {name!r}"
+    if takes_payload:
+
+        @functools.wraps(handler)
+        async def in_thread(ctx: Context, payload: Any) -> Any:
+            return await run_in_thread(handler, ctx, payload, name=label)
+
+    else:
+
+        @functools.wraps(handler)
+        async def in_thread(ctx: Context, payload: Any) -> Any:
+            return await run_in_thread(handler, ctx, name=label)
+
+    return in_thread
 
 
 def _takes_payload(handler: Callable[..., object], name: str) -> bool:

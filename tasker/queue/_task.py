@@ -56,7 +56,7 @@ class Task(Generic[P, R]):
     # Set by functools.update_wrapper (``__module__`` and ``__doc__`` every object has).
     __name__: str
     __qualname__: str
-    __wrapped__: Callable[..., Awaitable[R]]
+    __wrapped__: Callable[..., Any]
 
     if not TYPE_CHECKING:  # keeps mypy's view of the class intact
 
@@ -67,7 +67,7 @@ class Task(Generic[P, R]):
 
     @classmethod
     def _create(
-        cls, owner: Queue, registration: Registration, function: Callable[..., Awaitable[Any]]
+        cls, owner: Queue, registration: Registration, function: Callable[..., Any]
     ) -> Task[Any, Any]:
         self = object.__new__(cls)
         functools.update_wrapper(self, function)
@@ -271,7 +271,7 @@ class TaskDecorator:
 
     __slots__ = ("_register",)
 
-    def __init__(self, register: Callable[[Callable[..., Awaitable[Any]]], Task[Any, Any]]) -> None:
+    def __init__(self, register: Callable[[Callable[..., Any]], Task[Any, Any]]) -> None:
         self._register = register
 
     @overload
@@ -280,6 +280,12 @@ class TaskDecorator:
     @overload
     def __call__(self, handler: Callable[[Context], Awaitable[R]], /) -> Task[None, R]: ...
 
-    def __call__(self, handler: Callable[..., Awaitable[Any]], /) -> Task[Any, Any]:
+    @overload
+    def __call__(self, handler: Callable[[Context, P], R], /) -> Task[P, R]: ...
+
+    @overload
+    def __call__(self, handler: Callable[[Context], R], /) -> Task[None, R]: ...
+
+    def __call__(self, handler: Callable[..., Any], /) -> Task[Any, Any]:
         """Register ``handler`` and return its :class:`Task`."""
         return self._register(handler)
