@@ -13,10 +13,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from .._backoff import Backoff
 from .._context import Context, to_seconds
+from .._job import Job
 from ..abc import QueueBackend, QueueCapability
 from ._administration import AdministrationMethods
 from ._checks import check_int, check_name
@@ -25,6 +26,7 @@ from ._errors import MissingCapabilityError
 from ._info import Enqueued, TaskInfo
 from ._inspection import InspectionMethods
 from ._long_queue import LongQueueWatch
+from ._periodic import periodic_job
 from ._records import HeaderValue
 from ._registry import Handler, Registry
 from ._retention import Retention
@@ -33,6 +35,10 @@ from ._task import Task, TaskDecorator
 from ._time import BackendClock
 from ._worker import Worker
 from ._workflows import WorkflowMethods
+
+if TYPE_CHECKING:
+    from ..schedule import Schedule
+    from ..scheduler import CatchUp, Scheduler
 
 #: The default retention (a sentinel too: only an explicit one needs ADMINISTRATION).
 _DEFAULT_RETENTION = Retention()
@@ -400,6 +406,87 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
             inspection = self._require(QueueCapability.INSPECTION, "the long-queue hook")
             await self._long_queue.check(inspection, task.queue)
         return Enqueued(id=result.id, deduplicated=result.deduplicated)
+
+    def periodic(
+        self,
+        task: str | Task[Any, Any],
+        schedule: Schedule,
+        payload: Any = None,
+        *,
+        scheduler: Scheduler,
+        name: str | None = None,
+        catch_up: CatchUp = "once",
+        retry_delay: float | timedelta = 10.0,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
+        headers: Mapping[str, HeaderValue] | None = None,
+    ) -> Job:
+        """Return a job that enqueues ``task`` once per slot of ``schedule``, across every
+        replica (tasqueue's cron tasks, celery beat's entries).
+
+        ``scheduler`` runs the schedule under ``name`` (default ``"periodic:<task>"``): its
+        lock makes one replica enqueue a slot at a time, and its state each slot once while
+        enqueues succeed. A slot's enqueue is also idempotent: it names the slot, with a
+        task id made of ``name`` and the slot (``TASK_IDS``), or a unique key with a day's
+        window on a backend without chosen ids (``UNIQUE_KEYS``); so a retried slot, or a
+        replica whose Scheduler has another backend, finds the slot's task and enqueues
+        nothing. Slots missed while no replica ran are caught up by ``catch_up``: ``"once"``
+        (one enqueue for the latest of them) or ``"skip"``.
+
+        Args:
+            task: a registered task name, or its :class:`Task`.
+            schedule: when to enqueue (a :mod:`tasker.schedule` value).
+            payload: the payload of every slot's task, checked now; or a function of the
+                slot (an aware datetime) that returns the payload, such as
+                ``lambda slot: {"day": slot.date().isoformat()}``.
+            scheduler: the :class:`tasker.Scheduler` that runs the schedule.
+            name, catch_up, retry_delay: as :meth:`tasker.Scheduler.with_schedule`.
+            queue, priority, max_attempts, timeout, headers: as :meth:`enqueue`.
+
+        Compose the returned job with the workers and the rest of the program
+        (:func:`tasker.main`); it behaves on error, cancellation and shutdown as a job of
+        :meth:`tasker.Scheduler.with_schedule`: a failed enqueue is logged and its slot
+        retried after ``retry_delay``.
+
+        Raises:
+            UnknownTaskError: ``task`` is not registered (register it first).
+            MissingCapabilityError: the backend has neither ``TASK_IDS`` nor
+                ``UNIQUE_KEYS``, so a slot could be enqueued twice.
+            PayloadError: the serialiser cannot represent ``payload``.
+            TypeError, ValueError: a bad schedule, scheduler, name or option.
+        """
+        options = {
+            key: value
+            for key, value in (
+                ("queue", queue),
+                ("priority", priority),
+                ("max_attempts", max_attempts),
+                ("timeout", timeout),
+                ("headers", headers),
+            )
+            if value is not None
+        }
+        # Validated now, as an enqueue would (a bad option must not wait for the first slot).
+        self._new_task(
+            task.name if isinstance(task, Task) else task,
+            None,
+            now=0.0,
+            raw_payload=b"",
+            **options,
+        )
+        return periodic_job(
+            self,
+            task.name if isinstance(task, Task) else task,
+            schedule,
+            payload,
+            scheduler=scheduler,
+            name=name,
+            catch_up=catch_up,
+            retry_delay=retry_delay,
+            options=options,
+        )
 
     # -- workers -------------------------------------------------------------------------
 
