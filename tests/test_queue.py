@@ -325,7 +325,9 @@ async def test_long_queue_hook_fires_once_per_crossing(backend: QueueBackend) ->
     """The long-queue hook fires when depth reaches the threshold, once until it drops."""
     calls: list[tuple[str, int]] = []
     queue = Queue(
-        backend, long_queue_threshold=3, on_long_queue=lambda q, depth: calls.append((q, depth))
+        backend,
+        long_queue_threshold=3,
+        on_long_queue=lambda stats: calls.append((stats.queue, stats.depth)),
     )
 
     @queue.task("x")

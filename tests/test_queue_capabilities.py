@@ -232,7 +232,7 @@ def test_a_capability_needed_at_construction_fails_there() -> None:
     """A long-queue hook needs counts: refused when the queue is built, not at an enqueue."""
     needs = r"Queue\(long_queue_threshold=\.\.\.\) needs inspection"
     with pytest.raises(MissingCapabilityError, match=needs):
-        Queue(CoreOnly(), long_queue_threshold=10, on_long_queue=lambda q, n: None)
+        Queue(CoreOnly(), long_queue_threshold=10, on_long_queue=lambda stats: None)
 
 
 def test_a_false_declaration_fails_at_construction() -> None:

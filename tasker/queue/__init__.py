@@ -24,6 +24,7 @@ from ._chain import Step
 from ._current import RunningTask, current_task
 from ._errors import MissingCapabilityError, PayloadError, UnknownTaskError, UnstorableRecordError
 from ._info import Enqueued, TaskInfo
+from ._long_queue import LongQueue
 from ._memory import MemoryQueueBackend
 from ._queue import Handler, Queue
 from ._records import (
@@ -54,6 +55,7 @@ __all__ = [
     "HeaderValue",
     "HistoryEntry",
     "JSONSerializer",
+    "LongQueue",
     "MemoryQueueBackend",
     "MissingCapabilityError",
     "NewTask",

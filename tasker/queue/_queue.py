@@ -25,7 +25,7 @@ from ._core import check_backend
 from ._errors import MissingCapabilityError
 from ._info import Enqueued, TaskInfo
 from ._inspection import InspectionMethods
-from ._long_queue import LongQueueWatch
+from ._long_queue import LongQueue, LongQueueWatch
 from ._periodic import periodic_job
 from ._records import HeaderValue
 from ._registry import Handler, Registry
@@ -64,9 +64,16 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
         serializer: payload and result serialiser (default strict JSON; never pickle).
         result_ttl: how long a result is kept after success.
         on_failure: called as ``on_failure(task_info)`` (sync or async) when a task dies.
-        long_queue_threshold: when a queue holds at least this many queued tasks after an
-            enqueue, ``on_long_queue(queue, depth)`` is called (once per crossing).
-        on_long_queue: the long-queue hook.
+        long_queue_threshold: a queue with at least this many queued tasks after an
+            enqueue is long (needs ``INSPECTION``).
+        long_queue_drain_time: a queue whose queued tasks would take at least this long
+            to work through is long: the mean duration of its recent attempts, times its
+            depth, over the concurrency of the live workers that take from it across
+            every replica (taskrunner's ``LongQueueThreshold``, measured rather than
+            configured; needs ``INSPECTION`` and ``WORKERS``).
+        on_long_queue: called as ``on_long_queue(stats)`` (sync or async, a
+            :class:`LongQueue`) once each time a queue becomes long by either threshold;
+            a failing hook is logged.
         retention: what is kept of finished tasks and history, applied by the workers
             (:class:`Retention`; by default dead tasks and history for 7 days, a purge every
             5 minutes); None never purges. Needs ``QueueCapability.ADMINISTRATION`` when
@@ -90,7 +97,8 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
         result_ttl: float | timedelta = 86400.0,
         on_failure: Callable[[TaskInfo[Any]], object] | None = None,
         long_queue_threshold: int | None = None,
-        on_long_queue: Callable[[str, int], object] | None = None,
+        long_queue_drain_time: float | timedelta | None = None,
+        on_long_queue: Callable[[LongQueue], object] | None = None,
         retention: Retention | None = _DEFAULT_RETENTION,
     ) -> None:
         if backend is None:
@@ -104,21 +112,35 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
             raise MissingCapabilityError(
                 backend, QueueCapability.INSPECTION, "Queue(long_queue_threshold=...)"
             )
+        for needed in (QueueCapability.INSPECTION, QueueCapability.WORKERS):
+            if long_queue_drain_time is not None and needed not in capabilities:
+                raise MissingCapabilityError(backend, needed, "Queue(long_queue_drain_time=...)")
         chosen = serializer or JSONSerializer()
         if not isinstance(chosen, Serializer):
             raise TypeError(f"Queue: {serializer!r} is not a Serializer (dumps/loads)")
         if long_queue_threshold is not None:
             check_int(long_queue_threshold, "long_queue_threshold", 1)
-        if (long_queue_threshold is None) != (on_long_queue is None):
-            raise ValueError("Queue: give both long_queue_threshold and on_long_queue, or neither")
+        drain_time = (
+            None
+            if long_queue_drain_time is None
+            else to_seconds(long_queue_drain_time, "long_queue_drain_time", allow_zero=False)
+        )
+        thresholds = long_queue_threshold is not None or drain_time is not None
+        if thresholds != (on_long_queue is not None):
+            raise ValueError(
+                "Queue: give on_long_queue with long_queue_threshold and/or"
+                " long_queue_drain_time, or none of them"
+            )
+        if on_long_queue is not None and not callable(on_long_queue):
+            raise TypeError(f"Queue: on_long_queue must be callable, got {on_long_queue!r}")
         self.backend = backend
         self._registry = Registry(chosen, to_seconds(result_ttl, "result_ttl"))
         self._time = BackendClock(backend)
         self._on_failure = on_failure
         self._long_queue = (
             None
-            if long_queue_threshold is None or on_long_queue is None
-            else LongQueueWatch(long_queue_threshold, on_long_queue)
+            if on_long_queue is None
+            else LongQueueWatch(on_long_queue, depth=long_queue_threshold, drain_time=drain_time)
         )
         if retention is not None and not isinstance(retention, Retention):
             raise TypeError(f"Queue: retention must be a Retention or None, got {retention!r}")
@@ -403,8 +425,7 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
             within = self._require(QueueCapability.TRANSACTIONAL_ENQUEUE, "enqueue(connection=...)")
             (result,) = await within.enqueue_within(connection, [task], now=now)
         if self._long_queue is not None:
-            inspection = self._require(QueueCapability.INSPECTION, "the long-queue hook")
-            await self._long_queue.check(inspection, task.queue)
+            await self._long_queue.check(self.backend, task.queue, now)
         return Enqueued(id=result.id, deduplicated=result.deduplicated)
 
     def periodic(
