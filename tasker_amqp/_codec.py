@@ -2,10 +2,18 @@
 
 The body is the payload's bytes as the queue's serialiser made them, untouched (no pickle,
 nothing to decode on the way). The properties carry the task id (``message_id``), its name
-(``type``) and persistence (``delivery_mode=2``); the headers the fields a worker needs
-(``tasker-*``), with ``tasker-attempts`` the attempts made before this message was
-published. A redelivery (a worker whose connection closed) is counted from the quorum
-queue's ``x-delivery-count``, so a crash counts its attempt.
+(``type``) and persistence (``delivery_mode=2``); one header, ``tasker``, the fields a worker
+needs, with the attempts made before this message was published. A redelivery (a worker
+whose connection closed) is counted from the quorum queue's ``x-delivery-count``, so a crash
+counts its attempt. The task's own headers travel beside it, as themselves, for a headers
+exchange to route by.
+
+The fields are one string, ``1<US>queue<US>priority<US>run_at<US>attempts<US>max_attempts
+<US>created_at<US>timeout<US>callback`` (``<US>`` the ASCII unit separator, which no
+printable queue name holds; times in integer microseconds; an absent timeout or callback
+empty; the leading ``1`` the format's version), rather than a header each: AMQP decodes a
+table field by field, and one field instead of seven is a quarter of the cost on every
+delivery and every publish.
 """
 
 from __future__ import annotations
@@ -20,6 +28,11 @@ from pamqp.commands import Basic
 from tasker.queue import HeaderValue
 
 __all__ = ["Meta", "NotATaskError", "clip", "decode", "encode", "is_reserved", "micros"]
+
+#: The header of tasker's fields, their separator, and the version of their format.
+_FIELDS = "tasker"
+_SEPARATOR = "\x1f"
+_VERSION = "1"
 
 #: The longest error text and traceback a dead message carries in its headers (a header
 #: frame must fit the connection's frame size, 128 KiB by default).
@@ -51,28 +64,33 @@ class Meta:
 
 
 def is_reserved(key: str) -> bool:
-    """Whether a header name is tasker_amqp's or the broker's (``tasker-*``, ``x-*``, and
-    the delay ladder's ``d<level>``)."""
-    return key.startswith(("tasker-", "x-")) or (key[:1] == "d" and key[1:].isdigit())
+    """Whether a header name is tasker_amqp's or the broker's (``tasker``, ``tasker-*``,
+    ``x-*``, and the delay ladder's ``d<level>``)."""
+    return (
+        key == _FIELDS
+        or key.startswith(("tasker-", "x-"))
+        or (key[:1] == "d" and key[1:].isdigit())
+    )
 
 
 def encode(meta: Meta, *, extra: Mapping[str, Any] | None = None) -> Basic.Properties:
     """The properties of a message that carries ``meta`` (the body is the payload)."""
-    headers: dict[str, Any] = {
-        **meta.headers,
-        "tasker-queue": meta.queue,
-        "tasker-priority": meta.priority,
-        # Rounded down: a task never looks due later than it is (a claim at its run_at
-        # exactly must find it due).
-        "tasker-run-at": math.floor(meta.run_at * 1_000_000),
-        "tasker-attempts": meta.attempts,
-        "tasker-max-attempts": meta.max_attempts,
-        "tasker-created-at": _micros(meta.created_at),
-    }
-    if meta.timeout is not None:
-        headers["tasker-timeout"] = _micros(meta.timeout)
-    if meta.callback is not None:
-        headers["tasker-callback"] = meta.callback
+    fields = _SEPARATOR.join(
+        (
+            _VERSION,
+            meta.queue,
+            str(meta.priority),
+            # Rounded down: a task never looks due later than it is (a claim at its run_at
+            # exactly must find it due).
+            str(math.floor(meta.run_at * 1_000_000)),
+            str(meta.attempts),
+            str(meta.max_attempts),
+            str(_micros(meta.created_at)),
+            "" if meta.timeout is None else str(_micros(meta.timeout)),
+            meta.callback or "",
+        )
+    )
+    headers: dict[str, Any] = {**meta.headers, _FIELDS: fields}
     if extra:
         headers.update(extra)
     return Basic.Properties(
@@ -99,20 +117,25 @@ def decode(properties: Basic.Properties) -> tuple[Meta, int]:
     """
     headers = properties.headers or {}
     try:
-        timeout = headers.get("tasker-timeout")
-        callback = headers.get("tasker-callback")
+        version, queue, priority, run_at, attempts, most, created, timeout, callback = _text(
+            headers[_FIELDS]
+        ).split(_SEPARATOR)
+        if version != _VERSION:
+            raise ValueError(f"format {version!r}, not {_VERSION!r}")
         meta = Meta(
             id=_text(properties.message_id),
             name=_text(properties.message_type),
-            queue=_text(headers["tasker-queue"]),
-            priority=_int(headers["tasker-priority"]),
-            run_at=_seconds(headers["tasker-run-at"]),
-            attempts=_int(headers["tasker-attempts"]),
-            max_attempts=_int(headers["tasker-max-attempts"]),
-            timeout=None if timeout is None else _seconds(timeout),
-            created_at=_seconds(headers["tasker-created-at"]),
-            headers={key: _header(value) for key, value in headers.items() if not is_reserved(key)},
-            callback=None if callback is None else _text(callback),
+            queue=_text(queue),
+            priority=int(priority),
+            run_at=int(run_at) / 1_000_000,
+            attempts=int(attempts),
+            max_attempts=int(most),
+            timeout=int(timeout) / 1_000_000 if timeout else None,
+            created_at=int(created) / 1_000_000,
+            headers={key: _header(value) for key, value in headers.items() if not is_reserved(key)}
+            if len(headers) > 1
+            else {},
+            callback=callback or None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise NotATaskError(f"not a tasker_amqp task message ({exc!r})") from None
@@ -135,16 +158,6 @@ def _header(value: object) -> HeaderValue:
     if isinstance(value, bytes):
         return value.decode(errors="replace")
     return str(value)  # a type tasker does not publish (a header another client added)
-
-
-def _int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an int, got {value!r}")
-    return value
-
-
-def _seconds(value: object) -> float:
-    return _int(value) / 1_000_000
 
 
 def _text(value: object) -> str:

@@ -319,6 +319,9 @@ class AmqpQueueBackend:
         # message routed to several queues is a copy per queue, each run by its queue's
         # workers, under the one task id.
         self._held: dict[tuple[str | None, str], _Delivery] = {}
+        # No held lease expires before this (a lower bound: a renewal only moves a lease
+        # later), so a claim before it need not look at the held deliveries at all.
+        self._next_expiry = math.inf
         self._running: set[tuple[str, str]] = set()
         # Tasks whose held delivery is being replaced by a fresh message (see _redeliver).
         # The first deliveries a starting consumer waits for, per queue (see _consume).
@@ -825,10 +828,44 @@ class AmqpQueueBackend:
             delivery.attempts += 1
             delivery.worker = worker
             delivery.lease_until = now + lease
+            self._next_expiry = min(self._next_expiry, delivery.lease_until)
             self._held[worker, delivery.meta.id] = delivery
             self._running.add((delivery.queue, delivery.meta.id))
             records.append(delivery.record())
         return records
+
+    def _take_over(
+        self,
+        wanted: set[str],
+        limit: int,
+        now: float,
+        skip: set[str],
+        alone: bool,
+        taken: list[_Delivery],
+        dying: list[_Delivery],
+    ) -> None:
+        """Add to ``taken`` the held deliveries of ``wanted`` whose lease expired by
+        ``now`` (to ``dying`` those on their last attempt, ``alone``), and move
+        ``_next_expiry`` to the earliest lease still running."""
+        earliest = math.inf
+        for delivery in list(self._held.values()):
+            if len(taken) >= limit:
+                earliest = -math.inf  # not all were looked at: look again next time
+                break
+            if delivery.lease_until > now:
+                earliest = min(earliest, delivery.lease_until)
+                continue
+            if delivery.queue not in wanted or delivery.meta.id in skip:
+                earliest = -math.inf  # expired, and still held: the next claim looks again
+                continue
+            if not self._valid(delivery):
+                self._drop(delivery)
+            elif alone and delivery.attempts >= delivery.meta.max_attempts:
+                self._drop(delivery)
+                dying.append(delivery)
+            else:
+                taken.append(delivery)
+        self._next_expiry = earliest
 
     def _pick(
         self, queues: Sequence[str], limit: int, now: float, skip: set[str], *, alone: bool
@@ -842,22 +879,8 @@ class AmqpQueueBackend:
         taken: list[_Delivery] = []
         dying: list[_Delivery] = []
         wanted = set(queues)
-        for delivery in list(self._held.values()):
-            if len(taken) >= limit:
-                break
-            if (
-                delivery.lease_until > now
-                or delivery.queue not in wanted
-                or delivery.meta.id in skip
-            ):
-                continue
-            if not self._valid(delivery):
-                self._drop(delivery)
-            elif alone and delivery.attempts >= delivery.meta.max_attempts:
-                self._drop(delivery)
-                dying.append(delivery)
-            else:
-                taken.append(delivery)
+        if now >= self._next_expiry:
+            self._take_over(wanted, limit, now, skip, alone, taken, dying)
         redelays: list[_Delivery] = []
         heads: list[tuple[tuple[int, float, int], str]] = []
         for queue in queues:
@@ -941,7 +964,15 @@ class AmqpQueueBackend:
         if not mine:
             return
         link = await self._connected()
-        await _all([self._settle(link, outcome, delivery, now) for outcome, delivery in mine])
+        others = []
+        for outcome, delivery in mine:
+            if outcome.kind is OutcomeKind.SUCCEEDED:  # the common case: no coroutine each
+                self._drop(delivery)
+                await ack(delivery.channel, delivery.tag)
+            else:
+                others.append(self._settle(link, outcome, delivery, now))
+        if others:
+            await _all(others)
 
     async def _settle(self, link: _Link, outcome: Outcome, delivery: _Delivery, now: float) -> None:
         meta = delivery.meta

@@ -212,6 +212,7 @@ class StoreSide:
             delivery.attempts = record.attempts
             delivery.worker = worker
             delivery.lease_until = now + lease
+            owner._next_expiry = min(owner._next_expiry, delivery.lease_until)
             owner._held[worker, record.id] = delivery
             owner._running.add((delivery.queue, record.id))
             if delivery.meta.callback is not None:
