@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._job import Job
 from ._main import main
+from ._no_overlap import with_no_overlap
 from ._readiness import Probe, Readiness, current_readiness, health_app
 from ._redact import RedactingFilter, redact_dsn
 from ._repeat import with_repeat
@@ -40,6 +41,7 @@ from ._timeout import with_timeout
 from .scheduler import (
     CatchUp,
     FileLockerFactory,
+    FirstRun,
     MemoryLockerFactory,
     MemoryStateRepository,
     Scheduler,
@@ -59,6 +61,7 @@ __all__ = [
     "Context",
     "ErrorHandler",
     "FileLockerFactory",
+    "FirstRun",
     "Job",
     "JobTimeoutError",
     "MemoryLockerFactory",
@@ -93,6 +96,7 @@ __all__ = [
     "sequence",
     "serve_asgi",
     "serve_health",
+    "with_no_overlap",
     "with_repeat",
     "with_restart",
     "with_retry",

@@ -140,6 +140,17 @@ class StateRepository(Protocol):
         """
         ...
 
+    async def delete(self, name: str) -> None:
+        """Delete the stored state of ``name``, so that ``get`` returns None until the next
+        ``save`` (:meth:`tasker.Scheduler.forget` calls it under the name's lock).
+
+        Deleting a name that has no state is not an error. A save after a delete stores
+        its state whatever ``last_slot`` the deleted one had: a backend that refuses saves
+        which would move a schedule back must forget that slot too. A cancelled delete
+        deleted the state or left it.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Release connections and files; calling it again does nothing."""
         ...

@@ -10,6 +10,9 @@ Design notes:
   record), and writes with ``Nats-Expected-Last-Subject-Sequence`` set to that revision; a
   concurrent save makes it read again. So a replica that lost its lock and saves late
   cannot make a slot that already ran due again.
+- **A delete is a KV delete marker** (``Scheduler.forget``): the key reads as missing, and
+  the next save writes over the marker whatever slot it has (the revision it expects is
+  the marker's, which nats-py hands over inside ``KeyNotFoundError``).
 - **The clock is the server's**: the time the server stored an empty message on the
   bucket's ``clock`` key (:class:`ServerClock`), read every ``clock_resync`` seconds and
   advanced in between by the local monotonic clock. Replicas whose clocks disagree agree on
@@ -137,10 +140,12 @@ class NatsStateRepository:
             revision = 0
             try:
                 entry = await kv.get(key)
-            except nats.js.errors.KeyDeletedError as deleted:
-                revision = deleted.entry.revision or 0
-            except nats.js.errors.KeyNotFoundError:
-                pass
+            except (nats.js.errors.KeyDeletedError, nats.js.errors.KeyNotFoundError) as missing:
+                # A deleted key still holds its delete marker: the write must expect the
+                # marker's revision (0 would be refused as a wrong last sequence forever).
+                # nats-py's get turns KeyDeletedError into KeyNotFoundError with the entry.
+                if missing.entry is not None:
+                    revision = missing.entry.revision or 0
             else:
                 revision = entry.revision or 0
                 stored = schedule_state_from_json(state.name, entry.value) if entry.value else None
@@ -162,6 +167,15 @@ class NatsStateRepository:
             f"schedule {state.name!r}: {_SAVE_ROUNDS} saves in a row lost a race; is a"
             " replica saving it in a loop?"
         )
+
+    async def delete(self, name: str) -> None:
+        """Delete the state of ``name`` (a KV delete marker; a no-op for a missing name).
+
+        A cancelled delete deleted the state or left it.
+        """
+        check_schedule_name(name, "NatsStateRepository.delete")
+        _, kv = await self.bucket.get()
+        await kv.delete("s." + encode_key(name))
 
     async def aclose(self) -> None:
         """Close the connection (shared with the locker factory when built by

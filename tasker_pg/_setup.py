@@ -17,7 +17,7 @@ from datetime import timedelta
 import asyncpg
 
 import tasker
-from tasker import Backoff, CatchUp, Context, Job, redact_dsn
+from tasker import Backoff, CatchUp, Context, FirstRun, Job, redact_dsn
 from tasker.backends import raise_if_permanent
 from tasker.schedule import Schedule
 
@@ -85,6 +85,7 @@ class PostgresScheduler(tasker.Scheduler):
         *,
         catch_up: CatchUp = "once",
         retry_delay: float | timedelta = 10.0,
+        first_run: FirstRun = "next_slot",
     ) -> Job:
         """Like :meth:`tasker.Scheduler.with_schedule`, with two checks when the job starts.
 
@@ -98,7 +99,7 @@ class PostgresScheduler(tasker.Scheduler):
           start-up check waits for the database returns at once.
         """
         inner = super().with_schedule(
-            name, schedule, job, catch_up=catch_up, retry_delay=retry_delay
+            name, schedule, job, catch_up=catch_up, retry_delay=retry_delay, first_run=first_run
         )
 
         async def postgres_scheduled(ctx: Context) -> None:

@@ -126,6 +126,17 @@ class PostgresStateRepository:
             state.next_due,
         )
 
+    async def delete(self, name: str) -> None:
+        """Delete the row of ``name`` (a no-op if there is none).
+
+        The next save of the name inserts a new row, whatever slot the deleted one had.
+        """
+        pool = await self._source.pool()
+        await pool.execute(
+            f"delete from {self._table} where name = $1",  # noqa: S608 - validated identifiers
+            name,
+        )
+
     async def aclose(self) -> None:
         """Close the pool if this repository created it from a DSN."""
         await self._source.close()

@@ -16,6 +16,8 @@ Design notes:
 - **Saves only move forward.** One script refuses a state whose ``last_slot`` is older than
   the stored one (an equal slot is stored: it is a failed run's record), so a replica that
   lost its lock and saves late cannot make a slot that already ran due again.
+- **A delete removes both fields** (the state and its slot) in one ``HDEL`` script, so the
+  next save of the name is compared with nothing and is stored, whatever its slot.
 - **The clock is the server's** ``TIME`` (read by a script, ``return redis.call('TIME')``:
   coredis' ``time()`` misreads the microseconds), so replicas whose clocks disagree agree on
   which slot is due. It is read every ``clock_resync`` seconds and advanced in between by
@@ -53,6 +55,13 @@ local stored = redis.call('HGET', KEYS[2], ARGV[1])
 if stored and tonumber(stored) > tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+""",
+    # KEYS: the states, the slots. ARGV: the name. Both fields go together: a slot left
+    # behind would make the save script refuse the name's next, older state.
+    "delete": """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """,
     # KEYS: a key of the namespace, so that a cluster asks the node holding the state.
@@ -170,6 +179,11 @@ class RedisStateRepository:
                 state.name,
                 state.last_slot,
             )
+
+    async def delete(self, name: str) -> None:
+        """Delete the state of ``name`` and its stored slot, in one script (a no-op for a
+        missing name). A cancelled delete deleted both or neither."""
+        await self._scripts.run("delete", [self.states_key, self.slots_key], [name])
 
     async def aclose(self) -> None:
         """Close the connections (shared with the locker factory when built by

@@ -5,7 +5,9 @@ Runs an interval schedule on the embedded default in ``--state-dir``; each run a
 replica prints ``victim <slot>`` and then hangs, so the test can SIGKILL it mid-run. A run
 that starts late enough to cover missed slots (``catch_up="once"``: a loaded machine can stall
 every replica past a slot) appends ``catchup <first> <slot> <pid>``, so the test can tell a
-covered gap from a lost slot.
+covered gap from a lost slot. With ``--first-run immediately`` the schedule runs at once
+when it has no state; with ``--go-file PATH`` the replica waits, once ready, until ``PATH``
+exists, so that several replicas start their schedulers in the same millisecond.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from datetime import datetime
 
 import anyio
@@ -50,6 +53,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--interval", type=float, default=0.3)
     parser.add_argument("--victim", type=int, default=0)
+    parser.add_argument("--first-run", default="next_slot", choices=["next_slot", "immediately"])
+    parser.add_argument("--go-file", default=None)
+    parser.add_argument("--work", type=float, default=0.02)
     args = parser.parse_args()
     runs = 0
 
@@ -61,15 +67,20 @@ def main() -> None:
         if runs == args.victim:
             print(f"victim {slot.isoformat()}", flush=True)
             await anyio.sleep_forever()
-        await anyio.sleep(0.02)  # some work
+        await anyio.sleep(args.work)  # some work
         _append(args.out, f"done {slot.isoformat()} {os.getpid()}\n")
 
     scheduler_logger = logging.getLogger("tasker.scheduler")
     scheduler_logger.addHandler(_CatchUps(args.out))
     scheduler_logger.setLevel(logging.INFO)
     scheduler = tasker.Scheduler(state_dir=args.state_dir, lock_retry=0.02)
+    scheduled = scheduler.with_schedule(
+        "replicated", Interval(args.interval), job, first_run=args.first_run
+    )
     print("ready", flush=True)
-    tasker.main(scheduler.with_schedule("replicated", Interval(args.interval), job), grace=2)
+    while args.go_file and not os.path.exists(args.go_file):
+        time.sleep(0.001)
+    tasker.main(scheduled, grace=2)
 
 
 if __name__ == "__main__":

@@ -24,3 +24,9 @@ def test_two_processes_share_the_slots(tmp_path: Path) -> None:
     assert max(slots.values()) == 1
     assert "stopped: ran" in out1
     assert "stopped: ran" in out2
+    # The nightly schedule's first run (first_run="immediately"): once, in one process.
+    assert len(re.findall(r"ran nightly for slot", out1 + out2)) == 1
+    # compact runs under with_no_overlap: at most one process per two-second turn.
+    turns = Counter(re.findall(r"compact at (\S+) in pid", out1 + out2))
+    assert len(turns) >= 2
+    assert max(turns.values()) == 1, turns

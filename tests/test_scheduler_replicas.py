@@ -84,3 +84,41 @@ def test_four_replicas_run_each_slot_once_and_survive_sigkill(tmp_path: Path) ->
     assert run_count == len(rows)
     # Every replica took part.
     assert len({pid for _, pid in rows}) >= 3
+
+
+@pytest.mark.slow
+def test_replicas_starting_together_make_one_first_run(tmp_path: Path) -> None:
+    """Eight processes on one state directory start their schedulers in the same millisecond
+    with ``first_run="immediately"``: exactly one of them runs the first run, and the state
+    records it (no regular slot falls in the test: the interval is 10^7 seconds)."""
+    out, go = tmp_path / "runs.txt", tmp_path / "go"
+    args = ["tests/replica_scheduler.py", "--state-dir", str(tmp_path / "state"), "--out", str(out)]
+    args += ["--interval", "1e7", "--first-run", "immediately", "--go-file", str(go)]
+    # Runs without work: the race to beat is a replica that read "no state", then lost the
+    # lock to a whole first run, then took the lock; only the read under the lock saves it.
+    args += ["--work", "0"]
+    procs = [python_process(args) for _ in range(8)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        go.touch()
+        deadline = time.monotonic() + 10
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(1.5)  # time for a second, wrong first run to show up
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        outputs = [proc.communicate(timeout=20) for proc in procs]
+        for proc in procs:
+            proc.kill()
+    assert [proc.returncode for proc in procs] == [0] * 8, outputs
+    rows = [line.split() for line in out.read_text().splitlines()]
+    assert [row[0] for row in rows] == ["done"], rows
+    with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
+        last_slot, run_count = db.execute(
+            "select last_slot, run_count from schedule_state where name = 'replicated'"
+        ).fetchone()
+    assert run_count == 1
+    assert datetime.fromisoformat(last_slot) == datetime.fromisoformat(rows[0][1])

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from ._embedded import FileLockerFactory, SQLiteStateRepository
 from ._memory import MemoryLockerFactory, MemoryStateRepository
-from ._scheduler import CatchUp, Scheduler, SchedulerStatistics, scheduled_slot
+from ._scheduler import CatchUp, FirstRun, Scheduler, SchedulerStatistics, scheduled_slot
 from ._state import ScheduleState
 
 __all__ = [
     "CatchUp",
     "FileLockerFactory",
+    "FirstRun",
     "MemoryLockerFactory",
     "MemoryStateRepository",
     "SQLiteStateRepository",

@@ -202,6 +202,10 @@ class SQLiteStateRepository:
             ),
         )
 
+    @staticmethod
+    def _delete(connection: sqlite3.Connection, name: str) -> None:
+        connection.execute("delete from schedule_state where name = ?", (name,))
+
     async def now(self) -> datetime | None:
         """None: one machine, one clock."""
         return None
@@ -217,6 +221,11 @@ class SQLiteStateRepository:
     async def save(self, state: ScheduleState) -> None:
         """Write ``state`` in a worker thread; once this returns it survives a crash."""
         await self._db.call(self._save, state, write=True)
+
+    async def delete(self, name: str) -> None:
+        """Delete the state of ``name`` (a no-op if there is none); once this returns the
+        deletion survives a crash."""
+        await self._db.call(self._delete, name, write=True)
 
     def __repr__(self) -> str:
         return f"SQLiteStateRepository({str(self.path)!r})"

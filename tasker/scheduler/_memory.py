@@ -81,6 +81,11 @@ class MemoryStateRepository:
         await anyio.lowlevel.checkpoint()
         self._states[state.name] = state
 
+    async def delete(self, name: str) -> None:
+        """Drop the state of ``name``, if any."""
+        await anyio.lowlevel.checkpoint()
+        self._states.pop(name, None)
+
     async def aclose(self) -> None:
         """Nothing to release (the states stay until the object is dropped)."""
         await anyio.lowlevel.checkpoint()

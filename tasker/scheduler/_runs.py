@@ -16,6 +16,7 @@ __all__ = [
     "CatchUp",
     "Counters",
     "Entry",
+    "FirstRun",
     "SchedulerStatistics",
     "current_slot",
     "latest_due",
@@ -24,6 +25,9 @@ __all__ = [
 ]
 
 CatchUp = Literal["once", "skip"]
+
+#: When a name with no stored state runs first: at its next slot, or at once.
+FirstRun = Literal["next_slot", "immediately"]
 
 current_slot: ContextVar[datetime | None] = ContextVar("tasker_scheduled_slot", default=None)
 
@@ -47,6 +51,8 @@ class SchedulerStatistics:
         runs_succeeded: runs that returned and were recorded as done.
         runs_failed: runs that raised (their slot stays due and is retried).
         runs_interrupted: runs stopped by a shutdown or a lost lock (their slot stays due).
+        first_runs: runs started at once for a name with no stored state
+            (``first_run="immediately"``); also counted in ``runs_started``.
         lock_busy: times a due slot found another replica holding the lock.
         slots_skipped: catch-ups dropped by ``catch_up="skip"``.
         backend_errors: failed calls to the lock or state backend.
@@ -57,6 +63,7 @@ class SchedulerStatistics:
     runs_succeeded: int
     runs_failed: int
     runs_interrupted: int
+    first_runs: int
     lock_busy: int
     slots_skipped: int
     backend_errors: int
@@ -91,6 +98,7 @@ class Counters:
     runs_succeeded: int = 0
     runs_failed: int = 0
     runs_interrupted: int = 0
+    first_runs: int = 0
     lock_busy: int = 0
     slots_skipped: int = 0
     backend_errors: int = 0
@@ -103,6 +111,7 @@ class Entry:
     job: Job
     catch_up: CatchUp
     retry_delay: float
+    first_run: FirstRun = "next_slot"
 
 
 def next_state(

@@ -11,6 +11,17 @@ Design notes:
   cancelled or lost its lock leaves its slot due: at-least-once, never silently dropped.
 - "Now" comes from the state repository when it has a clock of its own (a database), so
   replicas with skewed clocks agree on which slot is due; the local clock is used otherwise.
+- ``first_run="immediately"`` (the Go original's ``IntervalImmediateStart``) is decided
+  under the lock, from the state read there, never from the plan made before it: N
+  replicas that start together all plan a first run, one takes the lock and runs it, and
+  the others find its state and plan from it. A failed first run saves nothing, because
+  no ``last_slot`` could say "due at once" again; the name stays stateless, so it is
+  retried like any failed slot.
+- ``forget`` deletes a state under the name's lock, so it never lands between a run's read
+  and its save (which would bring the state back). It wakes this process's loop for the
+  name (a cancel scope per sleeping loop) so it plans from the missing state at once;
+  another process's loop notices at its next wake-up, when it reads the state under the
+  lock anyway.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from ._runs import (
     CatchUp,
     Counters,
     Entry,
+    FirstRun,
     SchedulerStatistics,
     current_slot,
     latest_due,
@@ -44,12 +56,19 @@ from ._runs import (
 )
 from ._state import ScheduleState, check_name
 
-__all__ = ["CatchUp", "Scheduler", "SchedulerStatistics", "scheduled_slot"]
+__all__ = ["CatchUp", "FirstRun", "Scheduler", "SchedulerStatistics", "scheduled_slot"]
 
 logger = logging.getLogger("tasker.scheduler")
 
 #: How long an unlock may take before it is abandoned (it runs shielded from cancellation).
 _UNLOCK_TIMEOUT = 10.0
+
+
+def _missing(obj: object, methods: tuple[str, ...]) -> str:
+    """`` (it has no delete)`` for the methods ``obj`` lacks, or ``""``: a repository written
+    before ``delete`` joined the protocol lacks only that, and the error should say so."""
+    missing = [method for method in methods if not callable(getattr(obj, method, None))]
+    return f" (it has no {', '.join(missing)})" if missing else ""
 
 
 class Scheduler:
@@ -66,7 +85,9 @@ class Scheduler:
       its slot stays due. A run whose lock was lost is never recorded.
     - Slots missed while every replica was down are caught up by *one* run (the default,
       ``catch_up="once"``) or dropped (``catch_up="skip"``); never a burst.
-    - A name seen for the first time waits for its first slot after that moment.
+    - A name with no stored state (never run, or :meth:`forget`-ten) waits for its first
+      slot after the moment it is seen, or, with ``first_run="immediately"``, runs once at
+      that moment, on one replica only.
     - A backend outage does not end the program: the scheduler logs it once, retries with
       backoff and resumes; no slot is lost or doubled.
 
@@ -105,7 +126,10 @@ class Scheduler:
         if not isinstance(locker_factory, LockerFactory):
             raise TypeError(f"Scheduler: {locker_factory!r} is not a tasker.abc.LockerFactory")
         if not isinstance(repository, StateRepository):
-            raise TypeError(f"Scheduler: {repository!r} is not a tasker.abc.StateRepository")
+            raise TypeError(
+                f"Scheduler: {repository!r} is not a tasker.abc.StateRepository"
+                + _missing(repository, ("now", "get", "save", "delete", "aclose"))
+            )
         if not isinstance(backend_backoff, Backoff):
             if not isinstance(backend_backoff, int | float | timedelta) or isinstance(
                 backend_backoff, bool
@@ -121,6 +145,10 @@ class Scheduler:
         self._backend_backoff = backend_backoff
         self._entries: dict[str, Entry] = {}
         self._first_seen: dict[str, datetime] = {}
+        # forget(name) bumps the name's generation and wakes its sleeping loops, so that a
+        # loop never keeps a plan made from the state that was deleted.
+        self._forgets: dict[str, int] = {}
+        self._sleepers: dict[str, set[anyio.CancelScope]] = {}
         self._counters = Counters()
         self._running: set[str] = set()
 
@@ -147,6 +175,7 @@ class Scheduler:
         *,
         catch_up: CatchUp = "once",
         retry_delay: float | timedelta = 10.0,
+        first_run: FirstRun = "next_slot",
     ) -> Job:
         """Return a long-lived job that runs ``job`` once per due slot of ``schedule``.
 
@@ -161,6 +190,17 @@ class Scheduler:
             catch_up: ``"once"`` to cover slots missed while every replica was down with one
                 run, ``"skip"`` to drop them and wait for the next slot.
             retry_delay: seconds before a failed run's slot is tried again.
+            first_run: what a name with no stored state does (a name never run anywhere,
+                or one :meth:`forget` deleted): ``"next_slot"`` waits for the first slot
+                after the moment it is seen; ``"immediately"`` runs once at that moment
+                (the Go original's ``IntervalImmediateStart``, here for every schedule
+                type), then follows the schedule: the run's state records the moment it
+                started as its ``last_slot``, and :func:`scheduled_slot` gives that moment.
+                Across replicas it runs once: the state is read again under the lock, and a
+                replica that finds one there (another replica did the first run) plans from
+                it instead. A failed first run stores no state (the name stays stateless,
+                so the first run is retried after ``retry_delay``; its error is logged and
+                counted, not stored as ``last_error``).
 
         - **On error**: a failing run is logged with its traceback on ``tasker.scheduler``,
           recorded as ``last_error``, and retried after ``retry_delay``; the scheduler job
@@ -171,8 +211,8 @@ class Scheduler:
           its slot is done, if it raises or is cancelled after the grace its slot stays due.
 
         Raises:
-            ValueError: for a duplicate or invalid name, an unknown ``catch_up`` or a bad
-                ``retry_delay``.
+            ValueError: for a duplicate or invalid name, an unknown ``catch_up`` or
+                ``first_run``, or a bad ``retry_delay``.
             TypeError: if ``job`` is not an async callable or ``schedule`` has no
                 ``next_after``.
         """
@@ -188,7 +228,19 @@ class Scheduler:
             raise ValueError(
                 f"Scheduler.with_schedule(): catch_up must be 'once' or 'skip', got {catch_up!r}"
             )
-        entry = Entry(name, schedule, job, catch_up, to_seconds(retry_delay, "retry_delay"))
+        if first_run not in ("next_slot", "immediately"):
+            raise ValueError(
+                "Scheduler.with_schedule(): first_run must be 'next_slot' or 'immediately',"
+                f" got {first_run!r}"
+            )
+        entry = Entry(
+            name,
+            schedule,
+            job,
+            catch_up,
+            to_seconds(retry_delay, "retry_delay"),
+            first_run,
+        )
         self._entries[name] = entry
 
         async def scheduled_job(ctx: Context) -> None:
@@ -201,6 +253,62 @@ class Scheduler:
 
         scheduled_job.__name__ = scheduled_job.__qualname__ = f"scheduled({name!r})"
         return scheduled_job
+
+    async def forget(self, name: str, *, timeout: float | timedelta = 30.0) -> None:
+        """Delete the stored state of the schedule ``name``: the name is then never seen.
+
+        After it, the name waits for its first slot after the moment it is seen again, or
+        runs at once with ``first_run="immediately"``. The main use is the leftover state of
+        a schedule that was removed, or renamed; a name need not be registered in this
+        Scheduler, but it is checked as :meth:`with_schedule` checks it.
+
+        The state is deleted under the name's lock, so that it never lands between a run's
+        read of the state and its save: while a run of the name holds the lock (in any
+        replica), ``forget`` tries the lock again every ``lock_retry`` seconds, until
+        ``timeout``. A loop of this Scheduler that runs the name plans again at once from
+        the missing state (with ``first_run="immediately"`` it runs now); a loop in another
+        process notices at its next wake-up (its next planned slot, or a retry), reads the
+        missing state under the lock, and from that moment waits for the next slot or runs
+        at once.
+
+        Args:
+            name: the schedule's name.
+            timeout: seconds (or a ``timedelta``) to wait for a busy lock; 0 tries once.
+
+        - **On error**: a backend error propagates as it is; the state was deleted or not.
+        - **On cancellation**: the cancellation propagates; the state was deleted or not, and
+          a lock taken is released in a shielded scope.
+
+        Raises:
+            TimeoutError: when the name's lock was still held after ``timeout``; nothing was
+                deleted.
+            ValueError: for an invalid name or a negative ``timeout``.
+            TypeError: for a name that is not a string, or a ``timeout`` that is not a
+                duration.
+        """
+        check_name(name, "Scheduler.forget()")
+        limit = to_seconds(timeout, "timeout")
+        locker = self._lockers.locker(name)
+        deadline = anyio.current_time() + limit
+        while not await locker.try_lock():
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"Scheduler.forget(): the schedule {name!r} was still locked after"
+                    f" {limit:g}s (a run of it holds the lock); nothing was deleted"
+                )
+            await anyio.sleep(min(self._lock_retry, remaining))
+        try:
+            await self._repository.delete(name)
+            logger.info("schedule %r: its state was deleted (forgotten)", name)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_UNLOCK_TIMEOUT):
+                await locker.unlock()
+            # Whether the delete happened or not (cancelled, failed), a re-read costs one get.
+            self._first_seen.pop(name, None)
+            self._forgets[name] = self._forgets.get(name, 0) + 1
+            for scope in self._sleepers.get(name, ()):
+                scope.cancel()
 
     async def aclose(self) -> None:
         """Close the lock factory and the state repository (idempotent)."""
@@ -222,6 +330,7 @@ class Scheduler:
             runs_succeeded=c.runs_succeeded,
             runs_failed=c.runs_failed,
             runs_interrupted=c.runs_interrupted,
+            first_runs=c.first_runs,
             lock_busy=c.lock_busy,
             slots_skipped=c.slots_skipped,
             backend_errors=c.backend_errors,
@@ -240,19 +349,47 @@ class Scheduler:
 
     def _base(self, entry: Entry, state: ScheduleState | None, now: datetime) -> datetime:
         if state is not None:
+            # Once a state exists, the moment this replica first saw the name is stale: if
+            # the state is forgotten later, the name is first seen again then.
+            self._first_seen.pop(entry.name, None)
             return state.last_slot
         return self._first_seen.setdefault(entry.name, now)
 
+    def _plan(self, entry: Entry, state: ScheduleState | None, now: datetime) -> datetime:
+        """The next moment to try ``entry``: a slot, or ``now`` for a first run at once."""
+        if state is None and entry.first_run == "immediately":
+            return now
+        return entry.schedule.next_after(self._base(entry, state, now))
+
+    async def _sleep(self, ctx: Context, name: str, seen: int, delay: float) -> bool:
+        """``ctx.sleep(delay)``, cut short by :meth:`forget`; False only once ``ctx`` is done."""
+        if self._forgets.get(name, 0) != seen:
+            return True  # forgotten while this loop planned: plan again at once
+        sleepers = self._sleepers.setdefault(name, set())
+        with anyio.CancelScope() as wake:
+            sleepers.add(wake)
+            try:
+                return await ctx.sleep(delay)
+            finally:
+                sleepers.discard(wake)
+                if not sleepers and self._sleepers.get(name) is sleepers:
+                    del self._sleepers[name]
+        return True  # woken by forget()
+
     async def _loop(self, ctx: Context, entry: Entry, probe: Probe | None) -> None:
         planned: datetime | None = None
+        seen = self._forgets.get(entry.name, 0)
         outage_attempts = 0
         while not ctx.done:
+            if self._forgets.get(entry.name, 0) != seen:  # forget(): the plan is stale
+                seen = self._forgets.get(entry.name, 0)
+                planned = None
             delay = 0.0
             try:
                 now = await self._now(ctx)
                 if planned is None:
                     state = await self._repository.get(entry.name)
-                    planned = entry.schedule.next_after(self._base(entry, state, now))
+                    planned = self._plan(entry, state, now)
                     if probe is not None:  # its backends answered
                         probe.set(True)
                 if planned > now:
@@ -277,7 +414,7 @@ class Scheduler:
                     )
                 planned = None
                 delay = self._backend_backoff.delay(outage_attempts)
-            if delay > 0 and not await ctx.sleep(delay):
+            if delay > 0 and not await self._sleep(ctx, entry.name, seen, delay):
                 return
 
     async def _attempt(self, ctx: Context, entry: Entry) -> tuple[datetime | None, float]:
@@ -290,6 +427,11 @@ class Scheduler:
         try:
             now = await self._now(ctx)
             state = await self._repository.get(entry.name)
+            if state is None and entry.first_run == "immediately":
+                # Read under the lock: a replica that did the first run meanwhile left a
+                # state, and then this branch is not taken.
+                logger.info("schedule %r: no state yet; running at once for %s", entry.name, now)
+                return await self._run(ctx, entry, locker, None, now, now, first=True)
             first = entry.schedule.next_after(self._base(entry, state, now))
             if first > now:
                 return first, 0.0  # another replica did it already
@@ -323,6 +465,8 @@ class Scheduler:
         state: ScheduleState | None,
         slot: datetime,
         started: datetime,
+        *,
+        first: bool = False,
     ) -> tuple[datetime | None, float]:
         lost = False
 
@@ -336,6 +480,7 @@ class Scheduler:
             stopper.soft_stop(StopReason.LOCK_LOST)
 
         self._counters.runs_started += 1
+        self._counters.first_runs += first
         self._running.add(entry.name)
         token = current_slot.set(slot)
         child = ctx.child()
@@ -371,11 +516,14 @@ class Scheduler:
                 entry.retry_delay,
                 exc_info=error,
             )
+        if first and error is not None:
+            # No state: the name stays stateless, so the first run is due again (see notes).
+            return None, entry.retry_delay
         # A failed run leaves its slot due (slot=None): it is retried after retry_delay.
         await self._repository.save(
             next_state(
                 entry,
-                self._first_seen.get(entry.name),
+                slot if first else self._first_seen.get(entry.name),
                 state,
                 started,
                 finished=finished,

@@ -152,6 +152,53 @@ class SchedulerBackendContract:
         await repository.save(second)
         assert await repository.get("contract-e") == second
 
+    async def test_delete_then_get_is_none(self, backend: Backend) -> None:
+        """A deleted state reads as None; other names keep theirs."""
+        _, repository = backend
+        slot = datetime(2026, 4, 1, tzinfo=UTC)
+        kept = ScheduleState(name="contract-kept", last_slot=slot, run_count=1)
+        await repository.save(ScheduleState(name="contract-f", last_slot=slot, run_count=3))
+        await repository.save(kept)
+        await repository.delete("contract-f")
+        assert await repository.get("contract-f") is None
+        assert await repository.get("contract-kept") == kept
+
+    async def test_delete_of_a_missing_name_is_fine(self, backend: Backend) -> None:
+        """Deleting a name never saved, or one already deleted, is not an error."""
+        _, repository = backend
+        await repository.delete("contract-never-saved")
+        await repository.save(
+            ScheduleState(name="contract-g", last_slot=datetime(2026, 4, 1, tzinfo=UTC))
+        )
+        await repository.delete("contract-g")
+        await repository.delete("contract-g")
+        assert await repository.get("contract-g") is None
+
+    async def test_save_after_delete_stores_an_older_slot(self, backend: Backend) -> None:
+        """After a delete the name is new: a save with an older ``last_slot`` than the
+        deleted state's is stored (a backend that saves only forward forgets the slot too)."""
+        _, repository = backend
+        newer = ScheduleState(name="contract-h", last_slot=datetime(2026, 5, 2, tzinfo=UTC))
+        await repository.save(newer)
+        await repository.delete("contract-h")
+        older = ScheduleState(
+            name="contract-h", last_slot=datetime(2026, 5, 1, tzinfo=UTC), run_count=1
+        )
+        await repository.save(older)
+        assert await repository.get("contract-h") == older
+
+    @pytest.mark.parametrize("name", HOSTILE_NAMES)
+    async def test_hostile_names_delete_as_data(self, backend: Backend, name: str) -> None:
+        """A delete of a name with quotes, SQL or any characters deletes that name only."""
+        _, repository = backend
+        slot = datetime(2026, 1, 1, tzinfo=UTC)
+        bystander = ScheduleState(name=("b-" + name)[:200], last_slot=slot)
+        await repository.save(bystander)
+        await repository.save(ScheduleState(name=name, last_slot=slot))
+        await repository.delete(name)
+        assert await repository.get(name) is None
+        assert await repository.get(bystander.name) == bystander
+
     async def test_now_is_aware_or_none(self, backend: Backend) -> None:
         """now() is None (local clock) or an aware datetime close to the real time."""
         _, repository = backend
