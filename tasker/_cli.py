@@ -1,4 +1,5 @@
-"""The ``tasker`` command: run jobs, run a queue worker, show the status, migrate.
+"""The ``tasker`` command: run jobs, run a queue worker, serve the dashboard, show the
+status, migrate.
 
 Built on click (small, stable, and what celery, flask and uvicorn users already know):
 help that reads like prose, typed options with their errors, and ``--json`` output that
@@ -155,6 +156,82 @@ def worker(
     try:
         job = queue.worker(list(queues), concurrency=concurrency, lease=lease)
     except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _main(_with_health([job], health_port), backend, grace, log_level)
+
+
+@cli.command()
+@click.argument("target")
+@click.option(
+    "--scheduler",
+    "scheduler_spec",
+    default=None,
+    help="module:attribute of a tasker.Scheduler whose schedules to show too.",
+)
+@click.option(
+    "--authorize",
+    "authorize_spec",
+    default=None,
+    help="module:attribute of a callable(request) -> bool that allows actions (requeue,"
+    " dispatch, cancel) when it returns True. Without it the dashboard is read-only.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), envvar="PORT", default=8000, show_default=True
+)
+@_common
+def dashboard(
+    target: str,
+    scheduler_spec: str | None,
+    authorize_spec: str | None,
+    host: str,
+    port: int,
+    backend: str,
+    grace: float,
+    log_level: str | None,
+    health_port: int | None,
+) -> None:
+    """Serve the web dashboard of the tasker.queue.Queue TARGET (module:attribute), or of a
+    tasker.Scheduler, until a signal.
+
+    Read-only unless --authorize is given. Its forms are signed with $TASKER_DASHBOARD_SECRET
+    (give every replica behind one address the same), else with a random key. Needs the
+    dashboard extra. Example: tasker dashboard myservice.tasks:queue --scheduler
+    myservice.app:scheduler --port 8000
+    """
+    from ._asgi import serve_asgi
+    from .queue import Queue
+    from .scheduler import Scheduler
+
+    try:
+        from .dashboard import app as dashboard_app
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
+    shown = load(target, "TARGET")
+    if not isinstance(shown, Queue | Scheduler):
+        raise click.BadParameter(
+            f"{target!r} is a {type(shown).__name__}, not a tasker.queue.Queue or a"
+            " tasker.Scheduler",
+            param_hint="TARGET",
+        )
+    scheduler = shown if isinstance(shown, Scheduler) else None
+    if scheduler_spec is not None:
+        scheduler = load(scheduler_spec, "--scheduler")
+        if not isinstance(scheduler, Scheduler):
+            raise click.BadParameter(
+                f"{scheduler_spec!r} is a {type(scheduler).__name__}, not a tasker.Scheduler",
+                param_hint="--scheduler",
+            )
+    authorize = None if authorize_spec is None else load(authorize_spec, "--authorize")
+    try:
+        asgi = dashboard_app(
+            queue=shown if isinstance(shown, Queue) else None,
+            scheduler=scheduler,
+            authorize=authorize,
+            secret=os.environ.get("TASKER_DASHBOARD_SECRET") or None,
+        )
+        job = serve_asgi(asgi, host=host, port=port)
+    except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     _main(_with_health([job], health_port), backend, grace, log_level)
 

@@ -73,6 +73,10 @@ class StopReason(enum.Enum):
     #: A queue worker lost (or can no longer renew) the lease on the task this context
     #: runs: another worker may be running it now, and this attempt's outcome is discarded.
     LEASE_LOST = "lease lost"
+    #: The queue task this context runs was cancelled (``Queue.cancel``): stop and raise
+    #: (the task is then recorded cancelled, never retried); a handler that returns anyway
+    #: is recorded as succeeded. It is cancelled after its grace period.
+    CANCELLED = "cancelled"
 
 
 @final

@@ -11,7 +11,8 @@ broker included: put tasks, take them with a lease, extend leases, settle outcom
 work, and the clock all of that is measured on. What only some stores can do is a separate,
 small capability, declared in :attr:`QueueBackend.capabilities` (:class:`QueueCapability`)
 and implemented as its own protocol: :class:`QueueInspection`, :class:`QueueAdministration`,
-:class:`FinishAndClaim`, :class:`TransactionalEnqueue`, :class:`ClaimById`; unique keys and
+:class:`FinishAndClaim`, :class:`TransactionalEnqueue`, :class:`ClaimById`,
+:class:`TaskCancellation`; unique keys and
 chains and groups are declared semantics with no methods of their own. The queue checks the
 declaration once, when it is built, and a call that needs a capability the backend lacks
 raises :class:`tasker.queue.MissingCapabilityError` naming both.
@@ -36,6 +37,7 @@ from .scheduler._state import ScheduleState
 
 if TYPE_CHECKING:
     from .queue._records import (
+        CancelResult,
         EnqueueResult,
         GroupSpec,
         HistoryEntry,
@@ -57,6 +59,7 @@ __all__ = [
     "QueueInspection",
     "ScheduleState",
     "StateRepository",
+    "TaskCancellation",
     "TransactionalEnqueue",
     "WorkerRegistry",
 ]
@@ -192,6 +195,9 @@ class QueueCapability(enum.Enum):
     #: Claim the tasks named by id, and list the overdue ones: :class:`ClaimById` (what a
     #: store needs to keep a message broker's tasks, which the broker delivers by id).
     CLAIM_BY_ID = "claim named tasks, list overdue ones"
+    #: Cancel tasks: :class:`TaskCancellation` (``cancel`` a held, queued or running task;
+    #: ``cancel_requested``, which a worker asks at each heartbeat).
+    CANCEL = "task cancellation (cancel, cancel_requested)"
 
 
 @runtime_checkable
@@ -341,8 +347,8 @@ class QueueAdministration(Protocol):
         """Delete what retention no longer keeps; return how many tasks were deleted.
 
         Succeeded tasks whose results expired by ``now`` (never one whose unique window is
-        still open, nor a member of a group whose callback has not run), dead tasks that
-        finished before ``dead_before``, and history entries that finished before
+        still open, nor a member of a group whose callback has not run), dead and cancelled
+        tasks that finished before ``dead_before``, and history entries that finished before
         ``history_before``. Running it from several workers at once is safe.
         """
         ...
@@ -401,6 +407,51 @@ class ClaimById(Protocol):
         """The tasks a claim could take at ``before``, changing nothing: queued with
         ``run_at <= before`` and running with ``lease_until <= before``, of ``queues``
         (None: every queue), at most ``limit``, the longest overdue first."""
+        ...
+
+
+@runtime_checkable
+class TaskCancellation(Protocol):
+    """``QueueCapability.CANCEL``: a task cancelled before it runs, or stopped while it runs.
+
+    A task that has not started (held, queued, delayed, waiting for a retry) is cancelled at
+    once: it becomes ``CANCELLED`` and is never claimed. A running one cannot be stopped by
+    the store: the cancel is recorded on it (``TaskRecord.cancel_requested``), and the worker
+    that holds its lease asks ``cancel_requested`` at each heartbeat and stops it.
+
+    What the store does with a task whose cancel was requested, so that it never runs again
+    whatever its worker does:
+
+    - ``finish``: any outcome but ``SUCCEEDED`` (a retry, a release, an interruption, a
+      failure) is recorded as ``OutcomeKind.CANCELLED`` (state ``CANCELLED``, the attempt
+      counted, a history row saying ``"cancelled"``); a ``SUCCEEDED`` one is recorded as a
+      success without its follow-ups (the chain ends there).
+    - ``claim`` and ``claim_ids``: once its lease expired (its worker died), it becomes
+      ``CANCELLED`` instead of being claimed again or dying, as a task on its last attempt
+      dies (it is never returned).
+
+    A cancelled task settles its group as a dead member does (the callback gets ``null``
+    for it), releases its unique key as a finished task does (its ``unique_until`` window
+    still applies), and is purged with the dead ones (``purge(dead_before=)``).
+    """
+
+    async def cancel(self, task_id: str, *, now: float) -> CancelResult:
+        """Cancel the task ``task_id``, atomically.
+
+        Held, queued, or running with a lease expired by ``now``: ``CANCELLED`` now, its
+        lease released, ``finished_at=now``, its group told (its callback may be enqueued),
+        no history row (no attempt ran). Running under a live lease: ``cancel_requested``
+        set (again, idempotently), nothing else changed. Finished or unknown: unchanged.
+
+        Returns:
+            What it did (:class:`tasker.queue.CancelResult`). A cancelled call cancelled
+            the task or left it as it was.
+        """
+        ...
+
+    async def cancel_requested(self, worker: str, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that ``worker`` holds (running under its lease) and whose cancel
+        was requested; changes nothing. Cheap: a worker calls it at every heartbeat."""
         ...
 
 

@@ -230,9 +230,10 @@ class StoreSide:
         callbacks = []
         for delivery, record in zip(deliveries, records, strict=True):
             owner._drop(delivery)
-            if record is None or record.state in (S.SUCCEEDED, S.DEAD, S.HELD):
+            if record is None or record.state in (S.SUCCEEDED, S.DEAD, S.CANCELLED, S.HELD):
                 # Finished (a copy of a task already run), dead (an expired lease's last
-                # attempt: the claim just made it so), unknown (purged) or held again.
+                # attempt: the claim just made it so), cancelled (through the store's own
+                # queue: the broker's has no cancel), unknown (purged) or held again.
                 if record is not None and record.state is S.DEAD and delivery.meta.callback:
                     callbacks.append(delivery.meta.callback)
                 await _ack(delivery)

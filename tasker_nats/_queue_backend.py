@@ -131,9 +131,10 @@ class NatsQueueBackend:
     module notes and the NATS guide).
 
     Declares every capability (:class:`tasker.abc.QueueCapability`) but
-    ``TRANSACTIONAL_ENQUEUE`` (NATS has no transaction a caller's other writes could share).
-    Needs NATS server 2.12 or newer with JetStream (atomic batches); nothing to migrate:
-    the streams are created on first use.
+    ``TRANSACTIONAL_ENQUEUE`` (NATS has no transaction a caller's other writes could share),
+    ``HEADERS``, ``CLAIM_BY_ID`` and, for now, ``CANCEL``. Needs NATS server 2.12 or newer
+    with JetStream (atomic batches); nothing to migrate: the streams are created on first
+    use.
 
     Args:
         url_or_source: ``nats://[user:password@]host[:port]`` (several comma-separated),
@@ -159,6 +160,7 @@ class NatsQueueBackend:
         QueueCapability.TRANSACTIONAL_ENQUEUE,
         QueueCapability.HEADERS,  # a broker's: they are not stored
         QueueCapability.CLAIM_BY_ID,  # a broker itself: JetStream delivers its own tasks
+        QueueCapability.CANCEL,  # not yet: its records carry no cancel requests
     }
 
     def __init__(

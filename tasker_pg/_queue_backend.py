@@ -28,6 +28,7 @@ import asyncpg
 from tasker.backends import task_record_from_row as record_from_row
 from tasker.backends import to_seconds
 from tasker.queue import (
+    CancelResult,
     EnqueueResult,
     GroupSpec,
     HistoryEntry,
@@ -43,6 +44,7 @@ from ._connection import PoolSource, quote_identifier
 from ._listener import Listener
 from ._queue_sql import QueueStatements, claimed, history_entries, outcome_arrays, unstorable
 from ._queue_transactions import (
+    cancel_in_transaction,
     enqueue_on,
     finish_in_transaction,
     reap_grouped,
@@ -256,6 +258,22 @@ class PostgresQueueBackend(WorkerRegistryMethods):
         pool = await self._source.pool()
         rows = await pool.fetch(self._sql.heartbeat, worker, list(ids), now + lease)
         return {row[0] for row in rows}
+
+    async def cancel_requested(self, worker: str, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` running under ``worker``'s lease whose cancel was requested (one
+        read by primary key)."""
+        if not ids:
+            return set()
+        pool = await self._source.pool()
+        rows = await pool.fetch(self._sql.cancel_requested, worker, list(ids))
+        return {row[0] for row in rows}
+
+    async def cancel(self, task_id: str, *, now: float) -> CancelResult:
+        """Cancel a task in one transaction (its row locked ``for update``): held, queued
+        or with an expired lease at once, with its group's callback if it was the last
+        member; running, by recording the request its worker reads at its next heartbeat."""
+        pool = await self._source.pool()
+        return await cancel_in_transaction(pool, self._sql, self._channel, task_id, now)
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
         """Record outcomes; only the worker that holds a task's lease may report it.

@@ -39,6 +39,17 @@ _UNGROUPED = " where not exists (select from held h where h.group_id is not null
 
 _LIVE = "state in ('held', 'queued', 'running')"
 
+# An expired lease that a claim settles instead of taking it: on its last attempt (it dies),
+# or of a task whose cancel was requested (it is cancelled).
+_SPENT = "(attempts >= max_attempts or cancel_requested)"
+# What settling it writes; ``$2`` is now (replaced where now is another parameter).
+_EXPIRED_SETTLED = (
+    "state = case when cancel_requested then 'cancelled' else 'dead' end,"
+    " lease_owner = null, lease_until = null, finished_at = $2,"
+    " last_error = case when cancel_requested then last_error"
+    " else 'lease expired (the worker stopped responding)' end"
+)
+
 
 def outcome_arrays(outcomes: Sequence[Outcome], now: float) -> tuple[list[Any], ...]:
     """The parameters ``$1`` .. ``$10`` of the completion statement."""
@@ -150,22 +161,19 @@ class QueueStatements:
             " left join claimed c on true"
         )
         self.reap_grouped = (
-            f"update {tasks} set state = 'dead', lease_owner = null,"  # noqa: S608
-            " lease_until = null, finished_at = $2,"
-            " last_error = 'lease expired (the worker stopped responding)'"
+            f"update {tasks} set {_EXPIRED_SETTLED}"  # noqa: S608
             f" where id in (select id from {tasks} where state = 'running'"
-            " and queue = any($1) and lease_until <= $2 and attempts >= max_attempts"
+            f" and queue = any($1) and lease_until <= $2 and {_SPENT}"
             " and group_id is not null and not (id = any($3::text[]))"
             " order by id for update skip locked) returning id, group_id"
         )
         # The same for the tasks a claim_ids named: ``$1`` the ids, ``$2`` now.
         self.reap_grouped_ids = (
-            f"update {tasks} set state = 'dead', lease_owner = null,"  # noqa: S608
-            " lease_until = null, finished_at = $2,"
-            " last_error = 'lease expired (the worker stopped responding)'"
+            f"update {tasks} set {_EXPIRED_SETTLED}"  # noqa: S608
             f" where id in (select t.id from unnest($1::text[]) as w(id) join {tasks} t"
             " on t.id = w.id where t.state = 'running' and t.lease_until <= $2"
-            " and t.attempts >= t.max_attempts and t.group_id is not null"
+            " and (t.attempts >= t.max_attempts or t.cancel_requested)"
+            " and t.group_id is not null"
             " order by t.id for update of t skip locked) returning id, group_id"
         )
         self.claim_ids = self._claim_ids()
@@ -193,7 +201,7 @@ class QueueStatements:
         )
         self.finish_all = (
             f"with{self._finish_ctes(grouped=True)}"  # noqa: S608 - validated identifiers
-            " select id, queue, kind, group_id from held"
+            " select id, queue, kind, group_id, cancel_requested from held"
         )
         # -- groups (in the finishing transaction)
         self.lock_tasks = f"select from {tasks} where id = any($1) order by id for update"
@@ -202,7 +210,7 @@ class QueueStatements:
         self.lock_group = f"select 1 from {groups} where id = $1 for update"  # noqa: S608
         self.group_left = (
             f"select count(*) from {tasks} where group_id = $1"  # noqa: S608
-            " and state not in ('succeeded', 'dead')"
+            " and state not in ('succeeded', 'dead', 'cancelled')"
         )
         self.delete_group = f"delete from {groups} where id = $1 returning callback"  # noqa: S608
         self.group_results = (
@@ -227,12 +235,25 @@ class QueueStatements:
         # member of a group whose callback has not been enqueued (its row still exists).
         self.purge = (
             f"delete from {tasks} t where ((t.state = 'succeeded' and t.result_expires <= $1)"  # noqa: S608
-            " or (t.state = 'dead' and t.finished_at < $2))"
+            " or (t.state in ('dead', 'cancelled') and t.finished_at < $2))"
             " and (t.unique_until is null or t.unique_until <= $1)"
             f" and (t.group_id is null or not exists (select from {groups} g"
             " where g.id = t.group_id))"
         )
         self.purge_history = f"delete from {history} where finished_at < $1"  # noqa: S608
+        # -- cancels (QueueCapability.CANCEL), in the cancelling transaction: $1 the id
+        self.cancel_lock = f"select state, lease_until from {tasks} where id = $1 for update"  # noqa: S608
+        self.cancel_request = f"update {tasks} set cancel_requested = true where id = $1"  # noqa: S608
+        # $2 now
+        self.cancel_now = (
+            f"update {tasks} set state = 'cancelled', lease_owner = null, lease_until = null,"  # noqa: S608
+            " finished_at = $2 where id = $1 returning group_id"
+        )
+        # $1 the worker, $2 the ids it runs (a lease owner is set exactly while running)
+        self.cancel_requested = (
+            f"select id from {tasks} where id = any($2::text[]) and lease_owner = $1"  # noqa: S608
+            " and cancel_requested"
+        )
         self.oldest_waiting = (
             f"select queue, min(run_at) from {tasks} where state = 'queued'"  # noqa: S608
             " and run_at <= $1 group by queue"
@@ -323,13 +344,12 @@ class QueueStatements:
         tasks = self.tasks
         return (
             "with locked as (select t.id, w.rank, t.group_id is not null as grouped,"  # noqa: S608 - validated identifiers
-            " (t.state = 'running' and t.attempts >= t.max_attempts) as spent"
+            " (t.state = 'running' and (t.attempts >= t.max_attempts or t.cancel_requested))"
+            " as spent"
             f" from unnest($1::text[]) with ordinality as w(id, rank) join {tasks} t"
             " on t.id = w.id where (t.state = 'queued' and t.run_at <= $2)"
             " or (t.state = 'running' and t.lease_until <= $2) for update of t skip locked),"
-            f" dead as (update {tasks} t set state = 'dead', lease_owner = null,"
-            " lease_until = null, finished_at = $2,"
-            " last_error = 'lease expired (the worker stopped responding)'"
+            f" dead as (update {tasks} t set {_EXPIRED_SETTLED}"
             " from locked l where t.id = l.id and l.spent and not l.grouped returning t.id),"
             f" claimed as (update {tasks} t set state = 'running', attempts = t.attempts + 1,"
             " lease_owner = $3, lease_until = $4 from locked l where t.id = l.id"
@@ -347,19 +367,18 @@ class QueueStatements:
         queues, now, limit, worker, until = (f"${first + i}" for i in range(5))
         skip = f" and not (id = any({exclude}::text[]))"
         return (
-            # Expired on their last attempt, outside a group: dead now.
-            f" dead as (update {tasks} set state = 'dead', lease_owner = null,"  # noqa: S608 - validated identifiers
-            f" lease_until = null, finished_at = {now},"
-            " last_error = 'lease expired (the worker stopped responding)'"
+            # Expired on their last attempt, outside a group: dead now; or cancelled, those
+            # whose cancel was requested.
+            f" dead as (update {tasks} set {_EXPIRED_SETTLED.replace('$2', now)}"  # noqa: S608 - validated identifiers
             f" where id in (select id from {tasks} where state = 'running'"
             f" and queue = any({queues}) and lease_until <= {now}"
-            f" and attempts >= max_attempts and group_id is null{skip}"
+            f" and {_SPENT} and group_id is null{skip}"
             " for update skip locked) returning id),"
             # Expired with attempts left first, then due queued tasks. A CTE is read lazily:
             # the outer limit stops the second scan (and its row locks) once the first filled it.
             f" expired as (select id from {tasks} where state = 'running'"
             f" and queue = any({queues}) and lease_until <= {now}"
-            f" and attempts < max_attempts{skip} order by lease_until"
+            f" and not ({_SPENT}){skip} order by lease_until"
             f" limit {limit} for update skip locked),"
             # Per queue, an ordered scan of the claim index that stops at the limit (one
             # scan over several queues would read and sort every due task).
@@ -382,7 +401,7 @@ class QueueStatements:
         return (
             f"exists(select 1 from {self.tasks} where state = 'running'"  # noqa: S608 - validated identifiers
             f" and queue = any({queues}) and lease_until <= {now}"
-            f" and attempts >= max_attempts and group_id is not null{skip}) as grouped"
+            f" and {_SPENT} and group_id is not null{skip}) as grouped"
         )
 
     def _finish_ctes(self, *, grouped: bool = False) -> str:
@@ -399,8 +418,11 @@ class QueueStatements:
             " finished, retry_at)),"
             # Only the lease holder may report: a slow worker whose lease expired (its
             # task runs elsewhere now) is ignored.
+            # A task whose cancel was requested ends cancelled unless it succeeded.
             " held as (select t.id, t.name, t.queue, t.attempts, t.group_id, o.worker,"
-            " o.kind, o.result, o.expires, o.error, o.trace, o.started, o.finished,"
+            " case when t.cancel_requested and o.kind <> 'succeeded' then 'cancelled'"
+            " else o.kind end as kind, t.cancel_requested,"
+            " o.result, o.expires, o.error, o.trace, o.started, o.finished,"
             f" o.retry_at from {tasks} t join o on o.id = t.id"
             # A lease owner is set exactly while a task is running, so the owner check is
             # the state check too; it leaves the planner a primary-key lookup per outcome
@@ -408,7 +430,7 @@ class QueueStatements:
             " where t.id = any($1::text[]) and t.lease_owner = o.worker for update of t),"
             f" done as (update {tasks} t set"
             " state = case h.kind when 'succeeded' then 'succeeded' when 'dead' then 'dead'"
-            " else 'queued' end,"
+            " when 'cancelled' then 'cancelled' else 'queued' end,"
             " lease_owner = null, lease_until = null,"
             " attempts = case when h.kind in ('released', 'interrupted') then t.attempts - 1"
             " else t.attempts end,"
@@ -420,7 +442,7 @@ class QueueStatements:
             " when h.kind in ('released', 'interrupted') then t.last_error else h.error end,"
             " traceback = case when h.kind = 'succeeded' then null"
             " when h.kind in ('released', 'interrupted') then t.traceback else h.trace end,"
-            " finished_at = case when h.kind in ('succeeded', 'dead') then h.finished"
+            " finished_at = case when h.kind in ('succeeded', 'dead', 'cancelled') then h.finished"
             " else t.finished_at end"
             f" from held h where t.id = h.id{alone} returning t.id),"
             f" written as (insert into {history} (task_id, name, queue, worker, attempt,"

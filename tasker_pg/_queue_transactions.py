@@ -35,11 +35,26 @@ from tasker.backends import (
     group_payload,
     task_insert_values,
 )
-from tasker.queue import EnqueueResult, GroupSpec, NewTask, Outcome, OutcomeKind
+from tasker.queue import (
+    CancelResult,
+    CancelStatus,
+    EnqueueResult,
+    GroupSpec,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    TaskState,
+)
 
 from ._queue_sql import QueueStatements, outcome_arrays
 
-__all__ = ["enqueue_on", "finish_in_transaction", "reap_grouped", "reap_grouped_ids"]
+__all__ = [
+    "cancel_in_transaction",
+    "enqueue_on",
+    "finish_in_transaction",
+    "reap_grouped",
+    "reap_grouped_ids",
+]
 
 logger = logging.getLogger("tasker_pg")
 
@@ -127,8 +142,9 @@ async def finish_in_transaction(
         await conn.execute(sql.lock_tasks, sorted(by_id))
         rows = await conn.fetch(sql.finish_all, *outcome_arrays(outcomes, now))
         members: dict[str, str] = {}  # finished members of groups: task id -> group id
-        for task_id, queue, kind, group_id in rows:
-            if kind == OutcomeKind.SUCCEEDED.value:
+        for task_id, queue, kind, group_id, cancel_requested in rows:
+            # A cancel ends a chain, even at a step whose handler still returned.
+            if kind == OutcomeKind.SUCCEEDED.value and not cancel_requested:
                 for follow_up in by_id[task_id].follow_ups:
                     await _insert(conn, sql, follow_up)
                     queues.add(follow_up.queue)
@@ -146,6 +162,30 @@ async def finish_in_transaction(
                 queues.add("*")
         for queue in queues:
             await conn.execute(sql.notify, channel, queue)
+
+
+async def cancel_in_transaction(
+    pool: asyncpg.Pool, sql: QueueStatements, channel: str, task_id: str, now: float
+) -> CancelResult:
+    """Cancel ``task_id`` (``tasker.abc.TaskCancellation.cancel``): its row locked first, so
+    that a claim, a heartbeat or a finish of it runs wholly before or after; held, queued or
+    with an expired lease it is cancelled and its group told, running it is asked to stop."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(sql.cancel_lock, task_id)
+        if row is None:
+            return CancelResult(id=task_id, status=CancelStatus.UNKNOWN, state=None)
+        state, lease_until = TaskState(row[0]), row[1]
+        if state.value not in LIVE_STATES:
+            return CancelResult(id=task_id, status=CancelStatus.FINISHED, state=state)
+        if state is TaskState.RUNNING and lease_until is not None and lease_until > now:
+            await conn.execute(sql.cancel_request, task_id)
+            return CancelResult(id=task_id, status=CancelStatus.REQUESTED, state=state)
+        group_id = await conn.fetchval(sql.cancel_now, task_id, now)
+        if group_id is not None:
+            await _lock_groups(conn, sql, [group_id])
+            if await _group_member_done(conn, sql, task_id, now):
+                await conn.execute(sql.notify, channel, "*")
+        return CancelResult(id=task_id, status=CancelStatus.CANCELLED, state=TaskState.CANCELLED)
 
 
 async def reap_grouped(

@@ -7,7 +7,8 @@ Design notes:
   (``PostgresStateRepository.migrate``, ``PostgresScheduler.migrate``,
   ``PostgresQueueBackend.migrate``, ``python -m tasker_pg migrate``) call it, so a database
   migrated by any of them has the same tables.
-- Every statement is ``if not exists`` (idempotent), and the transaction first takes a
+- Every statement is ``if not exists`` (idempotent; a column added to an existing table by
+  ``alter table ... add column if not exists``), and the transaction first takes a
   transaction-level advisory lock: replicas that start together and all migrate run one
   after the other, instead of racing on ``create`` (Postgres raises a unique violation on
   its catalogue when two sessions create the same table at once).
@@ -77,8 +78,13 @@ def _queue_ddl(schema: str) -> list[str]:
                     finished_at double precision,
                     chain bytea,
                     group_id text,
-                    group_index integer
+                    group_index integer,
+                    cancel_requested boolean not null default false
                 )""",
+        # Columns added since a table was first created (``create table if not exists``
+        # leaves an existing one as it was).
+        f"alter table {tasks} add column if not exists"
+        " cancel_requested boolean not null default false",
         # Claims read due tasks of a queue in this order and stop at their limit.
         f"create index if not exists queue_tasks_claim on {tasks}"
         " (queue, priority desc, run_at, created_at) where state = 'queued'",

@@ -73,7 +73,8 @@ class RedisQueueBackend:
 
     Declares every capability (:class:`tasker.abc.QueueCapability`) but
     ``TRANSACTIONAL_ENQUEUE`` (Redis has no transaction a caller's other writes could
-    share). Needs Redis 6.2 or newer; nothing to migrate.
+    share), ``HEADERS`` and, for now, ``CANCEL``. Needs Redis 6.2 or newer; nothing to
+    migrate.
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` for TLS, or
@@ -98,6 +99,7 @@ class RedisQueueBackend:
     capabilities: frozenset[QueueCapability] = frozenset(QueueCapability) - {
         QueueCapability.TRANSACTIONAL_ENQUEUE,
         QueueCapability.HEADERS,  # a broker's: they are not stored
+        QueueCapability.CANCEL,  # not yet: its scripts know no cancel requests
     }
 
     def __init__(

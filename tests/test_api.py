@@ -9,7 +9,13 @@ import re
 import pytest
 
 PUBLIC_MODULES = ["tasker", "tasker.testing", "tasker.schedule"]
-OPTIONAL_MODULES = ["tasker.abc", "tasker.backends", "tasker.queue", "tasker_pg"]
+OPTIONAL_MODULES = [
+    "tasker.abc",
+    "tasker.backends",
+    "tasker.dashboard",
+    "tasker.queue",
+    "tasker_pg",
+]
 
 
 def _modules() -> list[str]:

@@ -17,6 +17,7 @@ from ._backend import (
     QueueBackend,
     QueueCapability,
     QueueInspection,
+    TaskCancellation,
     TransactionalEnqueue,
     WorkerRegistry,
 )
@@ -28,6 +29,8 @@ from ._long_queue import LongQueue
 from ._memory import MemoryQueueBackend
 from ._queue import Handler, Queue
 from ._records import (
+    CancelResult,
+    CancelStatus,
     EnqueueResult,
     GroupSpec,
     HeaderValue,
@@ -46,6 +49,8 @@ from ._task import Task
 from ._worker import Worker, WorkerStatistics
 
 __all__ = [
+    "CancelResult",
+    "CancelStatus",
     "ClaimById",
     "EnqueueResult",
     "Enqueued",
@@ -73,6 +78,7 @@ __all__ = [
     "Serializer",
     "Step",
     "Task",
+    "TaskCancellation",
     "TaskInfo",
     "TaskRecord",
     "TaskState",

@@ -27,3 +27,6 @@ class Attempt:
     stopped: bool = False
     #: ``time.monotonic()`` when its handler started (None: never started).
     began: float | None = None
+    #: The backend said its cancel was requested (``QueueCapability.CANCEL``): it is stopped
+    #: with ``StopReason.CANCELLED``, and reported cancelled unless its handler returns.
+    cancelled: bool = False

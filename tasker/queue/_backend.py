@@ -9,6 +9,7 @@ from ..abc import (
     QueueBackend,
     QueueCapability,
     QueueInspection,
+    TaskCancellation,
     TransactionalEnqueue,
     WorkerRegistry,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "QueueBackend",
     "QueueCapability",
     "QueueInspection",
+    "TaskCancellation",
     "TransactionalEnqueue",
     "WorkerRegistry",
 ]

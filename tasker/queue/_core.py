@@ -20,6 +20,7 @@ from ..abc import (
     QueueBackend,
     QueueCapability,
     QueueInspection,
+    TaskCancellation,
     TransactionalEnqueue,
     WorkerRegistry,
 )
@@ -39,6 +40,7 @@ _PROTOCOLS: dict[QueueCapability, type] = {
     QueueCapability.TRANSACTIONAL_ENQUEUE: TransactionalEnqueue,
     QueueCapability.WORKERS: WorkerRegistry,
     QueueCapability.CLAIM_BY_ID: ClaimById,
+    QueueCapability.CANCEL: TaskCancellation,
 }
 
 

@@ -57,6 +57,8 @@ class TaskInfo(Generic[R]):
         error: ``"Type: message"`` of the last failure, if any.
         traceback: the last failure's traceback, if any.
         created_at, finished_at: POSIX timestamps.
+        cancel_requested: a cancel was requested while it ran (``Queue.cancel``); its
+            worker stops it at its next heartbeat.
     """
 
     id: str
@@ -70,3 +72,4 @@ class TaskInfo(Generic[R]):
     traceback: str | None
     created_at: float
     finished_at: float | None
+    cancel_requested: bool = False

@@ -38,6 +38,7 @@ class InspectionMethods(QueueCore):
             traceback=record.traceback,
             created_at=record.created_at,
             finished_at=record.finished_at,
+            cancel_requested=record.cancel_requested,
         )
 
     async def get(self, task_id: str) -> TaskInfo[Any] | None:

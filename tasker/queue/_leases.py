@@ -7,6 +7,13 @@ heartbeat that confirmed the lease was sent. A lease is lost when a heartbeat sa
 (a paused process, an unreachable backend): either way the attempt's context is stopped
 with ``StopReason.LEASE_LOST`` and cut off after its grace period, and its outcome is
 reported only if a heartbeat confirms the lease first (:meth:`Leases._check_overdue`).
+
+Cancels (``QueueCapability.CANCEL``) ride on the same beat: after each heartbeat that went
+through, the worker asks which of the tasks it still holds were cancelled meanwhile, and
+stops those with ``StopReason.CANCELLED``, cut off after their grace period as a lost lease
+is. A cancel therefore reaches its handler within ``lease / 3`` and a round trip. The ask is
+its own call (``cancel_requested``), not an answer of ``heartbeat``: the core protocol stays
+as every backend implements it, and a backend without cancels pays nothing.
 """
 
 from __future__ import annotations
@@ -76,6 +83,48 @@ class Leases(WorkerState):
             else:
                 self._lose(attempt, confirmed=True)
         self._stop_overdue()
+        if self._cancel_requested is not None:
+            running = self.running
+            await self._ask_cancels(
+                [i for i, a in sent_to.items() if i in held and running.get(i) is a]
+            )
+
+    async def _ask_cancels(self, ids: list[str]) -> None:
+        """Stop the attempts of ``ids`` whose cancel the backend says was requested (best
+        effort: a failed ask waits for the next heartbeat)."""
+        if not ids:
+            return
+        requested: set[str] = set()
+        with anyio.move_on_after(self.lease / 3):
+            try:
+                requested = await self._cancel_requested(self.worker_id, ids)
+            except Exception as exc:
+                logger.debug("worker %s: asking for cancels failed: %s", self.worker_id, exc)
+        for task_id in requested:
+            attempt = self.running.get(task_id)
+            if attempt is not None and task_id not in self.reporting:
+                self._cancel(attempt)
+
+    def _cancel(self, attempt: Attempt) -> None:
+        """The task's cancel was requested: stop its handler (or keep it from starting)."""
+        if attempt.cancelled or attempt.lost:
+            return
+        attempt.cancelled = True
+        self.cancelled += 1
+        if attempt.ctx is None or attempt.scope is None:
+            return  # not started (the runner checks ``cancelled`` first), or ended
+        record = attempt.record
+        logger.info(
+            "worker %s: task %s %s (attempt %d) was cancelled; stopping it",
+            self.worker_id,
+            record.name,
+            record.id,
+            record.attempts,
+        )
+        attempt.ctx.stop(StopReason.CANCELLED)
+        attempt.scope.deadline = min(
+            attempt.scope.deadline, anyio.current_time() + attempt.ctx.grace
+        )
 
     def _stop_overdue(self) -> None:
         """Stop tasks whose lease was not renewed for a whole lease: it may be gone."""

@@ -12,6 +12,7 @@ the clock, not by waiting in real time.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from ._records import (
     TaskRecord,
     TaskState,
 )
-from ._rows import LEASE_EXPIRED, settled_record
+from ._rows import LEASE_EXPIRED, settled_kind, settled_record
 from ._rows import replace_record as replace
 
 __all__ = ["MemoryQueueBackend"]
@@ -41,7 +42,9 @@ class MemoryQueueBackend(MemoryAdministration):
     """Tasks in dictionaries and heaps: fast, and gone when the process exits.
 
     Declares every capability (:class:`tasker.abc.QueueCapability`) but
-    ``TRANSACTIONAL_ENQUEUE``: there is no database transaction to join.
+    ``TRANSACTIONAL_ENQUEUE``: there is no database transaction to join. A cancel
+    (``CANCEL``) of a running task reaches its worker at the worker's next heartbeat, as
+    with the other backends.
 
     Args:
         clock: the backend's clock (default: the system clock); a test passes a
@@ -131,6 +134,9 @@ class MemoryQueueBackend(MemoryAdministration):
             if record.queue not in wanted or task_id in exclude:
                 kept.append((until, seq, task_id))
                 continue
+            if record.cancel_requested:  # its worker died before it could stop it
+                self._cancel_now(record, now)
+                continue
             if record.attempts >= record.max_attempts:
                 self._die(record, LEASE_EXPIRED, None, now, now)
                 continue
@@ -197,7 +203,9 @@ class MemoryQueueBackend(MemoryAdministration):
                 and record.lease_until is not None
                 and record.lease_until <= now
             ):
-                if record.attempts >= record.max_attempts:
+                if record.cancel_requested:
+                    self._cancel_now(record, now)
+                elif record.attempts >= record.max_attempts:
                     self._die(record, LEASE_EXPIRED, None, now, now)
                 else:
                     claimed.append(self._lease(record, worker, lease, now))
@@ -239,6 +247,20 @@ class MemoryQueueBackend(MemoryAdministration):
             held.add(task_id)
         return held
 
+    async def cancel_requested(self, worker: str, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` running under ``worker``'s lease whose cancel was requested."""
+        found = set()
+        for task_id in ids:
+            record = self._tasks.get(task_id)
+            if (
+                record is not None
+                and record.cancel_requested
+                and record.state is TaskState.RUNNING
+                and record.lease_owner == worker
+            ):
+                found.add(task_id)
+        return found
+
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
         """Record outcomes of tasks the workers still hold."""
         notify = False
@@ -250,7 +272,9 @@ class MemoryQueueBackend(MemoryAdministration):
                 or record.lease_owner != outcome.worker
             ):
                 continue  # the lease was lost: a newer attempt owns the task
-            kind = outcome.kind
+            kind = settled_kind(outcome.kind, record.cancel_requested)
+            if kind is not outcome.kind:
+                outcome = dataclasses.replace(outcome, kind=kind)
             if kind is not OutcomeKind.RELEASED:
                 self._history.append(
                     HistoryEntry(
@@ -266,8 +290,8 @@ class MemoryQueueBackend(MemoryAdministration):
                     )
                 )
             settled = self._tasks[record.id] = settled_record(record, outcome)
-            if kind is OutcomeKind.SUCCEEDED:
-                for follow_up in outcome.follow_ups:
+            if kind is OutcomeKind.SUCCEEDED and not record.cancel_requested:
+                for follow_up in outcome.follow_ups:  # a cancel ends the chain
                     self._store(follow_up)
                     notify = True
             if settled.state is TaskState.QUEUED:  # a retry, release or interruption

@@ -1,19 +1,21 @@
-"""The in-memory queue backend's lookups and administration (``INSPECTION`` and
-``ADMINISTRATION``): off the hot path, so each call yields to the event loop once."""
+"""The in-memory queue backend's lookups, administration and cancels (``INSPECTION``,
+``ADMINISTRATION``, ``CANCEL``): off the hot path, so each call yields to the event loop
+once."""
 
 from __future__ import annotations
 
 import anyio
 
 from ._memory_state import LIVE, MemoryState
-from ._records import HistoryEntry, TaskRecord, TaskState, WorkerInfo
+from ._records import CancelResult, CancelStatus, HistoryEntry, TaskRecord, TaskState, WorkerInfo
 from ._rows import replace_record as replace
 
 __all__ = ["MemoryAdministration"]
 
 
 class MemoryAdministration(MemoryState):
-    """``get``, ``tasks``, ``counts`` and ``history``; ``requeue``, ``dispatch``, ``purge``."""
+    """``get``, ``tasks``, ``counts`` and ``history``; ``requeue``, ``dispatch``, ``purge``;
+    ``cancel``."""
 
     async def get(self, task_id: str) -> TaskRecord | None:
         """Return a task by id."""
@@ -117,7 +119,7 @@ class MemoryAdministration(MemoryState):
                     and t.result_expires <= now
                 )
                 or (
-                    t.state is TaskState.DEAD
+                    t.state in (TaskState.DEAD, TaskState.CANCELLED)
                     and dead_before is not None
                     and t.finished_at is not None
                     and t.finished_at < dead_before
@@ -129,6 +131,25 @@ class MemoryAdministration(MemoryState):
         if history_before is not None:
             self._history = [h for h in self._history if h.finished_at >= history_before]
         return len(expired)
+
+    async def cancel(self, task_id: str, *, now: float) -> CancelResult:
+        """Cancel a task: at once if it has not started (or its lease expired), else
+        request it of its worker (``tasker.abc.TaskCancellation.cancel``)."""
+        await anyio.lowlevel.checkpoint()
+        record = self._tasks.get(task_id)
+        if record is None:
+            return CancelResult(id=task_id, status=CancelStatus.UNKNOWN, state=None)
+        if record.state not in LIVE:
+            return CancelResult(id=task_id, status=CancelStatus.FINISHED, state=record.state)
+        if (
+            record.state is TaskState.RUNNING
+            and record.lease_until is not None
+            and record.lease_until > now
+        ):
+            self._tasks[task_id] = replace(record, cancel_requested=True)
+            return CancelResult(id=task_id, status=CancelStatus.REQUESTED, state=record.state)
+        self._cancel_now(record, now)
+        return CancelResult(id=task_id, status=CancelStatus.CANCELLED, state=TaskState.CANCELLED)
 
     # -- the worker registry -----------------------------------------------------------
 

@@ -26,7 +26,7 @@ from ._records import (
     TaskState,
     WorkerInfo,
 )
-from ._rows import dead_record, group_payload, record_from_new
+from ._rows import dead_record, group_payload, record_from_new, replace_record
 
 __all__ = ["LIVE", "MemoryState"]
 
@@ -104,6 +104,18 @@ class MemoryState:
         now: float,
     ) -> None:
         self._tasks[record.id] = dead_record(record, error, traceback, finished_at)
+        self._group_member_done(record.id, now)
+
+    def _cancel_now(self, record: TaskRecord, now: float) -> None:
+        """``record`` (held, queued, or running with an expired lease) cancelled: it never
+        runs (again); its heap entries go stale, its group is told."""
+        self._tasks[record.id] = replace_record(
+            record,
+            state=TaskState.CANCELLED,
+            lease_owner=None,
+            lease_until=None,
+            finished_at=now,
+        )
         self._group_member_done(record.id, now)
 
     def _group_member_done(self, task_id: str, now: float) -> None:

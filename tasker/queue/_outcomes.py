@@ -1,4 +1,5 @@
-"""The outcome a worker reports for an attempt: success (with a chain's next step) or failure."""
+"""The outcome a worker reports for an attempt: success (with a chain's next step), failure,
+or cancelled."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ._failures import format_error
 from ._records import NewTask, Outcome, OutcomeKind, TaskRecord
 from ._registry import Registry
 
-__all__ = ["failure", "success"]
+__all__ = ["cancelled", "failure", "success"]
 
 logger = logging.getLogger("tasker.queue")
 
@@ -94,4 +95,31 @@ def failure(
         error=error,
         traceback=trace,
         retry_at=retry_at,
+    )
+
+
+def cancelled(
+    worker: str,
+    record: TaskRecord,
+    started: float,
+    now: float,
+    *,
+    exc: Exception | None = None,
+    why: str | None = None,
+) -> Outcome:
+    """The outcome of an attempt stopped because its cancel was requested: never retried.
+
+    ``exc`` is what the handler raised as it stopped (kept as the task's error, for the
+    record), ``why`` says how it ended otherwise (cut off after its grace period).
+    """
+    error, trace = format_error(exc) if exc is not None else (why, None)
+    logger.info("task %s %s (attempt %d) cancelled", record.name, record.id, record.attempts)
+    return Outcome(
+        id=record.id,
+        worker=worker,
+        kind=OutcomeKind.CANCELLED,
+        started_at=started,
+        finished_at=now,
+        error=error,
+        traceback=trace,
     )

@@ -20,6 +20,7 @@ from .._context import Context, to_seconds
 from .._job import Job
 from ..abc import QueueBackend, QueueCapability
 from ._administration import AdministrationMethods
+from ._cancel import CancelMethods
 from ._checks import check_int, check_name
 from ._core import check_backend
 from ._errors import MissingCapabilityError
@@ -49,7 +50,7 @@ P = TypeVar("P")
 R = TypeVar("R")
 
 
-class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods):
+class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMethods):
     """Durable background tasks: handlers by name, enqueue now or later, workers as jobs.
 
     ``@queue.task`` registers a handler and returns its :class:`Task`, which enqueues it

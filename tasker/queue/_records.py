@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
+    "CancelResult",
+    "CancelStatus",
     "EnqueueResult",
     "GroupSpec",
     "HeaderValue",
@@ -38,9 +40,14 @@ class TaskState(enum.Enum):
     SUCCEEDED = "succeeded"
     #: Failed its last attempt (or its lease expired on the last one): a dead letter.
     DEAD = "dead"
+    #: Cancelled (``Queue.cancel``): before it ran (it never will), or while it ran, its
+    #: worker stopped it (a handler that still returned is ``SUCCEEDED``). Never retried.
+    CANCELLED = "cancelled"
 
 
-TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.DEAD})
+#: The states a task never leaves (but a requeue of a dead one): a group's member in one
+#: of them has settled.
+TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED})
 
 #: What a task header may hold (``enqueue(headers=...)``): what AMQP headers carry exactly
 #: and a headers exchange routes by (no floats: AMQP's are 32-bit, and would lose digits).
@@ -117,6 +124,10 @@ class TaskRecord:
     group_index: int | None = None
     #: The headers it was enqueued with (backends with :attr:`QueueCapability.HEADERS`).
     headers: Mapping[str, HeaderValue] | None = None
+    #: A cancel was requested while it ran (:attr:`QueueCapability.CANCEL`): its worker
+    #: stops it at its next heartbeat, and it ends ``CANCELLED`` unless its handler returns
+    #: (then ``SUCCEEDED``, its chain ended). Stays True once set.
+    cancel_requested: bool = False
 
 
 class OutcomeKind(enum.Enum):
@@ -133,6 +144,11 @@ class OutcomeKind(enum.Enum):
     #: Cut off by a shutdown while it ran: back to the queue, the attempt not counted, and a
     #: history row (``outcome="interrupted"``) saying so.
     INTERRUPTED = "interrupted"
+    #: Stopped because its cancel was requested (:attr:`QueueCapability.CANCEL`): the task is
+    #: ``CANCELLED``, the attempt counted, a history row (``outcome="cancelled"``), no
+    #: follow-ups. A backend records any outcome but ``SUCCEEDED`` of a task whose cancel was
+    #: requested as this one (a retry, a release or an interruption never requeue it).
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,6 +167,54 @@ class Outcome:
     retry_at: float | None = None
     #: Tasks to enqueue in the same transaction (the next step of a chain).
     follow_ups: tuple[NewTask, ...] = field(default=())
+
+
+class CancelStatus(enum.Enum):
+    """What a cancel (``Queue.cancel``) did to its task."""
+
+    #: It was held, queued (delayed, or waiting for a retry) or running with an expired
+    #: lease (its worker gone): it is ``CANCELLED`` now and never runs (again).
+    CANCELLED = "cancelled"
+    #: It is running: the cancel is recorded (``TaskRecord.cancel_requested``), and the
+    #: worker that holds it stops it at its next heartbeat.
+    REQUESTED = "requested"
+    #: It had finished already (succeeded, dead or cancelled): nothing changed.
+    FINISHED = "finished"
+    #: No task has this id (never enqueued, or purged): nothing changed.
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelResult:
+    """The answer to a cancel: which task, what the cancel did, and the task's state after it.
+
+    True (``if await queue.cancel(task_id):``) when the cancel took effect or was
+    requested (:attr:`CancelStatus.CANCELLED`, :attr:`CancelStatus.REQUESTED`); False
+    when there was nothing to cancel (finished, or unknown).
+
+    Attributes:
+        id: the task's id.
+        status: what the cancel did (:class:`CancelStatus`).
+        state: the task's state after the cancel: ``CANCELLED`` once cancelled,
+            ``RUNNING`` while a requested cancel waits for its worker, the final state of a
+            finished task, None for an unknown one.
+    """
+
+    id: str
+    status: CancelStatus
+    state: TaskState | None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, CancelStatus):
+            raise TypeError(f"CancelResult: status must be a CancelStatus, got {self.status!r}")
+        if (self.state is None) != (self.status is CancelStatus.UNKNOWN):
+            raise ValueError(
+                f"CancelResult: state must be None exactly for an unknown task, got"
+                f" status={self.status!r} with state={self.state!r}"
+            )
+
+    def __bool__(self) -> bool:
+        return self.status in (CancelStatus.CANCELLED, CancelStatus.REQUESTED)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,8 +19,8 @@ class Retention:
     policy adds the rest:
 
     Args:
-        dead: dead tasks are deleted this long after they died (None keeps them until
-            requeued); 7 days by default.
+        dead: dead and cancelled tasks are deleted this long after they died or were
+            cancelled (None keeps them: dead ones until requeued); 7 days by default.
         history: history entries are deleted this long after their attempt finished (None
             keeps them); 7 days by default.
         every: how often each worker purges (spread by up to half of it, so that replicas

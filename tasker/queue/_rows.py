@@ -11,6 +11,7 @@ from ._records import HistoryEntry, NewTask, Outcome, OutcomeKind, TaskRecord, T
 
 __all__ = [
     "COLUMNS",
+    "FINISHED_STATES",
     "LEASE_EXPIRED",
     "LIVE_STATES",
     "callback_from_json",
@@ -19,6 +20,7 @@ __all__ = [
     "group_payload",
     "record_from_row",
     "replace_record",
+    "settled_kind",
     "settled_record",
 ]
 
@@ -26,10 +28,12 @@ __all__ = [
 COLUMNS = (
     "id, name, queue, payload, priority, run_at, state, attempts, max_attempts, timeout,"
     " unique_key, created_at, lease_owner, lease_until, result, result_expires, last_error,"
-    " traceback, finished_at, chain, group_id, group_index"
+    " traceback, finished_at, chain, group_id, group_index, cancel_requested"
 )
 #: The states in which a task holds its unique key.
 LIVE_STATES = ("held", "queued", "running")
+#: The states of a finished task (a group's member in one of them has settled).
+FINISHED_STATES = ("succeeded", "dead", "cancelled")
 #: The error of a task whose last attempt's lease expired (its worker stopped responding).
 LEASE_EXPIRED = "lease expired (the worker stopped responding)"
 
@@ -59,6 +63,7 @@ def record_from_row(row: Any) -> TaskRecord:
         chain=None if row[19] is None else bytes(row[19]),
         group_id=row[20],
         group_index=row[21],
+        cancel_requested=bool(row[22]),
     )
 
 
@@ -183,11 +188,30 @@ def dead_record(
     )
 
 
+def settled_kind(kind: OutcomeKind, cancel_requested: bool) -> OutcomeKind:
+    """How an outcome of ``kind`` is recorded: as itself, except that a task whose cancel
+    was requested ends cancelled unless it succeeded (``tasker.abc.TaskCancellation``)."""
+    if cancel_requested and kind is not OutcomeKind.SUCCEEDED:
+        return OutcomeKind.CANCELLED
+    return kind
+
+
 def settled_record(record: TaskRecord, outcome: Outcome) -> TaskRecord:
     """The record ``outcome`` leaves of the running ``record`` (for a store that keeps
-    records): succeeded with its result, dead, or queued again (a retry at ``retry_at``
-    with the attempt counted; a release or an interruption with it handed back)."""
+    records): succeeded with its result, dead, cancelled, or queued again (a retry at
+    ``retry_at`` with the attempt counted; a release or an interruption with it handed
+    back). The caller has applied :func:`settled_kind` to ``outcome.kind``."""
     kind = outcome.kind
+    if kind is OutcomeKind.CANCELLED:
+        return replace_record(
+            record,
+            state=TaskState.CANCELLED,
+            lease_owner=None,
+            lease_until=None,
+            last_error=outcome.error,
+            traceback=outcome.traceback,
+            finished_at=outcome.finished_at,
+        )
     if kind is OutcomeKind.SUCCEEDED:
         return replace_record(
             record,

@@ -3,6 +3,12 @@
 A mixin of :class:`tasker.queue.Worker` (see ``tasker.queue._worker_state``). Spawning a
 task per queue task would cost more than the task itself (anyio's ``start_soon``, ~16 us),
 so ``concurrency`` runners read claimed attempts from one memory stream.
+
+An attempt whose cancel was requested (``Attempt.cancelled``, set by ``_leases``) is
+reported ``OutcomeKind.CANCELLED`` however it ends but by returning: not started, raising
+(whatever it raised: a handler that stops early on ``ctx.done`` raises), or cut off after
+its grace period. A return is a success: the work is done (the backend drops its chain's
+next step). ``on_failure`` is never called for it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from ._attempt import Attempt
 from ._current import _current
 from ._errors import UnknownTaskError
 from ._info import TaskInfo
-from ._outcomes import failure, success
+from ._outcomes import cancelled, failure, success
 from ._records import Outcome, OutcomeKind, TaskRecord, TaskState
 from ._worker_state import WorkerState
 
@@ -46,6 +52,8 @@ class Runners(WorkerState):
                             await self._release([attempt])
                         elif attempt.lost:
                             self._forget(attempt, "before it started")
+                        elif attempt.cancelled:  # cancelled before it started
+                            await self._report_cancelled(attempt, why="cancelled before it ran")
                         else:
                             await self._run_task(ctx, attempt, scope, running)
                     return  # the stream is closed: the worker is stopping
@@ -53,6 +61,11 @@ class Runners(WorkerState):
                     cut = running.pop()
                     if cut.lost:
                         self._forget(cut, "after it was cancelled")
+                    elif cut.cancelled:  # its cancel's grace period ran out (or the shutdown's)
+                        grace = cut.ctx.grace if cut.ctx is not None else 0.0
+                        await self._report_cancelled(
+                            cut, why=f"cancelled: cut off after its grace period ({grace:g} s)"
+                        )
                     else:  # the shutdown's, or a lease not renewed in time: hand it back
                         await self._release([cut])
                 self._freed()
@@ -109,10 +122,13 @@ class Runners(WorkerState):
                     registry, self.worker_id, record, now - (time.monotonic() - began), data, now
                 )
             except Exception as exc:
-                backoff = registration.backoff if registration else None
                 now = await self._time.now()
                 started = now - (time.monotonic() - began)
-                outcome = failure(self.worker_id, record, started, exc, backoff, now)
+                if attempt.cancelled:  # it stopped as asked: no retry, no on_failure
+                    outcome = cancelled(self.worker_id, record, started, now, exc=exc)
+                else:
+                    backoff = registration.backoff if registration else None
+                    outcome = failure(self.worker_id, record, started, exc, backoff, now)
         finally:
             _current.reset(token)
             attempt.scope = None  # no deadline is set for this attempt any more
@@ -135,7 +151,14 @@ class Runners(WorkerState):
         if attempt.lost:
             self._forget(attempt, "when it ended")
             return
-        self.reporting.add(record.id)
+        await self._settle(attempt, outcome)
+        if outcome.kind is OutcomeKind.DEAD and self._on_failure is not None:
+            await self._tell_failure(record, outcome)
+
+    async def _settle(self, attempt: Attempt, outcome: Outcome) -> None:
+        """Report the outcome of an attempt still ours; its slot is free meanwhile."""
+        task_id = attempt.record.id
+        self.reporting.add(task_id)
         if self._finish_and_claim is None:
             self._freed()  # else the flush refills the slot
         try:
@@ -143,12 +166,20 @@ class Runners(WorkerState):
         finally:
             # Usually the flush took the task out already; and by now the same task may have
             # been claimed again (a retry due at once): only this attempt is ours to remove.
-            if self.running.get(record.id) is attempt:
-                del self.running[record.id]
-                self.reporting.discard(record.id)
+            if self.running.get(task_id) is attempt:
+                del self.running[task_id]
+                self.reporting.discard(task_id)
         self._freed()
-        if outcome.kind is OutcomeKind.DEAD and self._on_failure is not None:
-            await self._tell_failure(record, outcome)
+
+    async def _report_cancelled(self, attempt: Attempt, *, why: str) -> None:
+        """Report an attempt that ended cancelled without an outcome of its handler's: it
+        never started, or it was cut off after its grace period."""
+        now = await self._time.now()
+        began = attempt.began
+        started = now if began is None else now - max(0.0, time.monotonic() - began)
+        await self._settle(
+            attempt, cancelled(self.worker_id, attempt.record, started, now, why=why)
+        )
 
     async def _tell_failure(self, record: TaskRecord, outcome: Outcome) -> None:
         """Call the ``on_failure`` hook for a task that just died (its errors are logged)."""

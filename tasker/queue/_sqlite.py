@@ -28,6 +28,8 @@ from . import _sqlite_ops as ops
 from ._errors import UnstorableRecordError
 from ._machine_clock import boot_id, boot_seconds, read_anchor, stalled
 from ._records import (
+    CancelResult,
+    CancelStatus,
     EnqueueResult,
     GroupSpec,
     HistoryEntry,
@@ -63,7 +65,8 @@ def default_queue_path() -> Path:
 class SQLiteQueueBackend(SQLiteWorkerRegistry):
     """Tasks in a SQLite file (WAL): durable across restarts, shared by local processes.
 
-    Declares every capability but ``TRANSACTIONAL_ENQUEUE``.
+    Declares every capability but ``TRANSACTIONAL_ENQUEUE`` and ``HEADERS``. A file made by
+    an earlier version gets the columns added since when it is opened.
 
     Args:
         path: the database file; its directory is created on first use.
@@ -91,6 +94,7 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
         try:
             for statement in ops.SCHEMA:
                 connection.execute(statement)
+            ops.migrate(connection)  # a file made by an earlier version
             connection.execute("commit")
         except BaseException:
             connection.execute("rollback")
@@ -215,6 +219,20 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
         result: set[str] = await self._call(
             ops.heartbeat, (worker, list(ids), lease, now, self._anchor)
         )
+        return result
+
+    async def cancel_requested(self, worker: str, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` running under ``worker``'s lease whose cancel was requested (a
+        read: it never waits for the write lock)."""
+        result: set[str] = await self._call(ops.cancel_requested, (worker, list(ids)), write=False)
+        return result
+
+    async def cancel(self, task_id: str, *, now: float) -> CancelResult:
+        """Cancel a task in one transaction: at once if it has not started (or its lease
+        expired), else request it of its worker."""
+        result: CancelResult = await self._call(ops.cancel, (task_id, now, self._anchor))
+        if result.status is CancelStatus.CANCELLED:
+            self._notify()  # its group's callback may be due now
         return result
 
     async def finish(self, outcomes: Sequence[Outcome], *, now: float) -> None:
@@ -399,7 +417,7 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
         def write(db: sqlite3.Connection, _: object) -> int:
             cursor = db.execute(
                 "delete from tasks where ((state = 'succeeded' and result_expires <= ?)"
-                " or (state = 'dead' and ? is not null and finished_at < ?))"
+                " or (state in ('dead', 'cancelled') and ? is not null and finished_at < ?))"
                 " and (unique_until is null or unique_until <= ?)"
                 " and (group_id is null or group_id not in (select id from task_groups))",
                 (now, dead_before, dead_before, now),

@@ -13,7 +13,17 @@ import sqlite3
 from collections.abc import Sequence
 
 from ._machine_clock import shift, translate
-from ._records import EnqueueResult, GroupSpec, NewTask, Outcome, OutcomeKind, TaskRecord
+from ._records import (
+    CancelResult,
+    CancelStatus,
+    EnqueueResult,
+    GroupSpec,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    TaskRecord,
+    TaskState,
+)
 from ._rows import (
     COLUMNS,
     LIVE_STATES,
@@ -22,11 +32,14 @@ from ._rows import (
     callback_to_json,
     group_payload,
     record_from_row,
+    settled_kind,
     task_insert_values,
 )
 
 __all__ = [
     "SCHEMA",
+    "cancel",
+    "cancel_requested",
     "claim",
     "enqueue",
     "finish",
@@ -34,6 +47,7 @@ __all__ = [
     "group_member_done",
     "heartbeat",
     "insert",
+    "migrate",
 ]
 
 SCHEMA = [
@@ -60,7 +74,8 @@ SCHEMA = [
         finished_at real,
         chain blob,
         group_id text,
-        group_index integer
+        group_index integer,
+        cancel_requested integer not null default 0
     )""",
     "create index if not exists tasks_due on tasks (state, queue, priority desc, run_at)",
     "create index if not exists tasks_lease on tasks (state, lease_until)",
@@ -185,11 +200,13 @@ def _claim(
 ) -> list[TaskRecord]:
     marks = ",".join("?" * len(queues))
     skip = f" and id not in ({','.join('?' * len(exclude))})" if exclude else ""
-    # Expired leases on their last attempt die (all of them: they must not use up the
-    # limit); then the others are claimed again, oldest lease first.
+    # Expired leases on their last attempt die, and those whose cancel was requested are
+    # cancelled (all of them: they must not use up the limit); then the others are claimed
+    # again, oldest lease first.
     dying = db.execute(
         f"select id from tasks where state = 'running' and lease_until <= ?"  # noqa: S608 - placeholders only
-        f" and attempts >= max_attempts and queue in ({marks}){skip} order by id",
+        f" and (attempts >= max_attempts or cancel_requested) and queue in ({marks}){skip}"
+        " order by id",
         (now, *queues, *exclude),
     ).fetchall()
     _die_expired(db, [task_id for (task_id,) in dying], now)
@@ -197,7 +214,7 @@ def _claim(
         row[0]
         for row in db.execute(
             f"select id from tasks where state = 'running' and lease_until <= ?"  # noqa: S608
-            f" and attempts < max_attempts and queue in ({marks}){skip}"
+            f" and attempts < max_attempts and not cancel_requested and queue in ({marks}){skip}"
             " order by lease_until limit ?",
             (now, *queues, *exclude, limit),
         ).fetchall()
@@ -226,11 +243,14 @@ def _claim(
 
 
 def _die_expired(db: sqlite3.Connection, task_ids: Sequence[str], now: float) -> None:
-    """Tasks whose lease expired on their last attempt: dead, their groups told."""
+    """Tasks whose lease expired on their last attempt: dead; or whose cancel was
+    requested: cancelled. Their groups told."""
     for task_id in task_ids:
         db.execute(
-            "update tasks set state = 'dead', lease_owner = null, lease_until = null,"
-            " last_error = 'lease expired (the worker stopped responding)',"
+            "update tasks set state = case when cancel_requested then 'cancelled'"
+            " else 'dead' end, lease_owner = null, lease_until = null,"
+            " last_error = case when cancel_requested then last_error"
+            " else 'lease expired (the worker stopped responding)' end,"
             " finished_at = ? where id = ?",
             (now, task_id),
         )
@@ -250,7 +270,7 @@ def claim_ids(
     marks = ",".join("?" * len(wanted))
     dying = db.execute(
         f"select id from tasks where id in ({marks}) and state = 'running'"  # noqa: S608 - placeholders only
-        " and lease_until <= ? and attempts >= max_attempts order by id",
+        " and lease_until <= ? and (attempts >= max_attempts or cancel_requested) order by id",
         (*wanted, now),
     ).fetchall()
     _die_expired(db, [task_id for (task_id,) in dying], now)
@@ -259,8 +279,8 @@ def claim_ids(
         for row in db.execute(
             f"update tasks set state = 'running', attempts = attempts + 1, lease_owner = ?,"  # noqa: S608
             f" lease_until = ? where id in ({marks}) and ((state = 'queued' and run_at <= ?)"
-            " or (state = 'running' and lease_until <= ? and attempts < max_attempts))"
-            " returning id",
+            " or (state = 'running' and lease_until <= ? and attempts < max_attempts"
+            " and not cancel_requested)) returning id",
             (worker, now + lease, *wanted, now, now),
         ).fetchall()
     }
@@ -340,14 +360,14 @@ def _finish(db: sqlite3.Connection, outcomes: Sequence[Outcome], now: float, del
         # case) settles without asking again. (An ``update ... returning`` in place of this
         # select and the update below measured no faster: the select hits cached pages.)
         row = db.execute(
-            "select name, queue, attempts, group_id from tasks where id = ?"
+            "select name, queue, attempts, group_id, cancel_requested from tasks where id = ?"
             " and state = 'running' and lease_owner = ?",
             (outcome.id, outcome.worker),
         ).fetchone()
         if row is None:
             continue  # the lease was lost: a newer attempt owns the task
-        name, queue, attempts, group_id = row
-        kind = outcome.kind
+        name, queue, attempts, group_id, cancelling = row
+        kind = settled_kind(outcome.kind, bool(cancelling))
         if kind is not OutcomeKind.RELEASED:
             db.execute(
                 "insert into task_history (task_id, name, queue, worker, attempt, started_at,"
@@ -371,16 +391,22 @@ def _finish(db: sqlite3.Connection, outcomes: Sequence[Outcome], now: float, del
                 " finished_at = ? where id = ?",
                 (outcome.result, outcome.result_expires, outcome.finished_at, outcome.id),
             )
-            for follow_up in outcome.follow_ups:
+            for follow_up in () if cancelling else outcome.follow_ups:  # a cancel ends a chain
                 insert(db, follow_up)
                 requeued = True
             if group_id is not None:
                 requeued |= _group_done(db, group_id, now)
-        elif kind is OutcomeKind.DEAD:
+        elif kind is OutcomeKind.DEAD or kind is OutcomeKind.CANCELLED:
             db.execute(
-                "update tasks set state = 'dead', lease_owner = null, lease_until = null,"
+                "update tasks set state = ?, lease_owner = null, lease_until = null,"
                 " last_error = ?, traceback = ?, finished_at = ? where id = ?",
-                (outcome.error, outcome.traceback, outcome.finished_at, outcome.id),
+                (
+                    TaskState.DEAD.value if kind is OutcomeKind.DEAD else TaskState.CANCELLED.value,
+                    outcome.error,
+                    outcome.traceback,
+                    outcome.finished_at,
+                    outcome.id,
+                ),
             )
             if group_id is not None:
                 requeued |= _group_done(db, group_id, now)
@@ -411,7 +437,8 @@ def group_member_done(db: sqlite3.Connection, task_id: str, now: float) -> bool:
 def _group_done(db: sqlite3.Connection, group_id: str, now: float) -> bool:
     """A member of ``group_id`` settled: fire its callback once every member has."""
     left = db.execute(
-        "select count(*) from tasks where group_id = ? and state not in ('succeeded', 'dead')",
+        "select count(*) from tasks where group_id = ?"
+        " and state not in ('succeeded', 'dead', 'cancelled')",
         (group_id,),
     ).fetchone()[0]
     if left:
@@ -429,3 +456,48 @@ def _group_done(db: sqlite3.Connection, group_id: str, now: float) -> bool:
     payload = group_payload([None if r[0] is None else bytes(r[0]) for r in results])
     insert(db, callback_from_json(group[0], payload, now))
     return True
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier version up to :data:`SCHEMA` (idempotent, inside
+    the transaction that runs the schema): ``create table if not exists`` leaves an existing
+    table as it was, so a column added since is added here."""
+    columns = {row[1] for row in db.execute("pragma table_info(tasks)")}
+    if "cancel_requested" not in columns:
+        db.execute("alter table tasks add column cancel_requested integer not null default 0")
+
+
+def cancel(db: sqlite3.Connection, arg: tuple[str, float, float | None]) -> CancelResult:
+    """Cancel a task: held, queued or with an expired lease at once (its group told), a
+    running one by recording the request (``tasker.abc.TaskCancellation.cancel``)."""
+    task_id, now, anchor = arg
+    now = translate(db, now, anchor)
+    row = db.execute("select state, lease_until from tasks where id = ?", (task_id,)).fetchone()
+    if row is None:
+        return CancelResult(id=task_id, status=CancelStatus.UNKNOWN, state=None)
+    state, lease_until = TaskState(row[0]), row[1]
+    if state.value not in LIVE_STATES:
+        return CancelResult(id=task_id, status=CancelStatus.FINISHED, state=state)
+    if state is TaskState.RUNNING and lease_until is not None and lease_until > now:
+        db.execute("update tasks set cancel_requested = 1 where id = ?", (task_id,))
+        return CancelResult(id=task_id, status=CancelStatus.REQUESTED, state=state)
+    db.execute(
+        "update tasks set state = 'cancelled', lease_owner = null, lease_until = null,"
+        " finished_at = ? where id = ?",
+        (now, task_id),
+    )
+    group_member_done(db, task_id, now)
+    return CancelResult(id=task_id, status=CancelStatus.CANCELLED, state=TaskState.CANCELLED)
+
+
+def cancel_requested(db: sqlite3.Connection, arg: tuple[str, Sequence[str]]) -> set[str]:
+    """Those of the ids running under the worker's lease whose cancel was requested."""
+    worker, ids = arg
+    if not ids:
+        return set()
+    rows = db.execute(
+        f"select id from tasks where id in ({','.join('?' * len(ids))})"  # noqa: S608 - placeholders only
+        " and state = 'running' and lease_owner = ? and cancel_requested",
+        (*ids, worker),
+    ).fetchall()
+    return {row[0] for row in rows}

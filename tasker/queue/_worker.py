@@ -78,6 +78,8 @@ class WorkerStatistics:
         completed: outcomes it recorded.
         leases_lost: leases a heartbeat (or an overdue check) said were gone.
         discarded: outcomes discarded because their lease was lost.
+        cancelled: running (or claimed) tasks it stopped because their cancel was requested
+            (``Queue.cancel``).
         purged: finished tasks its retention runs deleted.
         stopping: whether its context is done (it claims nothing more).
     """
@@ -89,6 +91,7 @@ class WorkerStatistics:
     completed: int
     leases_lost: int
     discarded: int
+    cancelled: int
     purged: int
     stopping: bool
 
@@ -111,6 +114,7 @@ class Worker(Claims, Runners, Leases, Stopping, Recording):
             completed=self.completed,
             leases_lost=self.leases_lost,
             discarded=self.discarded,
+            cancelled=self.cancelled,
             purged=self.purged,
             stopping=self._ctx is not None and self._ctx.done,
         )

@@ -94,6 +94,14 @@ class WorkerState:
             if QueueCapability.FINISH_AND_CLAIM in backend.capabilities
             else None
         )
+        # A backend that records cancels (``QueueCapability.CANCEL``): each heartbeat then
+        # asks which of the tasks it runs were cancelled meanwhile.
+        self._cancel_requested: Any = (
+            backend.cancel_requested  # type: ignore[attr-defined]
+            if QueueCapability.CANCEL in backend.capabilities
+            else None
+        )
+        self.cancelled = 0
         self._ctx: Context | None = None
         self._send: MemoryObjectSendStream[Attempt] | None = None
         # Shutdown deadlines (anyio time), set when the worker's context is done.

@@ -13,9 +13,10 @@ checking every answer against the model (``_model``). Each capability is checked
 backend declares it (``QueueBackend.capabilities``), and a backend that declares fewer gets
 fewer rules: lookups after every step (``INSPECTION``), requeue, held tasks and purge
 (``ADMINISTRATION``), unique keys, chains and groups (``WORKFLOWS``), ``finish_and_claim``,
-the worker registry (``WORKERS``: ``_registry``), and claims by id and the overdue list
-(``CLAIM_BY_ID``: ``_claim_by_id``). The backend's coroutines run on an
-event loop in a helper thread (anyio's blocking portal), on ``anyio_backend``.
+the worker registry (``WORKERS``: ``_registry``), claims by id and the overdue list
+(``CLAIM_BY_ID``: ``_claim_by_id``), and cancels (``CANCEL``, with ``INSPECTION``:
+``_cancel``). The backend's coroutines run on an event loop in a helper thread (anyio's
+blocking portal), on ``anyio_backend``.
 
 The rules, one module per part of the contract: the core protocol (``_core``: claims in
 priority, then FIFO, order), the administration and inspection capabilities (``_admin``:
@@ -45,6 +46,7 @@ from hypothesis.stateful import RuleBasedStateMachine
 
 from ._admin import AdminRules
 from ._base import MachineConfig
+from ._cancel import CancelRules
 from ._claim_by_id import ClaimByIdRules
 from ._core import CoreRules
 from ._registry import RegistryRules
@@ -84,7 +86,7 @@ def queue_backend_machine(
     """
 
     class QueueBackendMachine(
-        ClaimByIdRules, RegistryRules, WaitRules, WorkflowRules, AdminRules, CoreRules
+        CancelRules, ClaimByIdRules, RegistryRules, WaitRules, WorkflowRules, AdminRules, CoreRules
     ):
         config = MachineConfig(
             make_backend=make_backend,

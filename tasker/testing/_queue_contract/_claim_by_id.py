@@ -43,6 +43,7 @@ class ClaimByIdRules(MachineBase):
         model, now = self.model, self.now
         wanted: list[str] = []
         dying: list[ModelTask] = []
+        cancelling: list[ModelTask] = []
         for task_id in dict.fromkeys(ids):
             t = model.tasks.get(task_id)
             if t is None:
@@ -52,7 +53,9 @@ class ClaimByIdRules(MachineBase):
             elif (
                 t.state is TaskState.RUNNING and t.lease_until is not None and t.lease_until <= now
             ):
-                if t.attempts >= t.max_attempts:
+                if t.cancel_requested:
+                    cancelling.append(t)
+                elif t.attempts >= t.max_attempts:
                     dying.append(t)
                 else:
                     wanted.append(task_id)
@@ -61,6 +64,8 @@ class ClaimByIdRules(MachineBase):
         assert got == wanted, f"claim_ids({ids}) took {got}, expected {wanted}"
         for t in dying:  # an expired lease on its last attempt: dead, as a claim makes it
             model.died(t, now)
+        for t in cancelling:  # an expired lease of a task whose cancel was requested
+            model.cancelled(t, now)
         for record in records:
             t = model.tasks[record.id]
             model.lease(t, worker, now)

@@ -20,8 +20,9 @@ __all__ = ["QUEUE_SETS", "WORKERS", "CoreRules"]
 WORKERS = ("w1", "w2")
 QUEUE_SETS = (("q1",), ("q2",), QUEUES)
 
-# Successes weigh more: chains move on and groups complete only through them.
-_KINDS = [OutcomeKind.SUCCEEDED, *OutcomeKind]
+# Successes weigh more: chains move on and groups complete only through them. A worker
+# reports CANCELLED only for a task whose cancel was requested: the ``_cancel`` rules.
+_KINDS = [OutcomeKind.SUCCEEDED, *(k for k in OutcomeKind if k is not OutcomeKind.CANCELLED)]
 
 
 class CoreRules(MachineBase):
@@ -149,15 +150,16 @@ class CoreRules(MachineBase):
         self.delivered()
         model, now = self.model, self.now
         expired = model.expired(queues, now, exclude)
-        reclaimable = {t.id for t in expired if t.attempts < t.max_attempts}
+        reclaimable = {t.id for t in expired if model.reclaimable(t)}
         due = model.due(queues, now, exclude)
         candidates = reclaimable | {t.id for t in due}
         records = claim()
         got = [r.id for r in records]
         assert len(set(got)) == len(got), "a task is claimed once per call"
-        # Expired leases on their last attempt die instead of being claimed; the callback
-        # of a group whose last member died so may be claimed by the same call.
-        fired = self._deaths([t for t in expired if t.attempts >= t.max_attempts], queues, exclude)
+        # Expired leases on their last attempt die instead of being claimed, and those whose
+        # cancel was requested are cancelled; the callback of a group whose last member
+        # settled so may be claimed by the same call.
+        fired = self._deaths([t for t in expired if t.id not in reclaimable], queues, exclude)
         assert set(got) <= candidates | fired, f"claimed what is not due: {set(got) - candidates}"
         # Every claimable task is taken until the limit is reached, and no more.
         assert len(got) <= limit, f"claimed {len(got)} tasks with a limit of {limit}"
@@ -177,16 +179,25 @@ class CoreRules(MachineBase):
     def _deaths(
         self, dying: Sequence[ModelTask], queues: tuple[str, ...], exclude: frozenset[str]
     ) -> set[str]:
-        """Learn which of ``dying`` the claim made dead; the callbacks that fired then."""
+        """Learn which of ``dying`` the claim made dead (or cancelled, those whose cancel
+        was requested); the callbacks that fired then."""
         fired: set[str] = set()
         for t in dying:
             if not self.has(QueueCapability.INSPECTION):
                 t.limbo = True  # it cannot be told apart here; a heartbeat tells
                 continue
-            # Either it died now, or the limit stopped the scan before it.
+            # Either it settled now, or the limit stopped the scan before it.
             stored = self.call("get", t.id)
-            if stored.state is TaskState.DEAD:
-                callback = self.model.died(t, self.now)
+            settled = TaskState.CANCELLED if t.cancel_requested else TaskState.DEAD
+            assert stored.state in (TaskState.RUNNING, settled), (
+                f"task {t.id}: an expired lease left it {stored.state}, expected running or"
+                f" {settled}"
+            )
+            if stored.state is settled:
+                if settled is TaskState.CANCELLED:
+                    callback = self.model.cancelled(t, self.now)
+                else:
+                    callback = self.model.died(t, self.now)
                 if callback is not None and callback.queue in queues:
                     fired.add(callback.id)
         return fired - exclude

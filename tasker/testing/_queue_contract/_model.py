@@ -2,9 +2,9 @@
 
 It is the contract written as plain Python over a dictionary of tasks: which tasks are due
 and in which order a claim takes them, what an outcome does to its task (and to the next step
-of its chain, or to its group), which held tasks a dispatch releases, what a purge deletes,
-and when work next falls due in a set of queues. The rules (the other modules) drive the
-backend and this model side by side and compare.
+of its chain, or to its group), which held tasks a dispatch releases, what a cancel does,
+what a purge deletes, and when work next falls due in a set of queues. The rules (the other
+modules) drive the backend and this model side by side and compare.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ...backends import decode_chain, encode_chain, group_payload
-from ...queue._records import TERMINAL, NewTask, Outcome, OutcomeKind, TaskRecord, TaskState
+from ...queue._records import (
+    TERMINAL,
+    CancelStatus,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    TaskRecord,
+    TaskState,
+)
 
 __all__ = [
     "LEASE",
@@ -66,6 +74,8 @@ class ModelTask:
     #: Its last lease expired on its last attempt and a claim that may have made it dead
     #: ran, on a backend that cannot be asked (no ``INSPECTION``): dead or still running.
     limbo: bool = False
+    #: A cancel was requested while it ran (``CANCEL``): it never runs again.
+    cancel_requested: bool = False
 
     @classmethod
     def from_new(cls, task: NewTask) -> ModelTask:
@@ -108,6 +118,7 @@ class ModelTask:
             "group_index": self.group_index,
             "state": self.state,
             "attempts": self.attempts,
+            "cancel_requested": self.cancel_requested,
         }
         if self.state in (TaskState.HELD, TaskState.QUEUED):
             expected["run_at"] = self.run_at
@@ -171,7 +182,8 @@ class Model:
     def expired(
         self, queues: Sequence[str], now: float, exclude: Iterable[str] = ()
     ) -> list[ModelTask]:
-        """Running tasks of ``queues`` whose lease expired by ``now``."""
+        """Running tasks of ``queues`` whose lease expired by ``now`` (a claim takes those
+        with attempts left again, and settles the others: see :meth:`reclaimable`)."""
         skip = set(exclude)
         return [
             t
@@ -275,20 +287,34 @@ class Model:
             ),
         )
 
+    @staticmethod
+    def reclaimable(t: ModelTask) -> bool:
+        """Whether a claim takes ``t`` again once its lease expired: not on its last attempt
+        (it dies), nor with its cancel requested (it is cancelled)."""
+        return t.attempts < t.max_attempts and not t.cancel_requested
+
     def settle(self, outcome: Outcome, now: float) -> None:
-        """Apply a finished attempt; one for a task the worker does not hold is ignored."""
+        """Apply a finished attempt; one for a task the worker does not hold is ignored.
+
+        A task whose cancel was requested ends cancelled by any outcome but a success (a
+        retry, a release, an interruption included), and a success of it enqueues no
+        follow-up: a cancel ends a chain."""
         t = self.tasks.get(outcome.id)
         if t is None or t.state is not TaskState.RUNNING or t.owner != outcome.worker:
             return
         t.owner, t.lease_until = None, None
         kind = outcome.kind
+        if t.cancel_requested and kind is not OutcomeKind.SUCCEEDED:
+            kind = OutcomeKind.CANCELLED
         if kind is OutcomeKind.SUCCEEDED:
             t.state, t.result = TaskState.SUCCEEDED, outcome.result
             t.finished_at, t.expires = outcome.finished_at, outcome.result_expires
-            for follow_up in outcome.follow_ups:  # the next step, in the same finish
-                self.add(follow_up)
+            for follow_up in () if t.cancel_requested else outcome.follow_ups:
+                self.add(follow_up)  # the next step, in the same finish
         elif kind is OutcomeKind.DEAD:  # a dead step ends its chain
             t.state, t.finished_at = TaskState.DEAD, outcome.finished_at
+        elif kind is OutcomeKind.CANCELLED:  # so does a cancelled one
+            t.state, t.finished_at = TaskState.CANCELLED, outcome.finished_at
         elif kind is OutcomeKind.RETRY:
             assert outcome.retry_at is not None
             t.state, t.run_at = TaskState.QUEUED, outcome.retry_at
@@ -305,11 +331,32 @@ class Model:
         t.finished_at = now
         return self.member_settled(t, now)
 
+    def cancelled(self, t: ModelTask, now: float) -> ModelTask | None:
+        """``t`` cancelled by a cancel (held, queued, or its lease expired) or by a claim
+        (its lease expired after its cancel was requested); returns its group's callback if
+        that fired. No history row: no attempt ended."""
+        t.state, t.owner, t.lease_until, t.limbo = TaskState.CANCELLED, None, None, False
+        t.finished_at = now
+        return self.member_settled(t, now)
+
+    def cancel(self, t: ModelTask | None, now: float) -> CancelStatus:
+        """What a cancel of ``t`` (None: an unknown id) does, applied."""
+        if t is None:
+            return CancelStatus.UNKNOWN
+        if t.state not in LIVE:
+            return CancelStatus.FINISHED
+        if t.state is TaskState.RUNNING and t.lease_until is not None and t.lease_until > now:
+            t.cancel_requested = True
+            return CancelStatus.REQUESTED
+        self.cancelled(t, now)
+        return CancelStatus.CANCELLED
+
     def member_settled(self, t: ModelTask, now: float) -> ModelTask | None:
         """After ``t`` changed: if it was the last open member of its group to settle
-        (succeed or die), the group closes and its callback is enqueued, due ``now``, with
-        the members' results in index order (null for a dead one). Exactly once: a closed
-        group never fires again, whatever its members do later (a requeued one)."""
+        (succeed, die or be cancelled), the group closes and its callback is enqueued, due
+        ``now``, with the members' results in index order (null for a dead or cancelled
+        one). Exactly once: a closed group never fires again, whatever its members do later
+        (a requeued one)."""
         group = self.groups.get(t.group_id) if t.group_id is not None else None
         if group is None or not group.open:
             return None
@@ -329,7 +376,7 @@ class Model:
         t.state, t.attempts, t.run_at, t.finished_at = TaskState.QUEUED, 0, now, None
 
     def purgeable(self, now: float, dead_before: float | None) -> list[ModelTask]:
-        """What a purge deletes: expired successes and dead tasks older than
+        """What a purge deletes: expired successes and dead or cancelled tasks older than
         ``dead_before``, never a member of a group still open."""
         return [
             t
@@ -338,7 +385,7 @@ class Model:
             and (
                 (t.state is TaskState.SUCCEEDED and t.expires is not None and t.expires <= now)
                 or (
-                    t.state is TaskState.DEAD
+                    t.state in (TaskState.DEAD, TaskState.CANCELLED)
                     and dead_before is not None
                     and t.finished_at is not None
                     and t.finished_at < dead_before
