@@ -30,3 +30,6 @@ class Attempt:
     #: The backend said its cancel was requested (``QueueCapability.CANCEL``): it is stopped
     #: with ``StopReason.CANCELLED``, and reported cancelled unless its handler returns.
     cancelled: bool = False
+    #: A realtime task (``Worker.spawn``): not stored, so no lease, no heartbeat, no
+    #: outcome recorded; a hand-back drops it.
+    realtime: bool = False

@@ -40,7 +40,7 @@ class Claims(WorkerState):
                 self._slot_freed = anyio.Event()
                 await wait_either(ctx, self._slot_freed.wait)
                 continue
-            free = self._free()
+            free = self._free() - self._spawners
             self._reserved += free
             try:
                 now = await self._time.now()
@@ -77,6 +77,8 @@ class Claims(WorkerState):
                 continue
             finally:
                 self._reserved -= free
+                if self._spawn_wake is not None:  # a spawn waited for the claim's slots
+                    self._freed()
             if not claimed:
                 await self._idle(ctx)
                 continue
@@ -88,8 +90,9 @@ class Claims(WorkerState):
         return self.concurrency - len(self.running) + len(self.reporting) - self._reserved
 
     def _full(self) -> bool:
-        """Whether the claim loop waits: no slot free, or, with tasks running, under a batch."""
-        free = self._free()
+        """Whether the claim loop waits: no slot free, or, with tasks running, under a batch.
+        Slots that spawns wait for (``Worker.spawn``) are theirs, not the claim loop's."""
+        free = self._free() - self._spawners
         return free <= 0 or (free < self._batch and bool(self.running))
 
     def _freed(self) -> None:
@@ -101,6 +104,10 @@ class Claims(WorkerState):
         """
         if self._stopping or not self._full():
             self._slot_freed.set()
+        spawners = self._spawn_wake
+        if spawners is not None and (self._stopping or self._free() > 0):
+            self._spawn_wake = None
+            spawners.set()
 
     async def _idle(self, ctx: Context) -> None:
         # The backend returns early for new work and for its next due time (a delayed task,

@@ -43,7 +43,8 @@ class Leases(WorkerState):
                 await self._renew()
 
     async def _renew(self) -> None:
-        sent_to = {i: a for i, a in self.running.items() if not a.lost}
+        # Not realtime tasks: they are not stored, and have no lease to renew.
+        sent_to = {i: a for i, a in self.running.items() if not a.lost and not a.realtime}
         if not sent_to:
             return
         sent = time.monotonic()

@@ -136,6 +136,8 @@ class Recording(WorkerState):
                     logger.debug("worker %s: finish_and_claim failed: %s", self.worker_id, exc)
                 finally:
                     self._reserved -= free
+                    if self._spawn_wake is not None:  # a spawn waited for these slots
+                        self._freed()
             if not recorded:
                 recorded = await self._record(outcomes)
         finally:

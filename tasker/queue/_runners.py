@@ -148,6 +148,9 @@ class Runners(WorkerState):
             )
         if scope.deadline != math.inf:
             scope.deadline = math.inf
+        if attempt.realtime:  # not stored: nothing to record
+            self._end_realtime(attempt, outcome)
+            return
         if attempt.lost:
             self._forget(attempt, "when it ended")
             return

@@ -37,6 +37,9 @@ class Stopping(WorkerState):
     def _on_stop(self, ctx: Context) -> None:
         """The worker's context is done: arm the deadlines that end it within its grace."""
         self._stopping = True
+        if self._spawn_wake is not None:  # spawns waiting for a slot: none will come
+            self._spawn_wake.set()
+            self._spawn_wake = None
         now = anyio.current_time()
         # The same margin a server keeps to close what is left itself (tasker._budget).
         margin = grace_margin(ctx.grace)
@@ -103,7 +106,12 @@ class Stopping(WorkerState):
         )
 
     async def _release(self, attempts: list[Attempt]) -> None:
-        """Hand tasks back uncounted (shielded, bounded); their leases expire otherwise."""
+        """Hand tasks back uncounted (shielded, bounded); their leases expire otherwise.
+        Realtime tasks, which are not stored, are dropped (and logged)."""
+        realtime = [a for a in attempts if a.realtime]
+        if realtime:
+            self._drop_realtime(realtime, "the worker stopped")
+            attempts = [a for a in attempts if not a.realtime]
         mine = [a for a in attempts if not a.lost]
         if mine:
             with self._shield(_RELEASE_TIMEOUT) as scope:

@@ -55,6 +55,7 @@ from ..abc import QueueCapability
 from ._attempt import Attempt
 from ._claims import Claims
 from ._leases import Leases
+from ._realtime import Realtime
 from ._recording import Recording
 from ._records import WorkerInfo
 from ._retention import Retention
@@ -81,6 +82,7 @@ class WorkerStatistics:
         cancelled: running (or claimed) tasks it stopped because their cancel was requested
             (``Queue.cancel``).
         purged: finished tasks its retention runs deleted.
+        realtime: realtime tasks it ran (:meth:`Worker.spawn`), not counted in ``completed``.
         stopping: whether its context is done (it claims nothing more).
     """
 
@@ -94,9 +96,10 @@ class WorkerStatistics:
     cancelled: int
     purged: int
     stopping: bool
+    realtime: int = 0
 
 
-class Worker(Claims, Runners, Leases, Stopping, Recording):
+class Worker(Claims, Runners, Leases, Stopping, Recording, Realtime):
     """A queue worker: a :data:`tasker.Job` (``await worker(ctx)``) with its own id, claims,
     leases and statistics. Made by :meth:`tasker.queue.Queue.worker`; no public constructor."""
 
@@ -117,6 +120,7 @@ class Worker(Claims, Runners, Leases, Stopping, Recording):
             cancelled=self.cancelled,
             purged=self.purged,
             stopping=self._ctx is not None and self._ctx.done,
+            realtime=self.realtime,
         )
 
     def __repr__(self) -> str:

@@ -102,6 +102,11 @@ class WorkerState:
             else None
         )
         self.cancelled = 0
+        # Realtime tasks run (``Worker.spawn``), and the event a spawn waiting for a slot
+        # waits on (made by the first that waits; set when a slot frees or the worker stops).
+        self.realtime = 0
+        self._spawn_wake: anyio.Event | None = None
+        self._spawners = 0  # spawns waiting for a slot: the claim loop leaves them theirs
         self._ctx: Context | None = None
         self._send: MemoryObjectSendStream[Attempt] | None = None
         # Shutdown deadlines (anyio time), set when the worker's context is done.
@@ -136,3 +141,7 @@ class WorkerState:
         def _shield(self, budget: float) -> anyio.CancelScope: ...
 
         async def _release(self, attempts: list[Attempt]) -> None: ...
+
+        def _end_realtime(self, attempt: Attempt, outcome: Outcome) -> None: ...
+
+        def _drop_realtime(self, attempts: list[Attempt], why: str) -> None: ...
