@@ -2,6 +2,9 @@
 
 Run: ``python benchmarks/bench_queue.py`` (or ``nox -s bench``).
 
+Metrics: the same throughput at concurrency 10 with ``tasker.metrics`` on and off,
+alternating, ``--rounds`` times each (target: under 10% overhead, best against best).
+
 Throughput: ``--tasks`` no-op tasks enqueued up front, then one worker at concurrency 1 and
 10 runs them all; tasks per second. Baseline in the same run: a raw anyio memory object
 stream feeding a task group with the same concurrency (target: the memory backend within 3x
@@ -51,8 +54,16 @@ async def raw_baseline(count: int, concurrency: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-async def throughput(backend: QueueBackend, count: int, concurrency: int) -> float:
+async def throughput(
+    backend: QueueBackend, count: int, concurrency: int, metrics: bool = False
+) -> float:
     queue = Queue(backend)
+    if metrics:
+        import prometheus_client
+
+        from tasker.metrics import instrument
+
+        instrument(queue=queue, registry=prometheus_client.CollectorRegistry())
     done = 0
     finished = anyio.Event()
 
@@ -106,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of metrics on/off")
     args = parser.parse_args()
     for concurrency in (1, 10):
         raw = anyio.run(raw_baseline, args.tasks, concurrency)
@@ -121,6 +133,23 @@ def main() -> None:
             f"concurrency {concurrency:2}: raw stream {raw:9.0f}/s, memory {memory:8.0f}/s"
             f" (raw/memory {raw / memory:4.1f}x; target <= 3x), sqlite {sqlite:7.0f}/s"
             " (target >= 2000/s)"
+        )
+    # Metrics on against off, in the same run, alternating (target: under 10% overhead).
+    for name in ("memory", "sqlite"):
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(args.rounds):
+            for on in (False, True):
+                with tempfile.TemporaryDirectory() as directory:
+                    backend: QueueBackend = (
+                        MemoryQueueBackend()
+                        if name == "memory"
+                        else SQLiteQueueBackend(Path(directory) / "q.sqlite3")
+                    )
+                    rates[on].append(anyio.run(throughput, backend, args.tasks, 10, on))
+        off, on_ = max(rates[False]), max(rates[True])
+        print(
+            f"metrics {name}: off {off:8.0f}/s, on {on_:8.0f}/s, overhead"
+            f" {(1 - on_ / off) * 100:5.1f}% (best of {args.rounds}; target < 10%)"
         )
     p50, p99 = anyio.run(latency, MemoryQueueBackend(), args.samples)
     print(f"latency memory: enqueue to start p50 {p50:.2f} ms, p99 {p99:.2f} ms")

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
@@ -131,9 +131,11 @@ def serve_health(
     port: int | None = None,
     host: str = "0.0.0.0",  # noqa: S104 - probes come from outside the pod
     server: Server = "auto",
+    metrics: ASGIApp | None = None,
 ) -> Job:
     """Return a job that serves ``/livez`` and ``/readyz`` (:data:`tasker.health_app`) on a
-    port of its own, for Kubernetes' probes.
+    port of its own, for Kubernetes' probes, and ``/metrics`` when given ``metrics`` (an
+    ASGI app such as ``tasker.metrics.instrument(...).asgi_app()``).
 
     It is the last part of the program to stop: on shutdown, ``/readyz`` answers 503 at once
     and keeps answering until every other part that registered a probe (servers, workers,
@@ -143,11 +145,16 @@ def serve_health(
         port: the TCP port; by default the ``HEALTH_PORT`` environment variable.
         host: the address to listen on.
         server: as in :func:`serve_asgi`.
+        metrics: the app that answers ``GET /metrics`` (Prometheus' scrape), beside the
+            probes.
 
     Raises:
         ValueError: at construction, for a missing or malformed port or an unknown server.
+        TypeError: at construction, for a ``metrics`` that is not callable.
     """
     bound_port = resolve_port(port, "serve_health()", env="HEALTH_PORT")
+    if metrics is not None and not callable(metrics):
+        raise TypeError(f"serve_health(): metrics must be an ASGI app, got {metrics!r}")
     if server not in ("auto", "uvicorn", "hypercorn"):
         raise ValueError(
             f"serve_health(): server must be 'auto', 'uvicorn' or 'hypercorn', got {server!r}"
@@ -159,8 +166,19 @@ def serve_health(
         if readiness is not None:
             await readiness.wait_for_probes_closed()
 
+    app: ASGIApp = health_app
+    if metrics is not None:
+        scrape = metrics
+
+        async def health_and_metrics(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope.get("path", "").endswith("/metrics"):
+                await scrape(scope, receive, send)
+            else:
+                await health_app(scope, receive, send)
+
+        app = health_and_metrics
     name = f"serve_health({host}:{bound_port})"
-    return _serve(health_app, host, bound_port, server, None, "warning", name, hold, probe=False)
+    return _serve(app, host, bound_port, server, None, "warning", name, hold, probe=False)
 
 
 def _serve(

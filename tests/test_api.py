@@ -13,6 +13,7 @@ OPTIONAL_MODULES = [
     "tasker.abc",
     "tasker.backends",
     "tasker.dashboard",
+    "tasker.metrics",
     "tasker.queue",
     "tasker_pg",
 ]

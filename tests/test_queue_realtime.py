@@ -244,3 +244,24 @@ async def test_a_spawn_waiting_for_a_slot_fails_when_the_worker_stops() -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_worker_started_after_the_shutdown_returns_at_once(tmp_path: Path) -> None:
+    """A worker whose context is done before it starts (a SIGTERM during a slow start) on
+    a backend with retention returns at once, instead of waiting out the grace period with
+    its retention runs never cancelled."""
+    queue = Queue(SQLiteQueueBackend(tmp_path / "queue.sqlite3"))
+    worker = queue.worker(poll=0.05)
+
+    async def late(ctx: Context) -> None:
+        await ctx.wait()  # the shutdown came first
+        await worker(ctx)
+
+    async def at_once() -> None:
+        return
+
+    started = anyio.current_time()
+    with anyio.fail_after(20):
+        await tasker.run(late, shutdown_trigger=at_once, grace=10)
+    assert anyio.current_time() - started < 5
+    assert worker.statistics().stopping

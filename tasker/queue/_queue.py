@@ -425,6 +425,9 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         else:
             within = self._require(QueueCapability.TRANSACTIONAL_ENQUEUE, "enqueue(connection=...)")
             (result,) = await within.enqueue_within(connection, [task], now=now)
+        observer = self._registry.observer
+        if observer is not None:
+            observer.enqueued([task], [result.deduplicated])
         if self._long_queue is not None:
             await self._long_queue.check(self.backend, task.queue, now)
         return Enqueued(id=result.id, deduplicated=result.deduplicated)

@@ -27,6 +27,7 @@ from .._job import check_job
 from .._threads import is_sync_callable, run_in_thread
 from ._checks import check_headers, check_int, check_name, check_priority, check_task_id
 from ._errors import PayloadError, UnknownTaskError
+from ._observe import QueueObserver
 from ._records import HeaderValue, NewTask
 from ._serializer import Serializer
 
@@ -63,12 +64,15 @@ class Registration:
 class Registry:
     """Handlers by task name, their serialiser and how long results are kept."""
 
-    __slots__ = ("handlers", "result_ttl", "serializer")
+    __slots__ = ("handlers", "observer", "result_ttl", "serializer")
 
     def __init__(self, serializer: Serializer, result_ttl: float) -> None:
         self.handlers: dict[str, Registration] = {}
         self.serializer = serializer
         self.result_ttl = result_ttl
+        #: Told of enqueues and attempts (``tasker.metrics``); shared by the queue and its
+        #: workers, so one set on the queue reaches every worker.
+        self.observer: QueueObserver | None = None
 
     def add(
         self,

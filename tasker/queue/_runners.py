@@ -104,6 +104,9 @@ class Runners(WorkerState):
         attempt.scope = scope
         attempt.began = began
         running.append(attempt)
+        observer = registry.observer
+        if observer is not None and not attempt.realtime:
+            observer.started(record)
         # What current_task() reports, built only when a handler asks (hot path).
         token = _current.set((record, self.worker_id, child))
         try:
@@ -151,6 +154,8 @@ class Runners(WorkerState):
         if attempt.realtime:  # not stored: nothing to record
             self._end_realtime(attempt, outcome)
             return
+        if observer is not None:
+            observer.finished(record, outcome)
         if attempt.lost:
             self._forget(attempt, "when it ended")
             return
@@ -180,9 +185,11 @@ class Runners(WorkerState):
         now = await self._time.now()
         began = attempt.began
         started = now if began is None else now - max(0.0, time.monotonic() - began)
-        await self._settle(
-            attempt, cancelled(self.worker_id, attempt.record, started, now, why=why)
-        )
+        outcome = cancelled(self.worker_id, attempt.record, started, now, why=why)
+        observer = self._registry.observer
+        if observer is not None:
+            observer.finished(attempt.record, outcome)
+        await self._settle(attempt, outcome)
 
     async def _tell_failure(self, record: TaskRecord, outcome: Outcome) -> None:
         """Call the ``on_failure`` hook for a task that just died (its errors are logged)."""

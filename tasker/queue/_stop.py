@@ -119,6 +119,10 @@ class Stopping(WorkerState):
                 try:
                     now = await self._time.now()
                     outcomes = [self._handed_back(a, now) for a in mine]
+                    observer = self._registry.observer
+                    if observer is not None:
+                        for attempt, outcome in zip(mine, outcomes, strict=True):
+                            observer.finished(attempt.record, outcome)
                     await self.backend.finish(outcomes, now=now)
                 except Exception as exc:
                     logger.warning(

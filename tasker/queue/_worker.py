@@ -139,9 +139,14 @@ class Worker(Claims, Runners, Leases, Stopping, Recording, Realtime):
             self.concurrency,
             self.lease,
         )
+        observer = self._registry.observer
+        if observer is not None:
+            observer.worker_started(self)
         try:
             await self._run(ctx)
         finally:
+            if observer is not None:
+                observer.worker_stopped(self)
             if self._probe is not None:
                 self._probe.close()
             logger.info(
@@ -168,7 +173,9 @@ class Worker(Claims, Runners, Leases, Stopping, Recording, Realtime):
                 announce_scope = anyio.CancelScope()
                 if QueueCapability.WORKERS in self.backend.capabilities:
                     tasks.start_soon(self._announce, announce_scope)
-                if self._retention is not None:
+                # Not for a worker whose context was done before it started (a SIGTERM
+                # during a slow start): its stop ran already and cancelled nothing.
+                if self._retention is not None and not self._stopping:
                     self._maintenance = anyio.CancelScope()
                     tasks.start_soon(self._maintain, self._retention, self._maintenance)
                 for _ in range(self.concurrency):

@@ -99,6 +99,9 @@ class WorkflowMethods(QueueCore):
             chain=rest,
         )
         (result,) = await self.backend.enqueue([task], now=now)
+        observer = self._registry.observer
+        if observer is not None:
+            observer.enqueued([task], [result.deduplicated])
         return Enqueued(id=result.id)
 
     async def enqueue_group(
@@ -150,4 +153,7 @@ class WorkflowMethods(QueueCore):
             )
         group = GroupSpec(id=group_id, size=len(tasks), callback=callback)
         results = await self.backend.enqueue(tasks, group=group, now=now)
+        observer = self._registry.observer
+        if observer is not None:
+            observer.enqueued(tasks, [r.deduplicated for r in results])
         return [Enqueued(id=r.id, deduplicated=r.deduplicated) for r in results]
