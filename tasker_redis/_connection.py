@@ -38,7 +38,14 @@ from coredis.retry import NoRetryPolicy
 
 from tasker import BackendConfigurationError, RedactingFilter, redact_dsn
 
-__all__ = ["MIN_VERSION", "RedisSource", "ServerClock", "check_namespace", "check_url"]
+__all__ = [
+    "MIN_VERSION",
+    "RedisSource",
+    "ServerClock",
+    "check_namespace",
+    "check_url",
+    "running_loop",
+]
 
 logger = logging.getLogger("tasker_redis")
 logger.addFilter(RedactingFilter())  # a driver error that quotes a URL is cleaned too
@@ -120,7 +127,7 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def _running_loop() -> object:
+def running_loop() -> object:
     """What identifies the running event loop: asyncio's loop, or trio's token."""
     if sniffio.current_async_library() == "trio":
         import trio
@@ -178,7 +185,7 @@ class RedisSource:
             coredis.exceptions.ConnectionError, OSError: the server cannot be reached now.
         """
         client = self._client
-        loop = _running_loop()
+        loop = running_loop()
         if (
             client is not None
             and self._checked

@@ -1,14 +1,18 @@
 """The queue's Lua scripts (``queue.lua``: a shared prelude, then one line per script), and
 how Python values travel to them and back.
 
-Each script is the prelude plus a one-line body, run by a :class:`~._shared.ScriptSet`
-(``EVALSHA``, reloaded by the driver if the server lost its script cache in a restart).
-Records travel as ``n`` followed by n field/value pairs of the fields that are set; a
-float is sent as ``repr(float)`` (exact both ways) and stored as it came.
+Each script is the prelude plus a one-line body, run by ``EVALSHA`` (loaded again when
+the server lost its script cache in a restart): the worker's calls (:data:`WIRE_SCRIPTS`)
+on the queue's own connections (``_wire.py``), with their arguments as they are; the
+others by a :class:`~._shared.ScriptSet` on the driver, with their arguments packed
+(:func:`pack`). Records travel as ``n`` followed by n field/value pairs of the fields that
+are set; a float is sent as ``repr(float)`` (exact both ways) and stored as it came. The
+claims return their records as one JSON string (:func:`decode_json_records`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -19,7 +23,9 @@ __all__ = [
     "RECORD_FIELDS",
     "SCRIPTS",
     "SCRIPT_TEXTS",
+    "WIRE_SCRIPTS",
     "decode_history",
+    "decode_json_records",
     "decode_record",
     "encode_group",
     "encode_outcome",
@@ -32,11 +38,11 @@ _PRELUDE = resources.files(__package__).joinpath("queue.lua").read_text(encoding
 #: Script name -> its body after the prelude.
 SCRIPTS = {
     "enqueue": "return enqueue_main()",
-    "claim": "return claim_main(false)",
-    "finish_and_claim": "return claim_main(true)",
+    "claim": "return cjson.encode(claim_main(false))",
+    "finish_and_claim": "return cjson.encode(claim_main(true))",
     "finish": "return finish_main()",
     "heartbeat": "return heartbeat_main()",
-    "claim_ids": "return claim_ids_main()",
+    "claim_ids": "return cjson.encode(claim_ids_main())",
     "overdue": "return overdue_main()",
     "next_due": "return next_due_main()",
     "requeue": "return requeue_main()",
@@ -50,6 +56,11 @@ SCRIPTS = {
     "time": "return redis.call('TIME')",
 }
 
+
+#: The scripts a worker runs (on the queue's own connections, see ``_wire.py``).
+WIRE_SCRIPTS = frozenset(
+    {"claim", "finish_and_claim", "claim_ids", "finish", "heartbeat", "next_due", "time"}
+)
 
 #: Script name -> its whole source (the prelude, then the body), for a ``ScriptSet``.
 SCRIPT_TEXTS = {name: _PRELUDE + "\n" + body for name, body in SCRIPTS.items()}
@@ -181,8 +192,13 @@ RECORD_FIELDS = (
 
 
 def decode_record(v: Sequence[bytes | None]) -> TaskRecord:
-    """A :class:`TaskRecord` from a task hash's values of :data:`RECORD_FIELDS`, in order."""
+    """A :class:`TaskRecord` from a task hash's values of :data:`RECORD_FIELDS`, in order.
+
+    The lease's fields count only while the task runs (a finish leaves them stored).
+    """
     group_index = v[21]
+    state = TaskState(v[6].decode())  # type: ignore[union-attr]
+    running = state is TaskState.RUNNING
     return TaskRecord(
         id=v[0].decode(),  # type: ignore[union-attr]
         name=v[1].decode(),  # type: ignore[union-attr]
@@ -190,14 +206,14 @@ def decode_record(v: Sequence[bytes | None]) -> TaskRecord:
         payload=v[3] or b"",
         priority=int(v[4]),  # type: ignore[arg-type]
         run_at=float(v[5]),  # type: ignore[arg-type]
-        state=TaskState(v[6].decode()),  # type: ignore[union-attr]
+        state=state,
         attempts=int(v[7] or b"0"),
         max_attempts=int(v[8]),  # type: ignore[arg-type]
         timeout=_float(v[9]),
         unique_key=_text(v[10]),
         created_at=float(v[11]),  # type: ignore[arg-type]
-        lease_owner=_text(v[12]),
-        lease_until=_float(v[13]),
+        lease_owner=_text(v[12]) if running else None,
+        lease_until=_float(v[13]) if running else None,
         result=v[14],
         result_expires=_float(v[15]),
         last_error=_text(v[16]),
@@ -207,6 +223,63 @@ def decode_record(v: Sequence[bytes | None]) -> TaskRecord:
         group_id=_text(v[20]),
         group_index=None if group_index is None else int(group_index),
     )
+
+
+def _bytes(value: str | bool) -> bytes | None:
+    return None if value is False else value.encode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+
+
+def _opt_float(value: str | bool) -> float | None:
+    return None if value is False else float(value)
+
+
+def _opt_text(value: str | bool) -> str | None:
+    return None if value is False else value  # type: ignore[return-value]
+
+
+def decode_json_records(data: bytes) -> list[TaskRecord]:
+    """The records a claim returns: a JSON array (``cjson``) of arrays of
+    :data:`RECORD_FIELDS`' values, strings or ``false`` for a field not set.
+
+    cjson copies a string's bytes as they are (escaping only ``"``, ``\\``, ``/`` and
+    control characters), so decoding the document with ``surrogateescape`` and encoding a
+    binary field back the same way gives its exact bytes, UTF-8 or not. An empty Lua table
+    encodes as ``{}``.
+    """
+    rows = json.loads(data.decode("utf-8", "surrogateescape"))
+    records = []
+    running = TaskState.RUNNING
+    for v in rows:
+        state = TaskState(v[6])
+        held = state is running
+        group_index = v[21]
+        records.append(
+            TaskRecord(
+                id=v[0],
+                name=v[1],
+                queue=v[2],
+                payload=_bytes(v[3]) or b"",
+                priority=int(v[4]),
+                run_at=float(v[5]),
+                state=state,
+                attempts=int(v[7] or "0"),
+                max_attempts=int(v[8]),
+                timeout=_opt_float(v[9]),
+                unique_key=_opt_text(v[10]),
+                created_at=float(v[11]),
+                lease_owner=_opt_text(v[12]) if held else None,
+                lease_until=_opt_float(v[13]) if held else None,
+                result=_bytes(v[14]),
+                result_expires=_opt_float(v[15]),
+                last_error=_opt_text(v[16]),
+                traceback=_opt_text(v[17]),
+                finished_at=_opt_float(v[18]),
+                chain=_bytes(v[19]),
+                group_id=_opt_text(v[20]),
+                group_index=None if group_index is False else int(group_index),
+            )
+        )
+    return records
 
 
 def pack(items: Sequence[str | bytes]) -> bytes:

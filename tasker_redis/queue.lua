@@ -2,13 +2,16 @@
 -- a crash between its steps never leaves a task half moved.
 --
 -- This prelude is put before each script's one-line body (see _scripts.py). ARGV[1] is the
--- key prefix, "{namespace}:", ARGV[2] the history cap, ARGV[3] the packed arguments, and
--- KEYS[1] one key of the prefix (so that a cluster routes the call
+-- key prefix, "{namespace}:", ARGV[2] the history cap, ARGV[3] the packed arguments (or
+-- '', the arguments then following as ARGV[4], ARGV[5], ...), and KEYS[1] one key of the
+-- prefix (so that a cluster routes the call
 -- to the namespace's slot: every key shares its hash tag). Names (queues, ids, unique keys)
 -- arrive as arguments and are only ever joined to that prefix.
 --
 -- Keys (P is the prefix):
---   P t:<id>          hash: one task (field names as TaskRecord's; a missing field is None)
+--   P t:<id>          hash: one task (field names as TaskRecord's; a missing field is None;
+--                     lease_owner and lease_until count only while the state is running:
+--                     a finish leaves them, rather than spend a command deleting them)
 --   P r:<prio>:<q>    zset: queued tasks of queue q and priority prio, scored by run_at;
 --                     members "<created_at, fixed width><id>" (FIFO among equal run_at)
 --   P p:<q>           zset: the priorities that q has ready sets for
@@ -33,10 +36,13 @@
 local P = ARGV[1]
 local HISTORY_CAP = tonumber(ARGV[2])
 
--- The arguments come packed in ARGV[3] as "<length>:<bytes>" items, one after the other
--- (a few hundred arguments cost the client more one by one than in one string).
-local ARGS = {}
-do
+-- The arguments come packed in ARGV[3] as "<length>:<bytes>" items, one after the other,
+-- from the driver (coredis: a few hundred arguments cost it more one by one than in one
+-- string); from the queue's own connections (_wire.py), which send them cheaply, they
+-- follow as they are (ARGV[3] is then '', and the server has split them already).
+local ARGS, pos = ARGV, 4
+if ARGV[3] ~= '' then
+  ARGS, pos = {}, 1
   local blob, i, n = ARGV[3], 1, #ARGV[3]
   while i <= n do
     local colon = string.find(blob, ':', i, true)
@@ -45,7 +51,6 @@ do
     i = colon + length + 1
   end
 end
-local pos = 1
 local function arg()
   local value = ARGS[pos]
   pos = pos + 1
@@ -206,7 +211,7 @@ local function history(id, f, worker, started_at, finished_at, outcome, err)
 end
 
 local TASK_FIELDS = {'state', 'queue', 'name', 'priority', 'run_at', 'attempts',
-  'max_attempts', 'lease_owner', 'group_id', 'created_at'}
+  'max_attempts', 'lease_owner', 'group_id', 'created_at', 'last_error', 'traceback'}
 
 local function fields(id)
   local values = redis.call('HMGET', tkey(id), unpack(TASK_FIELDS))
@@ -223,12 +228,12 @@ local group_member_done
 -- A task dies: its last attempt failed, or its lease expired on the last one.
 local function die(id, f, err, traceback, finished_at, now)
   local key = tkey(id)
-  redis.call('HSET', key, 'state', 'dead', 'last_error', err, 'finished_at', finished_at)
   if traceback then
-    redis.call('HSET', key, 'traceback', traceback)
-    redis.call('HDEL', key, 'lease_owner', 'lease_until')
+    redis.call('HSET', key, 'state', 'dead', 'last_error', err, 'finished_at', finished_at,
+      'traceback', traceback)
   else
-    redis.call('HDEL', key, 'lease_owner', 'lease_until', 'traceback')
+    redis.call('HSET', key, 'state', 'dead', 'last_error', err, 'finished_at', finished_at)
+    if f.traceback then redis.call('HDEL', key, 'traceback') end
   end
   zrem(lkey(f.queue), id)
   zadd(DEAD, finished_at, id)
@@ -348,26 +353,38 @@ local function claim(now, limit, worker, expiry, queues, exclude)
     end
   end
   table.sort(levels, function(a, b) return tonumber(a) > tonumber(b) end)
-  local nexclude = exclude.n
   for _, prio in ipairs(levels) do
     if #claimed >= limit then break end
     local candidates = {}
-    local want = limit - #claimed + nexclude
-    for _, q in ipairs(by_prio[prio]) do
+    local want = limit - #claimed
+    local queues_here = by_prio[prio]
+    for _, q in ipairs(queues_here) do
       local key = rkey(prio, q)
-      local due = redis.call('ZRANGE', key, '-inf', now, 'BYSCORE', 'LIMIT', 0, want,
-        'WITHSCORES')
-      for i = 1, #due, 2 do
-        local id = string.sub(due[i], MEMBER_ID)
-        if not exclude[id] then
-          candidates[#candidates + 1] = {tonumber(due[i + 1]), id, q, key, due[i]}
+      -- The first want due entries not excluded: read want, then as many more as were
+      -- excluded (an excluded task is rarely in a ready set: it runs here).
+      local offset, need = 0, want
+      while need > 0 do
+        local due = redis.call('ZRANGE', key, '-inf', now, 'BYSCORE', 'LIMIT', offset, need,
+          'WITHSCORES')
+        local skipped = 0
+        for i = 1, #due, 2 do
+          local id = string.sub(due[i], MEMBER_ID)
+          if exclude[id] then
+            skipped = skipped + 1
+          else
+            candidates[#candidates + 1] = {tonumber(due[i + 1]), id, q, key, due[i]}
+          end
         end
+        if #due < 2 * need then break end
+        offset, need = offset + need, skipped
       end
     end
-    table.sort(candidates, function(a, b)
-      if a[1] ~= b[1] then return a[1] < b[1] end
-      return a[5] < b[5]  -- the same run_at: the first enqueued first
-    end)
+    if #queues_here > 1 then  -- one set is in this order already
+      table.sort(candidates, function(a, b)
+        if a[1] ~= b[1] then return a[1] < b[1] end
+        return a[5] < b[5]  -- the same run_at: the first enqueued first
+      end)
+    end
     for _, c in ipairs(candidates) do
       if #claimed >= limit then break end
       local id, q, key = c[2], c[3], c[4]
@@ -398,23 +415,21 @@ local function finish_one(now, o)
   end
   local key = tkey(id)
   if kind == 'succeeded' then
+    -- (A running task has no result: only a success sets one, and nothing follows it.)
     local set = {'state', 'succeeded', 'finished_at', o.finished_at}
-    local gone = {'lease_owner', 'lease_until', 'last_error', 'traceback'}
     if o.result then
       set[#set + 1] = 'result'
       set[#set + 1] = o.result
-    else
-      gone[#gone + 1] = 'result'
     end
     if o.result_expires then
       set[#set + 1] = 'result_expires'
       set[#set + 1] = o.result_expires
       zadd(EXP, o.result_expires, id)
-    else
-      gone[#gone + 1] = 'result_expires'
     end
     redis.call('HSET', key, unpack(set))
-    redis.call('HDEL', key, unpack(gone))
+    if f.last_error or f.traceback then
+      redis.call('HDEL', key, 'last_error', 'traceback')
+    end
     zrem(lkey(f.queue), id)
     count(f.queue, 'running', -1)
     count(f.queue, 'succeeded', 1)
@@ -433,7 +448,6 @@ local function finish_one(now, o)
       redis.call('HINCRBY', key, 'attempts', -1)
     end
     redis.call('HSET', key, 'state', 'queued', 'run_at', run_at)
-    redis.call('HDEL', key, 'lease_owner', 'lease_until')
     zrem(lkey(f.queue), id)
     count(f.queue, 'running', -1)
     count(f.queue, 'queued', 1)
@@ -453,11 +467,8 @@ local function claim_args()
   local limit, worker, expiry = tonumber(arg()), arg(), arg()
   local queues = {}
   for i = 1, tonumber(arg()) do queues[i] = arg() end
-  local exclude = {n = 0}
-  for _ = 1, tonumber(arg()) do
-    exclude[arg()] = true
-    exclude.n = exclude.n + 1
-  end
+  local exclude = {}
+  for _ = 1, tonumber(arg()) do exclude[arg()] = true end
   return limit, worker, expiry, queues, exclude
 end
 
