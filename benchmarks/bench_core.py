@@ -16,6 +16,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -109,10 +110,16 @@ def bench_shutdown(runs: int, backend: str) -> None:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("program did not start")
+        # A blocking wait (waitpid), not ``wait(timeout)``: that one polls with sleeps growing
+        # to 50 ms, which rounded every figure up (42 ms read as 64 ms). A timer kills a
+        # program that hangs.
+        watchdog = threading.Timer(30, proc.kill)
+        watchdog.start()
         start = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        proc.wait()
         latencies.append(time.perf_counter() - start)
+        watchdog.cancel()
         if proc.returncode != 0:
             raise RuntimeError(f"program exited {proc.returncode}")
     print(

@@ -2,10 +2,13 @@
 
 Run: ``python benchmarks/bench_scheduler.py`` (or ``nox -s bench``).
 
-1. Latency: 100 schedules firing every second on the embedded default (lock files + SQLite)
-   for ``--seconds``; for every run, the time from its slot to the job's start. Prints p50,
-   p99 and max (target: p99 under 20 ms), and as a baseline in the same run the lateness of a
-   plain ``anyio.sleep`` until the same slots (the event loop's own jitter).
+1. Latency: 100 schedules (``--schedules``) firing every second on the embedded default
+   (lock files + SQLite) for ``--seconds``; for every run, the time from its slot to the
+   job's start, the first slot left out (the start-up: every loop's first state read, and
+   the lead before each slot adapting to the load). Prints p50, p99 and max (target: p99
+   under 10 ms), and as a baseline in the same run the lateness of a plain ``anyio.sleep``
+   until the same slots (the event loop's own timer jitter; target: scheduler p50 at most
+   1.5x it). ``--backend trio`` runs it on trio.
 2. Idle cost: 100 daily schedules whose next slot is hours away, for ``--idle-seconds``;
    counts state reads/writes, lock attempts and clock wake-ups. Target: none beyond the
    initial planning (no polling before the next due time).
@@ -76,13 +79,18 @@ class CountingClock(SystemClock):
 async def latency(seconds: float, count: int) -> None:
     latencies: list[float] = []
     baseline: list[float] = []
+    first_slot: list[datetime] = []
     with tempfile.TemporaryDirectory() as directory:
         scheduler = tasker.Scheduler(state_dir=directory)
 
         async def job(ctx: tasker.Context) -> None:
             slot = tasker.scheduled_slot()
             assert slot is not None
-            latencies.append((datetime.now(UTC) - slot).total_seconds())
+            late = (datetime.now(UTC) - slot).total_seconds()
+            if not first_slot:
+                first_slot.append(slot)
+            if slot != first_slot[0]:  # the first slot is the start-up (see the docstring)
+                latencies.append(late)
 
         jobs = [scheduler.with_schedule(f"s{i}", Interval(1), job) for i in range(count)]
 
@@ -91,7 +99,8 @@ async def latency(seconds: float, count: int) -> None:
             while not ctx.done:
                 due = schedule.next_after(datetime.now(UTC))
                 await anyio.sleep((due - datetime.now(UTC)).total_seconds())
-                baseline.append((datetime.now(UTC) - due).total_seconds())
+                if first_slot and due != first_slot[0]:
+                    baseline.append((datetime.now(UTC) - due).total_seconds())
 
         async def stop() -> None:
             await anyio.sleep(seconds)
@@ -100,14 +109,14 @@ async def latency(seconds: float, count: int) -> None:
     ms = [v * 1e3 for v in latencies]
     base = [v * 1e3 for v in baseline]
     print(
-        f"latency, {count} schedules every 1 s for {seconds:g} s ({len(ms)} runs):"
-        f" p50 {percentile(ms, 0.5):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms,"
-        f" max {max(ms):.1f} ms (target p99 < 20 ms)"
+        f"latency, {count} schedules every 1 s for {seconds:g} s ({len(ms)} runs after the"
+        f" first slot): p50 {percentile(ms, 0.5):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms,"
+        f" max {max(ms):.1f} ms (target p99 < 10 ms)"
     )
     print(
         f"  baseline, plain anyio.sleep to the same slots: p50 {percentile(base, 0.5):.2f} ms,"
         f" p99 {percentile(base, 0.99):.2f} ms; scheduler p50 / baseline p50 ="
-        f" {statistics.median(ms) / max(statistics.median(base), 1e-6):.1f}x"
+        f" {statistics.median(ms) / max(statistics.median(base), 1e-6):.2f}x (target <= 1.5x)"
     )
 
 
@@ -170,9 +179,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--idle-seconds", type=float, default=10)
     parser.add_argument("--schedules", type=int, default=100)
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args()
-    anyio.run(latency, args.seconds, args.schedules)
-    anyio.run(idle, args.idle_seconds, args.schedules)
+    anyio.run(latency, args.seconds, args.schedules, backend=args.backend)
+    anyio.run(idle, args.idle_seconds, args.schedules, backend=args.backend)
     schedule_cost()
 
 

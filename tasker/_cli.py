@@ -405,6 +405,12 @@ def format_report(report: StatusReport) -> str:
         )
     if not report.workers:
         lines.append("(no worker running)")
+    if report.progress:
+        lines += ["", f"{'running task':36} {'name':20} {'progress':>8}  text"]
+        lines.extend(
+            f"{row['id'][:36]:36} {row['name'][:20]:20} {row['value']:8.0%}  {row['text']}"
+            for row in sorted(report.progress, key=lambda row: (row["queue"], row["id"]))
+        )
     if broker:
         lines += ["", *broker]
     return "\n".join(lines)

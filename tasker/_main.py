@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from datetime import timedelta
@@ -104,10 +105,29 @@ def main(
     except Exception as exc:
         logger.error("program failed: %s", _summary(exc), exc_info=exc)
         raise SystemExit(EXIT_FAILURE) from None
+    if outcome.first_signal is not None:
+        _prepare_exit()
     if outcome.forced and outcome.first_signal is not None:
         logger.warning("stopped hard: exiting with status %d", 128 + outcome.first_signal)
         raise SystemExit(128 + outcome.first_signal)
     logger.info("stopped cleanly")
+
+
+def _prepare_exit() -> None:
+    """Make the interpreter's exit after a signal cheap: freeze the objects alive now.
+
+    A program stopped by SIGTERM is about to exit, and the deployment waits for that exit
+    (Kubernetes counts it against ``terminationGracePeriodSeconds``). The interpreter's
+    finalisation runs the cyclic collector over every object still alive, several times:
+    with trio and 1,000 jobs that was about 28 of the 38 ms from SIGTERM to exit (measured
+    with ``benchmarks/bench_core.py``), against 9 ms for the stop itself. ``gc.freeze()``
+    moves those objects to the permanent generation, which the collector skips; it cut the
+    exit to 14 ms. The cost, for a program that goes on after ``main`` returned from a
+    signal: cycles among the objects alive at this moment are never collected
+    (``gc.unfreeze()`` undoes it). Only a signal's shutdown does this, not a ``main`` whose
+    jobs returned by themselves.
+    """
+    gc.freeze()
 
 
 def _summary(exc: BaseException) -> str:

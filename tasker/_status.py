@@ -32,6 +32,9 @@ class StatusReport:
     #: A message broker's queues (tasker_amqp): name, ready, unacked (None: not known
     #: without the management API) and consumers.
     broker: list[dict[str, Any]] = field(default_factory=list)
+    #: Running tasks that reported progress (``QueueCapability.PROGRESS``): id, name, queue,
+    #: worker, value (0..1), text and updated_ago (seconds).
+    progress: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _found(objects: list[Any]) -> tuple[list[Scheduler], list[Queue]]:
@@ -219,6 +222,18 @@ async def _queue(queue: Queue, report: StatusReport) -> None:
                 "last_seen_ago": round(now - worker.last_seen, 3),
             }
     for task in await backend.tasks(state=TaskState.RUNNING, limit=SCAN_LIMIT):
+        if task.progress is not None:
+            report.progress.append(
+                {
+                    "id": task.id,
+                    "name": task.name,
+                    "queue": task.queue,
+                    "worker": task.lease_owner,
+                    "value": task.progress.value,
+                    "text": task.progress.text,
+                    "updated_ago": round(now - task.progress.updated_at, 3),
+                }
+            )
         owner = task.lease_owner or "?"
         row = rows.setdefault(owner, _worker_row(owner))
         row["tasks"] += 1

@@ -12,8 +12,9 @@ work, and the clock all of that is measured on. What only some stores can do is 
 small capability, declared in :attr:`QueueBackend.capabilities` (:class:`QueueCapability`)
 and implemented as its own protocol: :class:`QueueInspection`, :class:`QueueAdministration`,
 :class:`FinishAndClaim`, :class:`TransactionalEnqueue`, :class:`ClaimById`,
-:class:`TaskCancellation`; unique keys and
-chains and groups are declared semantics with no methods of their own. The queue checks the
+:class:`TaskCancellation`, :class:`TaskProgress`, :class:`BoundedEnqueue`; unique keys,
+chains and groups, rate limits and concurrency keys are declared semantics with no methods
+of their own. The queue checks the
 declaration once, when it is built, and a call that needs a capability the backend lacks
 raises :class:`tasker.queue.MissingCapabilityError` naming both.
 
@@ -36,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from .scheduler._state import ScheduleState
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .queue._records import (
         CancelResult,
         EnqueueResult,
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "BoundedEnqueue",
     "ClaimById",
     "FinishAndClaim",
     "Locker",
@@ -60,6 +64,7 @@ __all__ = [
     "ScheduleState",
     "StateRepository",
     "TaskCancellation",
+    "TaskProgress",
     "TransactionalEnqueue",
     "WorkerRegistry",
 ]
@@ -198,6 +203,18 @@ class QueueCapability(enum.Enum):
     #: Cancel tasks: :class:`TaskCancellation` (``cancel`` a held, queued or running task;
     #: ``cancel_requested``, which a worker asks at each heartbeat).
     CANCEL = "task cancellation (cancel, cancel_requested)"
+    #: Rate limits per task name (``NewTask.rate_limit``), enforced by ``claim`` and
+    #: ``finish_and_claim`` across every worker: see :class:`tasker.queue.RateLimit`.
+    RATE_LIMITS = "rate limits per task name"
+    #: Concurrency keys (``NewTask.concurrency_key`` and ``concurrency_limit``): at most
+    #: that many tasks of a key run at once, enforced by ``claim`` and ``finish_and_claim``.
+    CONCURRENCY_KEYS = "concurrency keys"
+    #: Store a running task's progress: :class:`TaskProgress` (``report_progress``, which
+    #: ``current_task().report_progress`` reaches; ``TaskRecord.progress``).
+    PROGRESS = "task progress (report_progress)"
+    #: Refuse an enqueue that would make a queue deeper than a bound, atomically:
+    #: :class:`BoundedEnqueue` (``enqueue_bounded``; ``Queue(max_depth=...)``).
+    BOUNDED_QUEUES = "bounded queues (enqueue_bounded)"
 
 
 @runtime_checkable
@@ -261,6 +278,20 @@ class QueueBackend(Protocol):
         becomes dead instead of being claimed. A task in ``exclude`` is never taken (nor
         made dead): a worker excludes the tasks it still runs, so that it never takes back
         its own expired lease while the attempt that holds it is still running.
+
+        With ``RATE_LIMITS`` and ``CONCURRENCY_KEYS`` the claim skips (leaves queued, or
+        running with its expired lease) a task it may not start, and takes the next due one
+        instead, in the same order, atomically with the counting:
+
+        - a task with a ``rate_limit``: started (an entry expiring at ``now + per`` written
+          to its name's log) only while fewer than ``count`` entries of its name expire
+          after ``now``; so at most ``count`` attempts of a name start in any window of
+          ``per``, whichever workers claim.
+        - a task with a ``concurrency_key``: started only while fewer than its
+          ``concurrency_limit`` tasks of that key are running under a lease that expires
+          after ``now`` (an expired lease frees its slot).
+
+        A task taking two of these needs both. ``claim_ids`` applies neither.
         """
         ...
 
@@ -452,6 +483,65 @@ class TaskCancellation(Protocol):
     async def cancel_requested(self, worker: str, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` that ``worker`` holds (running under its lease) and whose cancel
         was requested; changes nothing. Cheap: a worker calls it at every heartbeat."""
+        ...
+
+
+@runtime_checkable
+class TaskProgress(Protocol):
+    """``QueueCapability.PROGRESS``: a running task's progress, stored for ``get``.
+
+    The record's ``progress`` (:class:`tasker.queue.Progress`) is cleared by every claim
+    (each attempt starts without one; a claim of an expired lease too) and kept by every
+    outcome: a task waiting for its retry shows how far its last attempt got, as it shows
+    that attempt's error, and a finished task how far it got in the end.
+    """
+
+    async def report_progress(
+        self, worker: str, task_id: str, value: float, text: str, *, now: float
+    ) -> bool:
+        """Store ``value`` (0..1) and ``text`` as the progress of ``task_id``, with
+        ``updated_at=now``, if ``worker`` holds it (running under its lease, as for
+        ``heartbeat``: an expired lease not yet taken by another worker still counts).
+
+        Returns:
+            True if it was stored; False (nothing changed) for a task ``worker`` does not
+            hold, a finished one or an unknown id. A cancelled call stored it or not.
+        """
+        ...
+
+
+@runtime_checkable
+class BoundedEnqueue(Protocol):
+    """``QueueCapability.BOUNDED_QUEUES``: an enqueue that keeps queues within a bound.
+
+    A queue's *depth* is its tasks waiting to run: held and queued (delayed ones and those
+    waiting for a retry included), not running nor finished. The check and the insert are
+    one atomic step, so that producers enqueueing at once never take a queue past its
+    bound together.
+    """
+
+    async def enqueue_bounded(
+        self,
+        tasks: Sequence[NewTask],
+        *,
+        max_depth: Mapping[str, int],
+        group: GroupSpec | None = None,
+        now: float,
+    ) -> list[EnqueueResult]:
+        """As ``enqueue``, unless a queue named in ``max_depth`` would hold more than its
+        bound: then nothing is stored and :class:`tasker.queue.QueueFullError` is raised
+        (the batch is all or nothing). Queues not named are not bounded.
+
+        Only the tasks the call would store count: one deduplicated (a stored id, a live
+        unique key) adds nothing and is never refused. A group's callback is not counted
+        (it is enqueued later, by the outcome of the group's last member, unbounded, as
+        are a chain's later steps).
+
+        Raises:
+            QueueFullError: the first queue (by name) that would exceed its bound, with
+                its depth (counted up to the bound) and the bound. A cancelled call stored
+                all of the tasks or none.
+        """
         ...
 
 

@@ -15,7 +15,9 @@ and the helpers they share here.
   :func:`record_from_new` is the record of a new task for a store without rows, and
   :func:`settled_record` (:func:`dead_record`, :func:`replace_record`) what an outcome
   leaves of it; :data:`LEASE_EXPIRED` is the error of a task whose last lease expired;
-  :data:`LIVE_STATES` are the states that hold a unique key;
+  :data:`LIVE_STATES` are the states that hold a unique key, :data:`WAITING_STATES` those
+  that count towards a queue's depth (``max_depth``); :data:`PROGRESS_CLEARED` is the
+  assignment a claim makes to start an attempt without the last one's progress;
   :func:`callback_to_json` / :func:`callback_from_json` store a group's callback until the
   group completes, and :func:`group_payload` builds its payload from the members' results.
 - **Chains**: :func:`encode_chain` / :func:`decode_chain`, the rest of a chain as stored with a
@@ -49,7 +51,9 @@ from .queue._rows import (
     HISTORY_COLUMNS,
     LEASE_EXPIRED,
     LIVE_STATES,
+    PROGRESS_CLEARED,
     TASK_INSERT_COLUMNS,
+    WAITING_STATES,
     callback_from_json,
     callback_to_json,
     dead_record,
@@ -71,8 +75,10 @@ __all__ = [
     "LEASE_EXPIRED",
     "LIVE_STATES",
     "MAX_NAME_LENGTH",
+    "PROGRESS_CLEARED",
     "TASK_COLUMNS",
     "TASK_INSERT_COLUMNS",
+    "WAITING_STATES",
     "PermanentFault",
     "callback_from_json",
     "callback_to_json",

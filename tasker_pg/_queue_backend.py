@@ -19,7 +19,7 @@ Design notes:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -45,6 +45,7 @@ from ._listener import Listener
 from ._queue_sql import QueueStatements, claimed, history_entries, outcome_arrays, unstorable
 from ._queue_transactions import (
     cancel_in_transaction,
+    enqueue_bounded_on,
     enqueue_on,
     finish_in_transaction,
     reap_grouped,
@@ -86,7 +87,9 @@ class PostgresQueueBackend(WorkerRegistryMethods):
     """
 
     capabilities: frozenset[QueueCapability] = frozenset(QueueCapability) - {
-        QueueCapability.HEADERS  # a broker's: they are not stored
+        QueueCapability.HEADERS,  # a broker's: they are not stored
+        QueueCapability.RATE_LIMITS,  # not yet
+        QueueCapability.CONCURRENCY_KEYS,  # not yet
     }
 
     def __init__(
@@ -159,6 +162,24 @@ class PostgresQueueBackend(WorkerRegistryMethods):
         pool = await self._source.pool()
         async with pool.acquire() as conn, conn.transaction():
             return await enqueue_on(conn, self._sql, self._channel, tasks, group, now)
+
+    async def enqueue_bounded(
+        self,
+        tasks: Sequence[NewTask],
+        *,
+        max_depth: Mapping[str, int],
+        group: GroupSpec | None = None,
+        now: float,
+    ) -> list[EnqueueResult]:
+        """Store tasks in a transaction of their own unless a bounded queue would exceed its
+        ``max_depth`` (``QueueFullError``, nothing stored): each bounded queue's advisory
+        lock is held from before the insert to the commit, and its depth is counted along
+        its indexes, never past the bound plus the batch."""
+        pool = await self._source.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            return await enqueue_bounded_on(
+                conn, self._sql, self._channel, tasks, max_depth, group, now
+            )
 
     # -- claim, heartbeat, finish ----------------------------------------------------------
 
@@ -258,6 +279,14 @@ class PostgresQueueBackend(WorkerRegistryMethods):
         pool = await self._source.pool()
         rows = await pool.fetch(self._sql.heartbeat, worker, list(ids), now + lease)
         return {row[0] for row in rows}
+
+    async def report_progress(
+        self, worker: str, task_id: str, value: float, text: str, *, now: float
+    ) -> bool:
+        """Store the progress of a task ``worker`` holds (one update by primary key)."""
+        pool = await self._source.pool()
+        status = await pool.execute(self._sql.report_progress, worker, task_id, value, text, now)
+        return bool(status == "UPDATE 1")
 
     async def cancel_requested(self, worker: str, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` running under ``worker``'s lease whose cancel was requested (one

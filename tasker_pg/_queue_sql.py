@@ -20,7 +20,12 @@ from typing import Any
 
 import asyncpg
 
-from tasker.backends import HISTORY_COLUMNS, TASK_INSERT_COLUMNS, history_from_row
+from tasker.backends import (
+    HISTORY_COLUMNS,
+    PROGRESS_CLEARED,
+    TASK_INSERT_COLUMNS,
+    history_from_row,
+)
 from tasker.backends import TASK_COLUMNS as COLUMNS
 from tasker.backends import task_record_from_row as record_from_row
 from tasker.queue import HistoryEntry, Outcome, TaskRecord, UnstorableRecordError
@@ -96,6 +101,11 @@ def claimed(rows: Sequence[Any]) -> list[TaskRecord]:
 def history_entries(rows: Sequence[Any]) -> list[HistoryEntry]:
     """The rows of :meth:`QueueStatements.list_history` as records."""
     return [history_from_row(row) for row in rows]
+
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _prefixed(alias: str) -> str:
@@ -250,6 +260,26 @@ class QueueStatements:
             " finished_at = $2 where id = $1 returning group_id"
         )
         # $1 the worker, $2 the ids it runs (a lease owner is set exactly while running)
+        # -- progress (QueueCapability.PROGRESS): $1 the worker, $2 the id, $3 .. $5 the
+        # value, text and time; only the lease holder writes (the owner is set exactly
+        # while running)
+        self.report_progress = (
+            f"update {tasks} set progress = $3, progress_text = $4, progress_at = $5"  # noqa: S608
+            " where id = $2 and lease_owner = $1"
+        )
+        # -- bounded queues (QueueCapability.BOUNDED_QUEUES), in the enqueuing transaction:
+        # one transaction-level advisory lock per bounded queue (``$1`` its name), taken
+        # before the insert, serialises the enqueues of a queue; then its depth, ``$1`` the
+        # queue and ``$2`` where to stop counting: each half an index scan that stops there.
+        self.lock_depth = (
+            f"select pg_advisory_xact_lock(hashtext({_literal(schema)}), hashtext($1::text))"
+        )
+        self.depth = (
+            f"select (select count(*) from (select from {tasks} where queue = $1"  # noqa: S608
+            " and state = 'queued' limit $2) q)"
+            f" + (select count(*) from (select from {tasks} where queue = $1"
+            " and state = 'held' limit $2) h)"
+        )
         self.cancel_requested = (
             f"select id from {tasks} where id = any($2::text[]) and lease_owner = $1"  # noqa: S608
             " and cancel_requested"
@@ -352,7 +382,8 @@ class QueueStatements:
             f" dead as (update {tasks} t set {_EXPIRED_SETTLED}"
             " from locked l where t.id = l.id and l.spent and not l.grouped returning t.id),"
             f" claimed as (update {tasks} t set state = 'running', attempts = t.attempts + 1,"
-            " lease_owner = $3, lease_until = $4 from locked l where t.id = l.id"
+            f" lease_owner = $3, lease_until = $4, {PROGRESS_CLEARED} from locked l"
+            " where t.id = l.id"
             f" and not l.spent returning {_prefixed('t')}, l.rank)"
             # One row at least: the flag rides on every row, with or without a claim.
             " select c.*, f.grouped from (select exists(select from locked"
@@ -391,7 +422,8 @@ class QueueStatements:
             " picked as (select id, row_number() over () as rank from (select id from expired"
             f" union all select id from due limit {limit}) c{gate}),"
             f" claimed as (update {tasks} t set state = 'running', attempts = t.attempts + 1,"
-            f" lease_owner = {worker}, lease_until = {until} from picked p where t.id = p.id"
+            f" lease_owner = {worker}, lease_until = {until}, {PROGRESS_CLEARED}"
+            " from picked p where t.id = p.id"
             f" returning {_prefixed('t')}, p.rank)"
         )
 

@@ -23,7 +23,7 @@ Design notes:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -43,6 +43,7 @@ from tasker.queue import (
     NewTask,
     Outcome,
     OutcomeKind,
+    QueueFullError,
     TaskState,
 )
 
@@ -50,6 +51,7 @@ from ._queue_sql import QueueStatements, outcome_arrays
 
 __all__ = [
     "cancel_in_transaction",
+    "enqueue_bounded_on",
     "enqueue_on",
     "finish_in_transaction",
     "reap_grouped",
@@ -124,6 +126,45 @@ async def enqueue_on(
         )
     for queue in queues:
         await conn.execute(sql.notify, channel, queue)
+    return results
+
+
+async def enqueue_bounded_on(
+    conn: _Conn,
+    sql: QueueStatements,
+    channel: str,
+    tasks: Sequence[NewTask],
+    max_depth: Mapping[str, int],
+    group: GroupSpec | None,
+    now: float,
+) -> list[EnqueueResult]:
+    """:func:`enqueue_on` within bounds, in the transaction open on ``conn``.
+
+    The advisory lock of every bounded queue of the batch is taken first (in name order:
+    two batches that share queues never deadlock), so that the enqueues of a queue run one
+    at a time; then the tasks are inserted, and each bounded queue that grew is counted
+    (its own inserts included) up to its bound plus what this batch added. Over a bound,
+    :class:`QueueFullError` leaves the transaction, which rolls the inserts back (the
+    caller's ``conn.transaction()``). Inserting before counting is what makes a
+    deduplicated task count for nothing, with the deduplication rules in one place.
+    """
+    for queue in sorted({t.queue for t in tasks if t.queue in max_depth}):
+        await conn.execute(sql.lock_depth, queue)
+    results = await enqueue_on(conn, sql, channel, tasks, group, now)
+    adding: dict[str, int] = {}
+    for task, result in zip(tasks, results, strict=True):
+        if not result.deduplicated:
+            adding[task.queue] = adding.get(task.queue, 0) + 1
+    for queue in sorted(adding):
+        bound = max_depth.get(queue)
+        if bound is None:
+            continue
+        depth = await conn.fetchval(sql.depth, queue, bound + adding[queue])
+        if depth > bound:
+            added = adding[queue]
+            # Counted up to the bound in each half: what was there is at most the bound.
+            before = min(depth - added, bound)
+            raise QueueFullError(queue, depth=before, max_depth=bound, adding=added)
     return results
 
 

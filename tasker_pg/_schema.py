@@ -79,17 +79,26 @@ def _queue_ddl(schema: str) -> list[str]:
                     chain bytea,
                     group_id text,
                     group_index integer,
-                    cancel_requested boolean not null default false
+                    cancel_requested boolean not null default false,
+                    progress double precision,
+                    progress_text text,
+                    progress_at double precision
                 )""",
         # Columns added since a table was first created (``create table if not exists``
         # leaves an existing one as it was).
         f"alter table {tasks} add column if not exists"
         " cancel_requested boolean not null default false",
+        f"alter table {tasks} add column if not exists progress double precision,"
+        " add column if not exists progress_text text,"
+        " add column if not exists progress_at double precision",
         # Claims read due tasks of a queue in this order and stop at their limit.
         f"create index if not exists queue_tasks_claim on {tasks}"
         " (queue, priority desc, run_at, created_at) where state = 'queued'",
         # An index of earlier versions, which the claim index replaced.
         f"drop index if exists {schema}.queue_tasks_due",
+        # A bounded enqueue (max_depth) counts a queue's held tasks along this one (and its
+        # queued ones along the claim index); held tasks are few, so it costs little.
+        f"create index if not exists queue_tasks_held on {tasks} (queue) where state = 'held'",
         f"create index if not exists queue_tasks_lease on {tasks} (lease_until)"
         " where state = 'running'",
         f"create unique index if not exists queue_tasks_unique_live on {tasks}"

@@ -24,7 +24,7 @@ from tasker.schedule import Schedule
 from ._connection import PoolSource, check_asyncio
 from ._errors import LockKeyCollisionError
 from ._locks import PostgresLockerFactory
-from ._state import PostgresStateRepository
+from ._state import STATE_POOL_SIZE, PostgresStateRepository
 
 __all__ = ["PostgresScheduler", "scheduler"]
 
@@ -151,8 +151,9 @@ def scheduler(
     One line: ``scheduler = tasker_pg.scheduler(os.environ["DATABASE_URL"])``. Run
     :func:`tasker_pg.migrate` (or ``await scheduler.migrate()``, or ``python -m tasker_pg
     migrate``) once per database, and ``await scheduler.aclose()`` at the end when you gave
-    a DSN. A DSN gets a small pool of its own (created lazily in the running loop); each
-    held lock has a dedicated connection besides it.
+    a DSN. A DSN gets a small pool of its own (at most two connections, created lazily in
+    the running loop); every lock is held on one more, dedicated connection, the lock
+    session: at most three connections per replica, whatever the number of schedules.
 
     Args:
         dsn_or_pool: a ``postgresql://`` DSN or an asyncpg pool.
@@ -174,7 +175,9 @@ def scheduler(
             :class:`tasker.Backoff`.
         tasker_pg.AsyncioRequiredError: when called under trio (asyncpg is asyncio-only).
     """
-    source = PoolSource(dsn_or_pool)
+    # The state pool and the lock session: at most STATE_POOL_SIZE + 1 connections per
+    # replica, whatever the number of schedules (docs/guide/postgres.md, "Connection budget").
+    source = PoolSource(dsn_or_pool, max_size=STATE_POOL_SIZE)
     return PostgresScheduler(
         locker_factory=PostgresLockerFactory(
             source, namespace=namespace, schema=schema, check_interval=check_interval

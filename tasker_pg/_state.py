@@ -14,7 +14,11 @@ from tasker.backends import to_seconds
 from ._connection import PoolSource, quote_identifier
 from ._schema import migrate_source
 
-__all__ = ["PostgresStateRepository"]
+__all__ = ["STATE_POOL_SIZE", "PostgresStateRepository"]
+
+#: The most pooled connections a Scheduler's state takes (from a DSN): its statements are
+#: short, and the lock session is the only other connection (see the connection budget).
+STATE_POOL_SIZE = 2
 
 _COLUMNS = (
     "name, last_slot, last_started, last_finished, last_error, run_count, failure_count, next_due"
@@ -49,7 +53,9 @@ class PostgresStateRepository:
         clock_resync: float | timedelta = 30.0,
     ) -> None:
         self._source = (
-            dsn_or_pool if isinstance(dsn_or_pool, PoolSource) else PoolSource(dsn_or_pool)
+            dsn_or_pool
+            if isinstance(dsn_or_pool, PoolSource)
+            else PoolSource(dsn_or_pool, max_size=STATE_POOL_SIZE)
         )
         self._clock_resync = to_seconds(clock_resync, "clock_resync")
         self._clock: tuple[datetime, float] | None = None

@@ -106,6 +106,14 @@ class RedisQueueBackend:
         QueueCapability.TRANSACTIONAL_ENQUEUE,
         QueueCapability.HEADERS,  # a broker's: they are not stored
         QueueCapability.CANCEL,  # not yet: its scripts know no cancel requests
+        # Not yet: its claim would have to count a name's starts and a key's running
+        # tasks atomically with the take (a script that reads every limited task).
+        QueueCapability.RATE_LIMITS,
+        QueueCapability.CONCURRENCY_KEYS,
+        QueueCapability.PROGRESS,  # not yet: its hashes have no progress fields
+        # Not yet: the depth check would have to count a queue's waiting tasks in the
+        # same atomic step as the insert.
+        QueueCapability.BOUNDED_QUEUES,
     }
 
     def __init__(

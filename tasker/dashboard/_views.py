@@ -25,7 +25,7 @@ from markupsafe import Markup
 from .._redact import redact_dsn
 from .._status import _lock_holders
 from ..abc import QueueCapability, QueueInspection, WorkerRegistry
-from ..queue import HistoryEntry, Queue, TaskRecord, TaskState
+from ..queue import HistoryEntry, Progress, Queue, TaskRecord, TaskState
 from ..scheduler import Scheduler, SchedulerStatistics
 from ._describe import describe_schedule
 from ._format import Shown, duration, moment, show_bytes, slot
@@ -520,9 +520,11 @@ class TaskView:
     result_note: str | None
     attempts: list[HistoryEntry]
     timeline: list[TimelineEvent]
-    #: The record's progress, if the backend's records carry one (a later feature).
-    progress: Any
+    #: The progress its handler last reported (``QueueCapability.PROGRESS``), if any, and
+    #: when it was stored.
+    progress: Progress | None
     times: dict[str, str]
+    progress_at: str | None = None
 
 
 def _kind(outcome: str) -> str:
@@ -593,6 +595,7 @@ async def gather_task(queue: Queue, task_id: str, *, payload_limit: int) -> Task
         result_note=result_note,
         attempts=attempts,
         timeline=_events(record, attempts, now),
-        progress=getattr(record, "progress", None),
+        progress=record.progress,
         times=times,
+        progress_at=None if record.progress is None else moment(record.progress.updated_at, now),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 
 from ._backend import (
+    BoundedEnqueue,
     ClaimById,
     FinishAndClaim,
     QueueAdministration,
@@ -18,13 +19,21 @@ from ._backend import (
     QueueCapability,
     QueueInspection,
     TaskCancellation,
+    TaskProgress,
     TransactionalEnqueue,
     WorkerRegistry,
 )
 from ._chain import Step
 from ._current import RunningTask, current_task
-from ._errors import MissingCapabilityError, PayloadError, UnknownTaskError, UnstorableRecordError
+from ._errors import (
+    MissingCapabilityError,
+    PayloadError,
+    QueueFullError,
+    UnknownTaskError,
+    UnstorableRecordError,
+)
 from ._info import Enqueued, TaskInfo
+from ._limits import RateLimit
 from ._long_queue import LongQueue
 from ._memory import MemoryQueueBackend
 from ._queue import Handler, Queue
@@ -38,6 +47,7 @@ from ._records import (
     NewTask,
     Outcome,
     OutcomeKind,
+    Progress,
     TaskRecord,
     TaskState,
     WorkerInfo,
@@ -49,6 +59,7 @@ from ._task import Task
 from ._worker import Worker, WorkerStatistics
 
 __all__ = [
+    "BoundedEnqueue",
     "CancelResult",
     "CancelStatus",
     "ClaimById",
@@ -67,11 +78,14 @@ __all__ = [
     "Outcome",
     "OutcomeKind",
     "PayloadError",
+    "Progress",
     "Queue",
     "QueueAdministration",
     "QueueBackend",
     "QueueCapability",
+    "QueueFullError",
     "QueueInspection",
+    "RateLimit",
     "Retention",
     "RunningTask",
     "SQLiteQueueBackend",
@@ -80,6 +94,7 @@ __all__ = [
     "Task",
     "TaskCancellation",
     "TaskInfo",
+    "TaskProgress",
     "TaskRecord",
     "TaskState",
     "TransactionalEnqueue",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..abc import (
+    BoundedEnqueue,
     ClaimById,
     FinishAndClaim,
     QueueAdministration,
@@ -10,11 +11,13 @@ from ..abc import (
     QueueCapability,
     QueueInspection,
     TaskCancellation,
+    TaskProgress,
     TransactionalEnqueue,
     WorkerRegistry,
 )
 
 __all__ = [
+    "BoundedEnqueue",
     "ClaimById",
     "FinishAndClaim",
     "QueueAdministration",
@@ -22,6 +25,7 @@ __all__ = [
     "QueueCapability",
     "QueueInspection",
     "TaskCancellation",
+    "TaskProgress",
     "TransactionalEnqueue",
     "WorkerRegistry",
 ]

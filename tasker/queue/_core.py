@@ -11,9 +11,11 @@ backend's clock. Parts never call each other's private methods, only the core's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..abc import (
+    BoundedEnqueue,
     ClaimById,
     FinishAndClaim,
     QueueAdministration,
@@ -21,16 +23,17 @@ from ..abc import (
     QueueCapability,
     QueueInspection,
     TaskCancellation,
+    TaskProgress,
     TransactionalEnqueue,
     WorkerRegistry,
 )
 from ._checks import check_headers
 from ._errors import MissingCapabilityError
-from ._records import NewTask
+from ._records import EnqueueResult, GroupSpec, NewTask
 from ._registry import Registry
 from ._time import BackendClock
 
-__all__ = ["QueueCore", "check_backend"]
+__all__ = ["QueueCore", "check_backend", "check_max_depth"]
 
 #: The protocol each capability with methods of its own must implement.
 _PROTOCOLS: dict[QueueCapability, type] = {
@@ -41,6 +44,8 @@ _PROTOCOLS: dict[QueueCapability, type] = {
     QueueCapability.WORKERS: WorkerRegistry,
     QueueCapability.CLAIM_BY_ID: ClaimById,
     QueueCapability.CANCEL: TaskCancellation,
+    QueueCapability.PROGRESS: TaskProgress,
+    QueueCapability.BOUNDED_QUEUES: BoundedEnqueue,
 }
 
 
@@ -72,6 +77,38 @@ def check_backend(backend: object) -> frozenset[QueueCapability]:
     return capabilities
 
 
+def check_max_depth(max_depth: object) -> tuple[int | None, dict[str, int]]:
+    """``Queue(max_depth=...)`` as (the bound of every queue, the bounds by queue name).
+
+    Raises:
+        TypeError: for something that is neither an int nor a mapping of names to ints.
+        ValueError: for a bound below 1, or an empty queue name.
+    """
+
+    def bound(value: object, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"Queue: {where} must be an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"Queue: {where} must be at least 1, got {value!r}")
+        return value
+
+    if max_depth is None:
+        return None, {}
+    if isinstance(max_depth, Mapping):
+        by_queue: dict[str, int] = {}
+        for name, value in max_depth.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"Queue: max_depth's keys must be queue names, got {name!r}")
+            by_queue[name] = bound(value, f"max_depth[{name!r}]")
+        return None, by_queue
+    if isinstance(max_depth, int) and not isinstance(max_depth, bool):
+        return bound(max_depth, "max_depth"), {}
+    raise TypeError(
+        f"Queue: max_depth must be an int (every queue), a mapping of queue names to ints,"
+        f" or None, got {max_depth!r}"
+    )
+
+
 class QueueCore:
     """The state every part of the Queue uses, set by ``Queue.__init__``.
 
@@ -82,9 +119,35 @@ class QueueCore:
     backend: QueueBackend
     _registry: Registry
     _time: BackendClock
+    #: ``max_depth``: every queue's bound, and the bounds by name (which take precedence).
+    _depth_default: int | None
+    _depth_by_queue: Mapping[str, int]
 
     async def _now(self) -> float:
         return await self._time.now()
+
+    def _bounds(self, tasks: Sequence[NewTask]) -> dict[str, int]:
+        """The ``max_depth`` of each queue of ``tasks`` that has one."""
+        bounds: dict[str, int] = {}
+        for task in tasks:
+            bound = self._depth_by_queue.get(task.queue, self._depth_default)
+            if bound is not None:
+                bounds[task.queue] = bound
+        return bounds
+
+    async def _put(
+        self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
+    ) -> list[EnqueueResult]:
+        """Enqueue ``tasks`` on the backend: bounded (``BOUNDED_QUEUES``, checked when the
+        Queue was built) when a queue of theirs has a ``max_depth``."""
+        bounds = self._bounds(tasks) if self._depth_default or self._depth_by_queue else None
+        if bounds:
+            bounded: Any = self.backend
+            result: list[EnqueueResult] = await bounded.enqueue_bounded(
+                tasks, max_depth=bounds, group=group, now=now
+            )
+            return result
+        return await self.backend.enqueue(tasks, group=group, now=now)
 
     def _require(self, capability: QueueCapability, needed_by: str) -> Any:
         """The backend, if it declares ``capability``; else MissingCapabilityError."""
@@ -99,6 +162,8 @@ class QueueCore:
             self._require(QueueCapability.ADMINISTRATION, "enqueue(held=True)")
         if options.get("task_id") is not None:
             self._require(QueueCapability.TASK_IDS, "enqueue(task_id=...)")
+        if options.get("concurrency_key") is not None:
+            self._require(QueueCapability.CONCURRENCY_KEYS, "enqueue(concurrency_key=...)")
         if check_headers(options.get("headers")):  # checked first: the problem is named
             self._require(QueueCapability.HEADERS, "enqueue(headers=...)")
         return self._registry.new_task(name, payload, **options)

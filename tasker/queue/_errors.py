@@ -8,6 +8,7 @@ from ..abc import QueueCapability
 __all__ = [
     "MissingCapabilityError",
     "PayloadError",
+    "QueueFullError",
     "UnknownTaskError",
     "UnstorableRecordError",
     "is_data_error",
@@ -58,6 +59,43 @@ def _declared(backend: object) -> str:
     capabilities: frozenset[object] = getattr(backend, "capabilities", frozenset())
     names = sorted(c.name for c in capabilities if isinstance(c, QueueCapability))
     return ", ".join(names) or "nothing beyond the core"
+
+
+class QueueFullError(TaskerError, RuntimeError):
+    """An enqueue was refused: it would make a queue deeper than its ``max_depth``.
+
+    Depth is the tasks waiting in the queue: held and queued (delayed ones included). The
+    enqueue stored nothing (a batch, such as a group, is all or nothing); retrying once
+    workers have taken tasks from the queue may succeed.
+
+    Attributes:
+        queue: the queue that is full.
+        depth: the tasks waiting in it when the enqueue was refused (counted up to
+            ``max_depth``: a backend stops counting there).
+        max_depth: its bound.
+        adding: how many tasks the refused enqueue would have added to it.
+    """
+
+    def __init__(self, queue: str, *, depth: int, max_depth: int, adding: int = 1) -> None:
+        self.queue = queue
+        self.depth = depth
+        self.max_depth = max_depth
+        self.adding = adding
+        super().__init__(queue, depth, max_depth, adding)
+
+    def __str__(self) -> str:
+        return (
+            f"queue {self.queue!r} is full: {self.depth} tasks waiting (held or queued) of"
+            f" max_depth={self.max_depth}, no room for {self.adding} more (nothing was"
+            " enqueued); retry once workers have taken some, or raise its max_depth"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_queue_full, (self.queue, self.depth, self.max_depth, self.adding))
+
+
+def _queue_full(queue: str, depth: int, max_depth: int, adding: int) -> QueueFullError:
+    return QueueFullError(queue, depth=depth, max_depth=max_depth, adding=adding)
 
 
 class UnstorableRecordError(TaskerError, ValueError):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ._records import TaskState
+from ._records import Progress, TaskState
 
 __all__ = ["Enqueued", "TaskInfo"]
 
@@ -59,6 +59,9 @@ class TaskInfo(Generic[R]):
         created_at, finished_at: POSIX timestamps.
         cancel_requested: a cancel was requested while it ran (``Queue.cancel``); its
             worker stops it at its next heartbeat.
+        progress: the last progress its handler reported
+            (``current_task().report_progress``; ``value``, ``text``, ``updated_at``), or
+            None: cleared when an attempt starts, kept once the task finished.
     """
 
     id: str
@@ -73,3 +76,4 @@ class TaskInfo(Generic[R]):
     created_at: float
     finished_at: float | None
     cancel_requested: bool = False
+    progress: Progress | None = None

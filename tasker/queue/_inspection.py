@@ -39,6 +39,7 @@ class InspectionMethods(QueueCore):
             created_at=record.created_at,
             finished_at=record.finished_at,
             cancel_requested=record.cancel_requested,
+            progress=record.progress,
         )
 
     async def get(self, task_id: str) -> TaskInfo[Any] | None:

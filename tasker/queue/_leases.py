@@ -89,6 +89,8 @@ class Leases(WorkerState):
             await self._ask_cancels(
                 [i for i, a in sent_to.items() if i in held and running.get(i) is a]
             )
+        if self._progress:  # progress reports kept by the coalescing (``_progress``)
+            await self._progress.flush()
 
     async def _ask_cancels(self, ids: list[str]) -> None:
         """Stop the attempts of ``ids`` whose cancel the backend says was requested (best

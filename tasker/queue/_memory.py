@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import anyio
 
 from .._clock import SystemClock
 from ..abc import QueueCapability
+from ._errors import QueueFullError
 from ._memory_admin import MemoryAdministration
 from ._records import (
     EnqueueResult,
@@ -29,6 +30,7 @@ from ._records import (
     NewTask,
     Outcome,
     OutcomeKind,
+    Progress,
     TaskRecord,
     TaskState,
 )
@@ -80,6 +82,38 @@ class MemoryQueueBackend(MemoryAdministration):
         self._notify()
         return results
 
+    async def enqueue_bounded(
+        self,
+        tasks: Sequence[NewTask],
+        *,
+        max_depth: Mapping[str, int],
+        group: GroupSpec | None = None,
+        now: float,
+    ) -> list[EnqueueResult]:
+        """:meth:`enqueue`, unless a bounded queue would exceed its ``max_depth`` (then
+        :class:`QueueFullError`, nothing stored). Atomic: nothing yields in between, and
+        the depth is a counter (``TaskTable.waiting``), not a scan."""
+        adding: dict[str, int] = {}
+        ids: set[str] = set()
+        keys: set[str] = set()
+        for task in tasks:  # what enqueue would store, duplicates within the batch included
+            if task.id in ids or task.id in self._tasks or task.unique_key in keys:
+                continue
+            if self._duplicate_of(task, now) is not None:
+                continue
+            ids.add(task.id)
+            if task.unique_key is not None:
+                keys.add(task.unique_key)
+            adding[task.queue] = adding.get(task.queue, 0) + 1
+        for queue in sorted(adding):
+            bound = max_depth.get(queue)
+            depth = self._tasks.waiting.get(queue, 0)
+            if bound is not None and depth + adding[queue] > bound:
+                raise QueueFullError(
+                    queue, depth=min(depth, bound), max_depth=bound, adding=adding[queue]
+                )
+        return await self.enqueue(tasks, group=group, now=now)
+
     async def claim(
         self,
         queues: Sequence[str],
@@ -120,6 +154,8 @@ class MemoryQueueBackend(MemoryAdministration):
     ) -> list[TaskRecord]:
         claimed: list[TaskRecord] = []
         wanted = set(queues)
+        book = self._limit_book
+        limits = book.limits  # empty without limited tasks: the claim pays one truth test
         # Expired leases: their worker is gone.
         kept: list[tuple[float, int, str]] = []
         while self._leases and self._leases[0][0] <= now and len(claimed) < limit:
@@ -139,6 +175,9 @@ class MemoryQueueBackend(MemoryAdministration):
                 continue
             if record.attempts >= record.max_attempts:
                 self._die(record, LEASE_EXPIRED, None, now, now)
+                continue
+            if limits and not book.admit(record, self._tasks, now):
+                kept.append((until, seq, task_id))  # its limits hold it back for now
                 continue
             claimed.append(self._lease(record, worker, lease, now))
         for entry in kept:
@@ -167,8 +206,12 @@ class MemoryQueueBackend(MemoryAdministration):
                     best = (heap[0], queue)
             if best is None:
                 break
-            heapq.heappop(self._queued[best[1]])
-            claimed.append(self._lease(self._tasks[best[0][3]], worker, lease, now))
+            taken = heapq.heappop(self._queued[best[1]])
+            record = self._tasks[taken[3]]
+            if limits and not book.admit(record, self._tasks, now):
+                skipped.append((best[1], taken))  # held back by its limits: the next one
+                continue
+            claimed.append(self._lease(record, worker, lease, now))
         for queue, queued in skipped:
             heapq.heappush(self._queued[queue], queued)
         return claimed
@@ -180,6 +223,7 @@ class MemoryQueueBackend(MemoryAdministration):
             attempts=record.attempts + 1,
             lease_owner=worker,
             lease_until=now + lease,
+            progress=None,  # each attempt reports its own
         )
         self._tasks[record.id] = leased
         heapq.heappush(self._leases, (now + lease, next(self._seq), record.id))
@@ -247,6 +291,19 @@ class MemoryQueueBackend(MemoryAdministration):
             held.add(task_id)
         return held
 
+    async def report_progress(
+        self, worker: str, task_id: str, value: float, text: str, *, now: float
+    ) -> bool:
+        """Store the progress of a task ``worker`` holds (``tasker.abc.TaskProgress``)."""
+        record = self._tasks.get(task_id)
+        if record is None or record.state is not TaskState.RUNNING or record.lease_owner != worker:
+            await anyio.lowlevel.checkpoint()
+            return False
+        progress = Progress(value=value, text=text, updated_at=now)
+        self._tasks[task_id] = replace(record, progress=progress)
+        await anyio.lowlevel.checkpoint()
+        return True
+
     async def cancel_requested(self, worker: str, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` running under ``worker``'s lease whose cancel was requested."""
         found = set()
@@ -290,6 +347,8 @@ class MemoryQueueBackend(MemoryAdministration):
                     )
                 )
             settled = self._tasks[record.id] = settled_record(record, outcome)
+            if self._limit_book.frees_slot(record.id):
+                notify = True  # a concurrency key's slot is free: its next task may start
             if kind is OutcomeKind.SUCCEEDED and not record.cancel_requested:
                 for follow_up in outcome.follow_ups:  # a cancel ends the chain
                     self._store(follow_up)

@@ -5,6 +5,11 @@ New and retried tasks wait in a heap by ``run_at``; a claim moves the due ones i
 per queue ordered by (priority desc, run_at, arrival), so a delayed high-priority task never
 hides a due one. Running tasks sit in a heap by lease expiry. Stale heap entries (a task that
 moved on) are skipped lazily.
+
+The tasks' dictionary keeps a count of the waiting (held or queued) tasks per queue as they
+are stored, replaced and deleted (:class:`TaskTable`), so that a bounded enqueue
+(``BOUNDED_QUEUES``) knows a queue's depth without a scan. Rejected: counting in each method
+that moves a task; one missed transition would skew the count for good.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Sequence
 import anyio
 
 from .._clock import SYSTEM_CLOCK, Clock
+from ._memory_limits import LimitBook
 from ._records import (
     TERMINAL,
     GroupSpec,
@@ -28,10 +34,48 @@ from ._records import (
 )
 from ._rows import dead_record, group_payload, record_from_new, replace_record
 
-__all__ = ["LIVE", "MemoryState"]
+__all__ = ["LIVE", "MemoryState", "TaskTable"]
 
 
 LIVE = frozenset({TaskState.HELD, TaskState.QUEUED, TaskState.RUNNING})
+#: The states of a task that counts towards its queue's depth.
+WAITING = frozenset({TaskState.HELD, TaskState.QUEUED})
+
+
+class TaskTable(dict[str, TaskRecord]):
+    """The tasks by id, with the number of waiting (held or queued) ones per queue.
+
+    Every change goes through ``[key] = record`` or ``del [key]`` (``pop`` too), which keep
+    :attr:`waiting` in step; the other mutators of ``dict`` are not used on it.
+    """
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Held or queued tasks per queue (a queue with none may be missing).
+        self.waiting: dict[str, int] = {}
+
+    def __setitem__(self, key: str, record: TaskRecord) -> None:
+        old = dict.get(self, key)
+        if old is not None and old.state in WAITING:
+            self.waiting[old.queue] -= 1
+        if record.state in WAITING:
+            self.waiting[record.queue] = self.waiting.get(record.queue, 0) + 1
+        dict.__setitem__(self, key, record)
+
+    def __delitem__(self, key: str) -> None:
+        old = self[key]
+        if old.state in WAITING:
+            self.waiting[old.queue] -= 1
+        dict.__delitem__(self, key)
+
+    def pop(self, key: str, *default: TaskRecord | None) -> TaskRecord | None:  # type: ignore[override]
+        if key not in self:
+            return dict.pop(self, key, *default)
+        record = self[key]
+        del self[key]
+        return record
 
 
 class MemoryState:
@@ -39,7 +83,7 @@ class MemoryState:
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock = clock or SYSTEM_CLOCK
-        self._tasks: dict[str, TaskRecord] = {}
+        self._tasks = TaskTable()
         self._unique: dict[str, tuple[str, float | None]] = {}  # key -> (task id, until)
         self._delayed: list[tuple[float, int, str]] = []
         self._queued: dict[str, list[tuple[int, float, int, str]]] = {}
@@ -50,6 +94,8 @@ class MemoryState:
         self._workers: dict[str, WorkerInfo] = {}
         self._seq = itertools.count()
         self._work = anyio.Event()
+        #: Rate limits and concurrency keys (``RATE_LIMITS``, ``CONCURRENCY_KEYS``).
+        self._limit_book = LimitBook()
 
     @property
     def clock(self) -> Clock:
@@ -92,6 +138,7 @@ class MemoryState:
         self._tasks[task.id] = record
         if task.unique_key is not None:
             self._unique[task.unique_key] = (task.id, task.unique_until)
+        self._limit_book.add(task)
         if record.state is TaskState.QUEUED:
             self._push(record)
 
@@ -138,8 +185,13 @@ class MemoryState:
     def next_run_at(self, queues: Sequence[str]) -> float | None:
         """The earliest ``run_at`` of a queued task, or lease expiry of a running one, in
         ``queues`` (None when there is neither)."""
+        book = self._limit_book
+        # A limited task is due when its limits let it start (on the backend's clock).
+        now = self._clock.now().timestamp() if book.limits else 0.0
         times = [
-            t.lease_until if t.state is TaskState.RUNNING else t.run_at
+            t.lease_until
+            if t.state is TaskState.RUNNING
+            else (book.due_at(t, self._tasks, now) if book.limits else t.run_at)
             for t in self._tasks.values()
             if t.queue in queues
             and (

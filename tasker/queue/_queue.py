@@ -22,10 +22,11 @@ from ..abc import QueueBackend, QueueCapability
 from ._administration import AdministrationMethods
 from ._cancel import CancelMethods
 from ._checks import check_int, check_name
-from ._core import check_backend
+from ._core import check_backend, check_max_depth
 from ._errors import MissingCapabilityError
 from ._info import Enqueued, TaskInfo
 from ._inspection import InspectionMethods
+from ._limits import RateLimit
 from ._long_queue import LongQueue, LongQueueWatch
 from ._periodic import periodic_job
 from ._records import HeaderValue
@@ -79,6 +80,17 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
             (:class:`Retention`; by default dead tasks and history for 7 days, a purge every
             5 minutes); None never purges. Needs ``QueueCapability.ADMINISTRATION`` when
             given; the default is skipped on a backend without it.
+        max_depth: backpressure: the most tasks a queue may hold waiting to run (held and
+            queued, delayed ones included; not running ones), as an int for every queue or
+            a mapping of queue names to ints (queues not named are unbounded). An enqueue
+            that would go past it raises :class:`QueueFullError` at once and stores nothing
+            (a group is all or nothing); the check and the insert are one atomic step in the
+            backend, so producers enqueueing at once, in any process, never pass it
+            together. A deduplicated enqueue (unique key, task id) is never refused; a
+            chain's first step counts, its later steps and a group's callback do not (they
+            are enqueued as the workflow moves on, and refusing them would break it), nor
+            does a requeue. Needs ``QueueCapability.BOUNDED_QUEUES`` (memory, SQLite,
+            Postgres).
 
     Time is the backend's (:meth:`QueueBackend.time`): enqueues, claims and leases all use
     its one clock, so a process whose wall clock is off neither steals leases nor starts
@@ -86,7 +98,9 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
 
     Raises:
         TypeError: for a backend or serializer that does not implement its protocol.
-        ValueError: for a bad ``result_ttl`` or threshold.
+        ValueError: for a bad ``result_ttl``, threshold or ``max_depth``.
+        MissingCapabilityError: an option the backend cannot honour (``max_depth``
+            without ``BOUNDED_QUEUES``, ``retention`` without ``ADMINISTRATION``).
     """
 
     def __init__(
@@ -101,6 +115,7 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         long_queue_drain_time: float | timedelta | None = None,
         on_long_queue: Callable[[LongQueue], object] | None = None,
         retention: Retention | None = _DEFAULT_RETENTION,
+        max_depth: int | Mapping[str, int] | None = None,
     ) -> None:
         if backend is None:
             from ._sqlite import SQLiteQueueBackend, default_queue_path
@@ -156,6 +171,11 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         if QueueCapability.ADMINISTRATION not in capabilities:
             retention = None
         self._retention = retention
+        self._depth_default, self._depth_by_queue = check_max_depth(max_depth)
+        if max_depth is not None and QueueCapability.BOUNDED_QUEUES not in capabilities:
+            raise MissingCapabilityError(
+                backend, QueueCapability.BOUNDED_QUEUES, "Queue(max_depth=...)"
+            )
 
     # -- registration --------------------------------------------------------------------
 
@@ -183,6 +203,9 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         priority: int = ...,
         unique_key: Callable[[Any], str | None] | None = ...,
         unique_for: float | timedelta | None = ...,
+        rate_limit: RateLimit | str | None = ...,
+        concurrency_key: Callable[[Any], str | None] | None = ...,
+        concurrency_limit: int = ...,
     ) -> TaskDecorator: ...
 
     def task(
@@ -196,6 +219,9 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         priority: int = 0,
         unique_key: Callable[[Any], str | None] | None = None,
         unique_for: float | timedelta | None = None,
+        rate_limit: RateLimit | str | None = None,
+        concurrency_key: Callable[[Any], str | None] | None = None,
+        concurrency_limit: int = 1,
     ) -> Task[Any, Any] | TaskDecorator:
         """A decorator that registers a handler, ``async def handler(ctx, payload)`` (or a
         plain ``def``, run in a thread), and returns its :class:`Task`, typed by the
@@ -210,6 +236,19 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         ``unique_key`` is a function of the payload that gives the unique key of every
         enqueue that names none (None: no key for that payload), and ``unique_for`` the
         window of every enqueue with a key that gives none (see :meth:`enqueue`).
+
+        ``rate_limit`` (``"100/m"``, ``"5/s"``, ``"1000/h"`` or a :class:`RateLimit`): at
+        most that many attempts of this task start in any window of its period, across
+        every worker and process sharing the backend (a sliding log kept by the backend's
+        claim: see :class:`RateLimit`). A task held back stays queued, the claim takes
+        other due tasks instead, and idle workers wake when the window lets it start.
+        ``concurrency_key`` is a function of the payload that gives the concurrency key of
+        every enqueue that names none (None: no key), and ``concurrency_limit`` (default 1)
+        how many tasks of one key run at once across every worker, as saq's ``group_key``:
+        a task whose key is at its limit stays queued until one of the key finishes (or its
+        lease expires). Both are enforced atomically by the backend's claim
+        (:attr:`~tasker.abc.QueueCapability.RATE_LIMITS`,
+        :attr:`~tasker.abc.QueueCapability.CONCURRENCY_KEYS`).
 
         Raises:
             ValueError, TypeError: as :meth:`register`, when the handler is registered.
@@ -227,6 +266,9 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
                 priority=priority,
                 unique_key=unique_key,
                 unique_for=unique_for,
+                rate_limit=rate_limit,
+                concurrency_key=concurrency_key,
+                concurrency_limit=concurrency_limit,
             )
 
         # Bare (``@queue.task``), the first argument is the handler itself.
@@ -245,6 +287,9 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         priority: int = ...,
         unique_key: Callable[[Any], str | None] | None = ...,
         unique_for: float | timedelta | None = ...,
+        rate_limit: RateLimit | str | None = ...,
+        concurrency_key: Callable[[Any], str | None] | None = ...,
+        concurrency_limit: int = ...,
     ) -> Task[P, R]: ...
 
     @overload
@@ -260,6 +305,9 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         priority: int = ...,
         unique_key: Callable[[Any], str | None] | None = ...,
         unique_for: float | timedelta | None = ...,
+        rate_limit: RateLimit | str | None = ...,
+        concurrency_key: Callable[[Any], str | None] | None = ...,
+        concurrency_limit: int = ...,
     ) -> Task[None, R]: ...
 
     @overload
@@ -275,6 +323,9 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         priority: int = ...,
         unique_key: Callable[[Any], str | None] | None = ...,
         unique_for: float | timedelta | None = ...,
+        rate_limit: RateLimit | str | None = ...,
+        concurrency_key: Callable[[Any], str | None] | None = ...,
+        concurrency_limit: int = ...,
     ) -> Task[P, R]: ...
 
     @overload
@@ -290,6 +341,9 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         priority: int = ...,
         unique_key: Callable[[Any], str | None] | None = ...,
         unique_for: float | timedelta | None = ...,
+        rate_limit: RateLimit | str | None = ...,
+        concurrency_key: Callable[[Any], str | None] | None = ...,
+        concurrency_limit: int = ...,
     ) -> Task[None, R]: ...
 
     def register(
@@ -304,6 +358,9 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         priority: int = 0,
         unique_key: Callable[[Any], str | None] | None = None,
         unique_for: float | timedelta | None = None,
+        rate_limit: RateLimit | str | None = None,
+        concurrency_key: Callable[[Any], str | None] | None = None,
+        concurrency_limit: int = 1,
     ) -> Task[Any, Any]:
         """Register ``handler`` under ``name`` and return its :class:`Task` (see :meth:`task`).
 
@@ -323,12 +380,22 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
             TypeError: if ``handler`` is not a function taking (ctx, payload) or (ctx), or
                 ``unique_key`` is not a function.
             MissingCapabilityError: a ``unique_key`` function on a backend without
-                :attr:`~tasker.abc.QueueCapability.UNIQUE_KEYS`.
+                :attr:`~tasker.abc.QueueCapability.UNIQUE_KEYS`, a ``rate_limit`` without
+                ``RATE_LIMITS``, a ``concurrency_key`` function without
+                ``CONCURRENCY_KEYS``.
+            ValueError: a ``rate_limit`` text that is not one (it is shown), a
+                ``concurrency_limit`` below 1.
         """
         if isinstance(handler, Task):
             handler = handler.__wrapped__
         if unique_key is not None:
             self._require(QueueCapability.UNIQUE_KEYS, f"Queue.register({name!r}, unique_key=...)")
+        if rate_limit is not None:
+            self._require(QueueCapability.RATE_LIMITS, f"Queue.register({name!r}, rate_limit=...)")
+        if concurrency_key is not None:
+            self._require(
+                QueueCapability.CONCURRENCY_KEYS, f"Queue.register({name!r}, concurrency_key=...)"
+            )
         registration = self._registry.add(
             name,
             handler,
@@ -339,6 +406,9 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
             priority=priority,
             unique_key=unique_key,
             unique_for=unique_for,
+            rate_limit=rate_limit,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
         return Task._create(self, registration, handler)
 
@@ -366,6 +436,7 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
         headers: Mapping[str, HeaderValue] | None = None,
         connection: Any = None,
         task_id: str | None = None,
+        concurrency_key: str | None = None,
     ) -> Enqueued[Any]:
         """Enqueue task ``name`` with ``payload``, to run now, after ``delay`` or ``at`` a time.
 
@@ -392,15 +463,22 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
                 :attr:`~tasker.abc.QueueCapability.TASK_IDS`: while a task with this id is
                 stored, in any state, another enqueue with it is deduplicated, so a
                 retried enqueue runs the task once.
+            concurrency_key: at most the registration's ``concurrency_limit`` (default 1)
+                tasks with this key run at once, across every worker (one per customer:
+                ``concurrency_key=f"customer-{id}"``); default: the registration's
+                ``concurrency_key(payload)``, if it has one; backends with
+                :attr:`~tasker.abc.QueueCapability.CONCURRENCY_KEYS`.
 
         Raises:
             UnknownTaskError: no handler is registered as ``name`` (a ``KeyError``).
             MissingCapabilityError: an option the backend cannot honour (``unique_key``,
-                ``held``, ``headers``, ``connection``, ``task_id``).
+                ``held``, ``headers``, ``connection``, ``task_id``, ``concurrency_key``).
             PayloadError: the serialiser cannot represent ``payload`` (a ``TypeError``).
             TypeError: a payload for a task whose handler takes only ``ctx``.
             ValueError: a negative delay, a naive ``at``, a priority out of range, a bad
-                option.
+                option; ``connection`` for a queue with a ``max_depth``.
+            QueueFullError: the queue is at its ``max_depth`` (``Queue(max_depth=...)``):
+                nothing was enqueued. A deduplicated enqueue is never refused.
         """
         now = await self._now()
         task = self._new_task(
@@ -419,11 +497,20 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
             headers=headers,
             task_id=task_id,
             derive_key=True,
+            concurrency_key=concurrency_key,
         )
         if connection is None:
-            (result,) = await self.backend.enqueue([task], now=now)
+            (result,) = await self._put([task], now=now)
         else:
             within = self._require(QueueCapability.TRANSACTIONAL_ENQUEUE, "enqueue(connection=...)")
+            if self._bounds([task]):
+                # The bound's lock would be held until the caller's transaction ends,
+                # serialising every producer of the queue behind it: refused, not ignored.
+                raise ValueError(
+                    f"enqueue(connection=...): queue {task.queue!r} has a max_depth, which"
+                    " an enqueue inside the caller's transaction cannot check; enqueue"
+                    " it without connection=, or leave the queue unbounded"
+                )
             (result,) = await within.enqueue_within(connection, [task], now=now)
         observer = self._registry.observer
         if observer is not None:

@@ -11,6 +11,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ._limits import RateLimit
+
 __all__ = [
     "CancelResult",
     "CancelStatus",
@@ -21,6 +23,7 @@ __all__ = [
     "NewTask",
     "Outcome",
     "OutcomeKind",
+    "Progress",
     "TaskRecord",
     "TaskState",
     "WorkerInfo",
@@ -76,6 +79,13 @@ class NewTask:
     created_at: float
     #: Headers for the broker and the handler (with :attr:`QueueCapability.HEADERS`).
     headers: Mapping[str, HeaderValue] | None = None
+    #: At most this many attempts of ``name`` start per window, across every worker
+    #: (:attr:`QueueCapability.RATE_LIMITS`; ``tasker.queue.RateLimit``).
+    rate_limit: RateLimit | None = None
+    #: At most ``concurrency_limit`` tasks with this key run at once, across every worker
+    #: (:attr:`QueueCapability.CONCURRENCY_KEYS`); None: no key.
+    concurrency_key: str | None = None
+    concurrency_limit: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +104,56 @@ class EnqueueResult:
 
     id: str
     deduplicated: bool = False
+
+
+#: The longest progress text (``Progress.text``), in characters.
+PROGRESS_TEXT_LIMIT = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """How far a running task got, as its handler last reported it
+    (``current_task().report_progress``; :attr:`QueueCapability.PROGRESS`).
+
+    Attributes:
+        value: the fraction done, from 0.0 to 1.0.
+        text: a short description (``"resized 4 of 10"``), at most
+            ``PROGRESS_TEXT_LIMIT`` (200) characters; empty when none was given.
+        updated_at: when the backend stored it (backend clock, POSIX seconds).
+
+    Raises:
+        ValueError: for a value that is not a finite number from 0 to 1, or a text longer
+            than 200 characters.
+        TypeError: for a value that is not a number, or a text that is not a str.
+    """
+
+    value: float
+    text: str = ""
+    updated_at: float
+
+    def __post_init__(self) -> None:
+        check_progress(self.value, self.text, "Progress")
+
+
+def check_progress(value: object, text: object, where: str) -> float:
+    """``value`` as a float, once ``value`` and ``text`` are shown to be a progress report.
+
+    Raises:
+        TypeError: ``value`` is not an int or float (a bool is not), ``text`` not a str.
+        ValueError: ``value`` is NaN or outside 0..1, ``text`` longer than 200 characters.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{where}: value must be a number from 0.0 to 1.0, got {value!r}")
+    if not 0.0 <= value <= 1.0:  # False for NaN too
+        raise ValueError(f"{where}: value must be a fraction from 0.0 to 1.0, got {value!r}")
+    if not isinstance(text, str):
+        raise TypeError(f"{where}: text must be a str, got {text!r}")
+    if len(text) > PROGRESS_TEXT_LIMIT:
+        raise ValueError(
+            f"{where}: text must be at most {PROGRESS_TEXT_LIMIT} characters, got"
+            f" {len(text)}: {text[:40]!r}..."
+        )
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,6 +188,9 @@ class TaskRecord:
     #: stops it at its next heartbeat, and it ends ``CANCELLED`` unless its handler returns
     #: (then ``SUCCEEDED``, its chain ended). Stays True once set.
     cancel_requested: bool = False
+    #: The progress its current (or last) attempt reported (:attr:`QueueCapability.PROGRESS`):
+    #: cleared when an attempt starts, kept once the task finished.
+    progress: Progress | None = None
 
 
 class OutcomeKind(enum.Enum):

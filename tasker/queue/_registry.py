@@ -27,6 +27,7 @@ from .._job import check_job
 from .._threads import is_sync_callable, run_in_thread
 from ._checks import check_headers, check_int, check_name, check_priority, check_task_id
 from ._errors import PayloadError, UnknownTaskError
+from ._limits import RateLimit, check_concurrency_limit, rate_limit_of
 from ._observe import QueueObserver
 from ._records import HeaderValue, NewTask
 from ._serializer import Serializer
@@ -59,6 +60,12 @@ class Registration:
     unique_key: Callable[[Any], str | None] | None = None
     #: The window of an enqueue with a unique key that gives no ``unique_for``.
     unique_for: float | None = None
+    #: Every attempt of this name counts against it (``RATE_LIMITS``).
+    rate_limit: RateLimit | None = None
+    #: ``concurrency_key(payload)``: the key of an enqueue that gives none (None: no key).
+    concurrency_key: Callable[[Any], str | None] | None = None
+    #: How many tasks of one concurrency key run at once.
+    concurrency_limit: int = 1
 
 
 class Registry:
@@ -86,6 +93,9 @@ class Registry:
         priority: int,
         unique_key: Callable[[Any], str | None] | None = None,
         unique_for: float | timedelta | None = None,
+        rate_limit: RateLimit | str | None = None,
+        concurrency_key: Callable[[Any], str | None] | None = None,
+        concurrency_limit: int = 1,
     ) -> Registration:
         """Register ``handler`` under ``name`` (see :meth:`tasker.queue.Queue.register`)."""
         check_name(name, "task name")
@@ -102,6 +112,14 @@ class Registry:
                 f"Queue.register({name!r}): unique_key must be a function of the payload"
                 f" returning a str or None, got {unique_key!r} (give a fixed key per enqueue)"
             )
+        if concurrency_key is not None and not callable(concurrency_key):
+            raise TypeError(
+                f"Queue.register({name!r}): concurrency_key must be a function of the payload"
+                f" returning a str or None, got {concurrency_key!r} (give a fixed key per"
+                " enqueue)"
+            )
+        limit = check_concurrency_limit(concurrency_limit)
+        rate = rate_limit_of(rate_limit)
         if sync:
             adapted = _in_thread(handler, name, takes_payload)
         elif takes_payload:
@@ -120,6 +138,9 @@ class Registry:
             priority=check_priority(priority),
             unique_key=unique_key,
             unique_for=None if unique_for is None else to_seconds(unique_for, "unique_for"),
+            rate_limit=rate,
+            concurrency_key=concurrency_key,
+            concurrency_limit=limit,
         )
         self.handlers[name] = registration  # only once every option is valid
         return registration
@@ -154,12 +175,14 @@ class Registry:
         raw_payload: bytes | None = None,
         task_id: str | None = None,
         derive_key: bool = False,
+        concurrency_key: str | None = None,
     ) -> NewTask:
         """The :class:`NewTask` for an enqueue of ``name`` at backend time ``now``: the
         registration's defaults, with the options given; every option validated here.
 
-        ``derive_key``: an enqueue without ``unique_key`` takes the registration's
-        ``unique_key(payload)`` (a top-level enqueue; not a chain's or a group's steps).
+        ``derive_key``: an enqueue without ``unique_key`` (``concurrency_key``) takes the
+        registration's ``unique_key(payload)`` (``concurrency_key(payload)``): a top-level
+        enqueue; not a chain's or a group's steps. The rate limit is the registration's.
         """
         registration = self.handlers.get(name)
         if registration is None:
@@ -168,6 +191,10 @@ class Registry:
             unique_key = _derived_key(registration, payload)
         if unique_key is not None and unique_for is None:
             unique_for = registration.unique_for
+        if concurrency_key is None and derive_key and registration.concurrency_key is not None:
+            concurrency_key = _derived_key(registration, payload, "concurrency_key")
+        if concurrency_key is not None:
+            check_name(concurrency_key, "concurrency_key")
         if delay is not None and at is not None:
             raise ValueError("enqueue(): give delay or at, not both")
         run_at = now
@@ -208,6 +235,9 @@ class Registry:
             group_id=group[0] if group else None,
             group_index=group[1] if group else None,
             created_at=now,
+            rate_limit=registration.rate_limit,
+            concurrency_key=concurrency_key,
+            concurrency_limit=registration.concurrency_limit,
         )
 
 
@@ -221,13 +251,17 @@ def _without_payload(handler: Callable[[Context], Awaitable[Any]]) -> Handler:
     return without_payload
 
 
-def _derived_key(registration: Registration, payload: Any) -> str | None:
-    """``registration.unique_key(payload)``, checked: a str that is a valid key, or None."""
-    assert registration.unique_key is not None
-    key = registration.unique_key(payload)
+def _derived_key(
+    registration: Registration, payload: Any, option: str = "unique_key"
+) -> str | None:
+    """``registration.unique_key(payload)`` (or the function named ``option``), checked: a
+    str that is a valid key, or None."""
+    function = getattr(registration, option)
+    assert function is not None
+    key = function(payload)
     if key is not None and not isinstance(key, str):
         raise TypeError(
-            f"enqueue(): the unique_key function of task {registration.name!r} returned a"
+            f"enqueue(): the {option} function of task {registration.name!r} returned a"
             f" {type(key).__name__}; it must return a str or None"
         )
     return key

@@ -7,17 +7,28 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ._records import HistoryEntry, NewTask, Outcome, OutcomeKind, TaskRecord, TaskState
+from ._records import (
+    HistoryEntry,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    Progress,
+    TaskRecord,
+    TaskState,
+)
 
 __all__ = [
     "COLUMNS",
     "FINISHED_STATES",
     "LEASE_EXPIRED",
     "LIVE_STATES",
+    "PROGRESS_CLEARED",
+    "WAITING_STATES",
     "callback_from_json",
     "callback_to_json",
     "dead_record",
     "group_payload",
+    "progress_from_row",
     "record_from_row",
     "replace_record",
     "settled_kind",
@@ -28,8 +39,13 @@ __all__ = [
 COLUMNS = (
     "id, name, queue, payload, priority, run_at, state, attempts, max_attempts, timeout,"
     " unique_key, created_at, lease_owner, lease_until, result, result_expires, last_error,"
-    " traceback, finished_at, chain, group_id, group_index, cancel_requested"
+    " traceback, finished_at, chain, group_id, group_index, cancel_requested,"
+    " progress, progress_text, progress_at"
 )
+#: What a claim sets to start an attempt without the last one's progress (``PROGRESS``).
+PROGRESS_CLEARED = "progress = null, progress_text = null, progress_at = null"
+#: The states of a task that counts towards its queue's depth (``BOUNDED_QUEUES``).
+WAITING_STATES = ("held", "queued")
 #: The states in which a task holds its unique key.
 LIVE_STATES = ("held", "queued", "running")
 #: The states of a finished task (a group's member in one of them has settled).
@@ -64,7 +80,16 @@ def record_from_row(row: Any) -> TaskRecord:
         group_id=row[20],
         group_index=row[21],
         cancel_requested=bool(row[22]),
+        progress=progress_from_row(row[23], row[24], row[25]),
     )
+
+
+def progress_from_row(value: float | None, text: str | None, at: float | None) -> Progress | None:
+    """The :class:`Progress` of the ``progress``, ``progress_text`` and ``progress_at``
+    columns (None when no progress was stored)."""
+    if value is None or at is None:
+        return None
+    return Progress(value=value, text=text or "", updated_at=at)
 
 
 def callback_to_json(task: NewTask) -> str:

@@ -28,6 +28,7 @@ from ._current import _current
 from ._errors import UnknownTaskError
 from ._info import TaskInfo
 from ._outcomes import cancelled, failure, success
+from ._progress import progress_reports
 from ._records import Outcome, OutcomeKind, TaskRecord, TaskState
 from ._worker_state import WorkerState
 
@@ -44,6 +45,8 @@ class Runners(WorkerState):
         # no-op task): a cut or a lost lease sets its deadline while a handler runs; once
         # it has fired, the runner settles the attempt it cut and starts a fresh scope.
         running: list[Attempt] = []  # the attempt whose handler runs, if any
+        # What current_task().report_progress() writes through, for every attempt here.
+        progress_reports.set(self._progress)
         async with receive:
             while True:
                 with anyio.CancelScope() as scope:
@@ -134,6 +137,7 @@ class Runners(WorkerState):
                     outcome = failure(self.worker_id, record, started, exc, backoff, now)
         finally:
             _current.reset(token)
+            progress = self._progress.end(record.id)  # a report it kept, if any
             attempt.scope = None  # no deadline is set for this attempt any more
         # The handler is done: nothing of it is left to cut (a deadline that fired just now
         # cancels the scope anyway, and the runner then starts a fresh one). Set only when
@@ -159,6 +163,8 @@ class Runners(WorkerState):
         if attempt.lost:
             self._forget(attempt, "when it ended")
             return
+        if progress is not None:  # its last report is stored before its outcome
+            await self._progress.write_last(record.id, progress)
         await self._settle(attempt, outcome)
         if outcome.kind is OutcomeKind.DEAD and self._on_failure is not None:
             await self._tell_failure(record, outcome)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import anyio
 from .._sqlite_batch import BatchedConnection, open_database
 from .._state_dir import default_state_dir
 from ..abc import QueueCapability
+from . import _sqlite_limits as limits
 from . import _sqlite_ops as ops
 from ._errors import UnstorableRecordError
 from ._machine_clock import boot_id, boot_seconds, read_anchor, stalled
@@ -173,6 +174,23 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
         self._notify()
         return results
 
+    async def enqueue_bounded(
+        self,
+        tasks: Sequence[NewTask],
+        *,
+        max_depth: Mapping[str, int],
+        group: GroupSpec | None = None,
+        now: float,
+    ) -> list[EnqueueResult]:
+        """:meth:`enqueue` and the depth check in one write transaction: SQLite's write
+        lock serialises it with every other process's enqueues and claims, so producers on
+        several processes never pass a bound together (``QueueFullError`` stores nothing)."""
+        results: list[EnqueueResult] = await self._call(
+            ops.enqueue_bounded, (tasks, dict(max_depth), group, now, self._anchor)
+        )
+        self._notify()
+        return results
+
     async def claim(
         self,
         queues: Sequence[str],
@@ -220,6 +238,15 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
             ops.heartbeat, (worker, list(ids), lease, now, self._anchor)
         )
         return result
+
+    async def report_progress(
+        self, worker: str, task_id: str, value: float, text: str, *, now: float
+    ) -> bool:
+        """Store the progress of a task ``worker`` holds (one update by primary key)."""
+        stored: bool = await self._call(
+            ops.report_progress, (worker, task_id, value, text, now, self._anchor)
+        )
+        return stored
 
     async def cancel_requested(self, worker: str, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` running under ``worker``'s lease whose cancel was requested (a
@@ -366,11 +393,25 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
         return result
 
     async def next_run_at(self, queues: Sequence[str]) -> float | None:
-        """Earliest run_at of a queued task, or lease expiry of a running one."""
+        """Earliest run_at of a queued task, or lease expiry of a running one; for a task
+        with limits, when they let it start (``_sqlite_limits.limited_due``, at the
+        backend's ``time()``)."""
         names = list(queues)
         marks = ",".join("?" * len(names))
+        now = await self.time()
 
         def read(db: sqlite3.Connection, _: object) -> float | None:
+            if db.execute(limits.ANY_LIMITED).fetchone() is not None:
+                limited, _any = limits.limited_due(db, names, now)
+                row = db.execute(
+                    f"select min(t) from (select min(run_at) as t from tasks"  # noqa: S608
+                    f" where state = 'queued' and queue in ({marks}) and rate_count is null"
+                    " and concurrency_key is null union all select min(lease_until)"
+                    f" from tasks where state = 'running' and queue in ({marks}))",
+                    (*names, *names),
+                ).fetchone()
+                found = [t for t in (row[0] if row else None, limited) if t is not None]
+                return min(found, default=None)
             row = db.execute(
                 f"select min(t) from (select min(run_at) as t from tasks where state = 'queued'"  # noqa: S608
                 f" and queue in ({marks}) union all select min(lease_until) from tasks"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from . import _sqlite_limits as limits
+from ._errors import QueueFullError
 from ._machine_clock import shift, translate
 from ._records import (
     CancelResult,
@@ -27,6 +29,7 @@ from ._records import (
 from ._rows import (
     COLUMNS,
     LIVE_STATES,
+    PROGRESS_CLEARED,
     TASK_INSERT_COLUMNS,
     callback_from_json,
     callback_to_json,
@@ -42,12 +45,14 @@ __all__ = [
     "cancel_requested",
     "claim",
     "enqueue",
+    "enqueue_bounded",
     "finish",
     "finish_and_claim",
     "group_member_done",
     "heartbeat",
     "insert",
     "migrate",
+    "report_progress",
 ]
 
 SCHEMA = [
@@ -75,7 +80,10 @@ SCHEMA = [
         chain blob,
         group_id text,
         group_index integer,
-        cancel_requested integer not null default 0
+        cancel_requested integer not null default 0,
+        progress real,
+        progress_text text,
+        progress_at real
     )""",
     "create index if not exists tasks_due on tasks (state, queue, priority desc, run_at)",
     "create index if not exists tasks_lease on tasks (state, lease_until)",
@@ -126,7 +134,10 @@ def insert(db: sqlite3.Connection, task: NewTask) -> bool:
         " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (id) do nothing",
         task_insert_values(task),
     )
-    return cursor.rowcount > 0
+    if cursor.rowcount <= 0:
+        return False
+    limits.store_limits(db, task)
+    return True
 
 
 def enqueue(
@@ -162,6 +173,38 @@ def enqueue(
                 None if group.callback is None else callback_to_json(group.callback),
             ),
         )
+    return results
+
+
+def enqueue_bounded(
+    db: sqlite3.Connection,
+    arg: tuple[Sequence[NewTask], Mapping[str, int], GroupSpec | None, float, float | None],
+) -> list[EnqueueResult]:
+    """:func:`enqueue`, then the depth of each bounded queue it added to, inside the same
+    write transaction (held by this process alone): over a bound, the savepoint of this
+    call is rolled back (``QueueFullError`` leaves the batch's call) and nothing stays.
+
+    Inserting first and counting after is what makes a deduplicated task count for
+    nothing, with no second copy of the deduplication rules. Each count reads the
+    ``tasks_due`` index and stops at the bound plus the tasks added."""
+    tasks, max_depth, group, now, anchor = arg
+    results = enqueue(db, (tasks, group, now, anchor))
+    adding: dict[str, int] = {}
+    for task, result in zip(tasks, results, strict=True):
+        if not result.deduplicated and result.id == task.id:
+            adding[task.queue] = adding.get(task.queue, 0) + 1
+    for queue in sorted(adding):
+        bound = max_depth.get(queue)
+        if bound is None:
+            continue
+        (depth,) = db.execute(
+            "select count(*) from (select 1 from tasks where state in ('held', 'queued')"
+            " and queue = ? limit ?)",
+            (queue, bound + adding[queue]),
+        ).fetchone()
+        if depth > bound:
+            before = depth - adding[queue]
+            raise QueueFullError(queue, depth=before, max_depth=bound, adding=adding[queue])
     return results
 
 
@@ -210,6 +253,67 @@ def _claim(
         (now, *queues, *exclude),
     ).fetchall()
     _die_expired(db, [task_id for (task_id,) in dying], now)
+    if db.execute(limits.ANY_LIMITED).fetchone() is not None:
+        ids = _limited_ids(db, queues, limit, now, exclude)
+    else:
+        ids = _unlimited_ids(db, queues, limit, now, exclude)
+    if not ids:
+        return []
+    id_marks = ",".join("?" * len(ids))
+    db.execute(
+        f"update tasks set state = 'running', attempts = attempts + 1, lease_owner = ?,"  # noqa: S608
+        f" lease_until = ?, {PROGRESS_CLEARED} where id in ({id_marks})",
+        (worker, now + lease, *ids),
+    )
+    rows = db.execute(
+        f"select {COLUMNS} from tasks where id in ({id_marks})",  # noqa: S608
+        ids,
+    ).fetchall()
+    order = {task_id: index for index, task_id in enumerate(ids)}
+    return sorted((record_from_row(row) for row in rows), key=lambda r: order[r.id])
+
+
+def _limited_ids(
+    db: sqlite3.Connection,
+    queues: Sequence[str],
+    limit: int,
+    now: float,
+    exclude: Sequence[str],
+) -> list[str]:
+    """:func:`_unlimited_ids`, skipping the tasks whose limits hold them back (read in
+    claim order, lazily: the scan stops once ``limit`` are admitted); their starts logged."""
+    marks = ",".join("?" * len(queues))
+    skip = f" and id not in ({','.join('?' * len(exclude))})" if exclude else ""
+    admission = limits.Admission(db, now)
+    expired = db.execute(
+        f"select {limits.CANDIDATE} from tasks where state = 'running' and lease_until <= ?"  # noqa: S608 - placeholders only
+        f" and attempts < max_attempts and not cancel_requested and queue in ({marks}){skip}"
+        " order by lease_until",
+        (now, *queues, *exclude),
+    )
+    ids = admission.pick(expired, limit)
+    if len(ids) < limit:
+        due = db.execute(
+            f"select {limits.CANDIDATE} from tasks where state = 'queued' and queue in ({marks})"  # noqa: S608
+            f" and run_at <= ?{skip} order by priority desc, run_at, created_at",
+            (*queues, now, *exclude),
+        )
+        ids.extend(admission.pick(due, limit - len(ids)))
+    admission.write()
+    return ids
+
+
+def _unlimited_ids(
+    db: sqlite3.Connection,
+    queues: Sequence[str],
+    limit: int,
+    now: float,
+    exclude: Sequence[str],
+) -> list[str]:
+    """The ids a claim takes: expired leases with attempts left, oldest lease first, then
+    due queued tasks in claim order, at most ``limit``."""
+    marks = ",".join("?" * len(queues))
+    skip = f" and id not in ({','.join('?' * len(exclude))})" if exclude else ""
     ids = [
         row[0]
         for row in db.execute(
@@ -226,20 +330,7 @@ def _claim(
             (*queues, now, *exclude, limit - len(ids)),
         ).fetchall()
         ids.extend(row[0] for row in rows)
-    if not ids:
-        return []
-    id_marks = ",".join("?" * len(ids))
-    db.execute(
-        f"update tasks set state = 'running', attempts = attempts + 1, lease_owner = ?,"  # noqa: S608
-        f" lease_until = ? where id in ({id_marks})",
-        (worker, now + lease, *ids),
-    )
-    rows = db.execute(
-        f"select {COLUMNS} from tasks where id in ({id_marks})",  # noqa: S608
-        ids,
-    ).fetchall()
-    order = {task_id: index for index, task_id in enumerate(ids)}
-    return sorted((record_from_row(row) for row in rows), key=lambda r: order[r.id])
+    return ids
 
 
 def _die_expired(db: sqlite3.Connection, task_ids: Sequence[str], now: float) -> None:
@@ -278,7 +369,8 @@ def claim_ids(
         row[0]
         for row in db.execute(
             f"update tasks set state = 'running', attempts = attempts + 1, lease_owner = ?,"  # noqa: S608
-            f" lease_until = ? where id in ({marks}) and ((state = 'queued' and run_at <= ?)"
+            f" lease_until = ?, {PROGRESS_CLEARED} where id in ({marks})"
+            " and ((state = 'queued' and run_at <= ?)"
             " or (state = 'running' and lease_until <= ? and attempts < max_attempts"
             " and not cancel_requested)) returning id",
             (worker, now + lease, *wanted, now, now),
@@ -360,13 +452,15 @@ def _finish(db: sqlite3.Connection, outcomes: Sequence[Outcome], now: float, del
         # case) settles without asking again. (An ``update ... returning`` in place of this
         # select and the update below measured no faster: the select hits cached pages.)
         row = db.execute(
-            "select name, queue, attempts, group_id, cancel_requested from tasks where id = ?"
-            " and state = 'running' and lease_owner = ?",
+            "select name, queue, attempts, group_id, cancel_requested, concurrency_key"
+            " from tasks where id = ? and state = 'running' and lease_owner = ?",
             (outcome.id, outcome.worker),
         ).fetchone()
         if row is None:
             continue  # the lease was lost: a newer attempt owns the task
-        name, queue, attempts, group_id, cancelling = row
+        name, queue, attempts, group_id, cancelling, keyed = row
+        if keyed is not None:
+            requeued = True  # a concurrency key's slot frees: wake the waiting workers
         kind = settled_kind(outcome.kind, bool(cancelling))
         if kind is not OutcomeKind.RELEASED:
             db.execute(
@@ -465,6 +559,10 @@ def migrate(db: sqlite3.Connection) -> None:
     columns = {row[1] for row in db.execute("pragma table_info(tasks)")}
     if "cancel_requested" not in columns:
         db.execute("alter table tasks add column cancel_requested integer not null default 0")
+    for column, kind in (("progress", "real"), ("progress_text", "text"), ("progress_at", "real")):
+        if column not in columns:
+            db.execute(f"alter table tasks add column {column} {kind}")
+    limits.migrate(db, columns)
 
 
 def cancel(db: sqlite3.Connection, arg: tuple[str, float, float | None]) -> CancelResult:
@@ -501,3 +599,16 @@ def cancel_requested(db: sqlite3.Connection, arg: tuple[str, Sequence[str]]) -> 
         (*ids, worker),
     ).fetchall()
     return {row[0] for row in rows}
+
+
+def report_progress(
+    db: sqlite3.Connection, arg: tuple[str, str, float, str, float, float | None]
+) -> bool:
+    """Store the progress of a task the worker holds (``tasker.abc.TaskProgress``)."""
+    worker, task_id, value, text, now, anchor = arg
+    cursor = db.execute(
+        "update tasks set progress = ?, progress_text = ?, progress_at = ?"
+        " where id = ? and state = 'running' and lease_owner = ?",
+        (value, text, translate(db, now, anchor), task_id, worker),
+    )
+    return cursor.rowcount == 1

@@ -121,6 +121,7 @@ class Task(Generic[P, R]):
         headers: Mapping[str, HeaderValue] | None = ...,
         connection: Any = ...,
         task_id: str | None = ...,
+        concurrency_key: str | None = ...,
     ) -> Enqueued[R]: ...
 
     @overload
@@ -140,6 +141,7 @@ class Task(Generic[P, R]):
         headers: Mapping[str, HeaderValue] | None = ...,
         connection: Any = ...,
         task_id: str | None = ...,
+        concurrency_key: str | None = ...,
     ) -> Enqueued[R]: ...
 
     async def enqueue(
@@ -158,6 +160,7 @@ class Task(Generic[P, R]):
         headers: Mapping[str, HeaderValue] | None = None,
         connection: Any = None,
         task_id: str | None = None,
+        concurrency_key: str | None = None,
     ) -> Enqueued[R]:
         """Enqueue this task with ``payload`` (a ``P``; none for a ``Task[None, R]``).
 
@@ -187,6 +190,7 @@ class Task(Generic[P, R]):
             headers=headers,
             connection=connection,
             task_id=task_id,
+            concurrency_key=concurrency_key,
         )
 
     @overload

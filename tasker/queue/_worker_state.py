@@ -26,6 +26,7 @@ from .._readiness import Probe
 from ..abc import QueueBackend, QueueCapability
 from ._attempt import Attempt
 from ._info import TaskInfo
+from ._progress import ProgressReports
 from ._records import Outcome, TaskRecord
 from ._registry import Registry
 from ._retention import Retention
@@ -102,6 +103,9 @@ class WorkerState:
             else None
         )
         self.cancelled = 0
+        # The progress its handlers report (``QueueCapability.PROGRESS``): coalesced, and
+        # written by the report itself, at each heartbeat, or before the outcome.
+        self._progress = ProgressReports(backend, clock, worker_id, timeout=lease / 3)
         # Realtime tasks run (``Worker.spawn``), and the event a spawn waiting for a slot
         # waits on (made by the first that waits; set when a slot frees or the worker stops).
         self.realtime = 0

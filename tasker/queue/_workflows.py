@@ -72,6 +72,9 @@ class WorkflowMethods(QueueCore):
 
         Raises:
             ValueError: for an empty chain or a payload on a later step.
+            QueueFullError: the first step's queue is at its ``max_depth`` (only the first
+                step counts: the later ones are enqueued as the chain moves on, never
+                refused).
         """
         self._require(QueueCapability.WORKFLOWS, "enqueue_chain()")
         if not steps:
@@ -98,7 +101,7 @@ class WorkflowMethods(QueueCore):
             timeout=first.timeout,
             chain=rest,
         )
-        (result,) = await self.backend.enqueue([task], now=now)
+        (result,) = await self._put([task], now=now)
         observer = self._registry.observer
         if observer is not None:
             observer.enqueued([task], [result.deduplicated])
@@ -115,6 +118,9 @@ class WorkflowMethods(QueueCore):
         Raises:
             ValueError: for an empty group, or a payload on ``then``.
             TypeError: for a group callback with a non-JSON serialiser.
+            QueueFullError: the members would take a queue past its ``max_depth``: no
+                member is enqueued (``then`` does not count: it is enqueued when the last
+                member finishes, never refused).
         """
         self._require(QueueCapability.WORKFLOWS, "enqueue_group()")
         if not steps:
@@ -152,7 +158,7 @@ class WorkflowMethods(QueueCore):
                 raw_payload=b"null",
             )
         group = GroupSpec(id=group_id, size=len(tasks), callback=callback)
-        results = await self.backend.enqueue(tasks, group=group, now=now)
+        results = await self._put(tasks, group=group, now=now)
         observer = self._registry.observer
         if observer is not None:
             observer.enqueued(tasks, [r.deduplicated for r in results])

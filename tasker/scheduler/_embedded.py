@@ -87,11 +87,17 @@ class FileLockerFactory:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
+        # A Scheduler asks for a locker at every attempt; the file name (a hash, a regex,
+        # two path joins) is worked out once per name.
+        self._paths: dict[str, Path] = {}
 
     def locker(self, name: str) -> _FileLocker:
         """Return a locker for ``name``."""
-        check_name(name, "FileLockerFactory.locker")
-        return _FileLocker(self.directory / "locks" / _lock_file_name(name), name)
+        path = self._paths.get(name)
+        if path is None:
+            check_name(name, "FileLockerFactory.locker")
+            path = self._paths[name] = self.directory / "locks" / _lock_file_name(name)
+        return _FileLocker(path, name)
 
     async def aclose(self) -> None:
         """Nothing to release: each lock file is closed when its lock is released."""

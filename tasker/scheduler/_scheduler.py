@@ -7,6 +7,22 @@ Design notes:
   *without waiting*, reads the state under the lock, runs the job if the slot is not done yet,
   records it and releases. The lock gives "at most one replica runs a name at a time"; the
   state gives "each slot once while runs succeed".
+- Prepared ahead of the slot: a loop wakes a little *before* its slot (the lead, below),
+  takes the lock and reads the state then, and waits for the slot holding the lock; at the
+  slot it only decides (from the state read under the same lock, with the clock read after
+  the wait) and starts the job. So the lock, the state read and a backend's round trips are
+  off the path from the slot to the start, and a hundred schedules due at one second start
+  within a few milliseconds of it instead of queueing behind each other's I/O (profiled on
+  the embedded default: lock files, a SQLite read in a thread and the loop's own work took
+  8-17 ms from slot to start at p50-p99 with 100 schedules). Nothing else changes: the job
+  never starts before its slot, the state cannot change while the lock is held, and a
+  replica that finds the lock taken retries after ``lock_retry`` as before. The cost is the
+  lock held for the lead before each run, which another replica sees as busy.
+- The lead adapts: it starts at 20 ms and becomes twice the longest preparation seen at a
+  slot (from the wake-up to the state read), at most half a second; it shrinks again by a
+  tenth per slot when preparations get quicker.
+- Wake-ups are shared (``_alarms``): the loops waiting for the same slot, for the same phase,
+  wait on one timer, and are released in one turn of the event loop.
 - The state is written only after a run succeeded, so a run that failed, crashed, was
   cancelled or lost its lock leaves its slot due: at-least-once, never silently dropped.
 - "Now" comes from the state repository when it has a clock of its own (a database), so
@@ -42,6 +58,7 @@ from .._state_dir import default_state_dir
 from .._stopping import Stopper, run_stoppable
 from ..abc import Locker, LockerFactory, StateRepository
 from ..schedule import Schedule
+from ._alarms import Alarms
 from ._embedded import FileLockerFactory, SQLiteStateRepository
 from ._runs import (
     CatchUp,
@@ -62,6 +79,12 @@ logger = logging.getLogger("tasker.scheduler")
 
 #: How long an unlock may take before it is abandoned (it runs shielded from cancellation).
 _UNLOCK_TIMEOUT = 10.0
+
+#: Bounds of the lead: how long before a slot a loop takes its lock and reads its state.
+_MIN_LEAD = 0.02
+_MAX_LEAD = 0.5
+#: The alarm phases: waking to prepare a slot, and the slot itself.
+_PREPARE, _SLOT = 0, 1
 
 
 def _missing(obj: object, methods: tuple[str, ...]) -> str:
@@ -151,6 +174,10 @@ class Scheduler:
         self._sleepers: dict[str, set[anyio.CancelScope]] = {}
         self._counters = Counters()
         self._running: set[str] = set()
+        self._alarms = Alarms()
+        #: Seconds before a slot that its loop prepares (see the notes; adapts to the load).
+        self._lead = _MIN_LEAD
+        self._shrunk_at = 0.0
 
     @property
     def locker_factory(self) -> LockerFactory:
@@ -347,6 +374,13 @@ class Scheduler:
     async def _now(self, ctx: Context) -> datetime:
         return await self._repository.now() or ctx.clock.now()
 
+    async def _target(self, ctx: Context, moment: datetime) -> tuple[datetime, datetime]:
+        """The scheduler's "now" and the moment on ``ctx.clock`` that stands for ``moment``
+        (``moment`` itself when the repository has no clock of its own)."""
+        local = ctx.clock.now()
+        now = await self._repository.now() or local
+        return now, local + (moment - now)
+
     def _base(self, entry: Entry, state: ScheduleState | None, now: datetime) -> datetime:
         if state is not None:
             # Once a state exists, the moment this replica first saw the name is stale: if
@@ -376,15 +410,30 @@ class Scheduler:
                     del self._sleepers[name]
         return True  # woken by forget()
 
+    def _prepared(self, woke: tuple[float, float] | None) -> None:
+        """Adapt the lead to a preparation that began when its alarm fired (``woke[0]``)."""
+        if woke is None:
+            return
+        fired = woke[0]
+        lead = self._lead
+        if fired != self._shrunk_at:  # the first preparation after this alarm: may shrink
+            self._shrunk_at = fired
+            lead = max(_MIN_LEAD, lead * 0.9)
+        self._lead = min(_MAX_LEAD, max(lead, 2 * (anyio.current_time() - fired)))
+
     async def _loop(self, ctx: Context, entry: Entry, probe: Probe | None) -> None:
         planned: datetime | None = None
         seen = self._forgets.get(entry.name, 0)
         outage_attempts = 0
+        #: When the alarm that woke this loop to prepare its slot fired, and the lead then.
+        woke: tuple[float, float] | None = None
         while not ctx.done:
             if self._forgets.get(entry.name, 0) != seen:  # forget(): the plan is stale
                 seen = self._forgets.get(entry.name, 0)
                 planned = None
             delay = 0.0
+            prepare: datetime | None = None
+            prepared_from, woke = woke, None
             try:
                 now = await self._now(ctx)
                 if planned is None:
@@ -392,10 +441,14 @@ class Scheduler:
                     planned = self._plan(entry, state, now)
                     if probe is not None:  # its backends answered
                         probe.set(True)
-                if planned > now:
-                    delay = (planned - now).total_seconds()
+                lead = self._lead
+                ahead = (planned - now).total_seconds() - lead
+                # Wake a lead before the slot, with the others due at it; once woken for it,
+                # prepare even if the lead shrank meanwhile.
+                if ahead > 0 and prepared_from is None:
+                    delay, prepare = ahead, planned
                 else:
-                    planned, delay = await self._attempt(ctx, entry)
+                    planned, delay = await self._attempt(ctx, entry, prepared_from)
                 if outage_attempts:
                     logger.warning("schedule %r: backend reachable again", entry.name)
                     outage_attempts = 0
@@ -414,11 +467,42 @@ class Scheduler:
                     )
                 planned = None
                 delay = self._backend_backoff.delay(outage_attempts)
-            if delay > 0 and not await self._sleep(ctx, entry.name, seen, delay):
-                return
+            if delay <= 0:
+                continue
+            if prepare is None:
+                if not await self._sleep(ctx, entry.name, seen, delay):
+                    return
+            elif self._forgets.get(entry.name, 0) == seen:
+                fired = await self._wait_prepare(ctx, entry.name, prepare, delay)
+                woke = None if fired is None else (fired, lead)
 
-    async def _attempt(self, ctx: Context, entry: Entry) -> tuple[datetime | None, float]:
-        """Try to run the due slot; return the next planned slot (or None) and a delay."""
+    async def _wait_prepare(
+        self, ctx: Context, name: str, slot: datetime, delay: float
+    ) -> float | None:
+        """Sleep ``delay`` seconds, until a lead before ``slot``, on the alarm shared with the
+        other loops due at it, cut short by :meth:`forget`; when the alarm fired, or None."""
+        sleepers = self._sleepers.setdefault(name, set())
+        with anyio.CancelScope() as wake:
+            sleepers.add(wake)
+            try:
+                target = ctx.clock.now() + timedelta(seconds=delay)
+                return await self._alarms.wait(ctx, slot, _PREPARE, target)
+            finally:
+                sleepers.discard(wake)
+                if not sleepers and self._sleepers.get(name) is sleepers:
+                    del self._sleepers[name]
+        return None  # woken by forget()
+
+    async def _attempt(
+        self, ctx: Context, entry: Entry, woke: tuple[float, float] | None = None
+    ) -> tuple[datetime | None, float]:
+        """Try to run the due slot; return the next planned slot (or None) and a delay.
+
+        A slot due within the lead is waited for holding the lock (see the notes); ``woke``
+        is when the alarm that woke this loop to prepare fired and the lead it was set for,
+        if one did (a database clock may find it a hair early: ``_MIN_LEAD`` of slack).
+        """
+        lead = self._lead if woke is None else max(self._lead, woke[1]) + _MIN_LEAD
         locker = self._lockers.locker(entry.name)
         if not await locker.try_lock():
             self._counters.lock_busy += 1
@@ -434,8 +518,25 @@ class Scheduler:
                 return await self._run(ctx, entry, locker, None, now, now, first=True)
             first = entry.schedule.next_after(self._base(entry, state, now))
             if first > now:
-                return first, 0.0  # another replica did it already
-            slot, missed = latest_due(entry.schedule, first, now)
+                ahead = (first - now).total_seconds()
+                if ahead > lead:
+                    return first, 0.0  # another replica did it already
+                # Prepared ahead: wait for the slot holding the lock. The state cannot change
+                # meanwhile (every writer holds the lock), so the decision below stays valid;
+                # the slot after is worked out before the wait, not on the way to the start.
+                self._prepared(woke)
+                following = entry.schedule.next_after(first)
+                while first > now:
+                    now, target = await self._target(ctx, first)
+                    if first > now and await self._alarms.wait(ctx, first, _SLOT, target) is None:
+                        return None, 0.0  # done: no new run starts; the slot stays due
+                    now = await self._now(ctx)
+                slot, missed = (
+                    (first, False) if now < following else latest_due(entry.schedule, first, now)
+                )
+            else:  # due already; a preparation that ran past the slot asks for a longer lead
+                self._prepared(woke)
+                slot, missed = latest_due(entry.schedule, first, now)
             if missed and entry.catch_up == "skip":
                 self._counters.slots_skipped += 1
                 logger.info(
@@ -479,8 +580,10 @@ class Scheduler:
             )
             stopper.soft_stop(StopReason.LOCK_LOST)
 
-        self._counters.runs_started += 1
-        self._counters.first_runs += first
+        counters = self._counters
+        counters.runs_started += 1
+        if first:
+            counters.first_runs += 1
         self._running.add(entry.name)
         token = current_slot.set(slot)
         child = ctx.child()
@@ -495,6 +598,11 @@ class Scheduler:
         finally:
             current_slot.reset(token)
             self._running.discard(entry.name)
+        # The other runs due at this slot start before this one's bookkeeping (a job that
+        # never yields would otherwise hold each next start back by a state save). Not
+        # shielded (a shielded checkpoint costs a cancel scope, a third of a start): a hard
+        # stop landing here leaves the slot due, as one during the save below already did.
+        await anyio.lowlevel.checkpoint()
 
         if lost:
             self._counters.runs_interrupted += 1

@@ -49,6 +49,7 @@ def _migrate_then_status(pg_dsn: str, schema: str, tmp_path: Path) -> None:
         "oldest_waiting": {},
         "workers": [],
         "broker": [],
+        "progress": [],
     }
 
 

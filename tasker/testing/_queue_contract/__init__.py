@@ -14,9 +14,11 @@ backend declares it (``QueueBackend.capabilities``), and a backend that declares
 fewer rules: lookups after every step (``INSPECTION``), requeue, held tasks and purge
 (``ADMINISTRATION``), unique keys, chains and groups (``WORKFLOWS``), ``finish_and_claim``,
 the worker registry (``WORKERS``: ``_registry``), claims by id and the overdue list
-(``CLAIM_BY_ID``: ``_claim_by_id``), and cancels (``CANCEL``, with ``INSPECTION``:
-``_cancel``). The backend's coroutines run on an event loop in a helper thread (anyio's
-blocking portal), on ``anyio_backend``.
+(``CLAIM_BY_ID``: ``_claim_by_id``), cancels (``CANCEL``, with ``INSPECTION``:
+``_cancel``), rate limits and concurrency keys (``RATE_LIMITS``, ``CONCURRENCY_KEYS``:
+``_limits``), progress reports (``PROGRESS``: ``_progress``) and bounded enqueues
+(``BOUNDED_QUEUES``: ``_bounded``). The backend's coroutines run on an event loop in a
+helper thread (anyio's blocking portal), on ``anyio_backend``.
 
 The rules, one module per part of the contract: the core protocol (``_core``: claims in
 priority, then FIFO, order), the administration and inspection capabilities (``_admin``:
@@ -46,9 +48,12 @@ from hypothesis.stateful import RuleBasedStateMachine
 
 from ._admin import AdminRules
 from ._base import MachineConfig
+from ._bounded import BoundedRules
 from ._cancel import CancelRules
 from ._claim_by_id import ClaimByIdRules
 from ._core import CoreRules
+from ._limits import LimitRules
+from ._progress import ProgressRules
 from ._registry import RegistryRules
 from ._waiting import WaitRules
 from ._workflows import WorkflowRules
@@ -86,7 +91,16 @@ def queue_backend_machine(
     """
 
     class QueueBackendMachine(
-        CancelRules, ClaimByIdRules, RegistryRules, WaitRules, WorkflowRules, AdminRules, CoreRules
+        BoundedRules,
+        ProgressRules,
+        LimitRules,
+        CancelRules,
+        ClaimByIdRules,
+        RegistryRules,
+        WaitRules,
+        WorkflowRules,
+        AdminRules,
+        CoreRules,
     ):
         config = MachineConfig(
             make_backend=make_backend,

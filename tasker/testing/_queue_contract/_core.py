@@ -13,6 +13,7 @@ from hypothesis.stateful import precondition, rule
 from ...abc import QueueCapability
 from ...queue._records import NewTask, Outcome, OutcomeKind, TaskRecord, TaskState
 from ._base import MachineBase
+from ._limits import check_limited
 from ._model import QUEUES, ModelTask
 
 __all__ = ["QUEUE_SETS", "WORKERS", "CoreRules"]
@@ -163,17 +164,21 @@ class CoreRules(MachineBase):
         assert set(got) <= candidates | fired, f"claimed what is not due: {set(got) - candidates}"
         # Every claimable task is taken until the limit is reached, and no more.
         assert len(got) <= limit, f"claimed {len(got)} tasks with a limit of {limit}"
-        assert min(limit, len(candidates)) <= len(got) <= min(limit, len(candidates | fired))
-        # Priority, then FIFO: the queued tasks taken come in claim order, and none left
-        # behind comes before one taken.
         taken = [model.tasks[i].claim_key for i in got if i not in reclaimable]
         assert taken == sorted(taken), f"claimed out of order: {got}"
-        left = [t.claim_key for t in due if t.id not in got]
-        if taken and left:
-            assert max(taken) <= min(left), f"claimed {got}, leaving an earlier due task"
+        if any(model.tasks[i].rate or model.tasks[i].key for i in candidates):
+            check_limited(model, now, got, limit, reclaimable, due)
+        else:
+            assert min(limit, len(candidates)) <= len(got) <= min(limit, len(candidates | fired))
+            # Priority, then FIFO: the queued tasks taken come in claim order, and none left
+            # behind comes before one taken.
+            left = [t.claim_key for t in due if t.id not in got]
+            if taken and left:
+                assert max(taken) <= min(left), f"claimed {got}, leaving an earlier due task"
         for record in records:
             t = model.tasks[record.id]
             model.lease(t, worker, now)
+            model.started(t, now)
             self.check_record(record, t)
 
     def _deaths(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -76,6 +77,13 @@ class ModelTask:
     limbo: bool = False
     #: A cancel was requested while it ran (``CANCEL``): it never runs again.
     cancel_requested: bool = False
+    #: The progress its current (or last) attempt reported (``PROGRESS``): value, text.
+    progress: tuple[float, str] | None = None
+    #: Its rate limit as (count, per) (``RATE_LIMITS``), and its concurrency key and the
+    #: key's limit (``CONCURRENCY_KEYS``).
+    rate: tuple[int, float] | None = None
+    key: str | None = None
+    key_limit: int = 1
 
     @classmethod
     def from_new(cls, task: NewTask) -> ModelTask:
@@ -93,6 +101,11 @@ class ModelTask:
             group_id=task.group_id,
             group_index=task.group_index,
             state=TaskState.HELD if task.held else TaskState.QUEUED,
+            rate=None
+            if task.rate_limit is None
+            else (task.rate_limit.count, task.rate_limit.seconds),
+            key=task.concurrency_key,
+            key_limit=task.concurrency_limit,
         )
 
     @property
@@ -131,6 +144,10 @@ class ModelTask:
             for name, value in expected.items()
             if getattr(record, name) != value
         }
+        stored = record.progress
+        progress = None if stored is None else (stored.value, stored.text)
+        if progress != self.progress:
+            wrong["progress"] = (progress, self.progress)
         return f"task {self.id}: (stored, expected) {wrong}" if wrong else None
 
 
@@ -155,6 +172,8 @@ class Model:
         self.groups: dict[str, ModelGroup] = {}
         #: History of tasks purged from the model (the backend keeps their history).
         self.purged_history: dict[str, list[str]] = {}
+        #: The rate log: per task name, the expiries of the starts its claims allowed.
+        self.rate_log: dict[str, list[float]] = {}
         self._ids = itertools.count()
 
     def new_id(self, prefix: str = "t") -> str:
@@ -210,16 +229,70 @@ class Model:
         ]
         return sorted(found, key=lambda t: t.claim_key)
 
-    def next_due(self, queues: Sequence[str]) -> float | None:
+    def next_due(self, queues: Sequence[str], now: float = -math.inf) -> float | None:
         """When work next falls due in ``queues``: the earliest ``run_at`` of a queued task or
         lease expiry of a running one (None when there is neither). Held tasks never fall
-        due, nor does anything in another queue."""
+        due, nor does anything in another queue. A queued task with limits falls due, at
+        ``now``, when they let it start (:meth:`limited_due`)."""
         times = [
-            t.run_at if t.state is TaskState.QUEUED else t.lease_until
+            (self.limited_due(t, now) if t.rate or t.key else t.run_at)
+            if t.state is TaskState.QUEUED
+            else t.lease_until
             for t in self.tasks.values()
             if t.queue in queues and t.state in (TaskState.QUEUED, TaskState.RUNNING)
         ]
         return min((t for t in times if t is not None), default=None)
+
+    # -- rate limits and concurrency keys --------------------------------------------------
+
+    def live_in_key(self, key: str, now: float) -> int:
+        """How many tasks of concurrency ``key`` run under a lease expiring after ``now``."""
+        return sum(
+            1
+            for t in self.tasks.values()
+            if t.key == key
+            and t.state is TaskState.RUNNING
+            and t.lease_until is not None
+            and t.lease_until > now
+        )
+
+    def blocked(self, t: ModelTask, now: float, taken: Iterable[ModelTask] = ()) -> bool:
+        """Whether ``t``'s limits keep it from starting at ``now``, once the tasks of
+        ``taken`` (claimed by the same call, not yet leased here) have started too."""
+        before = list(taken)
+        if t.rate is not None:
+            used = sum(1 for e in self.rate_log.get(t.name, []) if e > now)
+            used += sum(1 for o in before if o.name == t.name and o.rate is not None)
+            if used >= t.rate[0]:
+                return True
+        if t.key is not None:
+            live = self.live_in_key(t.key, now)
+            live += sum(
+                1
+                for o in before
+                if o.key == t.key and not (o.lease_until is not None and o.lease_until > now)
+            )
+            if live >= t.key_limit:
+                return True
+        return False
+
+    def started(self, t: ModelTask, now: float) -> None:
+        """A claim started ``t``: its rate limit's log has an entry more (``claim_ids``
+        writes none)."""
+        if t.rate is not None:
+            self.rate_log.setdefault(t.name, []).append(now + t.rate[1])
+
+    def limited_due(self, t: ModelTask, now: float) -> float | None:
+        """When the queued ``t`` may start as far as its limits tell: ``run_at``, or the
+        expiry that frees a slot of its name's full log; None while its key is full."""
+        if t.key is not None and self.live_in_key(t.key, now) >= t.key_limit:
+            return None
+        if t.rate is None:
+            return t.run_at
+        entries = sorted(e for e in self.rate_log.get(t.name, []) if e > now)
+        if len(entries) < t.rate[0]:
+            return t.run_at
+        return max(t.run_at, entries[len(entries) - t.rate[0]])
 
     def held(self, queue: str, name: str | None) -> list[ModelTask]:
         """Held tasks of ``queue`` (of one name), in dispatch order."""
@@ -247,6 +320,16 @@ class Model:
             False,
         )
         t.attempts += 1
+        t.progress = None  # each attempt starts without progress
+
+    def depth(self, queue: str) -> int:
+        """The tasks of ``queue`` waiting to run (``BOUNDED_QUEUES``): held and queued,
+        delayed ones included."""
+        return sum(
+            1
+            for t in self.tasks.values()
+            if t.queue == queue and t.state in (TaskState.HELD, TaskState.QUEUED)
+        )
 
     def outcome(self, t: ModelTask, kind: OutcomeKind, worker: str, now: float) -> Outcome:
         """A worker's report, built as tasker's worker builds it: a success carries its
