@@ -45,3 +45,37 @@ async def test_a_combined_call_records_and_claims_on_the_current_clock(tmp_path:
     assert entry.task_id == first
     assert entry.finished_at >= now + 100
     stale.close()
+
+
+@pytest.mark.anyio
+async def test_a_claim_reads_due_tasks_in_index_order_without_sorting(tmp_path: Path) -> None:
+    """The claim's query walks the claim index in its order (priority, run_at, then the
+    created_at tie-breaker) and stops at its limit: no sort of the tasks sharing a run_at,
+    so a backlog of tied tasks (a bulk enqueue, a dispatch) drains as fast as any other.
+    An index of an earlier version without the tie-breaker is dropped when the file opens."""
+    from tasker.queue import _sqlite_ops as ops
+
+    path = tmp_path / "queue.sqlite3"
+    with sqlite3.connect(path) as db:  # a file of an earlier version, with the old index
+        db.execute(ops.SCHEMA[0])
+        db.execute("create index tasks_due on tasks (state, queue, priority desc, run_at)")
+    backend = SQLiteQueueBackend(path)
+    now = await backend.time()
+    assert await backend.claim(["default"], 10, worker="w", lease=30, now=now) == []
+    await backend.aclose()
+    with sqlite3.connect(path) as db:
+        indexes = {
+            row[0] for row in db.execute("select name from sqlite_master where type = 'index'")
+        }
+        plan = " ".join(
+            str(row[3])
+            for row in db.execute(
+                "explain query plan select id from tasks where state = 'queued' and queue in (?)"
+                " and run_at <= ? order by priority desc, run_at, created_at limit ?",
+                ("default", 0.0, 10),
+            )
+        )
+    assert "tasks_claim" in indexes
+    assert "tasks_due" not in indexes
+    assert "tasks_claim" in plan
+    assert "TEMP B-TREE" not in plan
