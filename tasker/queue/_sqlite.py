@@ -6,8 +6,10 @@ savepoint per operation, so one failing call does not undo the others). A batch 
 begins ``IMMEDIATE``, taking SQLite's write lock up front, which serialises claims across
 processes: a task is leased to one worker. WAL mode lets readers run beside the writer.
 
-Wake-ups: in this process an enqueue sets an event at once; other processes notice new
-commits through ``PRAGMA data_version``, checked every 20 ms while a worker is idle.
+Wake-ups: a commit that may make work due pokes the Unix datagram socket of every process
+waiting on the file (``tasker.queue._sqlite_wake``), this one's included, so a worker
+elsewhere starts within about a millisecond; ``PRAGMA data_version``, checked every 100 ms
+while a worker waits (every 20 ms where sockets cannot work), is the fallback.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from ._rows import (
     history_from_row,
     record_from_row,
 )
+from ._sqlite_wake import WakeChannel
 from ._sqlite_workers import SQLiteWorkerRegistry
 
 __all__ = ["SQLiteQueueBackend", "default_queue_path"]
@@ -56,6 +59,13 @@ _STALL = 1.0
 #: Seconds between readings of the stored clock anchor (a re-anchor reaches us within this;
 #: claims and heartbeats translate a stale reading meanwhile).
 _ANCHOR_REFRESH = 10.0
+
+#: Seconds between ``PRAGMA data_version`` checks while a wake-up socket waits: only a
+#: fallback (a process whose pokes cannot reach this one, another user's, say).
+_FALLBACK_POLL = 0.1
+
+# anyio 4.7 renamed it; 4.4 (the oldest tasker supports) has the old name.
+_wait_readable: Any = getattr(anyio, "wait_readable", None) or anyio.wait_socket_readable
 
 
 def default_queue_path() -> Path:
@@ -82,6 +92,7 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
         self.path = Path(path)
         self._db = BatchedConnection(self._open, after_lock=self._after_lock)
         self._work = anyio.Event()
+        self._wake = WakeChannel(self.path)
         self._data_version: int | None = None
         self._boot = boot_id()
         self._anchor: float | None = None
@@ -137,10 +148,12 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
     def _notify(self) -> None:
         self._work.set()
         self._work = anyio.Event()
+        self._wake.poke()  # the other processes waiting on this file (and this one's socket)
 
     def close(self) -> None:
-        """Close the connection (it reopens on the next call)."""
+        """Close the connection and the wake-up socket (both come back on the next call)."""
         self._db.close()
+        self._wake.close()
 
     async def aclose(self) -> None:
         """Close the connection and its thread (both come back on the next call)."""
@@ -431,6 +444,12 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
             return int(db.execute("pragma data_version").fetchone()[0])
 
         event = self._work
+        sock, fresh = self._wake.listen()
+        if fresh:
+            # Bound just now: commits poked before could not reach it; the claim after this
+            # sees them.
+            await anyio.lowlevel.checkpoint()
+            return
         due = await self.next_run_at(queues)
         if due is not None:
             timeout = min(timeout, max(0.0, due - await self.time()))
@@ -438,9 +457,16 @@ class SQLiteQueueBackend(SQLiteWorkerRegistry):
             if self._data_version is None:
                 self._data_version = await self._call(version, write=False)
             while True:
-                with anyio.move_on_after(0.02):
-                    await event.wait()
-                    return
+                if sock is None:
+                    with anyio.move_on_after(0.02):
+                        await event.wait()
+                        return
+                else:
+                    # A poke, from this process or another; else the fallback poll.
+                    with anyio.move_on_after(_FALLBACK_POLL):
+                        await _wait_readable(sock)
+                        self._wake.drain()
+                        return
                 current = await self._call(version, write=False)
                 if current != self._data_version:
                     self._data_version = current
