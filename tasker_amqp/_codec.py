@@ -32,6 +32,8 @@ __all__ = ["Meta", "NotATaskError", "clip", "decode", "encode", "is_reserved", "
 #: The header of tasker's fields, their separator, and the version of their format.
 _FIELDS = "tasker"
 _SEPARATOR = "\x1f"
+#: The header of tasker.tracing's carrier (reserved: never one of the task's own headers).
+_TRACE = "tasker-trace"
 _VERSION = "1"
 
 #: The longest error text and traceback a dead message carries in its headers (a header
@@ -61,6 +63,8 @@ class Meta:
     #: With a store: the id of the callback of the group the task belongs to (published
     #: once the store has enqueued it, when the group's last member finished).
     callback: str | None = None
+    #: tasker.tracing's carrier (``NewTask.trace``), in the ``tasker-trace`` header.
+    trace: str | None = None
 
 
 def is_reserved(key: str) -> bool:
@@ -91,6 +95,8 @@ def encode(meta: Meta, *, extra: Mapping[str, Any] | None = None) -> Basic.Prope
         )
     )
     headers: dict[str, Any] = {**meta.headers, _FIELDS: fields}
+    if meta.trace is not None:
+        headers[_TRACE] = meta.trace
     if extra:
         headers.update(extra)
     return Basic.Properties(
@@ -136,6 +142,7 @@ def decode(properties: Basic.Properties) -> tuple[Meta, int]:
             if len(headers) > 1
             else {},
             callback=callback or None,
+            trace=_text(headers[_TRACE]) if _TRACE in headers else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise NotATaskError(f"not a tasker_amqp task message ({exc!r})") from None

@@ -137,6 +137,7 @@ class _Delivery:
             unique_key=None,
             created_at=meta.created_at,
             headers=meta.headers or None,
+            trace=meta.trace,
             lease_owner=self.worker,
             lease_until=self.lease_until,
         )
@@ -698,6 +699,7 @@ class AmqpQueueBackend:
             created_at=task.created_at,
             headers={**self._headers.get(task.name, {}), **(task.headers or {})},
             callback=callback,
+            trace=task.trace,
         )
 
     def _reaches(self, routing_key: str, headers: Mapping[str, HeaderValue]) -> list[str]:

@@ -65,6 +65,8 @@ def encode_record(record: TaskRecord, *, mark: str | None = None) -> bytes:
     }
     if mark is not None:
         meta["so"] = mark
+    if record.trace is not None:  # tasker.tracing's carrier; absent, the key is left out
+        meta["tr"] = record.trace
     parts = [_dumps(meta).encode("ascii"), b"\n", record.payload]
     if record.result is not None:
         parts.append(record.result)
@@ -109,6 +111,7 @@ def decode_record(data: bytes) -> TaskRecord:
         chain=None if chain is None else bytes(chain),
         group_id=meta["g"],
         group_index=meta["gi"],
+        trace=meta.get("tr"),
     )
 
 
@@ -175,6 +178,7 @@ def encode_new_task(task: NewTask) -> dict[str, Any]:
         "group_id": task.group_id,
         "group_index": task.group_index,
         "created_at": task.created_at,
+        "trace": task.trace,
     }
 
 

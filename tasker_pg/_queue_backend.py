@@ -42,6 +42,7 @@ from tasker.queue import (
 from ._clock import ServerClock
 from ._connection import PoolSource, quote_identifier
 from ._listener import Listener
+from ._queue_limits import LimitStatements, claim_limited
 from ._queue_sql import QueueStatements, claimed, history_entries, outcome_arrays, unstorable
 from ._queue_transactions import (
     cancel_in_transaction,
@@ -88,8 +89,6 @@ class PostgresQueueBackend(WorkerRegistryMethods):
 
     capabilities: frozenset[QueueCapability] = frozenset(QueueCapability) - {
         QueueCapability.HEADERS,  # a broker's: they are not stored
-        QueueCapability.RATE_LIMITS,  # not yet
-        QueueCapability.CONCURRENCY_KEYS,  # not yet
     }
 
     def __init__(
@@ -108,6 +107,9 @@ class PostgresQueueBackend(WorkerRegistryMethods):
         self._clock = ServerClock(self._source, resync)
         self.schema = schema
         self._sql = QueueStatements(quote_identifier(schema, "schema"))
+        self._limits = LimitStatements(quote_identifier(schema, "schema"), schema)
+        # $1 the queues, $2 now: the tasks without limits and the leases, then the limited.
+        self._next_run_at = f"select least(({self._sql.next_run_at}), ({self._limits.limited_due}))"
         self._channel = f"tasker_queue_{schema}"
         self._listener = Listener(self._source, self._channel)
 
@@ -199,7 +201,9 @@ class PostgresQueueBackend(WorkerRegistryMethods):
         their last attempt; then due queued tasks by priority. SKIP LOCKED throughout, so
         concurrent workers never wait on each other. An expired task of a group on its last
         attempt is settled in a transaction of its own, with the group's callback. Tasks in
-        ``exclude`` are never taken.
+        ``exclude`` are never taken. While a task with a rate limit or a concurrency key is
+        claimable, the statement takes nothing and the claim runs in a transaction under
+        the schema's limits lock instead (``_queue_limits``), skipping the blocked tasks.
         """
         return await self._claim(
             queues, limit, worker=worker, lease=lease, now=now, exclude=list(exclude)
@@ -220,6 +224,17 @@ class PostgresQueueBackend(WorkerRegistryMethods):
         rows = await pool.fetch(self._sql.claim, names, now, limit, worker, now + lease, exclude)
         if rows[0]["grouped"]:  # grouped tasks whose lease expired on their last attempt
             await reap_grouped(pool, self._sql, self._channel, list(queues), now, exclude)
+        if rows[0]["limited"]:  # the statement took nothing: claim by the limits
+            return await claim_limited(
+                pool,
+                self._limits,
+                names,
+                limit,
+                worker=worker,
+                until=now + lease,
+                now=now,
+                exclude=exclude,
+            )
         return claimed(rows)
 
     async def claim_ids(
@@ -370,12 +385,28 @@ class PostgresQueueBackend(WorkerRegistryMethods):
             grouped = set(first["grouped_ids"] or ())
             complete = not grouped
             taken = claimed(rows)
+            if first["keyed"]:  # a concurrency key's slot freed: wake every waiting worker
+                requeued.add("*")
             if first["grouped"]:
                 await reap_grouped(pool, self._sql, self._channel, claim[0], now, claim[5])
+            if first["limited"] and complete:  # the statement took nothing: by the limits
+                queues, _, limit, worker, until, skip = claim
+                taken = await claim_limited(
+                    pool,
+                    self._limits,
+                    queues,
+                    limit,
+                    worker=worker,
+                    until=until,
+                    now=now,
+                    exclude=skip,
+                )
         elif simple:
             rows = await pool.fetch(self._sql.finish, *arrays)
             requeued = {row[1] for row in rows if row[2]}
             grouped = {row[0] for row in rows if row[3]}
+            if any(row[4] for row in rows):  # a concurrency key's slot freed: wake waiters
+                requeued.add("*")
         else:
             requeued, grouped = set(), set()
         await self._notify(pool, requeued)
@@ -446,9 +477,13 @@ class PostgresQueueBackend(WorkerRegistryMethods):
         return history_entries(await pool.fetch(query, *args, limit))
 
     async def next_run_at(self, queues: Sequence[str]) -> float | None:
-        """Earliest run_at of a queued task, or lease expiry of a running one."""
+        """Earliest run_at of a queued task, or lease expiry of a running one; for a task
+        with limits, when they let it start at the backend's :meth:`time` (later while its
+        name's rate window is full; never while its concurrency key is full: a finish of a
+        keyed task, or a lease expiry, frees a slot and wakes the waiters)."""
+        now = await self.time()
         pool = await self._source.pool()
-        value: float | None = await pool.fetchval(self._sql.next_run_at, list(queues))
+        value: float | None = await pool.fetchval(self._next_run_at, list(queues), now)
         return value
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
@@ -480,6 +515,8 @@ class PostgresQueueBackend(WorkerRegistryMethods):
         )
         if history_before is not None:
             await pool.execute(self._sql.purge_history, history_before)
+        # Rate-log entries of names no claim has started since they expired.
+        await pool.execute(self._limits.purge, now)
         return int(status.split()[-1])
 
     async def status(self, *, now: float | None = None) -> QueueStatus:

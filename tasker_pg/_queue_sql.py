@@ -30,6 +30,8 @@ from tasker.backends import TASK_COLUMNS as COLUMNS
 from tasker.backends import task_record_from_row as record_from_row
 from tasker.queue import HistoryEntry, Outcome, TaskRecord, UnstorableRecordError
 
+from ._queue_limits import LIMIT_COLUMNS, limited_claimable
+
 __all__ = [
     "COLUMNS",
     "QueueStatements",
@@ -127,8 +129,9 @@ class QueueStatements:
         # No conflict target: both the primary key (a stored id) and the partial unique
         # index on live unique keys make the insert do nothing.
         self.insert = (
-            f"insert into {tasks} ({TASK_INSERT_COLUMNS})"  # noqa: S608 - validated identifiers
-            " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            f"insert into {tasks} ({TASK_INSERT_COLUMNS}, {LIMIT_COLUMNS})"  # noqa: S608 - validated identifiers
+            " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
+            " $16, $17, $18, $19, $20)"
             " on conflict do nothing returning id"
         )
         # $1 the task's id, $2 its unique key: the task stored with this id first, else the
@@ -164,10 +167,13 @@ class QueueStatements:
             f" from {workers} where expires_at > $1 order by id"
         )
         # -- claim, heartbeat, finish
+        # A claimable limited task (rate limit, concurrency key) stops the claim: ``limited``
+        # tells the caller to claim under the limits lock instead (``_queue_limits``).
         self.claim = (
-            f"with{self._claim_ctes(1, '$6')}"  # noqa: S608 - validated identifiers
-            # One row at least: the flag rides on every row, with or without a claim.
-            f" select c.*, f.grouped from (select {self._grouped_expired(1, '$6')}) f"
+            f"with{self._claim_ctes(1, '$6', ' where not ' + self._limited(1, '$6'))}"  # noqa: S608 - validated identifiers
+            # One row at least: the flags ride on every row, with or without a claim.
+            f" select c.*, f.grouped, f.limited from (select {self._grouped_expired(1, '$6')},"
+            f" {self._limited(1, '$6')} as limited) f"
             " left join claimed c on true"
         )
         self.reap_grouped = (
@@ -194,15 +200,18 @@ class QueueStatements:
         self.finish = (
             f"with{self._finish_ctes()}"  # noqa: S608 - validated identifiers
             " select id, queue, kind in ('retry', 'released', 'interrupted'),"
-            " group_id is not null from held"
+            " group_id is not null, keyed from held"
         )
         # One snapshot for both parts: a task requeued by an outcome here is claimable by
         # the next claim, not this one; $16 (the outcomes' own tasks and the caller's
         # exclusions) is excluded from the claim.
         self.finish_claim = (
-            f"with{self._finish_ctes()},{self._claim_ctes(11, '$16', _UNGROUPED)}"  # noqa: S608 - validated identifiers
-            f" select c.*, f.grouped, f.requeued, f.grouped_ids from (select"
-            f" {self._grouped_expired(11, '$16')},"
+            f"with{self._finish_ctes()},"  # noqa: S608 - validated identifiers
+            f"{self._claim_ctes(11, '$16', _UNGROUPED + ' and not ' + self._limited(11, '$16'))}"
+            f" select c.*, f.grouped, f.requeued, f.grouped_ids, f.limited, f.keyed from (select"
+            f" {self._grouped_expired(11, '$16')}, {self._limited(11, '$16')} as limited,"
+            # A finished task of a concurrency key frees a slot: the caller wakes waiters.
+            " exists(select from held where keyed) as keyed,"
             " (select array_agg(distinct queue) from held"
             " where kind in ('retry', 'released', 'interrupted'))"
             " as requeued,"
@@ -211,7 +220,7 @@ class QueueStatements:
         )
         self.finish_all = (
             f"with{self._finish_ctes(grouped=True)}"  # noqa: S608 - validated identifiers
-            " select id, queue, kind, group_id, cancel_requested from held"
+            " select id, queue, kind, group_id, cancel_requested, keyed from held"
         )
         # -- groups (in the finishing transaction)
         self.lock_tasks = f"select from {tasks} where id = any($1) order by id for update"
@@ -237,8 +246,10 @@ class QueueStatements:
         )
         self.counts = f"select queue, state, count(*) from {tasks} group by queue, state"  # noqa: S608
         self.next_run_at = (
+            # Limited tasks are left to ``LimitStatements.limited_due``.
             f"select least((select min(run_at) from {tasks} where state = 'queued'"  # noqa: S608
-            f" and queue = any($1)), (select min(lease_until) from {tasks}"
+            " and queue = any($1) and rate_count is null and concurrency_key is null),"
+            f" (select min(lease_until) from {tasks}"
             " where state = 'running' and queue = any($1)))"
         )
         # $1 now, $2 the dead tasks' horizon; never a task whose unique window is open, nor a
@@ -427,6 +438,10 @@ class QueueStatements:
             f" returning {_prefixed('t')}, p.rank)"
         )
 
+    def _limited(self, first: int, exclude: str) -> str:
+        """Whether a limited task is claimable; ``$first`` the queues, ``$first+1`` now."""
+        return limited_claimable(self.tasks, f"${first}", f"${first + 1}", exclude)
+
     def _grouped_expired(self, first: int, exclude: str) -> str:
         queues, now = f"${first}", f"${first + 1}"
         skip = f" and not (id = any({exclude}::text[]))"
@@ -452,6 +467,7 @@ class QueueStatements:
             # task runs elsewhere now) is ignored.
             # A task whose cancel was requested ends cancelled unless it succeeded.
             " held as (select t.id, t.name, t.queue, t.attempts, t.group_id, o.worker,"
+            " t.concurrency_key is not null as keyed,"
             " case when t.cancel_requested and o.kind <> 'succeeded' then 'cancelled'"
             " else o.kind end as kind, t.cancel_requested,"
             " o.result, o.expires, o.error, o.trace, o.started, o.finished,"

@@ -47,6 +47,7 @@ from tasker.queue import (
     TaskState,
 )
 
+from ._queue_limits import limit_values
 from ._queue_sql import QueueStatements, outcome_arrays
 
 __all__ = [
@@ -70,7 +71,7 @@ _ATTEMPTS = 3
 async def _insert(conn: _Conn, sql: QueueStatements, task: NewTask) -> bool:
     """Insert ``task``; False if a task with its id is stored, or a live task holds its
     unique key (the stored task is left as it is)."""
-    row = await conn.fetchrow(sql.insert, *task_insert_values(task))
+    row = await conn.fetchrow(sql.insert, *task_insert_values(task), *limit_values(task))
     return row is not None
 
 
@@ -183,7 +184,9 @@ async def finish_in_transaction(
         await conn.execute(sql.lock_tasks, sorted(by_id))
         rows = await conn.fetch(sql.finish_all, *outcome_arrays(outcomes, now))
         members: dict[str, str] = {}  # finished members of groups: task id -> group id
-        for task_id, queue, kind, group_id, cancel_requested in rows:
+        for task_id, queue, kind, group_id, cancel_requested, keyed in rows:
+            if keyed:  # a concurrency key's slot frees: wake every waiting worker
+                queues.add("*")
             # A cancel ends a chain, even at a step whose handler still returned.
             if kind == OutcomeKind.SUCCEEDED.value and not cancel_requested:
                 for follow_up in by_id[task_id].follow_ups:

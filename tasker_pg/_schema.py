@@ -91,6 +91,26 @@ def _queue_ddl(schema: str) -> list[str]:
         f"alter table {tasks} add column if not exists progress double precision,"
         " add column if not exists progress_text text,"
         " add column if not exists progress_at double precision",
+        # tasker.tracing's carrier: the enqueue's trace context, for the attempt's span.
+        f"alter table {tasks} add column if not exists trace text",
+        # Rate limits and concurrency keys (``_queue_limits``): the settings travel with
+        # each task; the log holds an entry per start of a rate-limited name until it
+        # expires, and the partial indexes hold only live limited tasks (empty for a queue
+        # that uses none), so the claim without limits pays one probe of an empty index.
+        f"alter table {tasks} add column if not exists rate_count integer,"
+        " add column if not exists rate_per double precision,"
+        " add column if not exists concurrency_key text,"
+        " add column if not exists concurrency_limit integer",
+        f"create table if not exists {schema}.queue_rate_log ("
+        " name text not null, expires_at double precision not null)",
+        f"create index if not exists queue_rate_log_name on {schema}.queue_rate_log"
+        " (name, expires_at)",
+        f"create index if not exists queue_tasks_limited on {tasks} (queue)"
+        " where (rate_count is not null or concurrency_key is not null)"
+        " and state in ('queued', 'running')",
+        f"create index if not exists queue_tasks_concurrency on {tasks}"
+        " (concurrency_key, lease_until) where concurrency_key is not null"
+        " and state = 'running'",
         # Claims read due tasks of a queue in this order and stop at their limit.
         f"create index if not exists queue_tasks_claim on {tasks}"
         " (queue, priority desc, run_at, created_at) where state = 'queued'",

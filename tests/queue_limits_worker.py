@@ -1,5 +1,6 @@
 """A worker process for the rate-limit and concurrency-key tests: ``python
-tests/queue_limits_worker.py --out FILE --db PATH``.
+tests/queue_limits_worker.py --out FILE --db PATH`` (SQLite), or ``--dsn DSN --schema NAME``
+(Postgres, ``tests/pg``).
 
 Two tasks: ``tick`` (``rate_limit="50/s"``) appends ``tick <time>`` to ``--out`` when it
 starts; ``keyed`` (``concurrency_key`` from its payload, limit 1) appends ``start <key>
@@ -49,9 +50,18 @@ def build(backend: QueueBackend, out: str) -> Queue:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--db", required=True)
+    parser.add_argument("--db")
+    parser.add_argument("--dsn")
+    parser.add_argument("--schema", default="tasker")
     args = parser.parse_args()
-    queue = build(SQLiteQueueBackend(args.db), args.out)
+    backend: QueueBackend
+    if args.dsn is not None:
+        from tasker_pg import PostgresQueueBackend
+
+        backend = PostgresQueueBackend(args.dsn, schema=args.schema)
+    else:
+        backend = SQLiteQueueBackend(args.db)
+    queue = build(backend, args.out)
     print("ready", flush=True)
     tasker.main(queue.worker(concurrency=8, poll=0.2), grace=2)
 

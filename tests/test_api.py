@@ -15,6 +15,7 @@ OPTIONAL_MODULES = [
     "tasker.dashboard",
     "tasker.metrics",
     "tasker.queue",
+    "tasker.tracing",
     "tasker_pg",
 ]
 

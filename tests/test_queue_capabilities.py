@@ -254,9 +254,7 @@ def test_the_capability_table() -> None:
     """What each built-in backend declares (the README's table)."""
     everything = frozenset(QueueCapability)
     headers = QueueCapability.HEADERS
-    # Not yet on Postgres: rate limits and concurrency keys (memory and SQLite only).
-    limits = {QueueCapability.RATE_LIMITS, QueueCapability.CONCURRENCY_KEYS}
-    assert PostgresQueueBackend.capabilities == everything - {headers} - limits
+    assert PostgresQueueBackend.capabilities == everything - {headers}
     without_transactions = everything - {QueueCapability.TRANSACTIONAL_ENQUEUE}
     assert SQLiteQueueBackend.capabilities == without_transactions - {headers}
     assert MemoryQueueBackend.capabilities == without_transactions

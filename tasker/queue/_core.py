@@ -139,7 +139,18 @@ class QueueCore:
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
     ) -> list[EnqueueResult]:
         """Enqueue ``tasks`` on the backend: bounded (``BOUNDED_QUEUES``, checked when the
-        Queue was built) when a queue of theirs has a ``max_depth``."""
+        Queue was built) when a queue of theirs has a ``max_depth``; under the tracer's
+        spans when it has one (``tasker.tracing``)."""
+        tracer = self._registry.tracer
+        if tracer is not None:
+            return await tracer.enqueue(
+                lambda tasks, group: self._store(tasks, group=group, now=now), tasks, group
+            )
+        return await self._store(tasks, group=group, now=now)
+
+    async def _store(
+        self, tasks: Sequence[NewTask], *, group: GroupSpec | None, now: float
+    ) -> list[EnqueueResult]:
         bounds = self._bounds(tasks) if self._depth_default or self._depth_by_queue else None
         if bounds:
             bounded: Any = self.backend

@@ -4,6 +4,7 @@ or cancelled."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from .._backoff import Backoff
 from ._chain import decode_chain, encode_chain
@@ -42,6 +43,8 @@ def success(
                 raw_payload=data if data is not None else registry.serialize(head.name, None),
             ),
         )
+        if registry.tracer is not None:  # the next step continues this attempt's trace
+            follow_ups = (replace(follow_ups[0], trace=registry.tracer.carrier()),)
     return Outcome(
         id=record.id,
         worker=worker,

@@ -511,7 +511,15 @@ class Queue(WorkflowMethods, InspectionMethods, AdministrationMethods, CancelMet
                     " an enqueue inside the caller's transaction cannot check; enqueue"
                     " it without connection=, or leave the queue unbounded"
                 )
-            (result,) = await within.enqueue_within(connection, [task], now=now)
+            tracer = self._registry.tracer
+            if tracer is None:
+                (result,) = await within.enqueue_within(connection, [task], now=now)
+            else:
+                (result,) = await tracer.enqueue(
+                    lambda tasks, _: within.enqueue_within(connection, tasks, now=now),
+                    [task],
+                    None,
+                )
         observer = self._registry.observer
         if observer is not None:
             observer.enqueued([task], [result.deduplicated])

@@ -86,6 +86,9 @@ class NewTask:
     #: (:attr:`QueueCapability.CONCURRENCY_KEYS`); None: no key.
     concurrency_key: str | None = None
     concurrency_limit: int = 1
+    #: The trace context of its enqueue (``tasker.tracing``): W3C ``traceparent`` and
+    #: ``tracestate`` as compact JSON, for the attempt span to continue; None: untraced.
+    trace: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,6 +194,9 @@ class TaskRecord:
     #: The progress its current (or last) attempt reported (:attr:`QueueCapability.PROGRESS`):
     #: cleared when an attempt starts, kept once the task finished.
     progress: Progress | None = None
+    #: The trace context it was enqueued with (:attr:`NewTask.trace`), where the backend
+    #: stores it; None: untraced, or a backend that drops it.
+    trace: str | None = None
 
 
 class OutcomeKind(enum.Enum):

@@ -28,7 +28,7 @@ from .._threads import is_sync_callable, run_in_thread
 from ._checks import check_headers, check_int, check_name, check_priority, check_task_id
 from ._errors import PayloadError, UnknownTaskError
 from ._limits import RateLimit, check_concurrency_limit, rate_limit_of
-from ._observe import QueueObserver
+from ._observe import QueueObserver, QueueTracer
 from ._records import HeaderValue, NewTask
 from ._serializer import Serializer
 
@@ -71,7 +71,7 @@ class Registration:
 class Registry:
     """Handlers by task name, their serialiser and how long results are kept."""
 
-    __slots__ = ("handlers", "observer", "result_ttl", "serializer")
+    __slots__ = ("handlers", "observer", "result_ttl", "serializer", "tracer")
 
     def __init__(self, serializer: Serializer, result_ttl: float) -> None:
         self.handlers: dict[str, Registration] = {}
@@ -80,6 +80,8 @@ class Registry:
         #: Told of enqueues and attempts (``tasker.metrics``); shared by the queue and its
         #: workers, so one set on the queue reaches every worker.
         self.observer: QueueObserver | None = None
+        #: Makes spans of enqueues and attempts (``tasker.tracing``); shared likewise.
+        self.tracer: QueueTracer | None = None
 
     def add(
         self,

@@ -40,7 +40,7 @@ COLUMNS = (
     "id, name, queue, payload, priority, run_at, state, attempts, max_attempts, timeout,"
     " unique_key, created_at, lease_owner, lease_until, result, result_expires, last_error,"
     " traceback, finished_at, chain, group_id, group_index, cancel_requested,"
-    " progress, progress_text, progress_at"
+    " progress, progress_text, progress_at, trace"
 )
 #: What a claim sets to start an attempt without the last one's progress (``PROGRESS``).
 PROGRESS_CLEARED = "progress = null, progress_text = null, progress_at = null"
@@ -81,6 +81,7 @@ def record_from_row(row: Any) -> TaskRecord:
         group_index=row[21],
         cancel_requested=bool(row[22]),
         progress=progress_from_row(row[23], row[24], row[25]),
+        trace=row[26],
     )
 
 
@@ -103,6 +104,7 @@ def callback_to_json(task: NewTask) -> str:
             "max_attempts": task.max_attempts,
             "timeout": task.timeout,
             "created_at": task.created_at,
+            "trace": task.trace,
         }
     )
 
@@ -137,13 +139,14 @@ def record_from_new(task: NewTask) -> TaskRecord:
         group_id=task.group_id,
         group_index=task.group_index,
         headers=task.headers,
+        trace=task.trace,
     )
 
 
 #: The columns of an insert of a new task, in the order of :func:`task_insert_values`.
 TASK_INSERT_COLUMNS = (
     "id, name, queue, payload, priority, run_at, state, max_attempts, timeout, unique_key,"
-    " unique_until, created_at, chain, group_id, group_index"
+    " unique_until, created_at, chain, group_id, group_index, trace"
 )
 
 
@@ -165,6 +168,7 @@ def task_insert_values(task: NewTask) -> tuple[object, ...]:
         task.chain,
         task.group_id,
         task.group_index,
+        task.trace,
     )
 
 

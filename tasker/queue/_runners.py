@@ -110,6 +110,11 @@ class Runners(WorkerState):
         observer = registry.observer
         if observer is not None and not attempt.realtime:
             observer.started(record)
+        # The attempt's span (tasker.tracing), current while the handler runs: one read.
+        tracer = registry.tracer
+        span = (
+            None if tracer is None or attempt.realtime else tracer.attempt(record, self.worker_id)
+        )
         # What current_task() reports, built only when a handler asks (hot path).
         token = _current.set((record, self.worker_id, child))
         try:
@@ -135,7 +140,13 @@ class Runners(WorkerState):
                 else:
                     backoff = registration.backoff if registration else None
                     outcome = failure(self.worker_id, record, started, exc, backoff, now)
+        except BaseException:  # cut off (the runner's scope) or the worker's cancellation
+            if span is not None:
+                span.cut()
+            raise
         finally:
+            if span is not None:
+                span.detach()
             _current.reset(token)
             progress = self._progress.end(record.id)  # a report it kept, if any
             attempt.scope = None  # no deadline is set for this attempt any more
@@ -160,6 +171,8 @@ class Runners(WorkerState):
             return
         if observer is not None:
             observer.finished(record, outcome)
+        if span is not None:
+            span.end(outcome)
         if attempt.lost:
             self._forget(attempt, "when it ended")
             return

@@ -83,7 +83,8 @@ SCHEMA = [
         cancel_requested integer not null default 0,
         progress real,
         progress_text text,
-        progress_at real
+        progress_at real,
+        trace text
     )""",
     # A claim reads due tasks of a queue in this order and stops at its limit: the index
     # ends with the order's last tie-breaker, or every task sharing one run_at (a bulk
@@ -137,7 +138,7 @@ def insert(db: sqlite3.Connection, task: NewTask) -> bool:
     """Insert ``task``; False if a task with its id is stored already (left as it is)."""
     cursor = db.execute(
         f"insert into tasks ({TASK_INSERT_COLUMNS})"  # noqa: S608 - constant column names
-        " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (id) do nothing",
+        " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (id) do nothing",
         task_insert_values(task),
     )
     if cursor.rowcount <= 0:
@@ -568,6 +569,8 @@ def migrate(db: sqlite3.Connection) -> None:
     for column, kind in (("progress", "real"), ("progress_text", "text"), ("progress_at", "real")):
         if column not in columns:
             db.execute(f"alter table tasks add column {column} {kind}")
+    if "trace" not in columns:  # tasker.tracing's carrier
+        db.execute("alter table tasks add column trace text")
     limits.migrate(db, columns)
 
 

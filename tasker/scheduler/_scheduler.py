@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self
 
 import anyio
 
@@ -92,6 +92,24 @@ def _missing(obj: object, methods: tuple[str, ...]) -> str:
     before ``delete`` joined the protocol lacks only that, and the error should say so."""
     missing = [method for method in methods if not callable(getattr(obj, method, None))]
     return f" (it has no {', '.join(missing)})" if missing else ""
+
+
+class RunSpan(Protocol):
+    """The open span of one scheduled run (``ScheduleTracer.run``), current while it runs."""
+
+    def detach(self) -> None:
+        """The job returned or raised: the span is no longer the current one."""
+
+    def end(self, outcome: str, error: BaseException | None) -> None:
+        """The run ended with ``outcome`` (``error`` if it failed): the span ends."""
+
+
+class ScheduleTracer(Protocol):
+    """Makes the span of each scheduled run (``tasker.tracing``)."""
+
+    def run(self, name: str, slot: datetime) -> RunSpan:
+        """Start the span of the run of schedule ``name`` for ``slot``, made current."""
+        ...
 
 
 class Scheduler:
@@ -178,6 +196,8 @@ class Scheduler:
         #: Seconds before a slot that its loop prepares (see the notes; adapts to the load).
         self._lead = _MIN_LEAD
         self._shrunk_at = 0.0
+        #: Makes a span of each run (``tasker.tracing``); None: one attribute read per run.
+        self._tracer: ScheduleTracer | None = None
 
     @property
     def locker_factory(self) -> LockerFactory:
@@ -588,6 +608,8 @@ class Scheduler:
         token = current_slot.set(slot)
         child = ctx.child()
         error: Exception | None = None
+        tracer = self._tracer
+        span = None if tracer is None else tracer.run(entry.name, slot)
         try:
             if locker.can_be_lost:
                 await run_stoppable(entry.job, child, watch_lock)
@@ -595,9 +617,19 @@ class Scheduler:
                 await entry.job(child)
         except Exception as exc:
             error = exc
+        except BaseException:
+            if span is not None:
+                span.end("cancelled", None)  # detached below, never ended twice
+            raise
         finally:
+            if span is not None:
+                span.detach()
             current_slot.reset(token)
             self._running.discard(entry.name)
+        if span is not None:
+            span.end(
+                "interrupted" if lost else "failed" if error is not None else "succeeded", error
+            )
         # The other runs due at this slot start before this one's bookkeeping (a job that
         # never yields would otherwise hold each next start back by a state save). Not
         # shielded (a shielded checkpoint costs a cancel scope, a third of a start): a hard

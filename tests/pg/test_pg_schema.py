@@ -22,6 +22,7 @@ ALL_TABLES = [
     "lock_keys",
     "queue_groups",
     "queue_history",
+    "queue_rate_log",
     "queue_tasks",
     "queue_workers",
     "schedule_state",

@@ -50,6 +50,7 @@ async def test_migrate_is_idempotent_and_concurrent(pg_dsn: str, schema: str) ->
         "lock_keys",
         "queue_groups",
         "queue_history",
+        "queue_rate_log",
         "queue_tasks",
         "queue_workers",
         "schedule_state",
