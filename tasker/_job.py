@@ -9,13 +9,15 @@ from typing import TypeAlias
 
 from ._context import Context
 
-__all__ = ["Job", "check_job", "check_jobs", "job_name", "takes_argument"]
+__all__ = ["Job", "check_job", "check_jobs", "is_async_callable", "job_name", "takes_argument"]
 
 #: A job: an async callable that receives a :class:`Context` and returns when done.
 Job: TypeAlias = Callable[[Context], Awaitable[None]]
 
 
-def _is_async_callable(obj: object) -> bool:
+def is_async_callable(obj: object) -> bool:
+    """Whether ``obj`` is an async function (or has an async ``__call__``), possibly behind
+    ``functools.partial``."""
     while isinstance(obj, functools.partial):
         obj = obj.func
     if inspect.iscoroutinefunction(obj):
@@ -34,7 +36,7 @@ def check_job(job: object, where: str) -> Job:
         )
     if not callable(job):
         raise TypeError(f"{where}: a job must be an async callable, got {job!r}")
-    if not _is_async_callable(job):
+    if not is_async_callable(job):
         raise TypeError(
             f"{where}: {job!r} is not an async function; a job is `async def job(ctx) -> None`"
         )

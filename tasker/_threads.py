@@ -30,7 +30,7 @@ import anyio
 
 from ._backend import current_backend
 from ._context import Context
-from ._job import Job, job_name, takes_argument
+from ._job import Job, is_async_callable, job_name, takes_argument
 
 __all__ = ["in_thread", "is_sync_callable", "run_in_thread"]
 
@@ -41,13 +41,10 @@ T = TypeVar("T")
 
 def is_sync_callable(obj: object) -> bool:
     """Whether ``obj`` is a plain (not async) callable: a function, a method or an object
-    with a plain ``__call__``, possibly behind ``functools.partial``."""
+    with a plain ``__call__``, possibly behind ``functools.partial``; not a class."""
     while isinstance(obj, functools.partial):
         obj = obj.func
-    if not callable(obj) or inspect.iscoroutinefunction(obj) or inspect.isclass(obj):
-        return False
-    call = getattr(obj, "__call__", None)  # noqa: B004 - the bound method itself
-    return not (call is not None and inspect.iscoroutinefunction(call))
+    return callable(obj) and not inspect.isclass(obj) and not is_async_callable(obj)
 
 
 def _waker() -> Callable[[Callable[[], object]], None]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,20 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 import tasker
 import tasker.metrics
 from tasker import Context, MemoryLockerFactory, MemoryStateRepository, Scheduler
-from tasker.queue import MemoryQueueBackend, Queue, QueueBackend, SQLiteQueueBackend
+from tasker.queue import MemoryQueueBackend, Queue, QueueBackend
 from tasker.schedule import Interval
 
 from .helpers import free_port
-from .test_queue import Running, finished, until
+from .test_queue import Running, _true, finished, until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> QueueBackend:
-    if request.param == "memory":
-        return MemoryQueueBackend()
-    return SQLiteQueueBackend(tmp_path / "queue.sqlite3")
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -200,7 +192,3 @@ async def test_the_depth_job_refreshes_and_survives_an_outage() -> None:
     found = samples(await scrape(metrics.asgi_app()))
     assert found["tasker_queue_depth", (("queue", "default"), ("state", "queued"))] == 2
     assert not math.isnan(found["tasker_queue_depth_age_seconds", ()])
-
-
-async def _true(value: bool) -> bool:
-    return value

@@ -14,7 +14,6 @@ import pytest
 import tasker
 from tasker import Backoff, Context
 from tasker.queue import (
-    MemoryQueueBackend,
     PayloadError,
     Queue,
     QueueBackend,
@@ -26,14 +25,6 @@ from tasker.queue import (
 from .helpers import check_chosen_task_ids
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> QueueBackend:
-    """Each test runs on both backends."""
-    if request.param == "memory":
-        return MemoryQueueBackend()
-    return SQLiteQueueBackend(tmp_path / "queue.sqlite3")
 
 
 async def until(predicate: Any, timeout: float = 10.0) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import anyio
 import pytest
@@ -18,20 +17,12 @@ from tasker.queue import (
     MissingCapabilityError,
     Queue,
     QueueBackend,
-    SQLiteQueueBackend,
 )
 from tasker.queue._long_queue import drain_estimate
 
 from .test_queue import Running, finished, until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> QueueBackend:
-    if request.param == "memory":
-        return MemoryQueueBackend()
-    return SQLiteQueueBackend(tmp_path / "queue.sqlite3")
 
 
 async def has_workers(queue: Queue) -> bool:

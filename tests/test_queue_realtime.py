@@ -23,16 +23,9 @@ from tasker.queue import (
     current_task,
 )
 
-from .test_queue import finished, until
+from .test_queue import _true, finished, until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> QueueBackend:
-    if request.param == "memory":
-        return MemoryQueueBackend()
-    return SQLiteQueueBackend(tmp_path / "queue.sqlite3")
 
 
 class Started:
@@ -240,10 +233,6 @@ async def test_a_spawn_waiting_for_a_slot_fails_when_the_worker_stops() -> None:
             started.stop.set()
     assert len(outcome) == 1
     assert "is not running" in str(outcome[0])
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_worker_started_after_the_shutdown_returns_at_once(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import logging
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,7 +18,6 @@ from tasker.queue import (
     Queue,
     QueueBackend,
     RunningTask,
-    SQLiteQueueBackend,
     TaskState,
     current_task,
 )
@@ -35,13 +33,6 @@ def _running() -> RunningTask:
     task = current_task()
     assert task is not None
     return task
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> QueueBackend:
-    if request.param == "memory":
-        return MemoryQueueBackend()
-    return SQLiteQueueBackend(tmp_path / "queue.sqlite3")
 
 
 async def test_sync_handler_runs_in_a_thread_with_its_payload(backend: QueueBackend) -> None:
