@@ -4,9 +4,12 @@ Run: ``python benchmarks/bench_queue.py`` (or ``nox -s bench``).
 
 Metrics and traces: the same throughput at concurrency 10 with ``tasker.metrics``,
 ``tasker.tracing`` (the OTel SDK, batched, spans discarded), both, and both with 10% of the
-traces sampled, against off,
-alternating, ``--rounds`` times each (target: under 10% overhead with both on, best against
-best).
+traces sampled, against off, alternating, ``--rounds`` times each (target: under 10%
+overhead with both on, best against best), with the CPU per task of each (lowest of the
+rounds: less disturbed by other load). Two floors in the same run: ``bare SDK spans`` (the
+attempt hook replaced by a span started and ended with the same attributes, nothing else:
+what any tracing of every attempt costs in this worker loop) and the SDK's own start and
+end of one span outside any loop. ``--observability`` runs only this part.
 
 Across processes: the same probes enqueued here and run by a worker in another process on
 the same SQLite file (target: p50 under 2 ms; the wake-up socket's, not the 20 ms poll's).
@@ -21,10 +24,11 @@ is enqueued and the time to its handler's start is recorded; p50 and p99.
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -70,8 +74,14 @@ async def throughput(
     concurrency: int,
     metrics: bool = False,
     tracing: float = 0.0,
-) -> float:
+    bare: bool = False,
+) -> tuple[float, float]:
+    """Tasks per second, and the process's CPU microseconds per task (every thread's:
+    the span exporter's included), over the drain. ``bare``: each attempt only starts and
+    ends an SDK span with the attempt's attributes, no parent, not made current (the
+    floor any tracing of every attempt costs, in the same worker loop)."""
     queue = Queue(backend)
+    provider: TracerProvider | None = None
     if metrics:
         import prometheus_client
 
@@ -82,7 +92,9 @@ async def throughput(
         from tasker.tracing import instrument as traced
 
         provider = _tracer_provider(tracing)
-        traced(queue=queue, tracer_provider=provider)
+        tracer = traced(queue=queue, tracer_provider=provider)
+        if bare:
+            _bare_attempts(tracer, provider)
     done = 0
     finished = anyio.Event()
 
@@ -95,14 +107,90 @@ async def throughput(
 
     for _ in range(count):
         await queue.enqueue("noop")
-    start = time.perf_counter()
+    if provider is not None:
+        provider.force_flush()  # the enqueues' spans are exported before the clock starts
+    start, cpu = time.perf_counter(), time.process_time()
     await tasker.run(
         queue.worker(concurrency=concurrency, poll=0.5), shutdown_trigger=finished.wait
     )
     rate = count / (time.perf_counter() - start)
-    if tracing:
+    if provider is not None:
+        provider.force_flush()  # the attempts' spans: their export is part of the cost
+    cpu_us = (time.process_time() - cpu) / count * 1e6
+    if provider is not None:
         provider.shutdown()  # its export thread must not run on into the next measurement
-    return rate
+    return rate, cpu_us
+
+
+class _BareSpan:
+    __slots__ = ("span",)
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+
+    def detach(self) -> None:
+        pass
+
+    def end(self, outcome: object) -> None:
+        self.span.end()
+
+    def cut(self) -> None:
+        self.span.end()
+
+
+def _bare_attempts(tracing: Any, provider: TracerProvider) -> None:
+    """Replace ``tracing``'s attempt hook by a bare SDK span with the same attributes."""
+    from opentelemetry.trace import SpanKind
+
+    start = provider.get_tracer("bare").start_span
+
+    def attempt(record: Any, worker: str) -> _BareSpan:
+        return _BareSpan(
+            start(
+                f"run {record.name}",
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "tasker",
+                    "messaging.operation.type": "process",
+                    "messaging.operation.name": "run",
+                    "messaging.destination.name": record.queue,
+                    "messaging.message.id": record.id,
+                    "tasker.task.name": record.name,
+                    "tasker.task.attempt": record.attempts,
+                    "tasker.worker.id": worker,
+                },
+            )
+        )
+
+    tracing.attempt = attempt
+
+
+def span_floor(count: int = 20_000) -> float:
+    """Microseconds of CPU to start and end one sampled span with an attempt's attributes,
+    on the benchmark's provider: what the OTel SDK itself costs, whoever calls it."""
+    from opentelemetry.trace import SpanKind
+
+    provider = _tracer_provider(1.0)
+    tracer = provider.get_tracer("floor")
+    attributes: dict[str, str | int] = {
+        "messaging.system": "tasker",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "run",
+        "messaging.destination.name": "default",
+        "messaging.message.id": "0123456789abcdef0123456789abcdef",
+        "tasker.task.name": "noop",
+        "tasker.task.attempt": 1,
+        "tasker.worker.id": "worker-1",
+    }
+    best = math.inf
+    for _ in range(5):
+        cpu = time.process_time()
+        for _ in range(count // 5):
+            tracer.start_span("run noop", kind=SpanKind.CONSUMER, attributes=attributes).end()
+        provider.force_flush()
+        best = min(best, (time.process_time() - cpu) / (count // 5) * 1e6)
+    provider.shutdown()
+    return best
 
 
 def _tracer_provider(ratio: float) -> TracerProvider:
@@ -210,17 +298,73 @@ async def cross_process_latency(samples: int) -> tuple[float, float]:
     return percentile(delays, 0.5), percentile(delays, 0.99)
 
 
+def observability(tasks: int, rounds: int) -> None:
+    """Metrics and tracing on against off (see the module's docstring); prints a line per
+    backend and the floors."""
+    # Metrics and tracing on against off, in the same run, alternating (target: under 10%
+    # overhead with both on). Tracing: the OTel SDK, a batch processor, a discarding exporter.
+    # Throughput is best of the rounds; CPU per task (every thread of the process), which
+    # other load on the machine disturbs less, is the lowest of the rounds.
+    modes = {"off": (False, 0.0, False), "metrics": (True, 0.0, False)}
+    modes["tracing"] = (False, 1.0, False)
+    modes["both"] = (True, 1.0, False)
+    modes["both, 10% sampled"] = (True, 0.1, False)
+    modes["bare SDK spans"] = (False, 1.0, True)
+    cpu_off: dict[str, float] = {}
+    for name in ("memory", "sqlite"):
+        rates: dict[str, list[float]] = {mode: [] for mode in modes}
+        cpus: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(rounds):
+            for mode, (metrics, tracing, bare) in modes.items():
+                with tempfile.TemporaryDirectory() as directory:
+                    backend: QueueBackend = (
+                        MemoryQueueBackend()
+                        if name == "memory"
+                        else SQLiteQueueBackend(Path(directory) / "q.sqlite3")
+                    )
+                    rate, cpu = anyio.run(throughput, backend, tasks, 10, metrics, tracing, bare)
+                    rates[mode].append(rate)
+                    cpus[mode].append(cpu)
+        best = {mode: max(values) for mode, values in rates.items()}
+        least = {mode: min(values) for mode, values in cpus.items()}
+        off, cpu_off[name] = best["off"], least["off"]
+        print(
+            f"observability {name}: off {off:8.0f}/s {least['off']:5.1f} us/task; "
+            + "; ".join(
+                f"{mode} {best[mode]:8.0f}/s ({(1 - best[mode] / off) * 100:5.1f}%)"
+                f" {least[mode]:5.1f} us/task (+{least[mode] - least['off']:4.1f})"
+                for mode in list(modes)[1:]
+            )
+            + f" (best of {rounds}; target: both < 10%)"
+        )
+    floor = span_floor()
+    print(
+        f"the SDK's own span (start with 8 attributes, end, batch processor): {floor:.1f} us,"
+        + ", ".join(
+            f" {floor / cpu * 100:.0f}% of a no-op {name} task's {cpu:.1f} us"
+            for name, cpu in cpu_off.items()
+        )
+        + " (the least tracing every attempt can cost)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of metrics/tracing on/off")
+    parser.add_argument(
+        "--observability", action="store_true", help="only metrics and tracing on against off"
+    )
     args = parser.parse_args()
+    if args.observability:
+        observability(args.tasks, args.rounds)
+        return
     for concurrency in (1, 10):
         raw = anyio.run(raw_baseline, args.tasks, concurrency)
-        memory = anyio.run(throughput, MemoryQueueBackend(), args.tasks, concurrency)
+        memory, _ = anyio.run(throughput, MemoryQueueBackend(), args.tasks, concurrency)
         with tempfile.TemporaryDirectory() as directory:
-            sqlite = anyio.run(
+            sqlite, _ = anyio.run(
                 throughput,
                 SQLiteQueueBackend(Path(directory) / "q.sqlite3"),
                 args.tasks,
@@ -231,34 +375,7 @@ def main() -> None:
             f" (raw/memory {raw / memory:4.1f}x; target <= 3x), sqlite {sqlite:7.0f}/s"
             " (target >= 2000/s)"
         )
-    # Metrics and tracing on against off, in the same run, alternating (target: under 10%
-    # overhead with both on). Tracing: the OTel SDK, a batch processor, a discarding exporter.
-    modes = {"off": (False, 0.0), "metrics": (True, 0.0), "tracing": (False, 1.0)}
-    modes["both"] = (True, 1.0)
-    modes["both, 10% sampled"] = (True, 0.1)
-    for name in ("memory", "sqlite"):
-        rates: dict[str, list[float]] = {mode: [] for mode in modes}
-        for _ in range(args.rounds):
-            for mode, (metrics, tracing) in modes.items():
-                with tempfile.TemporaryDirectory() as directory:
-                    backend: QueueBackend = (
-                        MemoryQueueBackend()
-                        if name == "memory"
-                        else SQLiteQueueBackend(Path(directory) / "q.sqlite3")
-                    )
-                    rates[mode].append(
-                        anyio.run(throughput, backend, args.tasks, 10, metrics, tracing)
-                    )
-        best = {mode: max(values) for mode, values in rates.items()}
-        off = best["off"]
-        print(
-            f"observability {name}: off {off:8.0f}/s, "
-            + ", ".join(
-                f"{mode} {best[mode]:8.0f}/s ({(1 - best[mode] / off) * 100:5.1f}%)"
-                for mode in list(modes)[1:]
-            )
-            + f" (best of {args.rounds}; target: both < 10%)"
-        )
+    observability(args.tasks, args.rounds)
     p50, p99 = anyio.run(latency, MemoryQueueBackend(), args.samples)
     print(f"latency memory: enqueue to start p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     with tempfile.TemporaryDirectory() as directory:

@@ -109,6 +109,8 @@ def encode_task(task: NewTask, out: list[Any], *, callback: bool = False) -> Non
         pairs += ["group_id", task.group_id]
     if task.group_index is not None:
         pairs += ["group_index", str(task.group_index)]
+    if task.trace is not None:
+        pairs += ["trace", task.trace]
     out.append(str(len(pairs) // 2))
     out.extend(pairs)
 
@@ -188,6 +190,7 @@ RECORD_FIELDS = (
     "chain",
     "group_id",
     "group_index",
+    "trace",
 )
 
 
@@ -222,6 +225,7 @@ def decode_record(v: Sequence[bytes | None]) -> TaskRecord:
         chain=v[19],
         group_id=_text(v[20]),
         group_index=None if group_index is None else int(group_index),
+        trace=_text(v[22]),
     )
 
 
@@ -277,6 +281,7 @@ def decode_json_records(data: bytes) -> list[TaskRecord]:
                 chain=_bytes(v[19]),
                 group_id=_opt_text(v[20]),
                 group_index=None if group_index is False else int(group_index),
+                trace=_opt_text(v[22]),
             )
         )
     return records

@@ -61,7 +61,7 @@ end
 local RECORD = {'id', 'name', 'queue', 'payload', 'priority', 'run_at', 'state', 'attempts',
   'max_attempts', 'timeout', 'unique_key', 'created_at', 'lease_owner', 'lease_until',
   'result', 'result_expires', 'last_error', 'traceback', 'finished_at', 'chain', 'group_id',
-  'group_index'}
+  'group_index', 'trace'}
 local R_STATE, R_ATTEMPTS, R_OWNER, R_UNTIL = 7, 8, 13, 14
 
 local N, ALL, EXP, DEAD, HIST = P .. 'n', P .. 'all', P .. 'exp', P .. 'dead', P .. 'hist'

@@ -11,6 +11,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -21,7 +23,7 @@ import tasker.tracing
 from tasker import Context, MemoryLockerFactory, MemoryStateRepository, Scheduler
 from tasker.queue import MemoryQueueBackend, Queue, QueueBackend, SQLiteQueueBackend
 from tasker.schedule import Interval
-from tasker.tracing._otel import _parent
+from tasker.tracing._otel import _Propagation
 
 from .helpers import python_process
 from .test_queue import Running, finished, until
@@ -249,7 +251,89 @@ async def test_an_untraced_task_and_a_bad_carrier_give_a_root_span(
     (run,) = named(exporter, "run t")
     assert run.parent is None
     for bad in ("not json", "[1]", '{"traceparent": 1}', None):
-        assert _parent(bad) is None
+        assert _Propagation().extract(bad) is None
+
+
+ids = st.integers(min_value=0, max_value=2**128 - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    trace=ids,
+    span=st.integers(min_value=0, max_value=2**64 - 1),
+    flags=st.integers(min_value=0, max_value=255),
+    state=st.sampled_from([None, "vendor=value", "a=1,b=2"]),
+    bag=st.sampled_from([None, "k", "k v"]),
+)
+def test_the_fast_carrier_is_what_the_propagator_reads_and_writes(
+    trace: int, span: int, flags: int, state: str | None, bag: str | None
+) -> None:
+    """The carrier the fast path writes is the global propagator's, byte for byte, and what
+    it reads back is what the propagator would read: for every id (zeros included), flag,
+    trace state and baggage."""
+    from opentelemetry import baggage, propagate
+    from opentelemetry import trace as api
+    from opentelemetry.context import Context as OtelContext
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    span_context = SpanContext(
+        trace, span, False, TraceFlags(flags), TraceState.from_header([state]) if state else None
+    )
+    context = api.set_span_in_context(NonRecordingSpan(span_context), OtelContext())
+    if bag is not None:
+        context = baggage.set_baggage(bag, "v", context)
+    expected: dict[str, str] = {}
+    propagate.inject(expected, context=context)
+    propagation = _Propagation()
+    text = propagation.inject(context)
+    assert (json.loads(text) if text else {}) == expected
+    if text is None:
+        return
+    got = propagation.extract(text)
+    want = propagate.extract(json.loads(text))
+    assert got is not None
+    assert (
+        api.get_current_span(got).get_span_context()
+        == api.get_current_span(want).get_span_context()
+    )
+    assert baggage.get_all(got) == baggage.get_all(want)
+    for bad in (text.replace('"00-', '"ff-'), text.upper(), text[:-3] + '"}'):
+        if bad != text:
+            bad_got = propagation.extract(bad)
+            bad_want = propagate.extract(json.loads(bad)) if bad.startswith("{") else None
+            if bad_got is None or bad_want is None:
+                continue
+            assert (
+                api.get_current_span(bad_got).get_span_context()
+                == api.get_current_span(bad_want).get_span_context()
+            )
+
+
+def test_another_propagator_is_used_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a global propagator other than W3C Trace Context, the carrier is that one's,
+    not the fast path's."""
+    from opentelemetry import propagate
+    from opentelemetry import trace as api
+    from opentelemetry.propagators.textmap import TextMapPropagator
+
+    class Custom(TextMapPropagator):
+        def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+            return api.set_span_in_context(api.NonRecordingSpan(span_context))
+
+        def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+            carrier["x-custom"] = "1"
+
+        @property
+        def fields(self) -> set[str]:
+            return {"x-custom"}
+
+    span_context = api.SpanContext(1, 2, True, api.TraceFlags(1))
+    propagation = _Propagation()
+    monkeypatch.setattr(propagate, "_HTTP_TEXT_FORMAT", Custom())
+    assert propagation.inject() == '{"x-custom":"1"}'
+    got = propagation.extract('{"traceparent":"00-' + "1" * 32 + "-" + "2" * 16 + '-01"}')
+    assert got is not None
+    assert api.get_current_span(got).get_span_context() is span_context
 
 
 def test_instrument_checks_its_arguments() -> None:

@@ -2,9 +2,10 @@
 BACKEND OUT``.
 
 ROLE is ``producer`` (enqueues one ``greet`` task under a ``request`` span, then exits) or
-``worker`` (runs tasks until ``greet`` has run once). BACKEND is ``sqlite:PATH`` or
-``pg:SCHEMA:DSN``. Each process writes the spans it made to OUT as a JSON list of
-``{name, trace_id, span_id, parent_id, kind, attributes}``, and prints ``done``.
+``worker`` (runs tasks until ``greet`` has run once). BACKEND is ``sqlite:PATH``,
+``pg:SCHEMA:DSN`` or ``redis:NAMESPACE:URL``. Each process writes the spans it made to OUT
+as a JSON list of ``{name, trace_id, span_id, parent_id, kind, attributes}``, and prints
+``done``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ def _backend(spec: str) -> QueueBackend:
     kind, _, rest = spec.partition(":")
     if kind == "sqlite":
         return SQLiteQueueBackend(rest)
+    name, _, address = rest.partition(":")
+    if kind == "redis":
+        from tasker_redis import RedisQueueBackend
+
+        return RedisQueueBackend(address, namespace=name)
     from tasker_pg import PostgresQueueBackend
 
-    schema, _, dsn = rest.partition(":")
-    return PostgresQueueBackend(dsn, schema=schema)
+    return PostgresQueueBackend(address, schema=name)
 
 
 async def _main(role: str, spec: str, out: Path, provider: TracerProvider) -> None:
