@@ -134,6 +134,19 @@ class QueueStatements:
             " $16, $17, $18, $19, $20)"
             " on conflict do nothing returning id"
         )
+        # A run of tasks without unique keys in one statement: a column array each (in
+        # TASK_INSERT_COLUMNS, LIMIT_COLUMNS order), the rows in order. A row whose id is
+        # stored (or came earlier in the arrays) does nothing; the ids returned are those
+        # inserted.
+        self.insert_many = (
+            f"insert into {tasks} ({TASK_INSERT_COLUMNS}, {LIMIT_COLUMNS})"  # noqa: S608 - validated identifiers
+            " select * from unnest($1::text[], $2::text[], $3::text[], $4::bytea[],"
+            " $5::integer[], $6::float8[], $7::text[], $8::integer[], $9::float8[],"
+            " $10::text[], $11::float8[], $12::float8[], $13::bytea[], $14::text[],"
+            " $15::integer[], $16::text[], $17::integer[], $18::float8[], $19::text[],"
+            " $20::integer[])"
+            " on conflict do nothing returning id"
+        )
         # $1 the task's id, $2 its unique key: the task stored with this id first, else the
         # latest with this key (a live one first).
         self.stored_or_latest_with_key = (

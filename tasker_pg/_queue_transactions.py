@@ -75,6 +75,27 @@ async def _insert(conn: _Conn, sql: QueueStatements, task: NewTask) -> bool:
     return row is not None
 
 
+async def _insert_run(
+    conn: _Conn, sql: QueueStatements, tasks: Sequence[NewTask], now: float
+) -> list[EnqueueResult]:
+    """Store ``tasks`` (none with a unique key) in one statement, or one by one when there
+    is a single task; a task whose id is stored already (or came earlier in the run) is
+    deduplicated to it, found as :func:`_enqueue_one` finds it."""
+    if len(tasks) == 1:
+        return [await _enqueue_one(conn, sql, tasks[0], now)]
+    rows = [(*task_insert_values(task), *limit_values(task)) for task in tasks]
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    inserted = {row[0] for row in await conn.fetch(sql.insert_many, *columns)}
+    results = []
+    for task in tasks:
+        if task.id in inserted:
+            inserted.discard(task.id)  # a later task with the same id is deduplicated
+            results.append(EnqueueResult(id=task.id))
+        else:  # its id is stored: in any state, that task is the one
+            results.append(await _enqueue_one(conn, sql, task, now))
+    return results
+
+
 async def _enqueue_one(
     conn: _Conn, sql: QueueStatements, task: NewTask, now: float
 ) -> EnqueueResult:
@@ -110,12 +131,26 @@ async def enqueue_on(
     group: GroupSpec | None,
     now: float,
 ) -> list[EnqueueResult]:
-    """Store ``tasks`` (and ``group``'s callback) in the transaction open on ``conn``."""
-    results = []
+    """Store ``tasks`` (and ``group``'s callback) in the transaction open on ``conn``.
+
+    Tasks are stored in order, as if one by one: each run of tasks without a unique key
+    in one statement (:func:`_insert_run`), a task with one by itself (its window is
+    read first).
+    """
+    results: list[EnqueueResult] = []
     queues = set()
-    for task in tasks:
-        result = await _enqueue_one(conn, sql, task, now)
-        results.append(result)
+    start = 0
+    while start < len(tasks):
+        if tasks[start].unique_key is not None:
+            results.append(await _enqueue_one(conn, sql, tasks[start], now))
+            start += 1
+            continue
+        end = start + 1
+        while end < len(tasks) and tasks[end].unique_key is None:
+            end += 1
+        results += await _insert_run(conn, sql, tasks[start:end], now)
+        start = end
+    for task, result in zip(tasks, results, strict=True):
         if not result.deduplicated:
             queues.add(task.queue)
     if group is not None:
