@@ -23,7 +23,6 @@ The password never leaves this module: reprs and messages show the URL through
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import ssl
@@ -46,7 +45,7 @@ from ._errors import (
     vhost_refused,
 )
 
-__all__ = ["AmqpSource", "ack", "check_asyncio"]
+__all__ = ["AmqpSource", "check_asyncio"]
 
 logger = logging.getLogger("tasker_amqp")
 logger.addFilter(RedactingFilter())
@@ -294,20 +293,3 @@ class AmqpSource:
                     await connection.close()
             except (OSError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError):
                 pass
-
-
-async def ack(channel: aiormq.abc.AbstractChannel, tag: int) -> None:
-    """Acknowledge a delivery, if its channel is still open (a delivery on a closed
-    channel went back to its queue with it).
-
-    Queued for the connection's writer without waiting for the socket to drain: waiting
-    would say only that the frame reached the kernel, not the broker, so it guarantees
-    nothing more (a connection lost before the broker reads the frame redelivers the
-    message either way), and it costs a future and a wake-up per task.
-    """
-    if channel.is_closed:
-        return
-    with contextlib.suppress(
-        aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError
-    ):
-        await channel.basic_ack(tag, wait=False)

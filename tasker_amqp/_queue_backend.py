@@ -37,6 +37,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import heapq
 import itertools
 import logging
@@ -68,8 +69,9 @@ from tasker.queue import (
     WorkerInfo,
 )
 
+from ._acks import Acks, ack_all
 from ._codec import Meta, NotATaskError, clip, decode, encode, is_reserved, micros
-from ._connection import AmqpSource, ack, check_asyncio
+from ._connection import AmqpSource, check_asyncio
 from ._errors import AmqpSetupError
 from ._stats import QueueStats, broker_stats
 from ._stored import StoreSide, store_capabilities
@@ -107,6 +109,7 @@ class _Delivery:
     payload: bytes
     queue: str
     channel: aiormq.abc.AbstractChannel
+    acks: Acks  # the channel's
     tag: int
     seq: int
     attempts: int  # attempts made before this claim, redeliveries counted
@@ -180,6 +183,7 @@ class _Link:
     generation: int
     publisher: aiormq.abc.AbstractChannel
     consumer: aiormq.abc.AbstractChannel
+    acks: Acks
     declared: set[str] = field(default_factory=set)
     consuming: dict[str, str] = field(default_factory=dict)
 
@@ -417,7 +421,7 @@ class AmqpQueueBackend:
     async def _open(self, connection: aiormq.abc.AbstractConnection) -> _Link:
         publisher = await connection.channel(publisher_confirms=True)
         consumer = await connection.channel(publisher_confirms=False)
-        link = _Link(self._source.generation, publisher, consumer)
+        link = _Link(self._source.generation, publisher, consumer, Acks(consumer))
         try:
             await self._declare(link)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
@@ -530,7 +534,9 @@ class AmqpQueueBackend:
         try:
             ok = await link.consumer.basic_consume(
                 self.amqp_name(queue),
-                lambda message: self._on_message(link, queue, message),
+                # A coroutine function, which aiormq runs as it is (a lambda returning the
+                # coroutine would be wrapped in one more coroutine per delivery).
+                functools.partial(self._on_message, link, queue),
                 no_ack=False,
             )
             link.consuming[queue] = str(ok.consumer_tag)
@@ -548,6 +554,8 @@ class AmqpQueueBackend:
     ) -> None:
         tag = message.delivery_tag
         assert tag is not None
+        # Before anything else, and before any await: see _acks.
+        link.acks.delivered(tag)
         flow = self._flows.get(queue)
         if flow is not None:
             flow.waiting -= 1
@@ -566,13 +574,14 @@ class AmqpQueueBackend:
             # lost confirmation): the one here runs. Not the copy this process publishes
             # to replace a delivery it still holds (a retry, a hand-back): that one may
             # arrive before the publish is confirmed, while the old delivery is held.
-            await ack(link.consumer, tag)
+            await link.acks.ack((tag,))
             return
         delivery = _Delivery(
             meta=meta,
             payload=message.body,
             queue=queue,
             channel=link.consumer,
+            acks=link.acks,
             tag=tag,
             seq=next(self._seq),
             attempts=meta.attempts + redelivered,
@@ -605,7 +614,7 @@ class AmqpQueueBackend:
         )
         tag = message.delivery_tag
         assert tag is not None
-        await ack(link.consumer, tag)
+        await link.acks.ack((tag,))
 
     def _drop(self, delivery: _Delivery) -> None:
         """Forget a claim on ``delivery`` (settled, lost, or taken over)."""
@@ -967,12 +976,16 @@ class AmqpQueueBackend:
             return
         link = await self._connected()
         others = []
+        # The common case, successes: no coroutine each, and one acknowledgement for the
+        # run of them.
+        succeeded: list[tuple[Acks, int]] = []
         for outcome, delivery in mine:
-            if outcome.kind is OutcomeKind.SUCCEEDED:  # the common case: no coroutine each
+            if outcome.kind is OutcomeKind.SUCCEEDED:
                 self._drop(delivery)
-                await ack(delivery.channel, delivery.tag)
+                succeeded.append((delivery.acks, delivery.tag))
             else:
                 others.append(self._settle(link, outcome, delivery, now))
+        await ack_all(succeeded)
         if others:
             await _all(others)
 
@@ -992,7 +1005,7 @@ class AmqpQueueBackend:
             await self._redeliver(link, delivery, _with(meta, attempts=delivery.attempts - 1), now)
         else:
             self._drop(delivery)
-            await ack(delivery.channel, delivery.tag)
+            await delivery.acks.ack((delivery.tag,))
 
     async def _redeliver(self, link: _Link, delivery: _Delivery, meta: Meta, now: float) -> None:
         """Publish ``meta`` back to the delivery's queue (delayed until its ``run_at``),
@@ -1003,7 +1016,7 @@ class AmqpQueueBackend:
         finally:
             self._republishing.discard(meta.id)
         self._drop(delivery)
-        await ack(delivery.channel, delivery.tag)
+        await delivery.acks.ack((delivery.tag,))
 
     async def _bury(
         self,
@@ -1029,7 +1042,7 @@ class AmqpQueueBackend:
         if not isinstance(confirmation, Basic.Ack):
             raise ConnectionError(f"RabbitMQ did not take dead task {meta.id!r}")
         self._drop(delivery)
-        await ack(delivery.channel, delivery.tag)
+        await delivery.acks.ack((delivery.tag,))
 
     async def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a delivery of ``queues`` is here (or falls due, or a lease here

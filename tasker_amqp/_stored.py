@@ -41,7 +41,6 @@ from tasker.abc import QueueBackend, QueueCapability
 from tasker.queue import EnqueueResult, GroupSpec, NewTask, Outcome, OutcomeKind, TaskRecord
 from tasker.queue import TaskState as S
 
-from ._connection import ack
 from ._stats import broker_stats
 
 if TYPE_CHECKING:
@@ -388,4 +387,4 @@ class StoreSide:
 
 
 async def _ack(delivery: _Delivery) -> None:
-    await ack(delivery.channel, delivery.tag)
+    await delivery.acks.ack((delivery.tag,))
