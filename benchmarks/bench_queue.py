@@ -142,25 +142,13 @@ def _bare_attempts(tracing: Any, provider: TracerProvider) -> None:
     """Replace ``tracing``'s attempt hook by a bare SDK span with the same attributes."""
     from opentelemetry.trace import SpanKind
 
+    from tasker.tracing._otel import attempt_attributes
+
     start = provider.get_tracer("bare").start_span
 
     def attempt(record: Any, worker: str) -> _BareSpan:
-        return _BareSpan(
-            start(
-                f"run {record.name}",
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "tasker",
-                    "messaging.operation.type": "process",
-                    "messaging.operation.name": "run",
-                    "messaging.destination.name": record.queue,
-                    "messaging.message.id": record.id,
-                    "tasker.task.name": record.name,
-                    "tasker.task.attempt": record.attempts,
-                    "tasker.worker.id": worker,
-                },
-            )
-        )
+        attributes = attempt_attributes(record, worker)
+        return _BareSpan(start(f"run {record.name}", kind=SpanKind.CONSUMER, attributes=attributes))
 
     tracing.attempt = attempt
 
@@ -168,20 +156,16 @@ def _bare_attempts(tracing: Any, provider: TracerProvider) -> None:
 def span_floor(count: int = 20_000) -> float:
     """Microseconds of CPU to start and end one sampled span with an attempt's attributes,
     on the benchmark's provider: what the OTel SDK itself costs, whoever calls it."""
+    from types import SimpleNamespace
+
     from opentelemetry.trace import SpanKind
+
+    from tasker.tracing._otel import attempt_attributes
 
     provider = _tracer_provider(1.0)
     tracer = provider.get_tracer("floor")
-    attributes: dict[str, str | int] = {
-        "messaging.system": "tasker",
-        "messaging.operation.type": "process",
-        "messaging.operation.name": "run",
-        "messaging.destination.name": "default",
-        "messaging.message.id": "0123456789abcdef0123456789abcdef",
-        "tasker.task.name": "noop",
-        "tasker.task.attempt": 1,
-        "tasker.worker.id": "worker-1",
-    }
+    record = SimpleNamespace(queue="default", id="0123456789abcdef" * 2, name="noop", attempts=1)
+    attributes = attempt_attributes(record, "worker-1")  # type: ignore[arg-type]
     best = math.inf
     for _ in range(5):
         cpu = time.process_time()

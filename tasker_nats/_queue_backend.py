@@ -39,6 +39,7 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -46,7 +47,7 @@ import os
 import random
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -378,20 +379,8 @@ class NatsQueueBackend:
                 f"{len(writes)} changes in one step; NATS takes at most {_BATCH_LIMIT} in one"
                 " atomic batch"
             )
-        # Until their acknowledgement is read, the view's consumer may bring these writes
-        # back first: it takes the record from here instead of decoding the echo.
-        inflight = state.inflight
-        for write in writes:
-            if write.record is not None and write.task_id is not None:
-                inflight[write.task_id] = (write.data, write.record)
-        try:
+        with _inflight(state, writes):
             sequences = await self._send(state, writes)
-        finally:
-            for write in writes:
-                if write.record is not None and write.task_id is not None:
-                    mine = inflight.get(write.task_id)
-                    if mine is not None and mine[0] is write.data:
-                        del inflight[write.task_id]
         if sequences is None:
             return None
         apply = state.view.apply
@@ -779,20 +768,13 @@ class NatsQueueBackend:
             except Exception as exc:
                 return [exc]
             return [None if stored is None else stored[0]]
-        inflight = state.inflight
-        for write in writes:
-            if write.record is not None and write.task_id is not None:
-                inflight[write.task_id] = (write.data, write.record)
         try:
-            replies = await _request_many(state, [(w.subject, w.data, w.headers()) for w in writes])
+            with _inflight(state, writes):
+                replies = await _request_many(
+                    state, [(w.subject, w.data, w.headers()) for w in writes]
+                )
         except Exception as exc:
             return [exc] * len(writes)
-        finally:
-            for write in writes:
-                if write.record is not None and write.task_id is not None:
-                    mine = inflight.get(write.task_id)
-                    if mine is not None and mine[0] is write.data:
-                        del inflight[write.task_id]
         results: list[int | BaseException | None] = []
         apply = state.view.apply
         for write, reply in zip(writes, replies, strict=True):
@@ -1405,6 +1387,25 @@ async def _publish(
         raise nats.errors.MaxPayloadError
     reply = await state.acks.request(subject, data, headers, _REQUEST_TIMEOUT)
     return _sequence(reply)
+
+
+@contextlib.contextmanager
+def _inflight(state: _Connected, writes: Sequence[Any]) -> Iterator[None]:
+    """While ``writes`` are sent, the view's consumer may bring them back before their
+    acknowledgement is read: it takes each record from ``state.inflight`` instead of
+    decoding the echo. Only this send's entries are removed afterwards."""
+    inflight = state.inflight
+    for write in writes:
+        if write.record is not None and write.task_id is not None:
+            inflight[write.task_id] = (write.data, write.record)
+    try:
+        yield
+    finally:
+        for write in writes:
+            if write.record is not None and write.task_id is not None:
+                mine = inflight.get(write.task_id)
+                if mine is not None and mine[0] is write.data:
+                    del inflight[write.task_id]
 
 
 def _sequence(reply: Any) -> int:

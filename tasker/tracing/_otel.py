@@ -134,6 +134,20 @@ class _Propagation:
 _EMPTY = otel_context.Context()
 
 
+def attempt_attributes(record: TaskRecord, worker: str) -> dict[str, str | int]:
+    """The attributes of an attempt's CONSUMER span."""
+    return {
+        "messaging.system": SYSTEM,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "run",
+        "messaging.destination.name": record.queue,
+        "messaging.message.id": record.id,
+        "tasker.task.name": record.name,
+        "tasker.task.attempt": record.attempts,
+        "tasker.worker.id": worker,
+    }
+
+
 def _record_error(span: trace.Span, error: str, stacktrace: str | None) -> None:
     """``span`` failed with the task's stored ``error`` (``"Type: message"``)."""
     kind, _, message = error.partition(": ")
@@ -265,16 +279,7 @@ class Tracing:
             f"run {record.name}",
             context=parent,
             kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": SYSTEM,
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "run",
-                "messaging.destination.name": record.queue,
-                "messaging.message.id": record.id,
-                "tasker.task.name": record.name,
-                "tasker.task.attempt": record.attempts,
-                "tasker.worker.id": worker,
-            },
+            attributes=attempt_attributes(record, worker),
         )
         return _AttemptSpan(span, parent)
 
