@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import time as _time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -62,7 +63,10 @@ class MemoryQueueBackend(MemoryAdministration):
 
     async def time(self) -> float:
         """The clock given at construction, as a timestamp."""
-        return self._clock.now().timestamp()
+        clock = self._clock
+        if type(clock) is SystemClock:  # the same reading, without building a datetime
+            return _time.time()
+        return clock.now().timestamp()
 
     async def enqueue(
         self, tasks: Sequence[NewTask], *, group: GroupSpec | None = None, now: float
@@ -342,7 +346,7 @@ class MemoryQueueBackend(MemoryAdministration):
                         attempt=record.attempts,
                         started_at=outcome.started_at,
                         finished_at=outcome.finished_at,
-                        outcome=kind.value,
+                        outcome=kind._value_,  # not .value: a property call
                         error=outcome.error,
                     )
                 )

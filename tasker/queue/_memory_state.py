@@ -57,10 +57,14 @@ class TaskTable(dict[str, TaskRecord]):
         self.waiting: dict[str, int] = {}
 
     def __setitem__(self, key: str, record: TaskRecord) -> None:
+        # Identity, not ``in WAITING``: an enum's hash is a Python call (a hot path).
         old = dict.get(self, key)
-        if old is not None and old.state in WAITING:
-            self.waiting[old.queue] -= 1
-        if record.state in WAITING:
+        if old is not None:
+            state = old.state
+            if state is TaskState.QUEUED or state is TaskState.HELD:
+                self.waiting[old.queue] -= 1
+        state = record.state
+        if state is TaskState.QUEUED or state is TaskState.HELD:
             self.waiting[record.queue] = self.waiting.get(record.queue, 0) + 1
         dict.__setitem__(self, key, record)
 

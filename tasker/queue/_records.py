@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ._limits import RateLimit
+from ._quick import quick_init
 
 __all__ = [
     "CancelResult",
@@ -57,6 +58,7 @@ TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED})
 HeaderValue = str | int | bool
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewTask:
     """A task to enqueue, as the backend receives it."""
@@ -159,6 +161,7 @@ def check_progress(value: object, text: object, where: str) -> float:
     return float(value)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskRecord:
     """A task as stored."""
@@ -220,6 +223,7 @@ class OutcomeKind(enum.Enum):
     CANCELLED = "cancelled"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     """A worker's report on one claimed task."""
@@ -286,6 +290,7 @@ class CancelResult:
         return self.status in (CancelStatus.CANCELLED, CancelStatus.REQUESTED)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HistoryEntry:
     """One attempt of one task: who ran it, when, for how long, and how it ended."""

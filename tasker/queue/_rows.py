@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ._quick import quick_replace
 from ._records import (
     HistoryEntry,
     NewTask,
@@ -191,15 +192,15 @@ def history_from_row(row: Any) -> HistoryEntry:
     )
 
 
-_FIELDS = tuple(TaskRecord.__dataclass_fields__)
+_replace_record = quick_replace(TaskRecord)
 
 
-def replace_record(record: TaskRecord, **changes: object) -> TaskRecord:
-    """``dataclasses.replace`` for a :class:`TaskRecord`, without its per-call field
-    introspection (a hot path of the stores that keep records)."""
-    fields = {name: getattr(record, name) for name in _FIELDS}
-    fields.update(changes)
-    return TaskRecord(**fields)
+def replace_record(record: TaskRecord, /, **changes: Any) -> TaskRecord:
+    """``dataclasses.replace`` for a :class:`TaskRecord`: a copy with ``changes``, without
+    the per-call field introspection or the frozen ``__init__`` (a hot path of the stores
+    that keep records). An unknown field is a :class:`TypeError`, as there."""
+    new: TaskRecord = _replace_record(record, **changes)
+    return new
 
 
 def dead_record(

@@ -32,10 +32,14 @@ class JSONSerializer:
 
     def dumps(self, value: Any, /) -> bytes:
         """Serialise to compact UTF-8 JSON."""
+        if value is None:  # the payload of most tasks: no encoder for it
+            return b"null"
         return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
     def loads(self, data: bytes, /) -> Any:
         """Parse UTF-8 JSON."""
+        if data == b"null":  # the payload of most tasks: no decoder for it
+            return None
         return json.loads(data)
 
     def __repr__(self) -> str:
