@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from typing import Any
 
 import anyio
 
 from ._attempt import Attempt
 from ._errors import UnknownTaskError
+from ._ids import new_id
 from ._records import Outcome, OutcomeKind, TaskRecord, TaskState
 from ._worker_state import WorkerState
 
@@ -81,7 +81,7 @@ class Realtime(WorkerState):
         finally:
             self._spawners -= 1
         record = TaskRecord(
-            id=uuid.uuid4().hex,
+            id=new_id(),
             name=name,
             queue=registration.queue,
             payload=data,

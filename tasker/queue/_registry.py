@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +26,7 @@ from .._job import check_job
 from .._threads import is_sync_callable, run_in_thread
 from ._checks import check_headers, check_int, check_name, check_priority, check_task_id
 from ._errors import PayloadError, UnknownTaskError
+from ._ids import new_id
 from ._limits import RateLimit, check_concurrency_limit, rate_limit_of
 from ._observe import QueueObserver, QueueTracer
 from ._records import HeaderValue, NewTask
@@ -217,7 +217,7 @@ class Registry:
                 f" got a {type(payload).__name__}"
             )
         return NewTask(
-            id=uuid.uuid4().hex if task_id is None else check_task_id(task_id),
+            id=new_id() if task_id is None else check_task_id(task_id),
             name=name,
             queue=check_name(queue, "queue") if queue is not None else registration.queue,
             payload=raw_payload if raw_payload is not None else self.serialize(name, payload),

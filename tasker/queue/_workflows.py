@@ -9,7 +9,6 @@ backend enqueues the callback when the last member finished.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from ._chain import Step, encode_chain
 from ._checks import check_int, check_name, check_priority
 from ._core import QueueCore
 from ._errors import UnknownTaskError
+from ._ids import new_id
 from ._info import Enqueued
 from ._records import GroupSpec
 from ._serializer import JSONSerializer
@@ -131,7 +131,7 @@ class WorkflowMethods(QueueCore):
             if not isinstance(self._registry.serializer, JSONSerializer):
                 raise TypeError("enqueue_group(): a group callback needs the JSON serializer")
         now = await self._now()
-        group_id = uuid.uuid4().hex
+        group_id = new_id()
         tasks = [
             self._new_task(
                 step.name,
