@@ -79,3 +79,44 @@ async def test_a_claim_reads_due_tasks_in_index_order_without_sorting(tmp_path: 
     assert "tasks_due" not in indexes
     assert "tasks_claim" in plan
     assert "TEMP B-TREE" not in plan
+
+
+async def test_lease_queries_read_the_running_tasks_along_the_claim_index(
+    tmp_path: Path,
+) -> None:
+    """Leases are found among the running tasks, which lead the claim index: never a scan
+    of every task. The earlier ``tasks_lease`` index (every task's) is dropped on open."""
+    from tasker.queue import _sqlite_ops as ops
+
+    path = tmp_path / "queue.sqlite3"
+    with sqlite3.connect(path) as db:  # a file of an earlier version, with the old index
+        db.execute(ops.SCHEMA[0])
+        db.execute("create index tasks_lease on tasks (state, lease_until)")
+    backend = SQLiteQueueBackend(path)
+    now = await backend.time()
+    assert await backend.claim(["default"], 10, worker="w", lease=30, now=now) == []
+    await backend.aclose()
+    with sqlite3.connect(path) as db:
+        indexes = {
+            row[0] for row in db.execute("select name from sqlite_master where type = 'index'")
+        }
+        plans = [
+            " ".join(str(row[3]) for row in db.execute(f"explain query plan {query}", args))
+            for query, args in [
+                (
+                    "select id from tasks where state = 'running' and lease_until <= ?"
+                    " and queue in (?) order by lease_until limit ?",
+                    (now, "default", 10),
+                ),
+                ("select min(lease_until) from tasks where state = 'running'", ()),
+                (
+                    "select id from tasks where state = 'running' and lease_until <= ?"
+                    " order by lease_until limit ?",
+                    (now, 10),
+                ),
+            ]
+        ]
+    assert "tasks_lease" not in indexes
+    for plan in plans:
+        assert "tasks_claim (state=?" in plan, plan
+        assert "SCAN" not in plan, plan

@@ -93,7 +93,12 @@ SCHEMA = [
     "drop index if exists tasks_due",
     "create index if not exists tasks_claim on tasks"
     " (state, queue, priority desc, run_at, created_at)",
-    "create index if not exists tasks_lease on tasks (state, lease_until)",
+    # No index of leases: every query of leases reads ``state = 'running'``, and the claim
+    # index's leading column holds the running tasks together (no more than run at once),
+    # which the planner preferred anyway. The earlier tasks_lease (state, lease_until) cost
+    # every attempt four more index writes and a finished task an entry for ever (a drain
+    # measured 15-20% faster without it).
+    "drop index if exists tasks_lease",
     "create index if not exists tasks_unique on tasks (unique_key) where unique_key is not null",
     # The database, not only this code, admits one live task per unique key.
     """create unique index if not exists tasks_unique_live on tasks (unique_key)
