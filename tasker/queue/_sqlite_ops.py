@@ -459,25 +459,32 @@ def _finish(db: sqlite3.Connection, outcomes: Sequence[Outcome], now: float, del
         now += delta
         outcomes = [_shifted_outcome(o, delta) for o in outcomes]
     requeued = False
+    # One read of every outcome's task, then the history rows and the successes each in one
+    # ``executemany``: a batch of ten outcomes costs four statements, not thirty. A task's
+    # group never changes, so a task of none (the common case) settles without asking again.
+    wanted = list(dict.fromkeys(o.id for o in outcomes))
+    rows = {
+        row[0]: row
+        for row in db.execute(
+            "select id, lease_owner, name, queue, attempts, group_id, cancel_requested,"  # noqa: S608 - placeholders only
+            f" concurrency_key from tasks where id in ({','.join('?' * len(wanted))})"
+            " and state = 'running'",
+            wanted,
+        )
+    }
+    history: list[tuple[object, ...]] = []
+    succeeded: list[tuple[object, ...]] = []
+    settled: list[tuple[Outcome, OutcomeKind, int, str | None]] = []
     for outcome in outcomes:
-        # The task's group too: a task's group never changes, so a task of none (the common
-        # case) settles without asking again. (An ``update ... returning`` in place of this
-        # select and the update below measured no faster: the select hits cached pages.)
-        row = db.execute(
-            "select name, queue, attempts, group_id, cancel_requested, concurrency_key"
-            " from tasks where id = ? and state = 'running' and lease_owner = ?",
-            (outcome.id, outcome.worker),
-        ).fetchone()
-        if row is None:
+        row = rows.pop(outcome.id, None)
+        if row is None or row[1] != outcome.worker:
             continue  # the lease was lost: a newer attempt owns the task
-        name, queue, attempts, group_id, cancelling, keyed = row
+        _, _, name, queue, attempts, group_id, cancelling, keyed = row
         if keyed is not None:
             requeued = True  # a concurrency key's slot frees: wake the waiting workers
         kind = settled_kind(outcome.kind, bool(cancelling))
         if kind is not OutcomeKind.RELEASED:
-            db.execute(
-                "insert into task_history (task_id, name, queue, worker, attempt, started_at,"
-                " finished_at, outcome, error) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            history.append(
                 (
                     outcome.id,
                     name,
@@ -486,17 +493,32 @@ def _finish(db: sqlite3.Connection, outcomes: Sequence[Outcome], now: float, del
                     attempts,
                     outcome.started_at,
                     outcome.finished_at,
-                    kind.value,
+                    kind._value_,  # not .value: a property call
                     outcome.error,
-                ),
+                )
             )
         if kind is OutcomeKind.SUCCEEDED:
-            db.execute(
-                "update tasks set state = 'succeeded', lease_owner = null, lease_until = null,"
-                " result = ?, result_expires = ?, last_error = null, traceback = null,"
-                " finished_at = ? where id = ?",
-                (outcome.result, outcome.result_expires, outcome.finished_at, outcome.id),
+            succeeded.append(
+                (outcome.result, outcome.result_expires, outcome.finished_at, outcome.id)
             )
+        settled.append((outcome, kind, cancelling, group_id))
+    if history:
+        db.executemany(
+            "insert into task_history (task_id, name, queue, worker, attempt, started_at,"
+            " finished_at, outcome, error) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            history,
+        )
+    if succeeded:
+        db.executemany(
+            "update tasks set state = 'succeeded', lease_owner = null, lease_until = null,"
+            " result = ?, result_expires = ?, last_error = null, traceback = null,"
+            " finished_at = ? where id = ?",
+            succeeded,
+        )
+    # Then, in the outcomes' order: the other kinds, the chains' next steps and the groups
+    # (a group is told once its members' states are all written).
+    for outcome, kind, cancelling, group_id in settled:
+        if kind is OutcomeKind.SUCCEEDED:
             for follow_up in () if cancelling else outcome.follow_ups:  # a cancel ends a chain
                 insert(db, follow_up)
                 requeued = True
