@@ -55,8 +55,13 @@ FINISHED_STATES = ("succeeded", "dead", "cancelled")
 LEASE_EXPIRED = "lease expired (the worker stopped responding)"
 
 
+#: A state by its stored value: a dict lookup, not ``TaskState(value)`` (an enum call).
+_STATES = {state.value: state for state in TaskState}
+
+
 def record_from_row(row: Any) -> TaskRecord:
     """A :class:`TaskRecord` from a row of :data:`COLUMNS` (a tuple, or an asyncpg record)."""
+    state = _STATES.get(row[6])
     return TaskRecord(
         id=row[0],
         name=row[1],
@@ -64,7 +69,7 @@ def record_from_row(row: Any) -> TaskRecord:
         payload=bytes(row[3]),
         priority=row[4],
         run_at=row[5],
-        state=TaskState(row[6]),
+        state=TaskState(row[6]) if state is None else state,  # the enum's error if unknown
         attempts=row[7],
         max_attempts=row[8],
         timeout=row[9],
@@ -81,7 +86,7 @@ def record_from_row(row: Any) -> TaskRecord:
         group_id=row[20],
         group_index=row[21],
         cancel_requested=bool(row[22]),
-        progress=progress_from_row(row[23], row[24], row[25]),
+        progress=None if row[23] is None else progress_from_row(row[23], row[24], row[25]),
         trace=row[26],
     )
 
