@@ -3,7 +3,7 @@ RabbitMQ, one run.
 
 Run: ``python benchmarks/bench_amqp_queue.py [--url amqp://guest:guest@127.0.0.1:5672/ |
 --private-server] [--tasks 5000,20000] [--rounds N] [--peer-python
-/tmp/peer-amqp-venv/bin/python] [--json]`` (or ``nox -s bench``). The URL defaults to
+/tmp/peer-amqp-venv/bin/python] [--json [PATH]]`` (or ``nox -s bench``). The URL defaults to
 ``$TASKER_BENCH_AMQP_URL``, else the machine's broker as guest (RabbitMQ 3.10 or newer:
 tasker_amqp's quorum queues dead-letter at least once); when neither is given and nothing
 answers there, a private node is started as with ``--private-server``: a RabbitMQ node of
@@ -66,7 +66,9 @@ the latencies of all rounds together; ``--tools`` picks a subset. Targets (issue
 reported, never asserted: tasker_amqp at least 80% of the raw limit in the same run, p50
 enqueue-to-start under 3 ms. Exit status: 0 unless the harness itself fails (no broker, a
 bad option, tasker_amqp importable but failing); a peer that fails is reported and the run
-goes on.
+goes on. ``--json`` prints one JSON document of everything instead of the table; ``--json
+PATH`` prints the table and writes the shares of the limit, each tool's rate on the largest
+size and its latency in ``benchmarks/_report.py``'s shape to PATH.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
+import _report
 import aiormq
 import anyio
 from peers.amqp_common import DEFAULT_URL, URL_VARIABLE, WARM_UP, made
@@ -779,6 +782,63 @@ def ratios(results: list[ToolResult], settings: Settings) -> tuple[list[str], di
     return lines, figures
 
 
+def json_report(
+    results: list[ToolResult], settings: Settings, figures: dict[str, Any], cleanup: list[str]
+) -> _report.Report:
+    """:func:`ratios`' shares of the limit, each tool's rate on the largest size and its
+    latency, in ``benchmarks/_report.py``'s shape."""
+    out = _report.Report.of(__file__)
+    by_tool = {r.tool: r for r in results if r.status == "ok"}
+    largest = max(settings.sizes)
+    for r in results:
+        if r.status != "ok":
+            out.note(f"{r.tool}: {r.status}")
+            continue
+        # tasker on RabbitMQ (and its variants), and on its in-process memory backend.
+        backend = "memory" if r.tool == "memory" else "rabbitmq"
+        tool = "tasker" if r.tool == "memory" else r.tool.replace(TASKER, "tasker")
+        if largest in r.drains:
+            out.rate(backend, tool, r.drains[largest].rate)
+        if r.latencies_ms:
+            out.latency_ms(backend, tool, r.p50, r.p99)
+        out.notes.extend(f"{r.tool}: {error}" for error in r.errors)
+    out.note(
+        f"throughput: the {largest:,}-task drains, one worker with concurrency"
+        f" {settings.concurrency}"
+    )
+    limit = by_tool.get(RAW_LIMIT)
+    for size in settings.sizes:
+        entry = figures.get(str(size))
+        if entry is None or limit is None:
+            out.note(f"{size:,} tasks: no {RAW_LIMIT} figure: no shares of the limit")
+            continue
+        for tool, share in entry.items():
+            if tool == "limit":
+                continue
+            out.ratio(
+                f"{size:,} tasks: {tool} / {RAW_LIMIT} (quorum queue), throughput",
+                share,
+                f">= {TARGET_SHARE:g}" if tool == TASKER else None,  # the defaults' target
+                runs=_rounds(by_tool[tool].drains[size], limit.drains[size], settings.rounds),
+            )
+    ours = by_tool.get(TASKER)
+    if ours is not None:
+        target = f"< {TARGET_P50_MS:g}"
+        out.note(
+            f"{TASKER} enqueue to start p50 {ours.p50:.2f} ms (target {target} ms:"
+            f" {_report.verdict(ours.p50, target)})"
+        )
+    out.notes.extend(cleanup)
+    return out
+
+
+def _rounds(mine: Drain, other: Drain, rounds: int) -> list[float]:
+    """The ratio in each round, when both tools have every round's rate."""
+    if rounds > 1 and len(mine.rates) == len(other.rates) == rounds:
+        return [a / b for a, b in zip(mine.rates, other.rates, strict=True)]
+    return []
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -869,9 +929,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="start a RabbitMQ node of this run's own (rabbitmq-server, on free ports)",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON document (progress goes to stderr)"
-    )
+    _report.add_json_option(parser, document=True)
     args = parser.parse_args(argv)
     try:
         args.sizes = [int(size) for size in args.tasks.split(",")]
@@ -989,6 +1047,7 @@ def measure(args: argparse.Namespace, url: str, broker_version: str, out: TextIO
         f" ({os.cpu_count()} CPUs)"
     )
     ratio_lines, figures = ratios(results, settings)
+    json_report(results, settings, figures, cleanup).write(args.json_path)
     if args.json:
         document = {
             "started": started.isoformat(timespec="seconds"),

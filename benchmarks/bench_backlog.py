@@ -1,8 +1,9 @@
 """Does a claim cost the same with a small or a huge backlog? Drain rate against backlog size.
 
-Run: ``python benchmarks/bench_backlog.py [--sizes 5000,100000] [--backends memory,sqlite]``
-(or ``nox -s bench``; ``--sizes 5000,100000,1000000`` for the issue's full table, which takes
-minutes on SQLite).
+Run: ``python benchmarks/bench_backlog.py [--sizes 5000,100000] [--backends memory,sqlite]
+[--json PATH]`` (or ``nox -s bench``; ``--sizes 5000,100000,1000000`` for the issue's full
+table, which takes minutes on SQLite; ``--json PATH`` also writes the figures in
+``benchmarks/_report.py``'s shape). Every size is at least the 5,000 tasks drained.
 
 For each backend, backlog size and kind of ``run_at``, the backlog is enqueued in bulk
 (batches of 5,000 through ``QueueBackend.enqueue``), then one worker with concurrency 10
@@ -21,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+import _report
 import anyio
 
 import tasker
@@ -75,7 +77,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="5000,100000", help="backlog sizes, comma-separated")
     parser.add_argument("--backends", default="memory,sqlite")
+    _report.add_json_option(parser)
     args = parser.parse_args()
+    report = _report.Report.of(__file__)
     sizes = [int(size) for size in args.sizes.split(",")]
     for name in args.backends.split(","):
         for tied in (True, False):
@@ -96,6 +100,16 @@ def main() -> None:
                 f"{name:7} {kind:8} {figures}; largest/smallest {rates[-1] / rates[0]:5.2f}"
                 " (target: about 1)"
             )
+            report.ratio(
+                f"{name}, {kind} run_at: drain rate with {sizes[-1]:,} / {sizes[0]:,} waiting",
+                rates[-1] / rates[0],
+                "≈ 1",
+            )
+            by_size = ", ".join(
+                f"{size:,}: {rate:.0f}" for size, rate in zip(sizes, rates, strict=True)
+            )
+            report.note(f"{name}, {kind} run_at, tasks/s by backlog: {by_size}")
+    report.write(args.json_path)
 
 
 if __name__ == "__main__":

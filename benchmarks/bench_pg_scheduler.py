@@ -1,6 +1,8 @@
 """tasker_pg against APScheduler 4 on the same Postgres, same workload, same run.
 
-Run: ``python benchmarks/bench_pg_scheduler.py [--dsn DSN] [--seconds 15] [--interval 1]``.
+Run: ``python benchmarks/bench_pg_scheduler.py [--dsn DSN] [--seconds 15] [--interval 1]
+[--json PATH]`` (``--json PATH`` also writes the figures in ``benchmarks/_report.py``'s shape,
+with APScheduler's latency and transactions per slot as ratios to tasker_pg's).
 APScheduler runs from a separate virtualenv (``--peer-python``, default
 ``/tmp/peer-venv/bin/python``), never from tasker's; if it is missing the benchmark creates
 it (``pip install --pre apscheduler asyncpg sqlalchemy 'anyio<4.14' sniffio greenlet``:
@@ -40,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import _report
 import anyio
 import anyio.streams.text
 import asyncpg
@@ -202,7 +205,17 @@ async def drop_database(admin_dsn: str, name: str) -> None:
         await conn.close()
 
 
-def report(tool: str, runs: list[tuple[datetime, datetime]], used: Counts, replicas: int) -> None:
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """One tool's figures while its schedule is due, as :func:`report` prints them."""
+
+    p50_ms: float
+    p99_ms: float
+    transactions_per_slot: float
+    duplicates: int
+
+
+def report(tool: str, runs: list[tuple[datetime, datetime]], used: Counts, replicas: int) -> Busy:
     slots = Counter(slot for slot, _ in runs)
     duplicates = sum(n - 1 for n in slots.values())
     latency = [(start - slot).total_seconds() * 1e3 for slot, start in runs]
@@ -217,9 +230,15 @@ def report(tool: str, runs: list[tuple[datetime, datetime]], used: Counts, repli
         f" latency p50 {percentile(latency, 0.5):6.1f} ms, p99 {percentile(latency, 0.99):6.1f} ms;"
         f" {used.transactions / n / replicas:5.1f} transactions per slot per replica{statements}"
     )
+    return Busy(
+        p50_ms=percentile(latency, 0.5),
+        p99_ms=percentile(latency, 0.99),
+        transactions_per_slot=used.transactions / n / replicas,
+        duplicates=duplicates,
+    )
 
 
-def report_idle(tool: str, used: Counts, seconds: float, replicas: int) -> None:
+def report_idle(tool: str, used: Counts, seconds: float, replicas: int) -> str:
     statements = (
         "" if used.statements is None else f", {used.statements * 60 / seconds:6.0f} statements"
     )
@@ -227,9 +246,18 @@ def report_idle(tool: str, used: Counts, seconds: float, replicas: int) -> None:
         f"{tool:12} idle: {used.transactions * 60 / seconds:6.0f} transactions{statements}"
         f" per minute for {replicas} replicas while nothing is due (over {seconds:g} s)"
     )
+    counted = ""
+    if used.statements is not None:
+        counted = f", {used.statements * 60 / seconds:.0f} statements"
+    return (
+        f"{tool} idle: {used.transactions * 60 / seconds:.0f} transactions{counted} per minute"
+        f" for {replicas} replicas while nothing is due"
+    )
 
 
-async def tasker_side(admin_dsn: str, seconds: float, replicas: int, interval: float) -> None:
+async def tasker_side(
+    admin_dsn: str, seconds: float, replicas: int, interval: float, out: _report.Report
+) -> Busy:
     name, dsn = await fresh_database(admin_dsn)
     try:
         runs: list[tuple[datetime, datetime]] = []
@@ -255,7 +283,7 @@ async def tasker_side(admin_dsn: str, seconds: float, replicas: int, interval: f
         await tasker.run(tasker.concurrence(*jobs), shutdown_trigger=lambda: window(busy))
         for s in schedulers:
             await s.aclose()
-        report("tasker_pg", busy["runs"], busy["used"], replicas)
+        figures = report("tasker_pg", busy["runs"], busy["used"], replicas)
         slots = len({slot for slot, _ in busy["runs"]})
         print(
             f"{'':12} {busy['sent'].total() / max(slots, 1) / replicas:.2f} statements per due slot"
@@ -274,13 +302,14 @@ async def tasker_side(admin_dsn: str, seconds: float, replicas: int, interval: f
         await tasker.run(tasker.concurrence(*idle_jobs), shutdown_trigger=lambda: window(quiet))
         for s in idle:
             await s.aclose()
-        report_idle("tasker_pg", quiet["used"], seconds, replicas)
+        out.note(report_idle("tasker_pg", quiet["used"], seconds, replicas))
         print(
             f"{'':12} {quiet['sent'].total()} statements sent while idle (counted in asyncpg):"
             f" {dict(quiet['sent'])}"
         )
     finally:
         await drop_database(admin_dsn, name)
+    return figures
 
 
 def ensure_peer(python: str) -> bool:
@@ -305,8 +334,16 @@ def ensure_peer(python: str) -> bool:
 
 
 async def apscheduler_run(
-    admin_dsn: str, seconds: float, replicas: int, interval: float, python: str, *, idle: bool
-) -> None:
+    admin_dsn: str,
+    seconds: float,
+    replicas: int,
+    interval: float,
+    python: str,
+    out: _report.Report,
+    *,
+    idle: bool,
+) -> Busy | None:
+    """One APScheduler run, busy or ``idle``; its figures (None when idle or failed)."""
     name, dsn = await fresh_database(admin_dsn)
     try:
         command = [python, str(HERE / "peers" / "apscheduler_replicas.py"), dsn]
@@ -330,22 +367,25 @@ async def apscheduler_run(
             await proc.wait()
         if proc.returncode != 0 or "started" not in output:
             print(f"apscheduler: failed: {errors.decode()[-2000:]}")
-            return
+            why = errors.decode().strip().splitlines()[-1:] or ["no output"]
+            out.note(f"apscheduler4{' idle' if idle else ''}: failed: {why[0]}")
+            return None
         if idle:
-            report_idle("apscheduler4", used, seconds, replicas)
-            return
+            out.note(report_idle("apscheduler4", used, seconds, replicas))
+            return None
         runs = [
             (datetime.fromisoformat(a), datetime.fromisoformat(b))
             for a, b in json.loads(output.strip().splitlines()[-1])
         ]
         in_window = [r for r in runs if since <= r[1] <= until]
-        report("apscheduler4", in_window, used, replicas)
+        figures = report("apscheduler4", in_window, used, replicas)
         slots = Counter(slot for slot, _ in runs)
         print(
             f"{'':12} whole run: {len(runs)} runs, {sum(n - 1 for n in slots.values())} duplicates"
         )
     finally:
         await drop_database(admin_dsn, name)
+    return figures
 
 
 async def main() -> None:
@@ -358,7 +398,9 @@ async def main() -> None:
     parser.add_argument("--replicas", type=int, default=5)
     parser.add_argument("--peer-python", default="/tmp/peer-venv/bin/python")  # noqa: S108
     parser.add_argument("--no-peer", action="store_true")
+    _report.add_json_option(parser)
     args = parser.parse_args()
+    out = _report.Report.of(__file__)
     QUERIES.install()
     server = None if args.dsn else PrivatePostgres()
     dsn = args.dsn or server.dsn  # type: ignore[union-attr]
@@ -375,16 +417,38 @@ async def main() -> None:
             f" per measurement after a 3 s warm-up, on {tasker_pg.redact_dsn(dsn)}"
             f"{' (private server, autovacuum off)' if server else ''}"
         )
-        await tasker_side(dsn, args.seconds, args.replicas, args.interval)
+        ours = await tasker_side(dsn, args.seconds, args.replicas, args.interval, out)
+        # The scheduler's slot-to-start latency: no queue's throughput, so no throughput.
+        out.latency_ms("postgres", "tasker scheduler", ours.p50_ms, ours.p99_ms)
+        out.note(f"tasker_pg: {ours.duplicates} duplicate runs")
         if args.no_peer or not ensure_peer(args.peer_python):
+            out.note("apscheduler4: not measured")
             return
         for idle in (False, True):
-            await apscheduler_run(
-                dsn, args.seconds, args.replicas, args.interval, args.peer_python, idle=idle
+            theirs = await apscheduler_run(
+                dsn, args.seconds, args.replicas, args.interval, args.peer_python, out, idle=idle
             )
+            if theirs is None:
+                continue
+            out.latency_ms("postgres", "apscheduler4", theirs.p50_ms, theirs.p99_ms)
+            out.note(f"apscheduler4: {theirs.duplicates} duplicate runs")
+            for what, mine, other in (
+                ("slot to start p50", ours.p50_ms, theirs.p50_ms),
+                ("slot to start p99", ours.p99_ms, theirs.p99_ms),
+                (
+                    "transactions per slot per replica",
+                    ours.transactions_per_slot,
+                    theirs.transactions_per_slot,
+                ),
+            ):
+                if mine > 0:
+                    out.ratio(f"apscheduler4 / tasker_pg: {what}", other / mine)
+                else:  # a slot started before its time (the lead) leaves nothing to divide by
+                    out.note(f"apscheduler4 / tasker_pg: {what}: no ratio, tasker_pg's is {mine:g}")
     finally:
         if server is not None:
             server.stop()
+        out.write(args.json_path)
 
 
 if __name__ == "__main__":

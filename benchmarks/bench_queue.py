@@ -1,6 +1,7 @@
 """Task-queue throughput and enqueue-to-start latency, memory and SQLite backends.
 
-Run: ``python benchmarks/bench_queue.py`` (or ``nox -s bench``).
+Run: ``python benchmarks/bench_queue.py [--json PATH]`` (or ``nox -s bench``); ``--json PATH``
+also writes the figures in ``benchmarks/_report.py``'s shape.
 
 Metrics and traces: the same throughput at concurrency 10 with ``tasker.metrics``,
 ``tasker.tracing`` (the OTel SDK, batched, spans discarded), both, and both with 10% of the
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import _report
 import anyio
 
 import tasker
@@ -282,7 +284,7 @@ async def cross_process_latency(samples: int) -> tuple[float, float]:
     return percentile(delays, 0.5), percentile(delays, 0.99)
 
 
-def observability(tasks: int, rounds: int) -> None:
+def observability(tasks: int, rounds: int, report: _report.Report) -> None:
     """Metrics and tracing on against off (see the module's docstring); prints a line per
     backend and the floors."""
     # Metrics and tracing on against off, in the same run, alternating (target: under 10%
@@ -321,6 +323,20 @@ def observability(tasks: int, rounds: int) -> None:
             )
             + f" (best of {rounds}; target: both < 10%)"
         )
+        for mode in list(modes)[1:]:
+            report.ratio(
+                f"{name}: throughput overhead with {mode}, 1 - on / off (best of {rounds})",
+                1 - best[mode] / off,
+                "< 0.1" if mode == "both" else None,
+                runs=[1 - on / o for on, o in zip(rates[mode], rates["off"], strict=True)]
+                if rounds > 1
+                else [],
+            )
+        report.note(
+            f"observability {name}: CPU per task off {least['off']:.1f} us, "
+            + ", ".join(f"{mode} {least[mode]:.1f} us" for mode in list(modes)[1:])
+            + f" (lowest of {rounds})"
+        )
     floor = span_floor()
     print(
         f"the SDK's own span (start with 8 attributes, end, batch processor): {floor:.1f} us,"
@@ -330,6 +346,7 @@ def observability(tasks: int, rounds: int) -> None:
         )
         + " (the least tracing every attempt can cost)"
     )
+    report.note(f"the OTel SDK's own span, start and end: {floor:.1f} us of CPU")
 
 
 def main() -> None:
@@ -340,9 +357,12 @@ def main() -> None:
     parser.add_argument(
         "--observability", action="store_true", help="only metrics and tracing on against off"
     )
+    _report.add_json_option(parser)
     args = parser.parse_args()
+    report = _report.Report.of(__file__)
     if args.observability:
-        observability(args.tasks, args.rounds)
+        observability(args.tasks, args.rounds, report)
+        report.write(args.json_path)
         return
     for concurrency in (1, 10):
         raw = anyio.run(raw_baseline, args.tasks, concurrency)
@@ -359,19 +379,41 @@ def main() -> None:
             f" (raw/memory {raw / memory:4.1f}x; target <= 3x), sqlite {sqlite:7.0f}/s"
             " (target >= 2000/s)"
         )
-    observability(args.tasks, args.rounds)
+        report.ratio(
+            f"concurrency {concurrency}: raw anyio memory stream / MemoryQueueBackend throughput",
+            raw / memory,
+            "<= 3",
+        )
+        report.note(
+            f"concurrency {concurrency}: SQLiteQueueBackend {sqlite:.0f} tasks/s"
+            f" (target >= 2000/s: {_report.verdict(sqlite, '>= 2000')})"
+        )
+        if concurrency == 10:  # the concurrency every queue benchmark's peers run at
+            report.rate("memory", "raw anyio memory stream", raw)
+            report.rate("memory", "tasker", memory)
+            report.rate("sqlite", "tasker", sqlite)
+    observability(args.tasks, args.rounds, report)
     p50, p99 = anyio.run(latency, MemoryQueueBackend(), args.samples)
     print(f"latency memory: enqueue to start p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    report.latency_ms("memory", "tasker", p50, p99)
     with tempfile.TemporaryDirectory() as directory:
         p50, p99 = anyio.run(
             latency, SQLiteQueueBackend(Path(directory) / "q.sqlite3"), args.samples
         )
     print(f"latency sqlite: enqueue to start p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    report.latency_ms("sqlite", "tasker", p50, p99)
     p50, p99 = anyio.run(cross_process_latency, args.samples)
     print(
         f"latency sqlite, enqueue here, start in another process: p50 {p50:.2f} ms,"
         f" p99 {p99:.2f} ms (target: p50 under 2 ms)"
     )
+    report.latency_ms("sqlite", "tasker, worker in another process", p50, p99)
+    report.note(
+        f"sqlite, enqueue here, start in another process: p50 {p50:.2f} ms"
+        f" (target < 2 ms: {_report.verdict(p50, '< 2')})"
+    )
+    report.note(f"throughput: {args.tasks:,} no-op tasks, one worker at concurrency 10")
+    report.write(args.json_path)
 
 
 if __name__ == "__main__":

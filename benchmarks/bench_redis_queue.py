@@ -1,7 +1,8 @@
 """tasker_redis's queue against arq, saq, taskiq-redis, streaq and dramatiq on one Redis, one run.
 
 Run: ``python benchmarks/bench_redis_queue.py [--url redis://127.0.0.1:6379/15] [--tasks
-5000,20000] [--peer-python /tmp/peer-redis-venv/bin/python] [--json]`` (or ``nox -s bench``).
+5000,20000] [--peer-python /tmp/peer-redis-venv/bin/python] [--json [PATH]]`` (or ``nox -s
+bench``).
 The peers run from their own virtualenv (``--peer-python``; create it with ``python -m venv
 /tmp/peer-redis-venv && /tmp/peer-redis-venv/bin/pip install arq saq "taskiq<0.13"
 "taskiq-redis<1.1" streaq "dramatiq[redis]" redis coredis``: taskiq-redis 1.1 and later need
@@ -44,7 +45,9 @@ subset. Targets (issue 13) are reported, never asserted: tasker_redis at least 3
 fastest peer and at least 70% of the memory backend in the same run, p50 under 2 ms, and no
 command from an idle worker beyond one blocking read. Exit status: 0 unless the harness
 itself fails (no Redis, a bad option, tasker_redis importable but failing); a peer that
-fails is reported and the run goes on.
+fails is reported and the run goes on. ``--json`` prints one JSON document of everything
+instead of the table; ``--json PATH`` prints the table and writes the ratios, each tool's
+rate on the largest size and its latency in ``benchmarks/_report.py``'s shape to PATH.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import _report
 import anyio
 from peers.redis_common import BLOCKING_READS, Meter, Probe, RedisURL, Window
 
@@ -576,6 +580,71 @@ def ratios(results: list[ToolResult], settings: Settings) -> tuple[list[str], di
     return lines, figures
 
 
+def json_report(
+    results: list[ToolResult], settings: Settings, figures: dict[str, Any]
+) -> _report.Report:
+    """:func:`ratios`' figures, each tool's rate on the largest size and its latency, in
+    ``benchmarks/_report.py``'s shape."""
+    out = _report.Report.of(__file__)
+    by_tool = {r.tool: r for r in results if r.status == "ok"}
+    largest = max(settings.sizes)
+    for r in results:
+        if r.status != "ok":
+            out.note(f"{r.tool}: {r.status}")
+            continue
+        # tasker on Redis, and on its in-process memory backend: the worker without Redis.
+        backend = "memory" if r.tool == "memory" else "redis"
+        tool = "tasker" if r.tool in ("tasker_redis", "memory") else r.tool
+        if largest in r.drains:
+            out.rate(backend, tool, r.drains[largest].rate)
+        if r.latencies_ms:
+            out.latency_ms(backend, tool, r.p50, r.p99)
+        out.notes.extend(f"{r.tool}: {error}" for error in r.errors)
+    out.note(
+        f"throughput: the {largest:,}-task drains, one worker with concurrency"
+        f" {settings.concurrency}"
+    )
+    ours = by_tool.get("tasker_redis")
+    if ours is None:
+        out.note(f"tasker_redis: {figures.get('tasker_redis', 'not run')}; no ratios")
+        return out
+    for size in settings.sizes:
+        entry = figures.get(str(size), {})
+        for key, name in (("fastest_peer", None), ("memory", "memory"), ("raw_stream", RAW[0])):
+            if key not in entry:
+                continue
+            other = by_tool[name or entry[key]["tool"]]
+            what = f"fastest peer ({other.tool})" if name is None else name
+            target = entry[key]["target"]
+            out.ratio(
+                f"{size:,} tasks: tasker_redis / {what}, throughput",
+                entry[key]["ratio"],
+                None if target is None else f">= {target:g}",
+                runs=_rounds(ours.drains[size], other.drains[size], settings.rounds),
+            )
+    out.note(
+        f"tasker_redis enqueue to start p50 {ours.p50:.2f} ms (target < 2 ms:"
+        f" {_report.verdict(ours.p50, '< 2')})"
+    )
+    only_blocking = figures.get("idle_only_blocking_read")
+    if only_blocking is not None and ours.idle is not None:
+        verdict = "met" if only_blocking else "missed"
+        if ours.idle.foreign and not only_blocking:
+            verdict = "unknown: other clients were active, the counts include theirs"
+        out.note(
+            f"tasker_redis idle: {ours.idle.total} commands in {ours.idle.seconds:.1f} s"
+            f" (target: nothing beyond one blocking read: {verdict})"
+        )
+    return out
+
+
+def _rounds(mine: Drain, other: Drain, rounds: int) -> list[float]:
+    """The ratio in each round, when both tools have every round's rate."""
+    if rounds > 1 and len(mine.rates) == len(other.rates) == rounds:
+        return [a / b for a, b in zip(mine.rates, other.rates, strict=True)]
+    return []
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -659,9 +728,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--private-server", action="store_true", help="start a redis-server from PATH instead"
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON document (progress goes to stderr)"
-    )
+    _report.add_json_option(parser, document=True)
     args = parser.parse_args(argv)
     try:
         args.sizes = [int(size) for size in args.tasks.split(",")]
@@ -719,6 +786,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; best of {args.rounds} rounds" if args.rounds > 1 else "")
     )
     ratio_lines, figures = ratios(results, settings)
+    json_report(results, settings, figures).write(args.json_path)
     if args.json:
         document = {
             "started": started.isoformat(timespec="seconds"),

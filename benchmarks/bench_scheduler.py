@@ -1,6 +1,7 @@
 """Scheduler latency and idle cost on the embedded default.
 
-Run: ``python benchmarks/bench_scheduler.py`` (or ``nox -s bench``).
+Run: ``python benchmarks/bench_scheduler.py [--json PATH]`` (or ``nox -s bench``); ``--json
+PATH`` also writes the figures in ``benchmarks/_report.py``'s shape.
 
 1. Latency: 100 schedules (``--schedules``) firing every second on the embedded default
    (lock files + SQLite) for ``--seconds``; for every run, the time from its slot to the
@@ -27,6 +28,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import _report
 import anyio
 
 import tasker
@@ -76,7 +78,7 @@ class CountingClock(SystemClock):
         await super().sleep_until(moment)
 
 
-async def latency(seconds: float, count: int) -> None:
+async def latency(seconds: float, count: int, report: _report.Report) -> None:
     latencies: list[float] = []
     baseline: list[float] = []
     first_slot: list[datetime] = []
@@ -118,9 +120,22 @@ async def latency(seconds: float, count: int) -> None:
         f" p99 {percentile(base, 0.99):.2f} ms; scheduler p50 / baseline p50 ="
         f" {statistics.median(ms) / max(statistics.median(base), 1e-6):.2f}x (target <= 1.5x)"
     )
+    report.ratio(
+        f"slot to start p50, {count} schedules every 1 s / plain anyio.sleep to the same slots",
+        statistics.median(ms) / max(statistics.median(base), 1e-6),
+        "<= 1.5",
+    )
+    # The embedded default: lock files and a SQLite state file.
+    report.latency_ms("sqlite", "tasker scheduler", percentile(ms, 0.5), percentile(ms, 0.99))
+    report.latency_ms("sqlite", "raw anyio.sleep", percentile(base, 0.5), percentile(base, 0.99))
+    p99 = percentile(ms, 0.99)
+    report.note(
+        f"latency, {count} schedules every 1 s for {seconds:g} s: slot to start p99"
+        f" {p99:.1f} ms, max {max(ms):.1f} ms (target p99 < 10 ms: {_report.verdict(p99, '< 10')})"
+    )
 
 
-async def idle(seconds: float, count: int) -> None:
+async def idle(seconds: float, count: int, report: _report.Report) -> None:
     with tempfile.TemporaryDirectory() as directory:
         repository = CountingRepository(Path(directory) / "state.sqlite3")
         lockers = CountingLockers(directory)
@@ -147,11 +162,17 @@ async def idle(seconds: float, count: int) -> None:
                 " sleeps/min (target: 0; the system clock re-checks the wall clock at most once"
                 " a minute per sleeper)"
             )
+            polled = reads + writes + locks > 0
+            report.note(
+                f"idle, {count} daily schedules: {reads * per_minute:.0f} state reads/min,"
+                f" {writes * per_minute:.0f} writes/min, {locks * per_minute:.0f} lock"
+                f" attempts/min (target 0: {'missed' if polled else 'met'})"
+            )
 
         await tasker.run(tasker.concurrence(*jobs), shutdown_trigger=stop, clock=CountingClock())
 
 
-def schedule_cost(repeat: int = 5) -> None:
+def schedule_cost(report: _report.Report, repeat: int = 5) -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     count = 24 * 365
 
@@ -172,6 +193,11 @@ def schedule_cost(repeat: int = 5) -> None:
         f" per next_after, Interval(3600) {baseline * 1e6:.2f} us; ratio"
         f" {cron / baseline:.1f}x (target < 30x)"
     )
+    report.ratio(
+        "next_after, a year of hourly slots: Cron in Europe/Berlin / Interval(3600)",
+        cron / baseline,
+        "< 30",
+    )
 
 
 def main() -> None:
@@ -180,10 +206,13 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=10)
     parser.add_argument("--schedules", type=int, default=100)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    _report.add_json_option(parser)
     args = parser.parse_args()
-    anyio.run(latency, args.seconds, args.schedules, backend=args.backend)
-    anyio.run(idle, args.idle_seconds, args.schedules, backend=args.backend)
-    schedule_cost()
+    report = _report.Report.of(__file__)
+    anyio.run(latency, args.seconds, args.schedules, report, backend=args.backend)
+    anyio.run(idle, args.idle_seconds, args.schedules, report, backend=args.backend)
+    schedule_cost(report)
+    report.write(args.json_path)
 
 
 if __name__ == "__main__":
