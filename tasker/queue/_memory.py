@@ -78,7 +78,7 @@ class MemoryQueueBackend(MemoryAdministration):
             if duplicate is not None:
                 results.append(EnqueueResult(id=duplicate, deduplicated=True))
                 continue
-            self._store(task)
+            self._store(task, now)
             results.append(EnqueueResult(id=task.id))
         if group is not None:
             self._groups[group.id] = group
@@ -355,10 +355,10 @@ class MemoryQueueBackend(MemoryAdministration):
                 notify = True  # a concurrency key's slot is free: its next task may start
             if kind is OutcomeKind.SUCCEEDED and not record.cancel_requested:
                 for follow_up in outcome.follow_ups:  # a cancel ends the chain
-                    self._store(follow_up)
+                    self._store(follow_up, now)
                     notify = True
             if settled.state is TaskState.QUEUED:  # a retry, release or interruption
-                self._push(settled)
+                self._push(settled, now)
                 notify = True
             else:
                 self._group_member_done(record.id, now)

@@ -64,7 +64,7 @@ class MemoryAdministration(MemoryState):
             self._unique[record.unique_key] = (task_id, None)
         queued = replace(record, state=TaskState.QUEUED, attempts=0, run_at=now, finished_at=None)
         self._tasks[task_id] = queued
-        self._push(queued)
+        self._push(queued, now)
         self._notify()
         return True
 
@@ -86,7 +86,7 @@ class MemoryAdministration(MemoryState):
         for record in held:
             queued = replace(record, state=TaskState.QUEUED, run_at=min(record.run_at, now))
             self._tasks[record.id] = queued
-            self._push(queued)
+            self._push(queued, now)
         if held:
             self._notify()
         return len(held)
