@@ -161,6 +161,34 @@ class Report:
             return
         self.latency.append({"backend": backend, "tool": tool, "p50_ms": p50, "p99_ms": p99})
 
+    def tools(
+        self,
+        results: Iterable[Any],
+        *,
+        backend: str,
+        largest: int,
+        concurrency: int,
+        tool_of: Callable[[str], str],
+    ) -> None:
+        """Each broker benchmark's tools (its ``ToolResult``s: ``tool``, ``status``,
+        ``drains``, ``latencies_ms``, ``p50``, ``p99``, ``errors``): the rate of the
+        ``largest`` drain and the latency of each tool that ran, on ``backend`` (``memory``
+        for the in-process memory backend), named by ``tool_of``; a failure as a note."""
+        for result in results:
+            if result.status != "ok":
+                self.note(f"{result.tool}: {result.status}")
+                continue
+            where = "memory" if result.tool == "memory" else backend
+            name = tool_of(result.tool)
+            if largest in result.drains:
+                self.rate(where, name, result.drains[largest].rate)
+            if result.latencies_ms:
+                self.latency_ms(where, name, result.p50, result.p99)
+            self.notes.extend(f"{result.tool}: {error}" for error in result.errors)
+        self.note(
+            f"throughput: the {largest:,}-task drains, one worker with concurrency {concurrency}"
+        )
+
     def note(self, text: str) -> None:
         """Record a line of context: a target on an absolute figure, a failure, a caveat."""
         self.notes.append(text)

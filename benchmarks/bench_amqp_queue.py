@@ -790,21 +790,12 @@ def json_report(
     out = _report.Report.of(__file__)
     by_tool = {r.tool: r for r in results if r.status == "ok"}
     largest = max(settings.sizes)
-    for r in results:
-        if r.status != "ok":
-            out.note(f"{r.tool}: {r.status}")
-            continue
-        # tasker on RabbitMQ (and its variants), and on its in-process memory backend.
-        backend = "memory" if r.tool == "memory" else "rabbitmq"
-        tool = "tasker" if r.tool == "memory" else r.tool.replace(TASKER, "tasker")
-        if largest in r.drains:
-            out.rate(backend, tool, r.drains[largest].rate)
-        if r.latencies_ms:
-            out.latency_ms(backend, tool, r.p50, r.p99)
-        out.notes.extend(f"{r.tool}: {error}" for error in r.errors)
-    out.note(
-        f"throughput: the {largest:,}-task drains, one worker with concurrency"
-        f" {settings.concurrency}"
+    out.tools(
+        results,
+        backend="rabbitmq",
+        largest=largest,
+        concurrency=settings.concurrency,
+        tool_of=lambda tool: "tasker" if tool == "memory" else tool.replace(TASKER, "tasker"),
     )
     limit = by_tool.get(RAW_LIMIT)
     for size in settings.sizes:

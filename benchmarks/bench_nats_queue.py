@@ -619,21 +619,12 @@ def json_report(
     out = _report.Report.of(__file__)
     by_tool = {r.tool: r for r in results if r.status == "ok"}
     largest = max(settings.sizes)
-    for r in results:
-        if r.status != "ok":
-            out.note(f"{r.tool}: {r.status}")
-            continue
-        # tasker on NATS, and on its in-process memory backend: the worker without NATS.
-        backend = "memory" if r.tool == "memory" else "nats"
-        tool = "tasker" if r.tool in ("tasker_nats", "memory") else r.tool
-        if largest in r.drains:
-            out.rate(backend, tool, r.drains[largest].rate)
-        if r.latencies_ms:
-            out.latency_ms(backend, tool, r.p50, r.p99)
-        out.notes.extend(f"{r.tool}: {error}" for error in r.errors)
-    out.note(
-        f"throughput: the {largest:,}-task drains, one worker with concurrency"
-        f" {settings.concurrency}"
+    out.tools(
+        results,
+        backend="nats",
+        largest=largest,
+        concurrency=settings.concurrency,
+        tool_of=lambda tool: "tasker" if tool in ("tasker_nats", "memory") else tool,
     )
     ours = by_tool.get("tasker_nats")
     if ours is None:

@@ -14,6 +14,23 @@ from tasker.queue import Outcome, OutcomeKind, Queue, SQLiteQueueBackend, TaskSt
 pytestmark = pytest.mark.anyio
 
 
+async def open_an_earlier_file(path: Path, old_index: str) -> tuple[set[str], float]:
+    """A file of an earlier version with ``old_index``, opened by this version (a claim):
+    the indexes it has then, and the backend's time."""
+    from tasker.queue import _sqlite_ops as ops
+
+    with sqlite3.connect(path) as db:
+        db.execute(ops.SCHEMA[0])
+        db.execute(old_index)
+    backend = SQLiteQueueBackend(path)
+    now = await backend.time()
+    assert await backend.claim(["default"], 10, worker="w", lease=30, now=now) == []
+    await backend.aclose()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("select name from sqlite_master where type = 'index'")
+        return {row[0] for row in rows}, now
+
+
 async def test_a_combined_call_records_and_claims_on_the_current_clock(tmp_path: Path) -> None:
     """A process still holding the old anchor records an outcome and claims in one call: the
     outcome's times and the new lease both move by the other process's re-anchoring, and a
@@ -53,20 +70,11 @@ async def test_a_claim_reads_due_tasks_in_index_order_without_sorting(tmp_path: 
     created_at tie-breaker) and stops at its limit: no sort of the tasks sharing a run_at,
     so a backlog of tied tasks (a bulk enqueue, a dispatch) drains as fast as any other.
     An index of an earlier version without the tie-breaker is dropped when the file opens."""
-    from tasker.queue import _sqlite_ops as ops
-
     path = tmp_path / "queue.sqlite3"
-    with sqlite3.connect(path) as db:  # a file of an earlier version, with the old index
-        db.execute(ops.SCHEMA[0])
-        db.execute("create index tasks_due on tasks (state, queue, priority desc, run_at)")
-    backend = SQLiteQueueBackend(path)
-    now = await backend.time()
-    assert await backend.claim(["default"], 10, worker="w", lease=30, now=now) == []
-    await backend.aclose()
+    indexes, _ = await open_an_earlier_file(
+        path, "create index tasks_due on tasks (state, queue, priority desc, run_at)"
+    )
     with sqlite3.connect(path) as db:
-        indexes = {
-            row[0] for row in db.execute("select name from sqlite_master where type = 'index'")
-        }
         plan = " ".join(
             str(row[3])
             for row in db.execute(
@@ -86,20 +94,11 @@ async def test_lease_queries_read_the_running_tasks_along_the_claim_index(
 ) -> None:
     """Leases are found among the running tasks, which lead the claim index: never a scan
     of every task. The earlier ``tasks_lease`` index (every task's) is dropped on open."""
-    from tasker.queue import _sqlite_ops as ops
-
     path = tmp_path / "queue.sqlite3"
-    with sqlite3.connect(path) as db:  # a file of an earlier version, with the old index
-        db.execute(ops.SCHEMA[0])
-        db.execute("create index tasks_lease on tasks (state, lease_until)")
-    backend = SQLiteQueueBackend(path)
-    now = await backend.time()
-    assert await backend.claim(["default"], 10, worker="w", lease=30, now=now) == []
-    await backend.aclose()
+    indexes, now = await open_an_earlier_file(
+        path, "create index tasks_lease on tasks (state, lease_until)"
+    )
     with sqlite3.connect(path) as db:
-        indexes = {
-            row[0] for row in db.execute("select name from sqlite_master where type = 'index'")
-        }
         plans = [
             " ".join(str(row[3]) for row in db.execute(f"explain query plan {query}", args))
             for query, args in [
