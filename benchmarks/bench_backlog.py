@@ -113,6 +113,8 @@ async def _fill_history(backend: QueueBackend, count: int, now: float) -> None:
     if isinstance(backend, SQLiteQueueBackend):
         with sqlite3.connect(backend.path) as db:
             db.executemany("insert into task_history values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        with sqlite3.connect(backend.path) as db:  # not left in the WAL for the drain to copy
+            db.execute("pragma wal_checkpoint(truncate)")
         return
     import asyncpg
 
