@@ -169,15 +169,18 @@ class Report:
         largest: int,
         concurrency: int,
         tool_of: Callable[[str], str],
-    ) -> None:
+    ) -> dict[str, Any]:
         """Each broker benchmark's tools (its ``ToolResult``s: ``tool``, ``status``,
         ``drains``, ``latencies_ms``, ``p50``, ``p99``, ``errors``): the rate of the
         ``largest`` drain and the latency of each tool that ran, on ``backend`` (``memory``
-        for the in-process memory backend), named by ``tool_of``; a failure as a note."""
+        for the in-process memory backend), named by ``tool_of``; a failure as a note.
+        Returns the tools that ran, by name."""
+        ran: dict[str, Any] = {}
         for result in results:
             if result.status != "ok":
                 self.note(f"{result.tool}: {result.status}")
                 continue
+            ran[result.tool] = result
             where = "memory" if result.tool == "memory" else backend
             name = tool_of(result.tool)
             if largest in result.drains:
@@ -188,6 +191,7 @@ class Report:
         self.note(
             f"throughput: the {largest:,}-task drains, one worker with concurrency {concurrency}"
         )
+        return ran
 
     def note(self, text: str) -> None:
         """Record a line of context: a target on an absolute figure, a failure, a caveat."""

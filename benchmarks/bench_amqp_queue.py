@@ -788,9 +788,8 @@ def json_report(
     """:func:`ratios`' shares of the limit, each tool's rate on the largest size and its
     latency, in ``benchmarks/_report.py``'s shape."""
     out = _report.Report.of(__file__)
-    by_tool = {r.tool: r for r in results if r.status == "ok"}
     largest = max(settings.sizes)
-    out.tools(
+    by_tool = out.tools(
         results,
         backend="rabbitmq",
         largest=largest,

@@ -567,14 +567,9 @@ def ratios(results: list[ToolResult], settings: Settings) -> tuple[list[str], di
         figures[str(size)] = entry
     lines.append(f"tasker_redis p50 enqueue to start: {ours.p50:.2f} ms (target < 2 ms)")
     only_blocking = ours.idle_only_blocking()
-    if only_blocking is not None and ours.idle is not None:
-        verdict = "met" if only_blocking else "missed"
-        if ours.idle.foreign and not only_blocking:
-            verdict = "unknown: other clients were active, the counts include theirs"
-        lines.append(
-            f"tasker_redis idle: {ours.idle.total} commands in {ours.idle.seconds:.1f} s"
-            f" (target: nothing beyond one blocking read: {verdict})"
-        )
+    idle = _idle_line(ours, only_blocking)
+    if idle is not None:
+        lines.append(idle)
     figures["p50_ms"] = {"value": ours.p50, "target": 2.0}
     figures["idle_only_blocking_read"] = only_blocking
     return lines, figures
@@ -586,9 +581,8 @@ def json_report(
     """:func:`ratios`' figures, each tool's rate on the largest size and its latency, in
     ``benchmarks/_report.py``'s shape."""
     out = _report.Report.of(__file__)
-    by_tool = {r.tool: r for r in results if r.status == "ok"}
     largest = max(settings.sizes)
-    out.tools(
+    by_tool = out.tools(
         results,
         backend="redis",
         largest=largest,
@@ -617,16 +611,23 @@ def json_report(
         f"tasker_redis enqueue to start p50 {ours.p50:.2f} ms (target < 2 ms:"
         f" {_report.verdict(ours.p50, '< 2')})"
     )
-    only_blocking = figures.get("idle_only_blocking_read")
-    if only_blocking is not None and ours.idle is not None:
-        verdict = "met" if only_blocking else "missed"
-        if ours.idle.foreign and not only_blocking:
-            verdict = "unknown: other clients were active, the counts include theirs"
-        out.note(
-            f"tasker_redis idle: {ours.idle.total} commands in {ours.idle.seconds:.1f} s"
-            f" (target: nothing beyond one blocking read: {verdict})"
-        )
+    idle = _idle_line(ours, figures.get("idle_only_blocking_read"))
+    if idle is not None:
+        out.note(idle)
     return out
+
+
+def _idle_line(ours: ToolResult, only_blocking: bool | None) -> str | None:
+    """What tasker_redis sent while idle, against its target (None: not measured)."""
+    if only_blocking is None or ours.idle is None:
+        return None
+    verdict = "met" if only_blocking else "missed"
+    if ours.idle.foreign and not only_blocking:
+        verdict = "unknown: other clients were active, the counts include theirs"
+    return (
+        f"tasker_redis idle: {ours.idle.total} commands in {ours.idle.seconds:.1f} s"
+        f" (target: nothing beyond one blocking read: {verdict})"
+    )
 
 
 def _rounds(mine: Drain, other: Drain, rounds: int) -> list[float]:

@@ -119,3 +119,22 @@ async def test_lease_queries_read_the_running_tasks_along_the_claim_index(
     for plan in plans:
         assert "tasks_claim (state=?" in plan, plan
         assert "SCAN" not in plan, plan
+
+
+async def test_finishing_no_outcomes_writes_nothing(tmp_path: Path) -> None:
+    """An empty batch is a no-op, alone or combined with a claim (which still claims)."""
+    backend = SQLiteQueueBackend(tmp_path / "queue.sqlite3")
+    queue = Queue(backend)
+
+    @queue.task("t")
+    async def t(ctx: Context) -> None: ...
+
+    handle = await queue.enqueue("t")
+    now = await backend.time()
+    await backend.finish([], now=now)
+    [claimed] = await backend.finish_and_claim(
+        [], now=now, queues=["default"], limit=1, worker="w", lease=30
+    )
+    assert claimed.id == handle.id
+    assert await backend.history() == []
+    await backend.aclose()
